@@ -1,0 +1,59 @@
+//! Command-line interface: argument parsing and the glue from each
+//! subcommand to the library. No logic of its own lives here.
+
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// loci — lazy OCI image acceleration.
+#[derive(Parser, Debug)]
+#[command(name = "loci", version, about)]
+struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `loci=debug`.
+    #[arg(long, global = true, env = "LOCI_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+}
+
+/// Entry point of the binary: parses arguments, sets up logging, runs the
+/// subcommand and turns its error into a message and exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_json);
+    let result: anyhow::Result<()> = match cli.command {};
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("loci: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Builds the multi-threaded tokio runtime that async subcommands run on.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}

@@ -1,0 +1,3 @@
+//! loci — lazy OCI.
+
+pub mod cli;

@@ -1,6 +1,9 @@
 //! Command-line interface: argument parsing and the glue from each
 //! subcommand to the library. No logic of its own lives here.
 
+mod convert;
+mod inspect;
+mod registry_args;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -21,6 +24,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Convert an OCI image into loci's chunked, seekable format.
+    Convert(convert::Args),
+    /// Print (and optionally verify) the table of contents of converted layers.
+    Inspect(inspect::Args),
 }
 
 /// Entry point of the binary: parses arguments, sets up logging, runs the
@@ -28,7 +35,10 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json);
-    let result: anyhow::Result<()> = match cli.command {};
+    let result = match cli.command {
+        Command::Convert(args) => convert::run(args),
+        Command::Inspect(args) => inspect::run(args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

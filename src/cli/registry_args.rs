@@ -1,0 +1,30 @@
+//! Registry flags shared by every subcommand that talks to a registry.
+
+use crate::registry::RegistryOptions;
+use std::time::Duration;
+
+/// How to reach registries.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Talk to registries over plain HTTP (local test registries).
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Seconds before a connection or a stalled response times out.
+    #[arg(long, default_value_t = 10)]
+    pub timeout_secs: u64,
+    /// Retries of idempotent requests after network errors, 429 and 5xx.
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+}
+
+impl RegistryArgs {
+    /// The client options these flags describe.
+    pub fn options(&self) -> RegistryOptions {
+        RegistryOptions {
+            plain_http: self.plain_http,
+            timeout: Duration::from_secs(self.timeout_secs),
+            retries: self.retries,
+            ..RegistryOptions::default()
+        }
+    }
+}

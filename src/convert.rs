@@ -1,0 +1,421 @@
+//! Converting a whole image: every layer of every platform into loci's
+//! format, then config, manifests and index, pushed in that order so that a
+//! half-converted image is never visible under the destination tag.
+
+use crate::digest::Digest;
+use crate::format::{self, annotations, ConvertOptions, FormatError, LayerSummary};
+use crate::image::{media_types, ImageError, ImageStore};
+use crate::progress::Progress;
+use crate::registry::Manifest;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
+use std::collections::HashMap;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Why an image could not be converted. Layer errors name the layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// Reading from the source or writing to the destination failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A layer's content was refused.
+    #[error("layer {layer}: {source}")]
+    Layer {
+        layer: Digest,
+        #[source]
+        source: FormatError,
+    },
+    /// A layer's media type is not one loci can convert.
+    #[error("layer {layer}: unsupported media type {media_type}")]
+    UnsupportedLayer { layer: Digest, media_type: String },
+    /// A manifest, index or config that is not valid.
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+    /// Local scratch space failed.
+    #[error("scratch file {path}: {source}")]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What was converted, for the summary the CLI prints.
+#[derive(Clone, Debug)]
+pub struct ConvertReport {
+    /// Digest of the manifest or index pushed under the destination tag.
+    pub digest: Digest,
+    /// Every layer handled, in manifest order.
+    pub layers: Vec<LayerReport>,
+}
+
+/// One layer's conversion.
+#[derive(Clone, Debug)]
+pub struct LayerReport {
+    /// The source layer's digest.
+    pub source: Digest,
+    /// The converted blob's descriptor digest.
+    pub converted: Digest,
+    /// Uncompressed tar size (0 when the layer was passed through).
+    pub uncompressed_size: u64,
+    /// Converted blob size.
+    pub blob_size: u64,
+    /// TOC frame size.
+    pub toc_size: u64,
+    /// Seconds spent converting (not downloading or pushing).
+    pub convert_secs: f64,
+    /// The layer was already in loci's format and was copied as is.
+    pub passed_through: bool,
+}
+
+/// Converts images from one store to another.
+pub struct Converter {
+    /// How layers are chunked and compressed.
+    pub options: ConvertOptions,
+    /// Layers converted at once (each also uses every core for chunks).
+    pub parallel_layers: usize,
+    /// Where progress is shown.
+    pub progress: Progress,
+    /// Directory for downloaded and converted blobs while they are in flight.
+    pub scratch: PathBuf,
+}
+
+fn invalid(what: impl std::fmt::Display, reason: impl std::fmt::Display) -> ConvertError {
+    ConvertError::Invalid {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn oci_digest(d: &oci_spec::image::Digest) -> Result<Digest, ConvertError> {
+    d.to_string().parse().map_err(|e| invalid("descriptor", e))
+}
+
+/// Serializes with sorted keys (serde_json's map is ordered), so the same
+/// input always gives the same manifest bytes and digest.
+fn canonical_json<T: serde::Serialize>(value: &T) -> Bytes {
+    let value = serde_json::to_value(value).expect("OCI types serialize");
+    Bytes::from(serde_json::to_vec(&value).expect("JSON values serialize"))
+}
+
+impl Converter {
+    /// Converts the image at `src` and pushes it to `dst`.
+    pub async fn convert(
+        &self,
+        src: &ImageStore,
+        dst: &ImageStore,
+    ) -> Result<ConvertReport, ConvertError> {
+        let top = src.resolve().await?;
+        let mut layers = Vec::new();
+        let converted = match top.media_type.as_str() {
+            media_types::OCI_INDEX | media_types::DOCKER_LIST => {
+                let index = ImageIndex::from_reader(&top.bytes[..])
+                    .map_err(|e| invalid(format!("index {}", top.digest), e))?;
+                let mut children = Vec::new();
+                for child in index.manifests() {
+                    let digest = oci_digest(child.digest())?;
+                    let manifest = src.manifest(&digest).await?;
+                    let (new_manifest, reports) =
+                        self.convert_manifest(src, dst, &manifest).await?;
+                    dst.put_manifest(&new_manifest, false).await?;
+                    layers.extend(reports);
+                    let mut descriptor = child.clone();
+                    descriptor.set_media_type(MediaType::ImageManifest);
+                    descriptor.set_size(new_manifest.bytes.len() as u64);
+                    descriptor.set_digest(
+                        new_manifest
+                            .digest
+                            .to_string()
+                            .parse()
+                            .expect("valid digest"),
+                    );
+                    children.push(descriptor);
+                }
+                let mut index = index.clone();
+                index.set_media_type(Some(MediaType::ImageIndex));
+                index.set_manifests(children);
+                let bytes = canonical_json(&index);
+                Manifest {
+                    digest: Digest::of(&bytes),
+                    bytes,
+                    media_type: media_types::OCI_INDEX.into(),
+                }
+            }
+            media_types::OCI_MANIFEST | media_types::DOCKER_MANIFEST => {
+                let (manifest, reports) = self.convert_manifest(src, dst, &top).await?;
+                layers = reports;
+                manifest
+            }
+            other => {
+                return Err(invalid(
+                    format!("{src}"),
+                    format!("unsupported manifest media type {other}"),
+                ))
+            }
+        };
+        dst.put_manifest(&converted, true).await?;
+        tracing::info!(src = %src, dst = %dst, digest = %converted.digest, "image converted");
+        Ok(ConvertReport {
+            digest: converted.digest,
+            layers,
+        })
+    }
+
+    /// Converts one platform's image; pushes its layers and config, and
+    /// returns the new manifest (not yet pushed).
+    async fn convert_manifest(
+        &self,
+        src: &ImageStore,
+        dst: &ImageStore,
+        source: &Manifest,
+    ) -> Result<(Manifest, Vec<LayerReport>), ConvertError> {
+        let what = format!("manifest {}", source.digest);
+        let mut manifest =
+            ImageManifest::from_reader(&source.bytes[..]).map_err(|e| invalid(&what, e))?;
+        let config_digest = oci_digest(manifest.config().digest())?;
+        let config_bytes = src.blob_bytes(&config_digest).await?;
+        let config = ImageConfiguration::from_reader(&config_bytes[..])
+            .map_err(|e| invalid(format!("config {config_digest}"), e))?;
+        let diff_ids = config.rootfs().diff_ids();
+        if diff_ids.len() != manifest.layers().len() {
+            return Err(invalid(
+                &what,
+                format!(
+                    "{} layers but {} diff_ids in the config",
+                    manifest.layers().len(),
+                    diff_ids.len()
+                ),
+            ));
+        }
+        let jobs = manifest
+            .layers()
+            .iter()
+            .cloned()
+            .zip(diff_ids.iter().cloned());
+        let results: Vec<(Descriptor, LayerReport)> = futures::stream::iter(jobs)
+            .map(|(layer, diff_id)| self.convert_layer(src, dst, layer, diff_id))
+            .buffered(self.parallel_layers.max(1))
+            .try_collect()
+            .await?;
+        dst.put_blob_bytes(&config_digest, config_bytes, Some(src))
+            .await?;
+        let (descriptors, reports): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+        manifest.set_layers(descriptors);
+        manifest.set_media_type(Some(MediaType::ImageManifest));
+        let mut config_descriptor = manifest.config().clone();
+        config_descriptor.set_media_type(MediaType::ImageConfig);
+        manifest.set_config(config_descriptor);
+        let bytes = canonical_json(&manifest);
+        Ok((
+            Manifest {
+                digest: Digest::of(&bytes),
+                bytes,
+                media_type: media_types::OCI_MANIFEST.into(),
+            },
+            reports,
+        ))
+    }
+
+    /// Converts (or passes through) one layer and pushes the result.
+    async fn convert_layer(
+        &self,
+        src: &ImageStore,
+        dst: &ImageStore,
+        layer: Descriptor,
+        diff_id: String,
+    ) -> Result<(Descriptor, LayerReport), ConvertError> {
+        let digest = oci_digest(layer.digest())?;
+        let scratch = &self.scratch;
+        let already = layer
+            .annotations()
+            .as_ref()
+            .is_some_and(|a| a.contains_key(annotations::TOC_DIGEST));
+        if already {
+            if !dst.has_blob(&digest).await? {
+                let path = src.blob_file(&digest, scratch, &|_| {}).await?;
+                dst.put_blob_file(&digest, &path, Some(src)).await?;
+                remove_scratch(scratch, &path);
+            }
+            tracing::info!(layer = %digest, "already converted; passed through");
+            let report = LayerReport {
+                source: digest,
+                converted: digest,
+                uncompressed_size: 0,
+                blob_size: layer.size(),
+                toc_size: 0,
+                convert_secs: 0.0,
+                passed_through: true,
+            };
+            return Ok((layer, report));
+        }
+        let media_type = layer.media_type().to_string();
+        let decompression = Decompression::for_media_type(&media_type).ok_or_else(|| {
+            ConvertError::UnsupportedLayer {
+                layer: digest,
+                media_type: media_type.clone(),
+            }
+        })?;
+        let expected_diff_id: Digest = diff_id
+            .parse()
+            .map_err(|e| invalid(format!("config diff_id of layer {digest}"), e))?;
+        let short = &digest.hex()[..12];
+        let download = self.progress.bytes(&format!("fetch {short}"), layer.size());
+        let input = src
+            .blob_file(&digest, scratch, &|n| download.inc(n))
+            .await?;
+        download.finish("fetched");
+        let output = scratch.join(format!("{}.loci", digest.hex()));
+        let task = std::sync::Arc::new(self.progress.bytes(&format!("convert {short}"), 0));
+        let started = Instant::now();
+        let summary = {
+            let (input, output, options) = (input.clone(), output.clone(), self.options.clone());
+            let task = task.clone();
+            tokio::task::spawn_blocking(move || {
+                convert_file(&input, &output, decompression, &options, &|n| task.set(n))
+            })
+            .await
+            .expect("conversion thread panicked")
+        }
+        .map_err(|source| match source {
+            LocalError::Format(source) => ConvertError::Layer {
+                layer: digest,
+                source,
+            },
+            LocalError::Scratch(path, source) => ConvertError::Scratch { path, source },
+        })?;
+        let convert_secs = started.elapsed().as_secs_f64();
+        task.finish("converted");
+        if summary.diff_id != expected_diff_id {
+            return Err(ConvertError::Layer {
+                layer: digest,
+                source: FormatError::DiffIdMismatch {
+                    expected: expected_diff_id,
+                    actual: summary.diff_id,
+                },
+            });
+        }
+        dst.put_blob_file(&summary.blob_digest, &output, None)
+            .await?;
+        remove_scratch(scratch, &input);
+        remove_scratch(scratch, &output);
+        tracing::info!(
+            layer = %digest,
+            converted = %summary.blob_digest,
+            uncompressed = summary.uncompressed_size,
+            compressed = summary.blob_size,
+            entries = summary.entries,
+            chunks = summary.chunks,
+            secs = format!("{convert_secs:.2}"),
+            "layer converted"
+        );
+        Ok((
+            converted_descriptor(&layer, &summary),
+            LayerReport {
+                source: digest,
+                converted: summary.blob_digest,
+                uncompressed_size: summary.uncompressed_size,
+                blob_size: summary.blob_size,
+                toc_size: summary.toc_length,
+                convert_secs,
+                passed_through: false,
+            },
+        ))
+    }
+}
+
+/// The descriptor of a converted layer: the source's annotations plus
+/// loci's, the zstd media type, the new digest and size.
+fn converted_descriptor(source: &Descriptor, summary: &LayerSummary) -> Descriptor {
+    let mut descriptor = Descriptor::new(
+        MediaType::ImageLayerZstd,
+        summary.blob_size,
+        summary
+            .blob_digest
+            .to_string()
+            .parse::<oci_spec::image::Digest>()
+            .expect("valid digest"),
+    );
+    let mut annotations: HashMap<String, String> = source.annotations().clone().unwrap_or_default();
+    annotations.extend(summary.annotations());
+    descriptor.set_annotations(Some(annotations));
+    descriptor
+}
+
+/// Removes a file we put in scratch; never a layout's own blob.
+fn remove_scratch(scratch: &Path, path: &Path) {
+    if path.starts_with(scratch) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// How a source layer is compressed.
+#[derive(Clone, Copy, Debug)]
+pub enum Decompression {
+    /// Plain tar.
+    None,
+    /// gzip (possibly multi-member).
+    Gzip,
+    /// zstd (possibly multi-frame).
+    Zstd,
+}
+
+impl Decompression {
+    /// The decompression a layer media type needs, or None if loci cannot
+    /// read that media type.
+    pub fn for_media_type(media_type: &str) -> Option<Decompression> {
+        match media_type {
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar" => {
+                Some(Decompression::None)
+            }
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => {
+                Some(Decompression::Gzip)
+            }
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
+                Some(Decompression::Zstd)
+            }
+            _ => None,
+        }
+    }
+
+    /// Wraps a compressed reader into one that yields the tar.
+    pub fn reader<'a, R: Read + 'a>(self, input: R) -> std::io::Result<Box<dyn Read + 'a>> {
+        let input = BufReader::with_capacity(1 << 20, input);
+        Ok(match self {
+            Decompression::None => Box::new(input),
+            Decompression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
+            Decompression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
+        })
+    }
+}
+
+enum LocalError {
+    Format(FormatError),
+    Scratch(PathBuf, std::io::Error),
+}
+
+/// Converts a local compressed layer file into a local loci blob file.
+fn convert_file(
+    input: &Path,
+    output: &Path,
+    decompression: Decompression,
+    options: &ConvertOptions,
+    progress: &dyn Fn(u64),
+) -> Result<LayerSummary, LocalError> {
+    let file =
+        std::fs::File::open(input).map_err(|e| LocalError::Scratch(input.to_path_buf(), e))?;
+    let tar = decompression
+        .reader(file)
+        .map_err(|e| LocalError::Format(FormatError::Io(e)))?;
+    let out =
+        std::fs::File::create(output).map_err(|e| LocalError::Scratch(output.to_path_buf(), e))?;
+    let out = std::io::BufWriter::with_capacity(1 << 20, out);
+    format::convert_layer(tar, out, options, progress).map_err(LocalError::Format)
+}

@@ -1,0 +1,219 @@
+//! The table of contents: everything a filesystem needs to serve a layer
+//! without reading its tar, and where each chunk of file content lives.
+
+use super::FormatError;
+use crate::digest::Digest;
+use serde::{Deserialize, Serialize};
+
+/// The table of contents of one converted layer.
+///
+/// Encoded with postcard (varints, no field names) and compressed with zstd,
+/// so that a layer of tens of thousands of files costs kilobytes, not
+/// megabytes; `version` lets later builds change the encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Toc {
+    /// Encoding version of this TOC (see [`super::FORMAT_VERSION`]).
+    pub version: u32,
+    /// Entries in tar order, whiteout files included as they are in the tar.
+    pub entries: Vec<TocEntry>,
+}
+
+/// What kind of filesystem object an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryKind {
+    /// A regular file; its content is in `chunks`.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link; `link` is its target, as written.
+    Symlink,
+    /// A hard link to an earlier entry; `link` is that entry's path.
+    Hardlink,
+    /// A character device (`dev_major`/`dev_minor`).
+    CharDevice,
+    /// A block device (`dev_major`/`dev_minor`).
+    BlockDevice,
+    /// A named pipe.
+    Fifo,
+}
+
+/// One extended attribute, as carried in PAX `SCHILY.xattr.*` records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Xattr {
+    /// Attribute name, e.g. `user.comment` or `security.capability`.
+    pub name: String,
+    /// Raw value.
+    pub value: Vec<u8>,
+}
+
+/// One tar entry's metadata and, for regular files, where its content is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TocEntry {
+    /// Path relative to the layer root, without leading `./` or `/` and
+    /// without a trailing slash; the root itself is empty. Raw bytes: tar
+    /// names need not be UTF-8.
+    pub path: Vec<u8>,
+    /// Object type.
+    pub kind: EntryKind,
+    /// Permission bits including setuid/setgid/sticky (no file type bits).
+    pub mode: u32,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+    /// Content size for regular files, 0 otherwise.
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Symlink target or hardlink target path.
+    pub link: Option<Vec<u8>>,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Vec<Xattr>,
+    /// Device major number for device nodes.
+    pub dev_major: u32,
+    /// Device minor number for device nodes.
+    pub dev_minor: u32,
+    /// The file's content chunks in file order; they tile `0..size`.
+    pub chunks: Vec<Chunk>,
+}
+
+/// One chunk of file content: an independent zstd frame in the blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Offset of the chunk's first byte in the file.
+    pub file_offset: u64,
+    /// Offset of the chunk's zstd frame in the blob.
+    pub blob_offset: u64,
+    /// Length of the zstd frame in the blob.
+    pub compressed_len: u32,
+    /// Length of the uncompressed chunk.
+    pub len: u32,
+    /// SHA-256 of the uncompressed chunk: its identity in every cache.
+    pub digest: Digest,
+}
+
+impl TocEntry {
+    /// The path as text, lossily, for messages and listings.
+    pub fn display_path(&self) -> String {
+        String::from_utf8_lossy(&self.path).into_owned()
+    }
+}
+
+impl Toc {
+    /// Serializes (postcard) without compression.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("serializing a TOC to memory cannot fail")
+    }
+
+    /// Checks the invariants a reader relies on, so a malformed or hostile
+    /// TOC is refused before any path or offset in it is used.
+    ///
+    /// `data_end` is where the chunk frames end in the blob (the TOC offset).
+    pub fn validate(&self, data_end: u64) -> Result<(), FormatError> {
+        let bad = |msg: String| Err(FormatError::MalformedToc(msg));
+        if self.version != super::FORMAT_VERSION {
+            return bad(format!("TOC version {} is not supported", self.version));
+        }
+        for entry in &self.entries {
+            check_path(&entry.path)?;
+            match (entry.kind, &entry.link) {
+                (EntryKind::Hardlink, Some(target)) => check_path(target)?,
+                (EntryKind::Hardlink | EntryKind::Symlink, None) => {
+                    return bad(format!("{:?} has no link target", entry.display_path()))
+                }
+                _ => {}
+            }
+            if entry.kind != EntryKind::File && !entry.chunks.is_empty() {
+                return bad(format!("non-file {:?} has chunks", entry.display_path()));
+            }
+            let mut expected_offset = 0u64;
+            for chunk in &entry.chunks {
+                let end = chunk
+                    .blob_offset
+                    .checked_add(u64::from(chunk.compressed_len));
+                if chunk.file_offset != expected_offset
+                    || chunk.len == 0
+                    || end.map_or(true, |end| end > data_end)
+                {
+                    return bad(format!(
+                        "chunk at file offset {} of {:?} is out of place",
+                        chunk.file_offset,
+                        entry.display_path()
+                    ));
+                }
+                expected_offset += u64::from(chunk.len);
+            }
+            if entry.kind == EntryKind::File && expected_offset != entry.size {
+                return bad(format!(
+                    "chunks of {:?} cover {expected_offset} bytes, file has {}",
+                    entry.display_path(),
+                    entry.size
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a path that is absolute or has `..` (or empty) components, so no
+/// path from a layer can name anything outside the layer root.
+pub(crate) fn check_path(path: &[u8]) -> Result<(), FormatError> {
+    let unsafe_path = || FormatError::UnsafePath {
+        path: String::from_utf8_lossy(path).into_owned(),
+    };
+    if path.is_empty() {
+        return Ok(());
+    }
+    if path.starts_with(b"/") {
+        return Err(unsafe_path());
+    }
+    for component in path.split(|&b| b == b'/') {
+        if component.is_empty() || component == b".." || component == b"." {
+            return Err(unsafe_path());
+        }
+    }
+    Ok(())
+}
+
+/// Normalizes a tar path: strips `./` prefixes and a trailing slash, then
+/// refuses it if it is absolute or climbs out of the root.
+pub(crate) fn normalize_path(raw: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let mut path = raw;
+    while let Some(rest) = path.strip_prefix(b"./") {
+        path = rest;
+    }
+    if path == b"." {
+        path = b"";
+    }
+    while let Some(rest) = path.strip_suffix(b"/") {
+        if rest.is_empty() {
+            break;
+        }
+        path = rest;
+    }
+    check_path(path)?;
+    Ok(path.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_leading_dot_and_trailing_slash() {
+        assert_eq!(normalize_path(b"./usr/bin/").unwrap(), b"usr/bin");
+        assert_eq!(normalize_path(b"./").unwrap(), b"");
+        assert_eq!(normalize_path(b"etc").unwrap(), b"etc");
+    }
+
+    #[test]
+    fn refuses_escaping_paths() {
+        for bad in [&b"../etc/passwd"[..], b"/etc/passwd", b"a/../../b", b"a//b"] {
+            assert!(
+                matches!(normalize_path(bad), Err(FormatError::UnsafePath { .. })),
+                "{:?} accepted",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

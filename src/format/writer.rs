@@ -1,0 +1,480 @@
+//! Converting an ordinary layer tar into a loci blob.
+//!
+//! One thread walks the tar (with the `tar` crate, through a tap that keeps
+//! every byte it reads) and cuts it into segments: runs of headers and
+//! padding, and content-defined chunks of file content (FastCDC). Batches
+//! of segments go to a second thread that compresses them in parallel
+//! (rayon) and writes the frames in order, so the output is the same
+//! whatever the thread count: conversion is deterministic.
+
+use super::toc::normalize_path;
+use super::{
+    annotations, skippable_frame, Chunk, EntryKind, Footer, FormatError, Toc, TocEntry, Xattr,
+    FORMAT_VERSION, SKIPPABLE_MAGIC_TOC,
+};
+use crate::digest::{Digest, Hasher, HashingWriter};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::rc::Rc;
+use std::sync::mpsc;
+
+/// Default target chunk size. Chosen by measurement (benches/convert.rs):
+/// smaller chunks cost conversion speed, TOC size and request count; larger
+/// ones over-fetch on small reads of large files.
+pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
+/// Default zstd level for chunk frames, as `zstd` itself defaults to.
+pub const DEFAULT_LEVEL: i32 = 3;
+/// zstd level for the TOC: it is small and read on every mount.
+const TOC_LEVEL: i32 = 10;
+/// A run of tar headers is cut into frames of at most this size.
+const MAX_META_SEGMENT: usize = 1 << 20;
+/// Uncompressed bytes handed to the compressor at once.
+const BATCH_BYTES: usize = 32 << 20;
+
+/// How to cut and compress a layer.
+#[derive(Clone, Debug)]
+pub struct ConvertOptions {
+    /// Target (average) chunk size; chunks range from a quarter to four
+    /// times this.
+    pub chunk_size: u32,
+    /// zstd compression level of chunk frames.
+    pub level: i32,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            level: DEFAULT_LEVEL,
+        }
+    }
+}
+
+/// What converting one layer produced.
+#[derive(Clone, Debug)]
+pub struct LayerSummary {
+    /// Digest of the converted blob.
+    pub blob_digest: Digest,
+    /// Size of the converted blob.
+    pub blob_size: u64,
+    /// Digest of the uncompressed tar (unchanged by conversion).
+    pub diff_id: Digest,
+    /// Size of the uncompressed tar.
+    pub uncompressed_size: u64,
+    /// Digest of the TOC skippable frame.
+    pub toc_digest: Digest,
+    /// Offset of the TOC skippable frame in the blob.
+    pub toc_offset: u64,
+    /// Length of the TOC skippable frame.
+    pub toc_length: u64,
+    /// Number of TOC entries.
+    pub entries: usize,
+    /// Number of content chunks.
+    pub chunks: usize,
+}
+
+impl LayerSummary {
+    /// The annotations a converted layer descriptor carries.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (annotations::TOC_DIGEST.into(), self.toc_digest.to_string()),
+            (annotations::TOC_OFFSET.into(), self.toc_offset.to_string()),
+            (annotations::TOC_LENGTH.into(), self.toc_length.to_string()),
+            (annotations::VERSION.into(), FORMAT_VERSION.to_string()),
+            (annotations::UNCOMPRESSED.into(), self.diff_id.to_string()),
+        ])
+    }
+}
+
+/// Converts the uncompressed layer tar read from `tar` into a loci blob
+/// written to `out`. `progress` is told how many input bytes were consumed
+/// after each batch.
+pub fn convert_layer<R: Read, W: Write + Send>(
+    tar: R,
+    out: W,
+    opts: &ConvertOptions,
+    progress: &dyn Fn(u64),
+) -> Result<LayerSummary, FormatError> {
+    let tap_state = Rc::new(RefCell::new(TapState::default()));
+    let tap = Tap {
+        inner: tar,
+        state: tap_state.clone(),
+    };
+    let level = opts.level;
+    let out = HashingWriter::new(out);
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<Vec<Segment>>(1);
+        let compressor = scope.spawn(move || compress_and_write(rx, out, level));
+        let mut cutter = Cutter {
+            tap_state,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            tx,
+            progress,
+        };
+        let walked = cutter.walk(tap, opts);
+        drop(cutter); // closes the channel so the compressor finishes
+                      // The compressor's error comes first: when it fails, the walk only
+                      // sees a closed channel.
+        let (placements, out) = compressor.join().expect("compressor thread panicked")?;
+        let (mut entries, diff_id, uncompressed_size) = walked?;
+        let chunk_count = placements.len();
+        for (entry, chunk) in placements {
+            entries[entry].chunks.push(chunk);
+        }
+        finish_blob(out, entries, diff_id, uncompressed_size, chunk_count)
+    })
+}
+
+/// Appends TOC and footer, and sums up.
+fn finish_blob<W: Write>(
+    mut out: HashingWriter<W>,
+    entries: Vec<TocEntry>,
+    diff_id: Digest,
+    uncompressed_size: u64,
+    chunks: usize,
+) -> Result<LayerSummary, FormatError> {
+    let toc = Toc {
+        version: FORMAT_VERSION,
+        entries,
+    };
+    let encoded = toc.encode();
+    let compressed = zstd::bulk::compress(&encoded, TOC_LEVEL)?;
+    let frame = skippable_frame(SKIPPABLE_MAGIC_TOC, &compressed)?;
+    let toc_offset = out.written();
+    out.write_all(&frame)?;
+    let footer = Footer {
+        version: FORMAT_VERSION,
+        toc_offset,
+        toc_length: frame.len() as u64,
+        toc_uncompressed_len: encoded.len() as u64,
+    };
+    out.write_all(&footer.to_bytes())?;
+    out.flush()?;
+    let (_, blob_digest, blob_size) = out.finish();
+    Ok(LayerSummary {
+        blob_digest,
+        blob_size,
+        diff_id,
+        uncompressed_size,
+        toc_digest: Digest::of(&frame),
+        toc_offset,
+        toc_length: frame.len() as u64,
+        entries: toc.entries.len(),
+        chunks,
+    })
+}
+
+/// A piece of the tar that becomes one zstd frame.
+struct Segment {
+    /// For file content: which TOC entry and where in the file.
+    chunk_of: Option<(usize, u64)>,
+    data: Vec<u8>,
+}
+
+/// What the tap has seen: every byte is hashed (diff_id) and counted; bytes
+/// are kept only while `recording` (headers and padding, not file content,
+/// which the chunker reads itself).
+#[derive(Default)]
+struct TapState {
+    offset: u64,
+    recording: bool,
+    kept: Vec<u8>,
+    hasher: Hasher,
+}
+
+/// A reader that reports what passes through it to a shared [`TapState`].
+struct Tap<R> {
+    inner: R,
+    state: Rc<RefCell<TapState>>,
+}
+
+impl<R: Read> Read for Tap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut state = self.state.borrow_mut();
+        state.offset += n as u64;
+        state.hasher.update(&buf[..n]);
+        if state.recording {
+            state.kept.extend_from_slice(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+/// Walks the tar, building TOC entries and handing segments on in order.
+struct Cutter<'p> {
+    tap_state: Rc<RefCell<TapState>>,
+    batch: Vec<Segment>,
+    batch_bytes: usize,
+    tx: mpsc::SyncSender<Vec<Segment>>,
+    progress: &'p dyn Fn(u64),
+}
+
+impl Cutter<'_> {
+    fn walk<R: Read>(
+        &mut self,
+        tap: Tap<R>,
+        opts: &ConvertOptions,
+    ) -> Result<(Vec<TocEntry>, Digest, u64), FormatError> {
+        self.tap_state.borrow_mut().recording = true;
+        let mut archive = tar::Archive::new(tap);
+        let mut entries = Vec::new();
+        let tar_error = |offset: u64, err: io::Error| FormatError::MalformedTar {
+            offset,
+            reason: err.to_string(),
+        };
+        for item in archive.entries().map_err(|e| tar_error(0, e))? {
+            let offset = self.tap_state.borrow().offset;
+            let mut item = item.map_err(|e| tar_error(offset, e))?;
+            let Some(entry) = toc_entry(&mut item)? else {
+                continue;
+            };
+            if entry.kind == EntryKind::File && entry.size > 0 {
+                if item.raw_file_position() != offset {
+                    return Err(FormatError::MalformedTar {
+                        offset,
+                        reason: "entry data does not follow its header".into(),
+                    });
+                }
+                self.flush_meta()?;
+                self.tap_state.borrow_mut().recording = false;
+                let index = entries.len();
+                let size = entry.size;
+                entries.push(entry);
+                self.cut_content(&mut item, index, size, opts)?;
+                self.tap_state.borrow_mut().recording = true;
+            } else {
+                entries.push(entry);
+            }
+            self.flush_meta_if_large()?;
+        }
+        // The tar crate stops at the end-of-archive marker; the rest of the
+        // stream (the second zero block, record padding) belongs to the
+        // layer too.
+        let mut rest = archive.into_inner();
+        io::copy(&mut rest, &mut io::sink())?;
+        self.flush_meta()?;
+        self.send_batch()?;
+        let state = std::mem::take(&mut *self.tap_state.borrow_mut());
+        Ok((entries, state.hasher.finish(), state.offset))
+    }
+
+    /// Cuts one file's content into content-defined chunks.
+    fn cut_content(
+        &mut self,
+        content: &mut impl Read,
+        entry: usize,
+        size: u64,
+        opts: &ConvertOptions,
+    ) -> Result<(), FormatError> {
+        let avg = opts.chunk_size.max(256);
+        let chunker = fastcdc::v2020::StreamCDC::new(content, (avg / 4).max(64), avg, avg * 4);
+        let mut seen = 0u64;
+        for chunk in chunker {
+            let chunk = chunk.map_err(|e| FormatError::Io(e.into()))?;
+            seen += chunk.length as u64;
+            self.push(Segment {
+                chunk_of: Some((entry, chunk.offset)),
+                data: chunk.data,
+            })?;
+        }
+        if seen != size {
+            let offset = self.tap_state.borrow().offset;
+            return Err(FormatError::MalformedTar {
+                offset,
+                reason: format!("file content ends after {seen} of {size} bytes"),
+            });
+        }
+        Ok(())
+    }
+
+    fn flush_meta_if_large(&mut self) -> Result<(), FormatError> {
+        if self.tap_state.borrow().kept.len() >= MAX_META_SEGMENT {
+            self.flush_meta()?;
+        }
+        Ok(())
+    }
+
+    fn flush_meta(&mut self) -> Result<(), FormatError> {
+        let kept = std::mem::take(&mut self.tap_state.borrow_mut().kept);
+        if kept.is_empty() {
+            return Ok(());
+        }
+        self.push(Segment {
+            chunk_of: None,
+            data: kept,
+        })
+    }
+
+    fn push(&mut self, segment: Segment) -> Result<(), FormatError> {
+        self.batch_bytes += segment.data.len();
+        self.batch.push(segment);
+        if self.batch_bytes >= BATCH_BYTES {
+            self.send_batch()?;
+        }
+        Ok(())
+    }
+
+    fn send_batch(&mut self) -> Result<(), FormatError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        (self.progress)(self.tap_state.borrow().offset);
+        // A closed channel means the compressor failed; its error is
+        // reported when it is joined.
+        self.tx
+            .send(batch)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "compressor stopped"))?;
+        Ok(())
+    }
+}
+
+/// Builds the TOC entry of one tar entry, or None for entry types that carry
+/// no filesystem object (global PAX headers, volume labels).
+fn toc_entry<R: Read>(item: &mut tar::Entry<'_, R>) -> Result<Option<TocEntry>, FormatError> {
+    use tar::EntryType as T;
+    let header = item.header().clone();
+    let header_offset = item.raw_header_position();
+    let malformed = |reason: String| FormatError::MalformedTar {
+        offset: header_offset,
+        reason,
+    };
+    let kind = match header.entry_type() {
+        T::Regular | T::Continuous => EntryKind::File,
+        T::Directory => EntryKind::Dir,
+        T::Symlink => EntryKind::Symlink,
+        T::Link => EntryKind::Hardlink,
+        T::Char => EntryKind::CharDevice,
+        T::Block => EntryKind::BlockDevice,
+        T::Fifo => EntryKind::Fifo,
+        T::GNUSparse => return Err(malformed("sparse files are not supported".into())),
+        _ => return Ok(None),
+    };
+    let field = |r: io::Result<u64>, what: &str| r.map_err(|e| malformed(format!("{what}: {e}")));
+    let mode = field(header.mode().map(u64::from), "mode")? as u32 & 0o7777;
+    let mut uid = field(header.uid(), "uid")?;
+    let mut gid = field(header.gid(), "gid")?;
+    let mut mtime = field(header.mtime(), "mtime")? as i64;
+    let (dev_major, dev_minor) = match kind {
+        EntryKind::CharDevice | EntryKind::BlockDevice => (
+            field(
+                header.device_major().map(|d| d.unwrap_or(0) as u64),
+                "device major",
+            )? as u32,
+            field(
+                header.device_minor().map(|d| d.unwrap_or(0) as u64),
+                "device minor",
+            )? as u32,
+        ),
+        _ => (0, 0),
+    };
+    let mut xattrs = Vec::new();
+    if let Some(pax) = item
+        .pax_extensions()
+        .map_err(|e| malformed(e.to_string()))?
+    {
+        for ext in pax {
+            let ext = ext.map_err(|e| malformed(format!("PAX record: {e}")))?;
+            let key = ext
+                .key()
+                .map_err(|_| malformed("non-UTF-8 PAX key".into()))?;
+            let number = || -> Result<i64, FormatError> {
+                let text = ext.value().map_err(|_| malformed(format!("PAX {key}")))?;
+                let whole = text.split('.').next().unwrap_or("");
+                whole
+                    .parse()
+                    .map_err(|_| malformed(format!("PAX {key} value {text:?}")))
+            };
+            match key {
+                "uid" => uid = number()? as u64,
+                "gid" => gid = number()? as u64,
+                "mtime" => mtime = number()?,
+                _ => {
+                    if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                        xattrs.push(Xattr {
+                            name: name.to_string(),
+                            value: ext.value_bytes().to_vec(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    xattrs.sort_by(|a, b| a.name.cmp(&b.name));
+    let path = normalize_path(&item.path_bytes())?;
+    let link = match kind {
+        EntryKind::Symlink => Some(link_bytes(item)?),
+        EntryKind::Hardlink => Some(normalize_path(&link_bytes(item)?)?),
+        _ => None,
+    };
+    let size = if kind == EntryKind::File {
+        item.size()
+    } else {
+        0
+    };
+    Ok(Some(TocEntry {
+        path,
+        kind,
+        mode,
+        uid: u32::try_from(uid).map_err(|_| malformed(format!("uid {uid} out of range")))?,
+        gid: u32::try_from(gid).map_err(|_| malformed(format!("gid {gid} out of range")))?,
+        size,
+        mtime,
+        link,
+        xattrs,
+        dev_major,
+        dev_minor,
+        chunks: Vec::new(),
+    }))
+}
+
+fn link_bytes<R: Read>(item: &tar::Entry<'_, R>) -> Result<Vec<u8>, FormatError> {
+    item.link_name_bytes()
+        .map(|l| l.into_owned())
+        .ok_or_else(|| FormatError::MalformedTar {
+            offset: item.raw_header_position(),
+            reason: "link entry without a target".into(),
+        })
+}
+
+/// Compresses batches in parallel and writes their frames in order.
+/// Returns where each chunk landed, as (TOC entry index, chunk).
+fn compress_and_write<W: Write>(
+    rx: mpsc::Receiver<Vec<Segment>>,
+    mut out: HashingWriter<W>,
+    level: i32,
+) -> Result<(Vec<(usize, Chunk)>, HashingWriter<W>), FormatError> {
+    let mut placements = Vec::new();
+    for batch in rx {
+        let frames: Vec<(Vec<u8>, Option<Digest>)> = batch
+            .par_iter()
+            .map(|segment| {
+                let frame = zstd::bulk::compress(&segment.data, level)?;
+                let digest = segment.chunk_of.map(|_| Digest::of(&segment.data));
+                Ok((frame, digest))
+            })
+            .collect::<io::Result<_>>()?;
+        for (segment, (frame, digest)) in batch.iter().zip(frames) {
+            let blob_offset = out.written();
+            out.write_all(&frame)?;
+            if let (Some((entry, file_offset)), Some(digest)) = (segment.chunk_of, digest) {
+                placements.push((
+                    entry,
+                    Chunk {
+                        file_offset,
+                        blob_offset,
+                        compressed_len: frame.len() as u32,
+                        len: segment.data.len() as u32,
+                        digest,
+                    },
+                ));
+            }
+        }
+    }
+    Ok((placements, out))
+}

@@ -1,0 +1,185 @@
+//! Converted layers as a reader meets them in an image: found through the
+//! manifest (for the host's platform), their TOC fetched with one range
+//! read and checked against the digest the descriptor declares.
+
+use crate::digest::Digest;
+use crate::format::{self, annotations, Footer, FormatError, Toc, FOOTER_SIZE};
+use crate::image::{media_types, ImageError, ImageStore};
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
+
+/// Why a converted layer could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// Reading from the store failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The layer's bytes were refused.
+    #[error("layer {layer}: {source}")]
+    Format {
+        layer: Digest,
+        #[source]
+        source: FormatError,
+    },
+    /// A manifest, config or annotation is not what it must be.
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+}
+
+fn invalid(what: impl std::fmt::Display, reason: impl std::fmt::Display) -> LayerError {
+    LayerError::Invalid {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// A layer of an image, and what its descriptor says about it.
+#[derive(Clone, Debug)]
+pub struct ImageLayer {
+    /// Blob digest.
+    pub digest: Digest,
+    /// Blob size.
+    pub size: u64,
+    /// Media type.
+    pub media_type: String,
+    /// The diff_id from the image config.
+    pub diff_id: Digest,
+    /// The TOC digest, for converted layers.
+    pub toc_digest: Option<Digest>,
+    /// The TOC offset, when annotated.
+    pub toc_offset: Option<u64>,
+}
+
+/// The layers of the image at `store`, for the host's platform when the
+/// reference is an index.
+pub async fn image_layers(store: &ImageStore) -> Result<Vec<ImageLayer>, LayerError> {
+    let mut manifest = store.resolve().await?;
+    if manifest.media_type == media_types::OCI_INDEX
+        || manifest.media_type == media_types::DOCKER_LIST
+    {
+        let index = ImageIndex::from_reader(&manifest.bytes[..])
+            .map_err(|e| invalid(format!("index {}", manifest.digest), e))?;
+        let child = pick_platform(index.manifests()).ok_or_else(|| {
+            invalid(
+                format!("index {}", manifest.digest),
+                format!("no manifest for linux/{}", host_arch()),
+            )
+        })?;
+        let digest: Digest = child
+            .digest()
+            .to_string()
+            .parse()
+            .map_err(|e| invalid("index entry", e))?;
+        manifest = store.manifest(&digest).await?;
+    }
+    let what = format!("manifest {}", manifest.digest);
+    let parsed = ImageManifest::from_reader(&manifest.bytes[..]).map_err(|e| invalid(&what, e))?;
+    let config_digest: Digest = parsed
+        .config()
+        .digest()
+        .to_string()
+        .parse()
+        .map_err(|e| invalid(&what, e))?;
+    let config_bytes = store.blob_bytes(&config_digest).await?;
+    let config = ImageConfiguration::from_reader(&config_bytes[..])
+        .map_err(|e| invalid(format!("config {config_digest}"), e))?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != parsed.layers().len() {
+        return Err(invalid(
+            &what,
+            "layer count differs from the config's diff_ids",
+        ));
+    }
+    parsed
+        .layers()
+        .iter()
+        .zip(diff_ids)
+        .map(|(layer, diff_id)| describe(layer, diff_id))
+        .collect()
+}
+
+fn describe(layer: &Descriptor, diff_id: &str) -> Result<ImageLayer, LayerError> {
+    let digest: Digest = layer
+        .digest()
+        .to_string()
+        .parse()
+        .map_err(|e| invalid("layer descriptor", e))?;
+    let annotation = |key: &str| {
+        layer
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .cloned()
+    };
+    let toc_digest = annotation(annotations::TOC_DIGEST)
+        .map(|d| {
+            d.parse::<Digest>()
+                .map_err(|e| invalid(format!("layer {digest} annotation"), e))
+        })
+        .transpose()?;
+    let toc_offset = annotation(annotations::TOC_OFFSET)
+        .map(|o| {
+            o.parse::<u64>()
+                .map_err(|e| invalid(format!("layer {digest} TOC offset"), e))
+        })
+        .transpose()?;
+    Ok(ImageLayer {
+        digest,
+        size: layer.size(),
+        media_type: layer.media_type().to_string(),
+        diff_id: diff_id
+            .parse()
+            .map_err(|e| invalid(format!("diff_id of layer {digest}"), e))?,
+        toc_digest,
+        toc_offset,
+    })
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn pick_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
+    manifests.iter().find(|d| {
+        d.platform().as_ref().is_some_and(|p| {
+            p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
+        })
+    })
+}
+
+/// Fetches and verifies a converted layer's footer and TOC: one range read
+/// of TOC and footer when the offset is annotated, else the footer first.
+pub async fn fetch_toc(
+    store: &ImageStore,
+    layer: &ImageLayer,
+) -> Result<(Footer, Toc), LayerError> {
+    let format_err = |source| LayerError::Format {
+        layer: layer.digest,
+        source,
+    };
+    let expected = layer.toc_digest.ok_or_else(|| {
+        invalid(
+            format!("layer {}", layer.digest),
+            "not a loci layer (no TOC digest annotation)",
+        )
+    })?;
+    let size = layer.size;
+    let start = match layer.toc_offset {
+        Some(offset) if offset < size => offset,
+        _ => size.saturating_sub(FOOTER_SIZE as u64),
+    };
+    let mut base = start;
+    let mut tail = store.blob_range(&layer.digest, start..size).await?;
+    let footer = Footer::parse(&tail, size).map_err(format_err)?;
+    if footer.toc_offset < base {
+        base = footer.toc_offset;
+        tail = store.blob_range(&layer.digest, base..size).await?;
+    }
+    let begin = (footer.toc_offset - base) as usize;
+    let frame = &tail[begin..begin + footer.toc_length as usize];
+    let toc = format::decode_toc(frame, &footer, Some(&expected)).map_err(format_err)?;
+    Ok((footer, toc))
+}

@@ -1,0 +1,148 @@
+//! Registry authentication: the `WWW-Authenticate` challenge, Bearer token
+//! exchange and Basic auth, with credentials from `~/.docker/config.json`
+//! (and its credential helpers, through the `docker_credential` crate).
+
+use base64::Engine as _;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Credentials for one registry.
+#[derive(Clone)]
+pub(super) enum Credentials {
+    /// Username and password (or token as password).
+    Basic { username: String, password: String },
+    /// An identity (refresh) token, exchanged at the token endpoint.
+    IdentityToken(String),
+}
+
+impl Credentials {
+    /// Looks up the docker config for `registry`; None when there is no
+    /// entry (anonymous access).
+    pub(super) fn from_docker_config(registry: &str) -> Option<Credentials> {
+        let servers: Vec<&str> = if registry == "registry-1.docker.io" {
+            vec![
+                "https://index.docker.io/v1/",
+                "index.docker.io",
+                "docker.io",
+            ]
+        } else {
+            vec![registry]
+        };
+        servers.into_iter().find_map(|server| {
+            match docker_credential::get_credential(server).ok()? {
+                docker_credential::DockerCredential::UsernamePassword(username, password) => {
+                    Some(Credentials::Basic { username, password })
+                }
+                docker_credential::DockerCredential::IdentityToken(token) => {
+                    Some(Credentials::IdentityToken(token))
+                }
+            }
+        })
+    }
+
+    /// The `Authorization` value for Basic auth, when these are basic creds.
+    pub(super) fn basic_header(&self) -> Option<String> {
+        match self {
+            Credentials::Basic { username, password } => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+            )),
+            Credentials::IdentityToken(_) => None,
+        }
+    }
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Challenge {
+    /// Token auth: ask `realm` for a token for `service` and `scope`.
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        scope: Option<String>,
+    },
+    /// Send credentials with every request.
+    Basic,
+}
+
+impl Challenge {
+    /// Parses a header such as
+    /// `Bearer realm="https://auth/token",service="registry",scope="repository:a:pull"`.
+    pub(super) fn parse(header: &str) -> Option<Challenge> {
+        let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            return Some(Challenge::Basic);
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let mut fields = HashMap::new();
+        let mut rest = params;
+        while let Some((key, after)) = rest.split_once('=') {
+            let key = key
+                .trim()
+                .trim_start_matches(',')
+                .trim()
+                .to_ascii_lowercase();
+            let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
+                let end = quoted.find('"')?;
+                (&quoted[..end], &quoted[end + 1..])
+            } else {
+                let end = after.find(',').unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            };
+            fields.insert(key, value.to_string());
+            rest = remaining;
+        }
+        Some(Challenge::Bearer {
+            realm: fields.remove("realm")?,
+            service: fields.remove("service"),
+            scope: fields.remove("scope"),
+        })
+    }
+}
+
+/// `Authorization` header values that worked, per scope, reused until the
+/// registry refuses them.
+#[derive(Default)]
+pub(super) struct TokenCache(Mutex<HashMap<String, String>>);
+
+impl TokenCache {
+    pub(super) fn get(&self, scope: &str) -> Option<String> {
+        self.0.lock().unwrap().get(scope).cloned()
+    }
+
+    pub(super) fn put(&self, scope: &str, header: String) {
+        self.0.lock().unwrap().insert(scope.to_string(), header);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_challenge() {
+        let c = Challenge::parse(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Challenge::Bearer {
+                realm: "https://auth.example/token".into(),
+                service: Some("registry.example".into()),
+                scope: Some("repository:a/b:pull,push".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn parses_basic_and_refuses_unknown() {
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="x""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(Challenge::parse("Negotiate abc"), None);
+    }
+}

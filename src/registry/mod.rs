@@ -1,0 +1,23 @@
+//! The OCI distribution client: resolving references, pulling and pushing
+//! manifests and blobs, reading byte ranges of blobs.
+//!
+//! Written over reqwest (rustls) rather than taken whole from a distribution
+//! crate because the lazy reader needs control of the hot path: connection
+//! reuse, range reads, redirects and bounded retries.
+
+mod auth;
+mod client;
+mod error;
+mod reference;
+
+pub use client::{Manifest, RegistryClient, RegistryOptions};
+pub use error::RegistryError;
+pub use reference::{Reference, ReferenceError};
+
+/// Media types a manifest GET accepts, most specific first.
+pub const MANIFEST_ACCEPT: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];

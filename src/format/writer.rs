@@ -355,21 +355,28 @@ fn toc_entry<R: Read>(item: &mut tar::Entry<'_, R>) -> Result<Option<TocEntry>, 
         T::GNUSparse => return Err(malformed("sparse files are not supported".into())),
         _ => return Ok(None),
     };
-    let field = |r: io::Result<u64>, what: &str| r.map_err(|e| malformed(format!("{what}: {e}")));
-    let mode = field(header.mode().map(u64::from), "mode")? as u32 & 0o7777;
-    let mut uid = field(header.uid(), "uid")?;
-    let mut gid = field(header.gid(), "gid")?;
-    let mut mtime = field(header.mtime(), "mtime")? as i64;
+    // An all-NUL numeric field reads as 0, as in Go's archive/tar (and so
+    // in containerd's unpacker); anything else unparsable is refused.
+    let old = header.as_old();
+    let field = |r: io::Result<u64>, raw: &[u8], what: &str| match r {
+        Ok(v) => Ok(v),
+        Err(_) if raw.iter().all(|&b| b == 0) => Ok(0),
+        Err(e) => Err(malformed(format!("{what}: {e}"))),
+    };
+    let mode = field(header.mode().map(u64::from), &old.mode, "mode")? as u32 & 0o7777;
+    let mut uid = field(header.uid(), &old.uid, "uid")?;
+    let mut gid = field(header.gid(), &old.gid, "gid")?;
+    let mut mtime = field(header.mtime(), &old.mtime, "mtime")? as i64;
     let (dev_major, dev_minor) = match kind {
         EntryKind::CharDevice | EntryKind::BlockDevice => (
-            field(
-                header.device_major().map(|d| d.unwrap_or(0) as u64),
-                "device major",
-            )? as u32,
-            field(
-                header.device_minor().map(|d| d.unwrap_or(0) as u64),
-                "device minor",
-            )? as u32,
+            header
+                .device_major()
+                .map_err(|e| malformed(format!("device major: {e}")))?
+                .unwrap_or(0),
+            header
+                .device_minor()
+                .map_err(|e| malformed(format!("device minor: {e}")))?
+                .unwrap_or(0),
         ),
         _ => (0, 0),
     };

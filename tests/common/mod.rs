@@ -1,0 +1,455 @@
+//! Shared harness for tests that run real components: a `docker-registry`
+//! on 127.0.0.1, a private containerd, the fixture image builder, and a
+//! file-tree walker to compare what different unpackers produce.
+//!
+//! A test that needs something the machine lacks says so and skips, unless
+//! `LOCI_REQUIRE_SYSTEM_TESTS=1` (set by CI), where a skip is a failure.
+#![allow(dead_code)]
+
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root (fixtures, tools).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Checks that every requirement holds; if not, skips the test with the
+/// reason (or fails it under CI).
+pub fn require(test: &str, binaries: &[&str], root: bool) -> bool {
+    let mut missing: Vec<String> = binaries
+        .iter()
+        .filter(|b| which(b).is_none())
+        .map(|b| format!("`{b}` not on PATH"))
+        .collect();
+    if root && unsafe { libc_geteuid() } != 0 {
+        missing.push("not running as root".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = missing.join(", ");
+    if std::env::var("LOCI_REQUIRE_SYSTEM_TESTS").as_deref() == Ok("1") {
+        panic!("{test}: required system component missing: {reason}");
+    }
+    eprintln!("SKIP {test}: {reason} (install them, see .ci/run, or set LOCI_REQUIRE_SYSTEM_TESTS=1 to fail instead)");
+    false
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+pub fn which(binary: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(binary))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// The `loci` binary under test.
+pub fn loci() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loci"));
+    cmd.env("LOCI_LOG", "info");
+    cmd
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        if start.elapsed() > timeout {
+            panic!("{what} not ready after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed when the handle drops.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(mut cmd: Command, log: PathBuf) -> Daemon {
+        let file = std::fs::File::create(&log).unwrap();
+        cmd.stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        Daemon { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A real `docker-registry` on 127.0.0.1 with storage in a temp dir.
+pub struct Registry {
+    pub addr: String,
+    pub daemon: Daemon,
+    pub dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("loci-registry-")
+            .tempdir()
+            .unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let template = std::fs::read_to_string(repo_root().join("fixtures/registry.yml")).unwrap();
+        let config = template
+            .replace("@ROOT@", dir.path().join("storage").to_str().unwrap())
+            .replace("@ADDR@", &addr);
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(&config_path);
+        let daemon = Daemon::spawn(cmd, dir.path().join("registry.log"));
+        let url = format!("http://{addr}/v2/");
+        wait_until("docker-registry", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+        });
+        let _ = url;
+        Registry { addr, daemon, dir }
+    }
+
+    /// Access-log lines of GET requests for a blob.
+    pub fn blob_gets(&self, digest: &str) -> Vec<String> {
+        self.daemon
+            .log_text()
+            .lines()
+            .filter(|l| l.contains(&format!("/blobs/{digest}")) && l.contains("\"GET "))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Builds the fixture image into `dir` (an OCI layout) with `tag`.
+pub fn build_fixture(dir: &Path, tag: &str, extra: &[&str]) {
+    run(Command::new("python3")
+        .arg(repo_root().join("tools/make-fixture-image.py"))
+        .arg(dir)
+        .arg("--tag")
+        .arg(tag)
+        .args(extra));
+}
+
+/// Copies an OCI layout image into the registry with skopeo.
+pub fn push_layout(dir: &Path, tag: &str, reference: &str) {
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:{tag}", dir.display()))
+        .arg(format!("docker://{reference}")));
+}
+
+/// A private containerd: own config, root, state and socket in a temp dir.
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub daemon: Daemon,
+    pub namespace: String,
+}
+
+impl Containerd {
+    pub fn start(proxy_plugins: &str) -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("loci-containerd-")
+            .tempdir()
+            .unwrap();
+        let template =
+            std::fs::read_to_string(repo_root().join("fixtures/containerd.toml")).unwrap();
+        let config = template
+            .replace("@DIR@", dir.path().to_str().unwrap())
+            .replace("@PROXY_PLUGINS@", proxy_plugins);
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config").arg(&config_path);
+        let daemon = Daemon::spawn(cmd, dir.path().join("containerd.log"));
+        let probe = socket.clone();
+        wait_until("containerd", Duration::from_secs(30), || probe.exists());
+        Containerd {
+            dir,
+            socket,
+            daemon,
+            namespace: "loci-test".into(),
+        }
+    }
+
+    /// `ctr` bound to this containerd and namespace.
+    pub fn ctr(&self) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(&self.namespace);
+        cmd
+    }
+
+    /// Pulls (and unpacks) an image from a plain-HTTP registry.
+    pub fn pull(&self, reference: &str, snapshotter: &str) {
+        run(self
+            .ctr()
+            .args([
+                "images",
+                "pull",
+                "--plain-http",
+                "--snapshotter",
+                snapshotter,
+            ])
+            .arg(reference));
+    }
+
+    /// Mounts a read-only view of the unpacked image whose layers have
+    /// these diff_ids, at `target`. Returns the view's key.
+    pub fn mount_view(&self, diff_ids: &[String], snapshotter: &str, key: &str, target: &Path) {
+        let parent = chain_id(diff_ids);
+        std::fs::create_dir_all(target).unwrap();
+        // One call creates the view and prints its mount command, so the
+        // garbage collector (views hold no lease) cannot get in between.
+        let out = run(self
+            .ctr()
+            .args([
+                "snapshots",
+                "--snapshotter",
+                snapshotter,
+                "view",
+                "--target",
+            ])
+            .arg(target)
+            .args([key, &parent]));
+        let script = String::from_utf8(out.stdout).unwrap();
+        run(Command::new("sh").arg("-c").arg(script.trim()));
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.daemon.stop();
+        // Unmount anything a test left mounted below our directory.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let dir = self.dir.path().to_str().unwrap().to_string();
+        let mut targets: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|t| t.starts_with(&dir))
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for t in targets {
+            let _ = Command::new("umount").arg("-l").arg(t).status();
+        }
+    }
+}
+
+/// OCI chain ID of a stack of layers (the name containerd gives the
+/// committed snapshot of the top layer).
+pub fn chain_id(diff_ids: &[String]) -> String {
+    let mut chain = diff_ids[0].clone();
+    for diff in &diff_ids[1..] {
+        chain = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(format!("{chain} {diff}")))
+        );
+    }
+    chain
+}
+
+/// The diff_ids of the image tagged `tag` in an OCI layout.
+pub fn layout_diff_ids(dir: &Path, tag: &str) -> Vec<String> {
+    let read = |digest: &str| -> serde_json::Value {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let manifest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    let manifest = read(manifest["digest"].as_str().unwrap());
+    let config = read(manifest["config"]["digest"].as_str().unwrap());
+    config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// What a file-tree comparison looks at for one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: Option<i64>,
+    pub link: Option<PathBuf>,
+    pub rdev: u64,
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+    pub sha256: Option<String>,
+    /// For files with several links: the first path (in walk order) that
+    /// shares the inode.
+    pub hardlink_of: Option<PathBuf>,
+}
+
+/// Walks a tree (not following symlinks, not crossing into other mounts'
+/// children) and records every path's metadata and content hash.
+pub fn walk_tree(root: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), PathBuf> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let ft = meta.file_type();
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            let kind = if ft.is_dir() {
+                "dir"
+            } else if ft.is_symlink() {
+                "symlink"
+            } else if ft.is_file() {
+                "file"
+            } else if ft.is_fifo() {
+                "fifo"
+            } else if ft.is_char_device() {
+                "char"
+            } else if ft.is_block_device() {
+                "block"
+            } else {
+                "other"
+            };
+            let xattrs = if ft.is_symlink() {
+                BTreeMap::new()
+            } else {
+                xattr::list(&path)
+                    .unwrap()
+                    .filter(|n| !n.to_string_lossy().starts_with("trusted.overlay"))
+                    .map(|n| {
+                        let v = xattr::get(&path, &n).unwrap().unwrap_or_default();
+                        (n.to_string_lossy().into_owned(), v)
+                    })
+                    .collect()
+            };
+            let sha256 = ft
+                .is_file()
+                .then(|| hex::encode(Sha256::digest(std::fs::read(&path).unwrap())));
+            let hardlink_of = (ft.is_file() && meta.nlink() > 1).then(|| {
+                inodes
+                    .entry((meta.dev(), meta.ino()))
+                    .or_insert_with(|| rel.clone())
+                    .clone()
+            });
+            out.insert(
+                rel.clone(),
+                Node {
+                    kind,
+                    mode: meta.mode() & 0o7777,
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    size: if ft.is_dir() { 0 } else { meta.size() },
+                    mtime: (!ft.is_dir()).then(|| meta.mtime()),
+                    link: ft.is_symlink().then(|| std::fs::read_link(&path).unwrap()),
+                    rdev: meta.rdev(),
+                    xattrs,
+                    sha256,
+                    hardlink_of,
+                },
+            );
+            if ft.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Asserts two trees are equal, listing every difference.
+pub fn assert_same_tree(expected: &BTreeMap<PathBuf, Node>, actual: &BTreeMap<PathBuf, Node>) {
+    let mut diffs = Vec::new();
+    for (path, node) in expected {
+        match actual.get(path) {
+            None => diffs.push(format!("missing: {}", path.display())),
+            Some(other) if other != node => diffs.push(format!(
+                "differs: {}\n  expected {node:?}\n  actual   {other:?}",
+                path.display()
+            )),
+            _ => {}
+        }
+    }
+    for path in actual.keys().filter(|p| !expected.contains_key(*p)) {
+        diffs.push(format!("unexpected: {}", path.display()));
+    }
+    assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
+}

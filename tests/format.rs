@@ -1,0 +1,267 @@
+//! The format's promises, checked on generated layers: the converted blob
+//! decompresses to the input tar byte for byte, every chunk decodes and
+//! verifies on its own, the TOC describes every entry, and conversion is
+//! deterministic.
+
+use loci::format::{
+    convert_layer, decode_chunk, read_toc, verify_layer, ConvertOptions, EntryKind,
+};
+use std::io::{Cursor, Read};
+
+/// A small deterministic generator (xorshift), enough for test data.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn bytes(&mut self, n: usize, compressible: bool) -> Vec<u8> {
+        (0..n)
+            .map(|i| {
+                if compressible {
+                    (i % 251) as u8 ^ (i / 4096) as u8
+                } else {
+                    self.next() as u8
+                }
+            })
+            .collect()
+    }
+}
+
+/// A tar with files of many sizes, dirs, links, a long name and xattrs.
+fn sample_tar(seed: u64) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    let mut rng = Rng(seed);
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut files = Vec::new();
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    builder
+        .append_data(&mut dir, "./d/", std::io::empty())
+        .unwrap();
+    let sizes = [0usize, 1, 100, 4095, 65536, 300_000, 1 << 20, 3 << 20];
+    for (i, size) in sizes.iter().enumerate() {
+        let data = rng.bytes(*size, i % 2 == 0);
+        let name = format!("d/file-{i}-{}", "x".repeat(if i == 3 { 150 } else { 1 }));
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1_700_000_000 + i as u64);
+        builder.append_data(&mut h, &name, &data[..]).unwrap();
+        files.push((name, data));
+    }
+    let mut link = tar::Header::new_gnu();
+    link.set_entry_type(tar::EntryType::Symlink);
+    link.set_size(0);
+    builder
+        .append_link(&mut link, "d/link", "file-0-x")
+        .unwrap();
+    let mut hard = tar::Header::new_gnu();
+    hard.set_entry_type(tar::EntryType::Link);
+    hard.set_size(0);
+    builder
+        .append_link(&mut hard, "d/hard", "d/file-1-x")
+        .unwrap();
+    builder
+        .append_pax_extensions([("SCHILY.xattr.user.k", &b"v"[..])])
+        .unwrap();
+    let mut x = tar::Header::new_ustar();
+    x.set_mode(0o600);
+    x.set_size(3);
+    builder
+        .append_data(&mut x, "d/with-xattr", &b"abc"[..])
+        .unwrap();
+    files.push(("d/with-xattr".into(), b"abc".to_vec()));
+    (builder.into_inner().unwrap(), files)
+}
+
+fn convert(tar: &[u8], chunk_size: u32) -> (Vec<u8>, loci::format::LayerSummary) {
+    let mut out = Vec::new();
+    let opts = ConvertOptions {
+        chunk_size,
+        level: 3,
+    };
+    let summary = convert_layer(tar, &mut out, &opts, &|_| {}).unwrap();
+    (out, summary)
+}
+
+#[test]
+fn blob_decompresses_to_the_input_tar_byte_for_byte() {
+    for (seed, chunk) in [(1, 4096), (2, 64 * 1024), (3, 1 << 20)] {
+        let (tar, _) = sample_tar(seed);
+        let (blob, summary) = convert(&tar, chunk);
+        let mut plain = Vec::new();
+        zstd::stream::read::Decoder::new(&blob[..])
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert!(
+            plain == tar,
+            "chunk size {chunk}: stream differs from the input tar"
+        );
+        assert_eq!(summary.diff_id, loci::digest::Digest::of(&tar));
+        assert_eq!(summary.uncompressed_size, tar.len() as u64);
+        assert_eq!(summary.blob_size, blob.len() as u64);
+    }
+}
+
+#[test]
+fn the_zstd_cli_reads_the_blob_as_an_ordinary_layer() {
+    if common_zstd().is_none() {
+        eprintln!("SKIP the_zstd_cli_reads_the_blob_as_an_ordinary_layer: zstd CLI not installed");
+        return;
+    }
+    let (tar, _) = sample_tar(9);
+    let (blob, _) = convert(&tar, 16 * 1024);
+    let mut child = std::process::Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &blob).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout == tar);
+}
+
+fn common_zstd() -> Option<()> {
+    std::process::Command::new("zstd")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|_| ())
+}
+
+#[test]
+fn every_chunk_decodes_alone_and_files_reassemble() {
+    let (tar, files) = sample_tar(4);
+    let (blob, summary) = convert(&tar, 8 * 1024);
+    let (_, toc) = read_toc(
+        &mut Cursor::new(&blob),
+        blob.len() as u64,
+        Some(&summary.toc_digest),
+    )
+    .unwrap();
+    for (name, data) in &files {
+        let entry = toc
+            .entries
+            .iter()
+            .find(|e| e.path == name.as_bytes())
+            .unwrap_or_else(|| panic!("{name} not in TOC"));
+        assert_eq!(entry.kind, EntryKind::File);
+        assert_eq!(entry.size, data.len() as u64);
+        let mut rebuilt = Vec::new();
+        for chunk in &entry.chunks {
+            let start = chunk.blob_offset as usize;
+            let frame = &blob[start..start + chunk.compressed_len as usize];
+            rebuilt.extend(decode_chunk(frame, entry, chunk).unwrap());
+        }
+        assert!(
+            rebuilt == *data,
+            "{name}: chunks do not reassemble the file"
+        );
+    }
+    let big = toc.entries.iter().find(|e| e.size == 3 << 20).unwrap();
+    assert!(
+        big.chunks.len() > 50,
+        "a 3 MiB file in 8 KiB chunks has {} chunks",
+        big.chunks.len()
+    );
+    let kinds: Vec<_> = toc
+        .entries
+        .iter()
+        .map(|e| (e.display_path(), e.kind))
+        .collect();
+    assert!(kinds.contains(&("d".into(), EntryKind::Dir)), "{kinds:?}");
+    let link = toc.entries.iter().find(|e| e.path == b"d/link").unwrap();
+    assert_eq!(link.link.as_deref(), Some(&b"file-0-x"[..]));
+    let hard = toc.entries.iter().find(|e| e.path == b"d/hard").unwrap();
+    assert_eq!(
+        (hard.kind, hard.link.as_deref()),
+        (EntryKind::Hardlink, Some(&b"d/file-1-x"[..]))
+    );
+    let x = toc
+        .entries
+        .iter()
+        .find(|e| e.path == b"d/with-xattr")
+        .unwrap();
+    assert_eq!(x.xattrs.len(), 1);
+    assert_eq!(
+        (x.xattrs[0].name.as_str(), &x.xattrs[0].value[..]),
+        ("user.k", &b"v"[..])
+    );
+}
+
+#[test]
+fn conversion_is_deterministic() {
+    let (tar, _) = sample_tar(5);
+    let (a, sa) = convert(&tar, 16 * 1024);
+    let (b, sb) = convert(&tar, 16 * 1024);
+    assert_eq!(sa.blob_digest, sb.blob_digest);
+    assert!(a == b);
+    let (_, other) = convert(&tar, 64 * 1024);
+    assert_ne!(
+        sa.blob_digest, other.blob_digest,
+        "chunk size should change the blob"
+    );
+}
+
+#[test]
+fn verify_accepts_a_good_blob_and_checks_the_diff_id() {
+    let (tar, _) = sample_tar(6);
+    let (blob, summary) = convert(&tar, 32 * 1024);
+    let size = blob.len() as u64;
+    let (_, report) = verify_layer(
+        &mut Cursor::new(&blob),
+        size,
+        Some(&summary.toc_digest),
+        Some(&summary.diff_id),
+    )
+    .unwrap();
+    assert_eq!(report.uncompressed_size, tar.len() as u64);
+    assert!(report.chunks >= 8);
+    let wrong = loci::digest::Digest::of(b"not the layer");
+    let err = verify_layer(&mut Cursor::new(&blob), size, None, Some(&wrong)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("decompressed layer digest mismatch"),
+        "{err}"
+    );
+}
+
+#[test]
+fn toc_stays_small_for_many_files() {
+    let mut builder = tar::Builder::new(Vec::new());
+    for i in 0..10_000 {
+        let data = format!("file number {i}\n");
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        builder
+            .append_data(
+                &mut h,
+                format!("usr/lib/python3/dist-packages/pkg{}/module_{i}.py", i % 100),
+                data.as_bytes(),
+            )
+            .unwrap();
+    }
+    let tar = builder.into_inner().unwrap();
+    let (_, summary) = convert(&tar, 64 * 1024);
+    let per_1000 = summary.toc_length as f64 / 10.0;
+    eprintln!(
+        "TOC: {} bytes for 10,000 files ({per_1000:.0} bytes per 1,000 files)",
+        summary.toc_length
+    );
+    // 32 bytes of sha256 per chunk are incompressible; the rest must
+    // compress well. 44,000 such files must stay far below a megabyte.
+    assert!(
+        per_1000 < 60_000.0,
+        "TOC too large: {per_1000} bytes per 1,000 files"
+    );
+}

@@ -2,7 +2,7 @@
 
 use super::registry_args::RegistryArgs;
 use crate::convert::Converter;
-use crate::format::{ConvertOptions, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL};
+use crate::format::{ConvertOptions, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_PACK_SIZE};
 use crate::image::{ImageRef, ImageStore};
 use crate::progress::Progress;
 use anyhow::Context;
@@ -16,6 +16,10 @@ pub struct Args {
     /// to four times this).
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE / 1024)]
     chunk_size_kib: u32,
+    /// Size in KiB at which a pack of small files (each under a quarter of
+    /// the chunk size) is closed.
+    #[arg(long, default_value_t = DEFAULT_PACK_SIZE / 1024)]
+    pack_size_kib: u32,
     /// zstd level of chunk frames.
     #[arg(long, default_value_t = DEFAULT_LEVEL)]
     level: i32,
@@ -39,6 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let converter = Converter {
         options: ConvertOptions {
             chunk_size: args.chunk_size_kib.saturating_mul(1024),
+            pack_size: args.pack_size_kib.saturating_mul(1024),
             level: args.level,
         },
         parallel_layers: args.parallel_layers,

@@ -42,12 +42,19 @@ struct JsonEntry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<(u32, u32)>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    chunks: Vec<JsonChunk>,
+    extents: Vec<JsonExtent>,
+}
+
+/// A run of a file's content in a chunk.
+#[derive(Serialize)]
+struct JsonExtent {
+    chunk: u32,
+    offset: u32,
+    len: u32,
 }
 
 #[derive(Serialize)]
 struct JsonChunk {
-    file_offset: u64,
     blob_offset: u64,
     compressed_len: u32,
     len: u32,
@@ -59,6 +66,7 @@ struct JsonLayer<'a> {
     layer: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     verified: Option<bool>,
+    chunks: Vec<JsonChunk>,
     entries: Vec<JsonEntry<'a>>,
 }
 
@@ -94,13 +102,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|(layer, toc)| JsonLayer {
                 layer: layer.clone(),
                 verified: args.verify.then_some(true),
+                chunks: toc
+                    .chunks
+                    .iter()
+                    .map(|c| JsonChunk {
+                        blob_offset: c.blob_offset,
+                        compressed_len: c.compressed_len,
+                        len: c.len,
+                        digest: c.digest.to_string(),
+                    })
+                    .collect(),
                 entries: toc.entries.iter().map(json_entry).collect(),
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         for (layer, toc) in &layers {
-            println!("# {layer}: {} entries", toc.entries.len());
+            println!(
+                "# {layer}: {} entries, {} chunks",
+                toc.entries.len(),
+                toc.chunks.len()
+            );
             for entry in &toc.entries {
                 println!("{}", listing_line(entry));
             }
@@ -168,15 +190,13 @@ fn json_entry(entry: &TocEntry) -> JsonEntry<'_> {
             .collect(),
         device: matches!(entry.kind, EntryKind::CharDevice | EntryKind::BlockDevice)
             .then_some((entry.dev_major, entry.dev_minor)),
-        chunks: entry
-            .chunks
+        extents: entry
+            .extents
             .iter()
-            .map(|c| JsonChunk {
-                file_offset: c.file_offset,
-                blob_offset: c.blob_offset,
-                compressed_len: c.compressed_len,
-                len: c.len,
-                digest: c.digest.to_string(),
+            .map(|e| JsonExtent {
+                chunk: e.chunk,
+                offset: e.offset,
+                len: e.len,
             })
             .collect(),
     }
@@ -200,7 +220,7 @@ fn listing_line(entry: &TocEntry) -> String {
         entry.gid,
         entry.size,
         entry.mtime,
-        entry.chunks.len(),
+        entry.extents.len(),
         entry.display_path()
     );
     if let Some(link) = &entry.link {

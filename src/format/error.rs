@@ -35,20 +35,24 @@ pub enum FormatError {
     #[error("TOC too large: {size} bytes")]
     TocTooLarge { size: u64 },
     /// A chunk's bytes do not hash to the digest in the TOC.
-    #[error("chunk of {path:?} at file offset {file_offset} is corrupt: expected {expected}, got {actual}")]
+    #[error(
+        "chunk {expected} at blob offset {blob_offset} is corrupt: its bytes hash to {actual}"
+    )]
     ChunkDigestMismatch {
-        path: String,
-        file_offset: u64,
+        blob_offset: u64,
         expected: Digest,
         actual: Digest,
     },
     /// A chunk frame does not decompress to the length the TOC says.
-    #[error("chunk of {path:?} at file offset {file_offset} is corrupt: {reason}")]
+    #[error("chunk {digest} at blob offset {blob_offset} is corrupt: {reason}")]
     ChunkCorrupt {
-        path: String,
-        file_offset: u64,
+        blob_offset: u64,
+        digest: Digest,
         reason: String,
     },
+    /// The layer's data frames do not decompress.
+    #[error("layer stream is corrupt at uncompressed byte {offset}: {reason}")]
+    StreamCorrupt { offset: u64, reason: String },
     /// The input tar is malformed.
     #[error("malformed tar at byte {offset}: {reason}")]
     MalformedTar { offset: u64, reason: String },

@@ -23,12 +23,12 @@ mod writer;
 pub use error::FormatError;
 pub use footer::{Footer, FOOTER_SIZE, FORMAT_VERSION};
 pub use reader::{decode_chunk, decode_toc};
-pub use toc::{Chunk, EntryKind, Toc, TocEntry, Xattr};
+pub use toc::{Chunk, EntryKind, Extent, Toc, TocEntry, Xattr};
 pub use verify::{read_toc, verify_layer, VerifyReport};
-pub use writer::{convert_layer, ConvertOptions, LayerSummary, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL};
-
-/// Layer media type of converted layers (what containerd unpacks natively).
-pub const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub use writer::{
+    convert_layer, ConvertOptions, LayerSummary, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL,
+    DEFAULT_PACK_SIZE,
+};
 
 /// Annotation keys on converted layer descriptors. They start with
 /// `containerd.io/snapshot/` because containerd passes only that prefix on

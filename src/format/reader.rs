@@ -4,7 +4,7 @@
 //! TOC is checked against the digest the image declared and validated, a
 //! chunk against its sha256, before anything is used or served.
 
-use super::{Chunk, Footer, FormatError, Toc, TocEntry, SKIPPABLE_HEADER, SKIPPABLE_MAGIC_TOC};
+use super::{Chunk, Footer, FormatError, Toc, SKIPPABLE_HEADER, SKIPPABLE_MAGIC_TOC};
 use crate::digest::Digest;
 
 /// Largest TOC a reader accepts once decompressed (a guard against
@@ -63,10 +63,10 @@ pub fn decode_toc(
 
 /// Decompresses one chunk frame and checks it against the TOC: its length,
 /// then its sha256. Corrupt bytes are never returned.
-pub fn decode_chunk(frame: &[u8], entry: &TocEntry, chunk: &Chunk) -> Result<Vec<u8>, FormatError> {
+pub fn decode_chunk(frame: &[u8], chunk: &Chunk) -> Result<Vec<u8>, FormatError> {
     let corrupt = |reason: String| FormatError::ChunkCorrupt {
-        path: entry.display_path(),
-        file_offset: chunk.file_offset,
+        blob_offset: chunk.blob_offset,
+        digest: chunk.digest,
         reason,
     };
     if frame.len() != chunk.compressed_len as usize {
@@ -88,8 +88,7 @@ pub fn decode_chunk(frame: &[u8], entry: &TocEntry, chunk: &Chunk) -> Result<Vec
     let actual = Digest::of(&data);
     if actual != chunk.digest {
         return Err(FormatError::ChunkDigestMismatch {
-            path: entry.display_path(),
-            file_offset: chunk.file_offset,
+            blob_offset: chunk.blob_offset,
             expected: chunk.digest,
             actual,
         });

@@ -7,13 +7,16 @@ use serde::{Deserialize, Serialize};
 
 /// The table of contents of one converted layer.
 ///
-/// Encoded with postcard (varints, no field names) and compressed with zstd,
-/// so that a layer of tens of thousands of files costs kilobytes, not
-/// megabytes; `version` lets later builds change the encoding.
+/// Encoded with postcard (varints, no field names) and compressed with zstd;
+/// `version` lets later builds change the encoding. Small files share
+/// chunks (packs) so that a layer of tens of thousands of small files needs
+/// a digest per pack, not per file: kilobytes of TOC, not megabytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Toc {
     /// Encoding version of this TOC (see [`super::FORMAT_VERSION`]).
     pub version: u32,
+    /// Every chunk frame of the blob that holds file content, in blob order.
+    pub chunks: Vec<Chunk>,
     /// Entries in tar order, whiteout files included as they are in the tar.
     pub entries: Vec<TocEntry>,
 }
@@ -21,7 +24,7 @@ pub struct Toc {
 /// What kind of filesystem object an entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryKind {
-    /// A regular file; its content is in `chunks`.
+    /// A regular file; its content is in `extents`.
     File,
     /// A directory.
     Dir,
@@ -73,15 +76,16 @@ pub struct TocEntry {
     pub dev_major: u32,
     /// Device minor number for device nodes.
     pub dev_minor: u32,
-    /// The file's content chunks in file order; they tile `0..size`.
-    pub chunks: Vec<Chunk>,
+    /// Where the file's content is, in file order; the extents' lengths
+    /// add up to `size`.
+    pub extents: Vec<Extent>,
 }
 
-/// One chunk of file content: an independent zstd frame in the blob.
+/// One chunk: an independent zstd frame in the blob. A chunk holds a piece
+/// of one large file, or several small files with the tar headers between
+/// them (a pack).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
-    /// Offset of the chunk's first byte in the file.
-    pub file_offset: u64,
     /// Offset of the chunk's zstd frame in the blob.
     pub blob_offset: u64,
     /// Length of the zstd frame in the blob.
@@ -90,6 +94,17 @@ pub struct Chunk {
     pub len: u32,
     /// SHA-256 of the uncompressed chunk: its identity in every cache.
     pub digest: Digest,
+}
+
+/// A run of a file's content inside one chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    /// Index of the chunk in [`Toc::chunks`].
+    pub chunk: u32,
+    /// Offset of the run in the chunk's uncompressed bytes.
+    pub offset: u32,
+    /// Length of the run.
+    pub len: u32,
 }
 
 impl TocEntry {
@@ -114,6 +129,22 @@ impl Toc {
         if self.version != super::FORMAT_VERSION {
             return bad(format!("TOC version {} is not supported", self.version));
         }
+        let mut previous_end = 0u64;
+        for (index, chunk) in self.chunks.iter().enumerate() {
+            let end = chunk
+                .blob_offset
+                .checked_add(u64::from(chunk.compressed_len));
+            if chunk.blob_offset < previous_end
+                || end.map_or(true, |end| end > data_end)
+                || chunk.len == 0
+            {
+                return bad(format!(
+                    "chunk {index} at blob offset {} is out of place",
+                    chunk.blob_offset
+                ));
+            }
+            previous_end = end.unwrap_or(u64::MAX);
+        }
         for entry in &self.entries {
             check_path(&entry.path)?;
             match (entry.kind, &entry.link) {
@@ -123,29 +154,26 @@ impl Toc {
                 }
                 _ => {}
             }
-            if entry.kind != EntryKind::File && !entry.chunks.is_empty() {
-                return bad(format!("non-file {:?} has chunks", entry.display_path()));
+            if entry.kind != EntryKind::File && !entry.extents.is_empty() {
+                return bad(format!("non-file {:?} has content", entry.display_path()));
             }
-            let mut expected_offset = 0u64;
-            for chunk in &entry.chunks {
-                let end = chunk
-                    .blob_offset
-                    .checked_add(u64::from(chunk.compressed_len));
-                if chunk.file_offset != expected_offset
-                    || chunk.len == 0
-                    || end.map_or(true, |end| end > data_end)
-                {
+            let mut covered = 0u64;
+            for extent in &entry.extents {
+                let fits = self.chunks.get(extent.chunk as usize).is_some_and(|chunk| {
+                    extent.len > 0
+                        && u64::from(extent.offset) + u64::from(extent.len) <= u64::from(chunk.len)
+                });
+                if !fits {
                     return bad(format!(
-                        "chunk at file offset {} of {:?} is out of place",
-                        chunk.file_offset,
+                        "extent of {:?} at file offset {covered} lies outside its chunk",
                         entry.display_path()
                     ));
                 }
-                expected_offset += u64::from(chunk.len);
+                covered += u64::from(extent.len);
             }
-            if entry.kind == EntryKind::File && expected_offset != entry.size {
+            if entry.kind == EntryKind::File && covered != entry.size {
                 return bad(format!(
-                    "chunks of {:?} cover {expected_offset} bytes, file has {}",
+                    "extents of {:?} cover {covered} bytes, file has {}",
                     entry.display_path(),
                     entry.size
                 ));

@@ -48,24 +48,23 @@ pub fn verify_layer<R: Read + Seek>(
     let (footer, toc) = read_toc(blob, blob_size, expected_toc)?;
     let mut chunks = 0;
     let mut frame = Vec::new();
-    for entry in &toc.entries {
-        for chunk in &entry.chunks {
-            frame.resize(chunk.compressed_len as usize, 0);
-            blob.seek(SeekFrom::Start(chunk.blob_offset))?;
-            blob.read_exact(&mut frame)?;
-            decode_chunk(&frame, entry, chunk)?;
-            chunks += 1;
-        }
+    for chunk in &toc.chunks {
+        frame.resize(chunk.compressed_len as usize, 0);
+        blob.seek(SeekFrom::Start(chunk.blob_offset))?;
+        blob.read_exact(&mut frame)?;
+        decode_chunk(&frame, chunk)?;
+        chunks += 1;
     }
     blob.seek(SeekFrom::Start(0))?;
     let data = blob.by_ref().take(footer.toc_offset);
     let mut decoder = zstd::stream::read::Decoder::new(data)?;
     let mut hashing = HashingSink::default();
-    io::copy(&mut decoder, &mut hashing).map_err(|e| FormatError::ChunkCorrupt {
-        path: String::new(),
-        file_offset: hashing.written,
-        reason: format!("layer stream does not decompress: {e}"),
-    })?;
+    if let Err(e) = io::copy(&mut decoder, &mut hashing) {
+        return Err(FormatError::StreamCorrupt {
+            offset: hashing.written,
+            reason: e.to_string(),
+        });
+    }
     let uncompressed_size = hashing.written;
     let diff_id = hashing.hasher.finish();
     if let Some(expected) = expected_diff_id {
@@ -76,15 +75,13 @@ pub fn verify_layer<R: Read + Seek>(
             });
         }
     }
-    Ok((
-        toc.clone(),
-        VerifyReport {
-            entries: toc.entries.len(),
-            chunks,
-            diff_id,
-            uncompressed_size,
-        },
-    ))
+    let report = VerifyReport {
+        entries: toc.entries.len(),
+        chunks,
+        diff_id,
+        uncompressed_size,
+    };
+    Ok((toc, report))
 }
 
 #[derive(Default)]

@@ -9,8 +9,8 @@
 
 use super::toc::normalize_path;
 use super::{
-    annotations, skippable_frame, Chunk, EntryKind, Footer, FormatError, Toc, TocEntry, Xattr,
-    FORMAT_VERSION, SKIPPABLE_MAGIC_TOC,
+    annotations, skippable_frame, Chunk, EntryKind, Extent, Footer, FormatError, Toc, TocEntry,
+    Xattr, FORMAT_VERSION, SKIPPABLE_MAGIC_TOC,
 };
 use crate::digest::{Digest, Hasher, HashingWriter};
 use rayon::prelude::*;
@@ -26,19 +26,23 @@ use std::sync::mpsc;
 pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
 /// Default zstd level for chunk frames, as `zstd` itself defaults to.
 pub const DEFAULT_LEVEL: i32 = 3;
+/// Default size at which a pack of small files is closed.
+pub const DEFAULT_PACK_SIZE: u32 = 64 * 1024;
 /// zstd level for the TOC: it is small and read on every mount.
 const TOC_LEVEL: i32 = 10;
-/// A run of tar headers is cut into frames of at most this size.
-const MAX_META_SEGMENT: usize = 1 << 20;
 /// Uncompressed bytes handed to the compressor at once.
 const BATCH_BYTES: usize = 32 << 20;
 
 /// How to cut and compress a layer.
 #[derive(Clone, Debug)]
 pub struct ConvertOptions {
-    /// Target (average) chunk size; chunks range from a quarter to four
-    /// times this.
+    /// Target (average) chunk size of large files' content-defined chunks;
+    /// chunks range from a quarter to four times this.
     pub chunk_size: u32,
+    /// Files smaller than a quarter of `chunk_size` (they would be one
+    /// chunk anyway) are packed, with the tar headers between them, into
+    /// shared chunks closed at about this size.
+    pub pack_size: u32,
     /// zstd compression level of chunk frames.
     pub level: i32,
 }
@@ -47,6 +51,7 @@ impl Default for ConvertOptions {
     fn default() -> Self {
         ConvertOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
+            pack_size: DEFAULT_PACK_SIZE,
             level: DEFAULT_LEVEL,
         }
     }
@@ -109,6 +114,7 @@ pub fn convert_layer<R: Read, W: Write + Send>(
         let compressor = scope.spawn(move || compress_and_write(rx, out, level));
         let mut cutter = Cutter {
             tap_state,
+            pack_files: Vec::new(),
             batch: Vec::new(),
             batch_bytes: 0,
             tx,
@@ -118,28 +124,27 @@ pub fn convert_layer<R: Read, W: Write + Send>(
         drop(cutter); // closes the channel so the compressor finishes
                       // The compressor's error comes first: when it fails, the walk only
                       // sees a closed channel.
-        let (placements, out) = compressor.join().expect("compressor thread panicked")?;
+        let (chunks, extents, out) = compressor.join().expect("compressor thread panicked")?;
         let (mut entries, diff_id, uncompressed_size) = walked?;
-        let chunk_count = placements.len();
-        for (entry, chunk) in placements {
-            entries[entry].chunks.push(chunk);
+        for (entry, extent) in extents {
+            entries[entry].extents.push(extent);
         }
-        finish_blob(out, entries, diff_id, uncompressed_size, chunk_count)
+        let toc = Toc {
+            version: FORMAT_VERSION,
+            chunks,
+            entries,
+        };
+        finish_blob(out, toc, diff_id, uncompressed_size)
     })
 }
 
 /// Appends TOC and footer, and sums up.
 fn finish_blob<W: Write>(
     mut out: HashingWriter<W>,
-    entries: Vec<TocEntry>,
+    toc: Toc,
     diff_id: Digest,
     uncompressed_size: u64,
-    chunks: usize,
 ) -> Result<LayerSummary, FormatError> {
-    let toc = Toc {
-        version: FORMAT_VERSION,
-        entries,
-    };
     let encoded = toc.encode();
     let compressed = zstd::bulk::compress(&encoded, TOC_LEVEL)?;
     let frame = skippable_frame(SKIPPABLE_MAGIC_TOC, &compressed)?;
@@ -163,15 +168,18 @@ fn finish_blob<W: Write>(
         toc_offset,
         toc_length: frame.len() as u64,
         entries: toc.entries.len(),
-        chunks,
+        chunks: toc.chunks.len(),
     })
 }
 
 /// A piece of the tar that becomes one zstd frame.
 struct Segment {
-    /// For file content: which TOC entry and where in the file.
-    chunk_of: Option<(usize, u64)>,
     data: Vec<u8>,
+    /// Whether the frame holds file content (a chunk in the TOC) or only
+    /// tar headers and padding (never read lazily).
+    is_chunk: bool,
+    /// The file content in it: (TOC entry, offset in segment, length).
+    files: Vec<(usize, u32, u32)>,
 }
 
 /// What the tap has seen: every byte is hashed (diff_id) and counted; bytes
@@ -207,6 +215,8 @@ impl<R: Read> Read for Tap<R> {
 /// Walks the tar, building TOC entries and handing segments on in order.
 struct Cutter<'p> {
     tap_state: Rc<RefCell<TapState>>,
+    /// Small files recorded in the kept bytes since the last flush.
+    pack_files: Vec<(usize, u32, u32)>,
     batch: Vec<Segment>,
     batch_bytes: usize,
     tx: mpsc::SyncSender<Vec<Segment>>,
@@ -232,31 +242,36 @@ impl Cutter<'_> {
             let Some(entry) = toc_entry(&mut item)? else {
                 continue;
             };
-            if entry.kind == EntryKind::File && entry.size > 0 {
+            let index = entries.len();
+            let size = entry.size;
+            let is_content = entry.kind == EntryKind::File && size > 0;
+            entries.push(entry);
+            if is_content {
                 if item.raw_file_position() != offset {
                     return Err(FormatError::MalformedTar {
                         offset,
                         reason: "entry data does not follow its header".into(),
                     });
                 }
-                self.flush_meta()?;
-                self.tap_state.borrow_mut().recording = false;
-                let index = entries.len();
-                let size = entry.size;
-                entries.push(entry);
-                self.cut_content(&mut item, index, size, opts)?;
-                self.tap_state.borrow_mut().recording = true;
-            } else {
-                entries.push(entry);
+                if size < u64::from(opts.chunk_size / 4) {
+                    self.pack_small_file(&mut item, index, size)?;
+                } else {
+                    self.flush_kept()?;
+                    self.tap_state.borrow_mut().recording = false;
+                    self.cut_content(&mut item, index, size, opts)?;
+                    self.tap_state.borrow_mut().recording = true;
+                }
             }
-            self.flush_meta_if_large()?;
+            if self.tap_state.borrow().kept.len() >= opts.pack_size as usize {
+                self.flush_kept()?;
+            }
         }
         // The tar crate stops at the end-of-archive marker; the rest of the
         // stream (the second zero block, record padding) belongs to the
         // layer too.
         let mut rest = archive.into_inner();
         io::copy(&mut rest, &mut io::sink())?;
-        self.flush_meta()?;
+        self.flush_kept()?;
         self.send_batch()?;
         let state = std::mem::take(&mut *self.tap_state.borrow_mut());
         Ok((entries, state.hasher.finish(), state.offset))
@@ -277,7 +292,8 @@ impl Cutter<'_> {
             let chunk = chunk.map_err(|e| FormatError::Io(e.into()))?;
             seen += chunk.length as u64;
             self.push(Segment {
-                chunk_of: Some((entry, chunk.offset)),
+                is_chunk: true,
+                files: vec![(entry, 0, chunk.length as u32)],
                 data: chunk.data,
             })?;
         }
@@ -291,20 +307,38 @@ impl Cutter<'_> {
         Ok(())
     }
 
-    fn flush_meta_if_large(&mut self) -> Result<(), FormatError> {
-        if self.tap_state.borrow().kept.len() >= MAX_META_SEGMENT {
-            self.flush_meta()?;
+    /// Reads a small file's content into the kept bytes, so that it lands
+    /// in a pack with its neighbours.
+    fn pack_small_file(
+        &mut self,
+        content: &mut impl Read,
+        entry: usize,
+        size: u64,
+    ) -> Result<(), FormatError> {
+        let offset_in_pack = self.tap_state.borrow().kept.len() as u32;
+        let read = io::copy(content, &mut io::sink())?;
+        if read != size {
+            let offset = self.tap_state.borrow().offset;
+            return Err(FormatError::MalformedTar {
+                offset,
+                reason: format!("file content ends after {read} of {size} bytes"),
+            });
         }
+        self.pack_files.push((entry, offset_in_pack, size as u32));
         Ok(())
     }
 
-    fn flush_meta(&mut self) -> Result<(), FormatError> {
+    /// Turns the kept bytes into a segment: a pack chunk if small files are
+    /// in it, a headers-only frame otherwise.
+    fn flush_kept(&mut self) -> Result<(), FormatError> {
         let kept = std::mem::take(&mut self.tap_state.borrow_mut().kept);
         if kept.is_empty() {
             return Ok(());
         }
+        let files = std::mem::take(&mut self.pack_files);
         self.push(Segment {
-            chunk_of: None,
+            is_chunk: !files.is_empty(),
+            files,
             data: kept,
         })
     }
@@ -436,7 +470,7 @@ fn toc_entry<R: Read>(item: &mut tar::Entry<'_, R>) -> Result<Option<TocEntry>, 
         xattrs,
         dev_major,
         dev_minor,
-        chunks: Vec::new(),
+        extents: Vec::new(),
     }))
 }
 
@@ -449,39 +483,42 @@ fn link_bytes<R: Read>(item: &tar::Entry<'_, R>) -> Result<Vec<u8>, FormatError>
         })
 }
 
+/// What the compressor produced: the chunk table, each file's extents as
+/// (TOC entry, extent) in blob order, and the writer.
+type Written<W> = (Vec<Chunk>, Vec<(usize, Extent)>, HashingWriter<W>);
+
 /// Compresses batches in parallel and writes their frames in order.
-/// Returns where each chunk landed, as (TOC entry index, chunk).
 fn compress_and_write<W: Write>(
     rx: mpsc::Receiver<Vec<Segment>>,
     mut out: HashingWriter<W>,
     level: i32,
-) -> Result<(Vec<(usize, Chunk)>, HashingWriter<W>), FormatError> {
-    let mut placements = Vec::new();
+) -> Result<Written<W>, FormatError> {
+    let mut chunks = Vec::new();
+    let mut extents = Vec::new();
     for batch in rx {
         let frames: Vec<(Vec<u8>, Option<Digest>)> = batch
             .par_iter()
             .map(|segment| {
                 let frame = zstd::bulk::compress(&segment.data, level)?;
-                let digest = segment.chunk_of.map(|_| Digest::of(&segment.data));
+                let digest = segment.is_chunk.then(|| Digest::of(&segment.data));
                 Ok((frame, digest))
             })
             .collect::<io::Result<_>>()?;
         for (segment, (frame, digest)) in batch.iter().zip(frames) {
             let blob_offset = out.written();
             out.write_all(&frame)?;
-            if let (Some((entry, file_offset)), Some(digest)) = (segment.chunk_of, digest) {
-                placements.push((
-                    entry,
-                    Chunk {
-                        file_offset,
-                        blob_offset,
-                        compressed_len: frame.len() as u32,
-                        len: segment.data.len() as u32,
-                        digest,
-                    },
-                ));
+            let Some(digest) = digest else { continue };
+            let chunk = chunks.len() as u32;
+            chunks.push(Chunk {
+                blob_offset,
+                compressed_len: frame.len() as u32,
+                len: segment.data.len() as u32,
+                digest,
+            });
+            for &(entry, offset, len) in &segment.files {
+                extents.push((entry, Extent { chunk, offset, len }));
             }
         }
     }
-    Ok((placements, out))
+    Ok((chunks, extents, out))
 }

@@ -22,7 +22,7 @@ pub enum ConvertError {
     #[error(transparent)]
     Image(#[from] ImageError),
     /// A layer's content was refused.
-    #[error("layer {layer}: {source}")]
+    #[error("layer {layer}")]
     Layer {
         layer: Digest,
         #[source]
@@ -35,7 +35,7 @@ pub enum ConvertError {
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
     /// Local scratch space failed.
-    #[error("scratch file {path}: {source}")]
+    #[error("scratch file {path}")]
     Scratch {
         path: PathBuf,
         #[source]

@@ -14,7 +14,7 @@ pub enum LayerError {
     #[error(transparent)]
     Image(#[from] ImageError),
     /// The layer's bytes were refused.
-    #[error("layer {layer}: {source}")]
+    #[error("layer {layer}")]
     Format {
         layer: Digest,
         #[source]

@@ -106,7 +106,10 @@ fn converted_image_unpacks_and_runs_in_plain_containerd() {
     // snapshots by chain ID; remove the original image and its snapshots so
     // the converted one is unpacked on its own.
     // (Views hold no lease: the garbage collector may have removed it.)
-    let _ = containerd.ctr().args(["snapshots", "rm", "view-original"]).output();
+    let _ = containerd
+        .ctr()
+        .args(["snapshots", "rm", "view-original"])
+        .output();
     run(containerd
         .ctr()
         .args(["images", "rm", "--sync", &original, &converted]));

@@ -63,6 +63,6 @@ pub enum FormatError {
     #[error("decompressed layer digest mismatch: expected {expected}, got {actual}")]
     DiffIdMismatch { expected: Digest, actual: Digest },
     /// Reading or writing the layer failed.
-    #[error("I/O error: {0}")]
+    #[error("I/O error")]
     Io(#[from] std::io::Error),
 }

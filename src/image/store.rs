@@ -15,7 +15,7 @@ pub enum ImageError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     /// A layout directory could not be read or written.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

@@ -33,7 +33,7 @@ pub enum RegistryError {
         body: String,
     },
     /// Connection refused, reset, or timed out, after all retries.
-    #[error("{what}: network error after {attempts} attempts: {source}")]
+    #[error("{what}: network error after {attempts} attempts")]
     Network {
         what: String,
         attempts: u32,
@@ -51,7 +51,7 @@ pub enum RegistryError {
     #[error("{what}: bad response: {reason}")]
     BadResponse { what: String, reason: String },
     /// Local I/O while streaming a blob to or from disk.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Builds a realistic, large image from Debian packages for benchmarks:
+# debootstrap (minbase) plus the packages given, turned into an OCI image
+# layout with umoci, then optionally pushed to a registry with skopeo.
+#
+# Usage: tools/make-debian-image.sh OUT_DIR TAG [PACKAGES] [--push REF] [--cmd CMD]
+#   PACKAGES  comma-separated (default: a Python data-science set, ~1 GB)
+#   --push    copy the image to docker://REF (plain HTTP allowed)
+#   --cmd     the image's start command (default: a numpy/pandas import)
+# The rootfs is cached in OUT_DIR/rootfs-TAG.tar by package list, so a rerun
+# with the same list is quick.
+set -euo pipefail
+
+out=${1:?usage: make-debian-image.sh OUT_DIR TAG [PACKAGES] [--push REF] [--cmd CMD]}
+tag=${2:?tag}
+shift 2
+packages="python3,python3-numpy,python3-pandas,python3-scipy,python3-matplotlib,python3-sklearn"
+if [[ $# -gt 0 && $1 != --* ]]; then packages=$1; shift; fi
+push=""
+cmd="python3 -c 'import numpy, pandas, scipy.stats; print(numpy.arange(10).sum())'"
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --push) push=$2; shift 2 ;;
+    --cmd) cmd=$2; shift 2 ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+mirror=${LOCI_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+suite=${LOCI_DEBIAN_SUITE:-bookworm}
+
+mkdir -p "$out"
+key=$(printf '%s %s %s' "$suite" "$mirror" "$packages" | sha256sum | cut -c1-16)
+rootfs_tar="$out/rootfs-$key.tar"
+if [[ ! -f $rootfs_tar ]]; then
+  work=$(mktemp -d)
+  trap 'umount "$work/rootfs/proc" 2>/dev/null || true; rm -rf "$work"' EXIT
+  echo "debootstrap $suite with $packages" >&2
+  debootstrap --variant=minbase --include="$packages" "$suite" "$work/rootfs" "$mirror" >&2
+  rm -rf "$work/rootfs/var/cache/apt/archives/"*.deb "$work/rootfs/var/lib/apt/lists/"*
+  tar --numeric-owner --xattrs -C "$work/rootfs" -cf "$rootfs_tar.tmp" .
+  mv "$rootfs_tar.tmp" "$rootfs_tar"
+fi
+
+layout="$out/layout"
+[[ -d $layout ]] || umoci init --layout "$layout"
+umoci new --image "$layout:$tag"
+unpacked=$(mktemp -d)
+mkdir -p "$unpacked/rootfs"
+tar --numeric-owner --xattrs -C "$unpacked/rootfs" -xf "$rootfs_tar"
+umoci insert --image "$layout:$tag" "$unpacked/rootfs" /
+rm -rf "$unpacked"
+umoci config --image "$layout:$tag" --os linux --architecture amd64 \
+  --config.env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+  --config.cmd /bin/sh --config.cmd -c --config.cmd "$cmd"
+echo "built oci:$layout:$tag" >&2
+if [[ -n $push ]]; then
+  skopeo copy --quiet --dest-tls-verify=false "oci:$layout:$tag" "docker://$push"
+  echo "pushed docker://$push" >&2
+fi

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod convert;
 pub mod digest;
 pub mod format;
+pub mod fs;
 pub mod image;
 pub mod layer;
 pub mod progress;

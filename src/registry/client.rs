@@ -10,9 +10,11 @@ use reqwest::header::{
     WWW_AUTHENTICATE,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Blobs up to this size are uploaded in one PUT; larger ones in PATCH
@@ -30,6 +32,9 @@ pub struct RegistryOptions {
     pub retries: u32,
     /// First backoff delay; doubles on every retry.
     pub backoff: Duration,
+    /// How long a blob's redirect target is reused for range reads before
+    /// asking the registry again (presigned URLs expire).
+    pub redirect_ttl: Duration,
 }
 
 impl Default for RegistryOptions {
@@ -39,6 +44,7 @@ impl Default for RegistryOptions {
             timeout: Duration::from_secs(10),
             retries: 3,
             backoff: Duration::from_millis(200),
+            redirect_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -64,6 +70,11 @@ pub struct RegistryClient {
 
 struct Inner {
     http: reqwest::Client,
+    /// Like `http` but never follows redirects, so range reads can learn
+    /// a blob's redirect target and reuse it.
+    blob_http: reqwest::Client,
+    /// Redirect targets of blobs, reused for later ranges until they expire.
+    redirects: Mutex<HashMap<(String, Digest), (String, Instant)>>,
     base: String,
     registry: String,
     opts: RegistryOptions,
@@ -82,21 +93,30 @@ impl RegistryClient {
     /// A client for `registry` (host[:port]), with credentials from the
     /// docker config if it has any for that host.
     pub fn new(registry: &str, opts: RegistryOptions) -> Result<RegistryClient, RegistryError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(opts.timeout)
-            .read_timeout(opts.timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .user_agent(concat!("loci/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| RegistryError::Network {
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(opts.timeout)
+                .read_timeout(opts.timeout)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(32)
+                .tcp_nodelay(true)
+                .user_agent(concat!("loci/", env!("CARGO_PKG_VERSION")))
+        };
+        let built = |b: reqwest::ClientBuilder| {
+            b.build().map_err(|e| RegistryError::Network {
                 what: registry.to_string(),
                 attempts: 0,
                 source: e,
-            })?;
+            })
+        };
+        let http = built(builder())?;
+        let blob_http = built(builder().redirect(reqwest::redirect::Policy::none()))?;
         let scheme = if opts.plain_http { "http" } else { "https" };
         Ok(RegistryClient {
             inner: std::sync::Arc::new(Inner {
                 http,
+                blob_http,
+                redirects: Mutex::new(HashMap::new()),
                 base: format!("{scheme}://{registry}"),
                 registry: registry.to_string(),
                 credentials: Credentials::from_docker_config(registry),
@@ -267,7 +287,10 @@ impl RegistryClient {
         Ok(size)
     }
 
-    /// Reads `range` of a blob with an HTTP range request.
+    /// Reads `range` of a blob with an HTTP range request. A redirect is
+    /// followed by hand and its target reused for later ranges of the same
+    /// blob until `redirect_ttl` passes or it stops working; connections are
+    /// pooled; network errors, 429 and 5xx are retried with backoff.
     pub async fn get_blob_range(
         &self,
         repo: &str,
@@ -275,22 +298,90 @@ impl RegistryClient {
         range: Range<u64>,
     ) -> Result<Bytes, RegistryError> {
         let what = format!("blob {repo}@{digest} bytes {}-{}", range.start, range.end);
-        let url = self.url(repo, &format!("blobs/{digest}"));
         let header = format!("bytes={}-{}", range.start, range.end.saturating_sub(1));
-        let resp = self
-            .send(&what, repo, false, Retry::Idempotent, || {
-                self.inner.http.get(&url).header(RANGE, &header)
-            })
-            .await?;
-        let resp = expect_status(resp, &what, &[StatusCode::PARTIAL_CONTENT]).await?;
-        let bytes = resp.bytes().await.map_err(|e| network(&what, 1, e))?;
-        if bytes.len() as u64 != range.end - range.start {
-            return Err(RegistryError::BadResponse {
-                what,
-                reason: format!("range returned {} bytes", bytes.len()),
-            });
+        let want = range.end - range.start;
+        let key = (repo.to_string(), *digest);
+        let cached = {
+            let redirects = self.inner.redirects.lock().unwrap();
+            redirects
+                .get(&key)
+                .filter(|(_, at)| at.elapsed() < self.inner.opts.redirect_ttl)
+                .map(|(url, _)| url.clone())
+        };
+        if let Some(url) = cached {
+            match self.range_from_redirect(&url, &header, &what, want).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => {
+                    tracing::debug!(what, error = %e, "redirect target failed; asking the registry again");
+                    self.inner.redirects.lock().unwrap().remove(&key);
+                }
+            }
         }
-        Ok(bytes)
+        let url = self.url(repo, &format!("blobs/{digest}"));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let resp = self
+                .send(&what, repo, false, Retry::Idempotent, || {
+                    self.inner.blob_http.get(&url).header(RANGE, &header)
+                })
+                .await?;
+            if resp.status().is_redirection() {
+                let target = self.location(&resp, &what)?;
+                self.inner
+                    .redirects
+                    .lock()
+                    .unwrap()
+                    .insert(key, (target.clone(), Instant::now()));
+                return self
+                    .range_from_redirect(&target, &header, &what, want)
+                    .await;
+            }
+            let resp = expect_status(resp, &what, &[StatusCode::PARTIAL_CONTENT]).await?;
+            match read_range_body(resp, &what, want).await {
+                Err(RegistryError::Network { source, .. })
+                    if attempt <= self.inner.opts.retries =>
+                {
+                    tracing::debug!(what, attempt, error = %source, "range body failed; retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A range from a redirect target (typically a presigned storage URL:
+    /// no registry credentials are sent there).
+    async fn range_from_redirect(
+        &self,
+        url: &str,
+        header: &str,
+        what: &str,
+        want: u64,
+    ) -> Result<Bytes, RegistryError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = match self
+                .inner
+                .blob_http
+                .get(url)
+                .header(RANGE, header)
+                .send()
+                .await
+            {
+                Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {
+                    read_range_body(resp, what, want).await
+                }
+                Ok(resp) => Err(unexpected(resp, what).await),
+                Err(e) => Err(network(what, attempt, e)),
+            };
+            let transient = matches!(&result, Err(RegistryError::Network { .. }))
+                || matches!(&result, Err(RegistryError::UnexpectedStatus { status, .. }) if *status == 429 || *status >= 500);
+            if !transient || attempt > self.inner.opts.retries {
+                return result;
+            }
+            tokio::time::sleep(self.inner.opts.backoff * 2u32.pow(attempt - 1)).await;
+        }
     }
 
     /// The size of a blob, from a HEAD request.
@@ -631,6 +722,18 @@ impl RegistryClient {
                 reason: "token response has no token".into(),
             })
     }
+}
+
+/// Reads a 206 body and checks it is as long as the range asked for.
+async fn read_range_body(resp: Response, what: &str, want: u64) -> Result<Bytes, RegistryError> {
+    let bytes = resp.bytes().await.map_err(|e| network(what, 1, e))?;
+    if bytes.len() as u64 != want {
+        return Err(RegistryError::BadResponse {
+            what: what.to_string(),
+            reason: format!("range returned {} bytes, asked for {want}", bytes.len()),
+        });
+    }
+    Ok(bytes)
 }
 
 fn content_type(headers: &HeaderMap) -> Option<String> {

@@ -1,12 +1,16 @@
 //! loci — lazy OCI.
 //!
 //! Data flows one way through the modules:
-//! `registry`/`image` (where blobs come from) → `format` (TOC, chunks) →
-//! `convert` (turning ordinary layers into the format) → `cli`.
+//! `registry`/`image` (where blobs come from) → `format` (TOC, chunks;
+//! `convert` turns ordinary layers into it) → `cache` (chunks on this node)
+//! → `fetch` (chunks of a layer, through the cache) → `fs` (FUSE) → `cli`.
 
+pub mod cache;
 pub mod cli;
+pub mod config;
 pub mod convert;
 pub mod digest;
+pub mod fetch;
 pub mod format;
 pub mod fs;
 pub mod image;

@@ -64,6 +64,8 @@ struct JsonChunk {
 #[derive(Serialize)]
 struct JsonLayer<'a> {
     layer: String,
+    size: u64,
+    toc_length: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     verified: Option<bool>,
     chunks: Vec<JsonChunk>,
@@ -73,24 +75,25 @@ struct JsonLayer<'a> {
 /// Prints each converted layer's TOC, verifying first if asked.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let local = PathBuf::from(&args.target);
-    let layers: Vec<(String, Toc)> = if local.is_file() {
+    let layers: Vec<Inspected> = if local.is_file() {
         let mut file = std::fs::File::open(&local)?;
         let size = file.metadata()?.len();
         let name = local.display().to_string();
-        let toc = if args.verify {
-            let (toc, report) = format::verify_layer(&mut file, size, None, None)
+        let (footer, toc) = format::read_toc(&mut file, size, None).with_context(|| format!("reading {name}"))?;
+        if args.verify {
+            let (_, report) = format::verify_layer(&mut file, size, None, None)
                 .with_context(|| format!("verifying {name}"))?;
             eprintln!(
                 "{name}: verified {} chunks; decompressed stream {} ({} bytes)",
                 report.chunks, report.diff_id, report.uncompressed_size
             );
-            toc
-        } else {
-            format::read_toc(&mut file, size, None)
-                .with_context(|| format!("reading {name}"))?
-                .1
-        };
-        vec![(name, toc)]
+        }
+        vec![Inspected {
+            name,
+            size,
+            toc_length: footer.toc_length,
+            toc,
+        }]
     } else {
         let image: ImageRef = args.target.parse()?;
         let store = ImageStore::open(&image, &args.registry.options(), false)?;
@@ -99,8 +102,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         let out: Vec<JsonLayer> = layers
             .iter()
-            .map(|(layer, toc)| JsonLayer {
-                layer: layer.clone(),
+            .map(|Inspected { name, size, toc_length, toc }| JsonLayer {
+                layer: name.clone(),
+                size: *size,
+                toc_length: *toc_length,
                 verified: args.verify.then_some(true),
                 chunks: toc
                     .chunks
@@ -117,7 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        for (layer, toc) in &layers {
+        for Inspected { name: layer, toc, .. } in &layers {
             println!(
                 "# {layer}: {} entries, {} chunks",
                 toc.entries.len(),
@@ -131,7 +136,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn remote_tocs(store: &ImageStore, verify: bool) -> anyhow::Result<Vec<(String, Toc)>> {
+/// One converted layer's TOC and where it came from.
+struct Inspected {
+    name: String,
+    size: u64,
+    toc_length: u64,
+    toc: Toc,
+}
+
+async fn remote_tocs(store: &ImageStore, verify: bool) -> anyhow::Result<Vec<Inspected>> {
     let scratch = tempfile::Builder::new().prefix("loci-inspect-").tempdir()?;
     let mut out = Vec::new();
     for layer in image_layers(store).await? {
@@ -139,12 +152,13 @@ async fn remote_tocs(store: &ImageStore, verify: bool) -> anyhow::Result<Vec<(St
             eprintln!("{}: not a loci layer ({})", layer.digest, layer.media_type);
             continue;
         }
-        let toc = if verify {
+        let (footer, toc) = fetch_toc(store, &layer).await?;
+        if verify {
             let path = store
                 .blob_file(&layer.digest, scratch.path(), &|_| {})
                 .await?;
             let mut file = std::fs::File::open(&path)?;
-            let (toc, report) = format::verify_layer(
+            let (_, report) = format::verify_layer(
                 &mut file,
                 layer.size,
                 layer.toc_digest.as_ref(),
@@ -156,11 +170,13 @@ async fn remote_tocs(store: &ImageStore, verify: bool) -> anyhow::Result<Vec<(St
                 layer.digest, report.chunks, report.diff_id
             );
             std::fs::remove_file(&path)?;
-            toc
-        } else {
-            fetch_toc(store, &layer).await?.1
-        };
-        out.push((layer.digest.to_string(), toc));
+        }
+        out.push(Inspected {
+            name: layer.digest.to_string(),
+            size: layer.size,
+            toc_length: footer.toc_length,
+            toc,
+        });
     }
     Ok(out)
 }

@@ -3,6 +3,7 @@
 
 mod convert;
 mod inspect;
+mod mount;
 mod registry_args;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Command {
     Convert(convert::Args),
     /// Print (and optionally verify) the table of contents of converted layers.
     Inspect(inspect::Args),
+    /// Mount a converted image read-only, fetching chunks lazily.
+    Mount(mount::Args),
 }
 
 /// Entry point of the binary: parses arguments, sets up logging, runs the
@@ -38,6 +41,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Mount(args) => mount::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

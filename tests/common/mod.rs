@@ -453,3 +453,93 @@ pub fn assert_same_tree(expected: &BTreeMap<PathBuf, Node>, actual: &BTreeMap<Pa
     }
     assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
 }
+
+/// Requests and bytes the registry's access log shows for GETs of a blob
+/// (the combined-log lines: `"GET /v2/…/blobs/DIGEST HTTP/1.1" 206 BYTES`),
+/// counting only log text after byte `from` of the log.
+pub fn blob_traffic(registry: &Registry, digest: &str, from: usize) -> (usize, u64) {
+    let text = registry.daemon.log_text();
+    let mut requests = 0;
+    let mut bytes = 0;
+    for line in text[from.min(text.len())..].lines() {
+        if !line.contains(&format!("/blobs/{digest} HTTP/")) || !line.contains("\"GET ") {
+            continue;
+        }
+        let after = line.split("HTTP/1.1\" ").nth(1).unwrap_or("");
+        let mut fields = after.split(' ');
+        let _status = fields.next();
+        if let Some(n) = fields.next().and_then(|b| b.parse::<u64>().ok()) {
+            requests += 1;
+            bytes += n;
+        }
+    }
+    (requests, bytes)
+}
+
+/// Whether `dir` is a mount point right now.
+pub fn is_mounted(dir: &Path) -> bool {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(dir.to_str().unwrap()))
+}
+
+/// A `loci mount` process: mounted when created, SIGTERMed when dropped.
+pub struct LociMount {
+    pub dir: PathBuf,
+    pub daemon: Daemon,
+}
+
+impl LociMount {
+    /// Starts `loci mount --plain-http --stats --config CONFIG REF DIR` and
+    /// waits for the mount.
+    pub fn start(reference: &str, dir: &Path, config: &Path, log: &Path) -> LociMount {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut cmd = loci();
+        cmd.args(["mount", "--plain-http", "--stats", "--config"])
+            .arg(config)
+            .arg(reference)
+            .arg(dir);
+        let mut daemon = Daemon::spawn(cmd, log.to_path_buf());
+        let start = Instant::now();
+        while !is_mounted(dir) {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("loci mount exited ({status}):\n{}", daemon.log_text());
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "loci mount did not mount:\n{}", daemon.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        LociMount {
+            dir: dir.to_path_buf(),
+            daemon,
+        }
+    }
+
+    /// SIGTERM, wait for exit; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.daemon.stop();
+        self.daemon.child.wait().unwrap()
+    }
+}
+
+impl Drop for LociMount {
+    fn drop(&mut self) {
+        self.daemon.stop();
+        if is_mounted(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// Writes a node config with the cache in `cache_dir`.
+pub fn write_config(path: &Path, cache_dir: &Path, read_timeout_secs: u64) {
+    std::fs::write(
+        path,
+        format!(
+            "[cache]\ndir = {:?}\nmemory_bytes = 67108864\ndisk_bytes = 4294967296\n\n[fetch]\nread_timeout_secs = {read_timeout_secs}\n",
+            cache_dir.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+}

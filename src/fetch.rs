@@ -1,0 +1,311 @@
+//! Fetching chunks of converted layers: through the node's chunk cache,
+//! with neighbouring missing chunks coalesced into one range request, every
+//! chunk verified before use, and a deadline on every read.
+
+use crate::cache::ChunkCache;
+use crate::digest::Digest;
+use crate::format::{decode_chunk, Chunk};
+use crate::fs::tree::Content;
+use crate::image::ImageStore;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How chunks are fetched.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchConfig {
+    /// Missing chunks closer than this in the blob are fetched in one
+    /// request, the gap included (bounded over-read).
+    pub max_gap_bytes: u64,
+    /// Upper bound of one coalesced request.
+    pub max_request_bytes: u64,
+    /// A read that cannot be served within this fails with EIO.
+    pub read_timeout_secs: u64,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            max_gap_bytes: 64 << 10,
+            max_request_bytes: 8 << 20,
+            read_timeout_secs: 30,
+        }
+    }
+}
+
+/// One converted layer to read from: where its blob is, and its chunks.
+pub struct RemoteLayer {
+    /// The registry (or layout) holding the blob.
+    pub store: ImageStore,
+    /// The blob's digest.
+    pub digest: Digest,
+    /// The layer's chunk table, from its TOC.
+    pub chunks: Arc<[Chunk]>,
+}
+
+/// Why a read could not be served. Every variant names the layer.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The registry failed, or a chunk failed verification, or the cache.
+    #[error("layer {layer}: chunk {chunk}: {reason}")]
+    Chunk {
+        layer: Digest,
+        chunk: Digest,
+        reason: String,
+    },
+    /// The read took longer than the configured deadline.
+    #[error("layer {layer}: read not served within {after:?}")]
+    Timeout { layer: Digest, after: Duration },
+}
+
+/// Counters of what was fetched, for `--stats` and metrics.
+#[derive(Default)]
+pub struct FetchStats {
+    /// Range requests sent.
+    pub requests: AtomicU64,
+    /// Bytes received from the registry.
+    pub bytes_fetched: AtomicU64,
+    /// Chunks received and verified.
+    pub chunks_fetched: AtomicU64,
+    /// Chunks that failed verification.
+    pub corrupt_chunks: AtomicU64,
+    /// Reads that failed.
+    pub failed_reads: AtomicU64,
+    /// Sum and count of request latencies, in microseconds.
+    pub latency_us_sum: AtomicU64,
+    /// Largest request latency, in microseconds.
+    pub latency_us_max: AtomicU64,
+}
+
+/// A point-in-time copy of [`FetchStats`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FetchStatsSnapshot {
+    /// Range requests sent.
+    pub requests: u64,
+    /// Bytes received from the registry.
+    pub bytes_fetched: u64,
+    /// Chunks received and verified.
+    pub chunks_fetched: u64,
+    /// Chunks that failed verification.
+    pub corrupt_chunks: u64,
+    /// Reads that failed.
+    pub failed_reads: u64,
+    /// Mean request latency, in microseconds.
+    pub mean_latency_us: u64,
+    /// Largest request latency, in microseconds.
+    pub max_latency_us: u64,
+}
+
+impl FetchStats {
+    /// A consistent-enough copy for reporting.
+    pub fn snapshot(&self) -> FetchStatsSnapshot {
+        let requests = self.requests.load(Ordering::Relaxed);
+        FetchStatsSnapshot {
+            requests,
+            bytes_fetched: self.bytes_fetched.load(Ordering::Relaxed),
+            chunks_fetched: self.chunks_fetched.load(Ordering::Relaxed),
+            corrupt_chunks: self.corrupt_chunks.load(Ordering::Relaxed),
+            failed_reads: self.failed_reads.load(Ordering::Relaxed),
+            mean_latency_us: self.latency_us_sum.load(Ordering::Relaxed) / requests.max(1),
+            max_latency_us: self.latency_us_max.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Serves chunk reads for every layer of a node, through one cache.
+pub struct Fetcher {
+    cache: Arc<ChunkCache>,
+    config: FetchConfig,
+    /// What was fetched so far.
+    pub stats: FetchStats,
+}
+
+impl Fetcher {
+    /// A fetcher over the node's cache.
+    pub fn new(cache: Arc<ChunkCache>, config: FetchConfig) -> Fetcher {
+        Fetcher {
+            cache,
+            config,
+            stats: FetchStats::default(),
+        }
+    }
+
+    /// The cache chunks go through.
+    pub fn cache(&self) -> &Arc<ChunkCache> {
+        &self.cache
+    }
+
+    /// Bytes `offset..offset+len` of a file (clamped to its end).
+    pub async fn read_file(
+        &self,
+        layer: &RemoteLayer,
+        content: &Content,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, FetchError> {
+        let deadline = Duration::from_secs(self.config.read_timeout_secs);
+        let result = tokio::time::timeout(deadline, self.read_file_inner(layer, content, offset, len)).await;
+        let result = result.unwrap_or(Err(FetchError::Timeout {
+            layer: layer.digest,
+            after: deadline,
+        }));
+        if let Err(e) = &result {
+            self.stats.failed_reads.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "read failed");
+        }
+        result
+    }
+
+    async fn read_file_inner(
+        &self,
+        layer: &RemoteLayer,
+        content: &Content,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, FetchError> {
+        let end = offset.saturating_add(len);
+        // The extents overlapping offset..end.
+        let first = content.starts.partition_point(|&s| s <= offset).saturating_sub(1);
+        let mut needed = Vec::new();
+        for (i, extent) in content.extents.iter().enumerate().skip(first) {
+            let start = content.starts[i];
+            if start >= end {
+                break;
+            }
+            if start + u64::from(extent.len) > offset {
+                needed.push(i);
+            }
+        }
+        let mut indexes: Vec<u32> = needed.iter().map(|&i| content.extents[i].chunk).collect();
+        indexes.sort_unstable();
+        indexes.dedup();
+        let chunks = self.chunks(layer, &indexes).await?;
+        let mut out = Vec::with_capacity(len.min(64 << 20) as usize);
+        for i in needed {
+            let extent = &content.extents[i];
+            let data = &chunks[indexes.binary_search(&extent.chunk).expect("fetched")];
+            let start = content.starts[i];
+            let from = offset.max(start) - start;
+            let to = end.min(start + u64::from(extent.len)) - start;
+            let base = extent.offset as usize;
+            out.extend_from_slice(&data[base + from as usize..base + to as usize]);
+        }
+        Ok(out)
+    }
+
+    /// The chunks at these (sorted, unique) indexes of the layer's chunk
+    /// table: from the cache, or fetched with missing neighbours coalesced.
+    pub async fn chunks(&self, layer: &RemoteLayer, indexes: &[u32]) -> Result<Vec<Bytes>, FetchError> {
+        let missing: Vec<u32> = indexes
+            .iter()
+            .copied()
+            .filter(|&i| !self.cache.contains(&layer.chunks[i as usize].digest))
+            .collect();
+        let runs = self.runs(layer, &missing);
+        let leaders = futures::future::try_join_all(runs.iter().map(|run| self.fetch_run(layer, run))).await?;
+        let fetched: std::collections::HashMap<u32, Bytes> = runs.iter().map(|run| run[0]).zip(leaders).collect();
+        let mut out = Vec::with_capacity(indexes.len());
+        for &i in indexes {
+            match fetched.get(&i) {
+                Some(bytes) => out.push(bytes.clone()),
+                None => out.push(self.chunk(layer, i).await?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Groups missing chunk indexes into runs that one request can fetch.
+    pub fn runs(&self, layer: &RemoteLayer, missing: &[u32]) -> Vec<Vec<u32>> {
+        let mut runs: Vec<Vec<u32>> = Vec::new();
+        for &i in missing {
+            let chunk = &layer.chunks[i as usize];
+            if let Some(run) = runs.last_mut() {
+                let first = &layer.chunks[run[0] as usize];
+                let last = &layer.chunks[*run.last().unwrap() as usize];
+                let last_end = last.blob_offset + u64::from(last.compressed_len);
+                let new_end = chunk.blob_offset + u64::from(chunk.compressed_len);
+                if chunk.blob_offset >= last_end
+                    && chunk.blob_offset - last_end <= self.config.max_gap_bytes
+                    && new_end - first.blob_offset <= self.config.max_request_bytes
+                {
+                    run.push(i);
+                    continue;
+                }
+            }
+            runs.push(vec![i]);
+        }
+        runs
+    }
+
+    /// Fetches a run of chunks with one range request into the cache and
+    /// returns the first. The first chunk goes through the cache's single
+    /// flight, so concurrent readers of it wait on this request.
+    pub async fn fetch_run(&self, layer: &RemoteLayer, run: &[u32]) -> Result<Bytes, FetchError> {
+        let leader = &layer.chunks[run[0] as usize];
+        let fetch = || async {
+            let first = &layer.chunks[run[0] as usize];
+            let last = &layer.chunks[*run.last().unwrap() as usize];
+            let start = first.blob_offset;
+            let end = last.blob_offset + u64::from(last.compressed_len);
+            let began = Instant::now();
+            let bytes = layer
+                .store
+                .blob_range(&layer.digest, start..end)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            self.record_request(bytes.len() as u64, began.elapsed());
+            let mut leader_bytes = None;
+            for &i in run {
+                let chunk = &layer.chunks[i as usize];
+                let at = (chunk.blob_offset - start) as usize;
+                let frame = &bytes[at..at + chunk.compressed_len as usize];
+                let data = match decode_chunk(frame, chunk) {
+                    Ok(data) => Bytes::from(data),
+                    Err(e) => {
+                        self.stats.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(layer = %layer.digest, chunk = %chunk.digest, error = %e, "registry served a corrupt chunk; not served");
+                        if i == run[0] {
+                            return Err(e.to_string());
+                        }
+                        continue;
+                    }
+                };
+                self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
+                if i == run[0] {
+                    leader_bytes = Some(data);
+                } else if let Err(e) = self.cache.insert(&chunk.digest, data) {
+                    tracing::warn!(chunk = %chunk.digest, error = %e, "could not cache a prefetched neighbour");
+                }
+            }
+            Ok::<Bytes, String>(leader_bytes.expect("leader decoded"))
+        };
+        self.cache
+            .get_or_fetch(&leader.digest, fetch)
+            .await
+            .map_err(|e| FetchError::Chunk {
+                layer: layer.digest,
+                chunk: leader.digest,
+                reason: format!("{e:#}"),
+            })
+    }
+
+    /// One chunk: from the cache, or fetched alone.
+    async fn chunk(&self, layer: &RemoteLayer, index: u32) -> Result<Bytes, FetchError> {
+        let chunk = &layer.chunks[index as usize];
+        if let Some(bytes) = self.cache.get(&chunk.digest) {
+            return Ok(bytes);
+        }
+        self.fetch_run(layer, &[index]).await
+    }
+
+    fn record_request(&self, bytes: u64, latency: Duration) {
+        let us = latency.as_micros() as u64;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
+        self.stats.latency_us_sum.fetch_add(us, Ordering::Relaxed);
+        self.stats.latency_us_max.fetch_max(us, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,264 @@
+//! The FUSE filesystem: a read-only [`Tree`] whose file content comes from
+//! the [`Fetcher`]. Content never changes, so the kernel may cache entries,
+//! attributes and pages for long; reads are served by several threads.
+
+use super::tree::{Ino, Node, NodeKind, Tree, ROOT};
+use crate::fetch::{Fetcher, RemoteLayer};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request,
+};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long the kernel may trust entries and attributes: content is
+/// immutable for the life of the mount.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+const BLOCK: u32 = 4096;
+
+/// A mounted set of layers.
+pub struct LociFs {
+    tree: Arc<Tree>,
+    layers: Arc<Vec<RemoteLayer>>,
+    fetcher: Arc<Fetcher>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl LociFs {
+    /// A filesystem serving `tree`, whose file contents live in `layers`
+    /// (indexed as the tree's `Content::layer`); async fetches run on
+    /// `runtime`.
+    pub fn new(
+        tree: Arc<Tree>,
+        layers: Arc<Vec<RemoteLayer>>,
+        fetcher: Arc<Fetcher>,
+        runtime: tokio::runtime::Handle,
+    ) -> LociFs {
+        LociFs {
+            tree,
+            layers,
+            fetcher,
+            runtime,
+        }
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
+        self.tree.get(ino.0).ok_or(Errno::ENOENT)
+    }
+}
+
+fn file_type(kind: NodeKind) -> FileType {
+    match kind {
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Dir => FileType::Directory,
+        NodeKind::Symlink => FileType::Symlink,
+        NodeKind::CharDevice => FileType::CharDevice,
+        NodeKind::BlockDevice => FileType::BlockDevice,
+        NodeKind::Fifo => FileType::NamedPipe,
+    }
+}
+
+fn attr(ino: Ino, node: &Node) -> FileAttr {
+    let mtime = if node.mtime >= 0 {
+        UNIX_EPOCH + Duration::from_secs(node.mtime as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(node.mtime.unsigned_abs())
+    };
+    FileAttr {
+        ino: INodeNo(ino),
+        size: node.size,
+        blocks: node.size.div_ceil(512),
+        atime: mtime,
+        mtime,
+        ctime: mtime,
+        crtime: mtime,
+        kind: file_type(node.kind),
+        perm: node.mode as u16,
+        nlink: node.nlink,
+        uid: node.uid,
+        gid: node.gid,
+        rdev: node.rdev,
+        blksize: BLOCK,
+        flags: 0,
+    }
+}
+
+/// Replies to getxattr/listxattr's two-step size protocol.
+fn reply_sized(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for LociFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS
+                | fuser::InitFlags::FUSE_READDIRPLUS_AUTO
+                | fuser::InitFlags::FUSE_PARALLEL_DIROPS
+                | fuser::InitFlags::FUSE_CACHE_SYMLINKS
+                | fuser::InitFlags::FUSE_ASYNC_READ,
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.tree.lookup(parent.0, name.as_bytes()) {
+            Some(ino) => reply.entry(&TTL, &attr(ino, self.tree.get(ino).expect("child exists")), Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino) {
+            Ok(node) => reply.attr(&TTL, &attr(ino.0, node)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.node(ino).map(|n| n.link.as_deref()) {
+            Ok(Some(target)) => reply.data(target),
+            Ok(None) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != fuser::OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.node(ino) {
+            Ok(node) if node.kind == NodeKind::Dir => reply.error(Errno::EISDIR),
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let node = match self.node(ino) {
+            Ok(node) => node,
+            Err(e) => return reply.error(e),
+        };
+        let Some(content) = &node.content else {
+            return reply.data(&[]);
+        };
+        if offset >= node.size {
+            return reply.data(&[]);
+        }
+        let len = u64::from(size).min(node.size - offset);
+        let layer = &self.layers[content.layer];
+        match self.runtime.block_on(self.fetcher.read_file(layer, content, offset, len)) {
+            Ok(data) => reply.data(&data),
+            Err(_) => reply.error(Errno::EIO), // logged by the fetcher, naming the chunk
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            Ok(node) if node.kind == NodeKind::Dir => {
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
+            }
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let node = match self.node(ino) {
+            Ok(node) => node,
+            Err(e) => return reply.error(e),
+        };
+        for (i, (name, child, kind)) in dir_entries(&self.tree, ino.0, node).enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), i as u64 + 1, file_type(kind), OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let node = match self.node(ino) {
+            Ok(node) => node,
+            Err(e) => return reply.error(e),
+        };
+        for (i, (name, child, _)) in dir_entries(&self.tree, ino.0, node).enumerate().skip(offset as usize) {
+            let child_node = self.tree.get(child).expect("entry exists");
+            let full = reply.add(
+                INodeNo(child),
+                i as u64 + 1,
+                OsStr::from_bytes(name),
+                &TTL,
+                &attr(child, child_node),
+                Generation(0),
+            );
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.tree.len() as u64;
+        reply.statfs(0, 0, 0, files, 0, BLOCK, 255, BLOCK);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.node(ino).map(|n| n.xattrs.get(name.as_bytes())) {
+            Ok(Some(value)) => reply_sized(reply, size, value),
+            Ok(None) => reply.error(Errno::NO_XATTR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.node(ino) {
+            Ok(node) => {
+                let mut names = Vec::new();
+                for name in node.xattrs.keys() {
+                    names.extend_from_slice(name);
+                    names.push(0);
+                }
+                reply_sized(reply, size, &names);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+/// A directory's entries with "." and "..", in a stable order (offsets
+/// are positions in this list).
+fn dir_entries<'a>(tree: &'a Tree, ino: Ino, node: &'a Node) -> impl Iterator<Item = (&'a [u8], Ino, NodeKind)> + 'a {
+    let dots = [(&b"."[..], ino, NodeKind::Dir), (&b".."[..], if ino == ROOT { ROOT } else { node.parent }, NodeKind::Dir)];
+    dots.into_iter().chain(
+        node.children
+            .iter()
+            .map(move |(name, &child)| (&name[..], child, tree.get(child).expect("entry exists").kind)),
+    )
+}

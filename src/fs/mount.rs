@@ -1,0 +1,95 @@
+//! Opening an image's converted layers and mounting them.
+
+use super::fuse::LociFs;
+use super::tree::{Tree, TreeError, View};
+use crate::fetch::{Fetcher, RemoteLayer};
+use crate::format::Toc;
+use crate::image::ImageStore;
+use crate::layer::{fetch_toc, image_layers, LayerError};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Why an image could not be mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// Reading the image or a layer's TOC failed.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// A layer is not in loci's format, so it cannot be read lazily.
+    #[error("layer {layer} is not a loci layer ({media_type}); convert the image first")]
+    NotConverted { layer: String, media_type: String },
+    /// The layers do not form a consistent tree.
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+    /// The kernel refused the mount.
+    #[error("mounting at {dir}")]
+    Mount {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An image's layers, ready to mount: their TOCs and where their chunks are.
+pub struct OpenedImage {
+    /// One entry per layer, bottom first.
+    pub layers: Vec<RemoteLayer>,
+    /// The layers' TOCs, in the same order.
+    pub tocs: Vec<Toc>,
+}
+
+/// Resolves the image at `store` and fetches every layer's TOC (a range
+/// read each, verified against its annotated digest).
+pub async fn open_image(store: &ImageStore) -> Result<OpenedImage, MountError> {
+    let mut layers = Vec::new();
+    let mut tocs = Vec::new();
+    for layer in image_layers(store).await? {
+        if layer.toc_digest.is_none() {
+            return Err(MountError::NotConverted {
+                layer: layer.digest.to_string(),
+                media_type: layer.media_type,
+            });
+        }
+        let (_, toc) = fetch_toc(store, &layer).await?;
+        layers.push(RemoteLayer {
+            store: store.clone(),
+            digest: layer.digest,
+            chunks: toc.chunks.clone().into(),
+        });
+        tocs.push(toc);
+    }
+    Ok(OpenedImage { layers, tocs })
+}
+
+/// Mounts `image` read-only at `dir` in `view`, served by `threads` FUSE
+/// threads. The mount lasts as long as the returned session.
+pub fn mount(
+    image: OpenedImage,
+    view: View,
+    dir: &Path,
+    fetcher: Arc<Fetcher>,
+    runtime: tokio::runtime::Handle,
+    threads: usize,
+) -> Result<fuser::BackgroundSession, MountError> {
+    let tocs: Vec<&Toc> = image.tocs.iter().collect();
+    let tree = Tree::build(&tocs, view)?;
+    tracing::info!(dir = %dir.display(), layers = tocs.len(), inodes = tree.len(), "mounting");
+    let fs = LociFs::new(Arc::new(tree), Arc::new(image.layers), fetcher, runtime);
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("loci".into()),
+        fuser::MountOption::Subtype("loci".into()),
+        fuser::MountOption::RO,
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::Exec,
+        fuser::MountOption::Suid,
+        fuser::MountOption::Dev,
+    ];
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(threads.max(1));
+    config.clone_fd = true;
+    fuser::spawn_mount(fs, dir, &config).map_err(|source| MountError::Mount {
+        dir: dir.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,312 @@
+//! The lazy mount against real components: a converted image in a real
+//! docker-registry on 127.0.0.1, mounted with `loci mount` over real FUSE.
+//! What was fetched is read from the registry's own access log.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const NEEDS: &[&str] = &["docker-registry", "skopeo", "python3", "zstd"];
+
+fn fuse_available(test: &str) -> bool {
+    if !Path::new("/dev/fuse").exists() {
+        if std::env::var("LOCI_REQUIRE_SYSTEM_TESTS").as_deref() == Ok("1") {
+            panic!("{test}: /dev/fuse is missing");
+        }
+        eprintln!("SKIP {test}: /dev/fuse is missing");
+        return false;
+    }
+    true
+}
+
+/// A registry holding the fixture image (original and converted).
+struct Setup {
+    work: tempfile::TempDir,
+    registry: Registry,
+    layout: PathBuf,
+}
+
+impl Setup {
+    fn new(fixture_args: &[&str]) -> Setup {
+        let work = tempfile::tempdir().unwrap();
+        let layout = work.path().join("fixture");
+        build_fixture(&layout, "v1", fixture_args);
+        let registry = Registry::start();
+        push_layout(&layout, "v1", &format!("{}/fixture:v1", registry.addr));
+        run(loci().args([
+            "convert",
+            "--plain-http",
+            &format!("{}/fixture:v1", registry.addr),
+            &format!("{}/fixture:loci", registry.addr),
+        ]));
+        Setup { work, registry, layout }
+    }
+
+    fn converted(&self) -> String {
+        format!("{}/fixture:loci", self.registry.addr)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+
+    fn config(&self, name: &str, timeout_secs: u64) -> PathBuf {
+        let path = self.path(&format!("{name}.toml"));
+        write_config(&path, &self.path(&format!("{name}-cache")), timeout_secs);
+        path
+    }
+
+    /// Layer digests and TOC info of the converted image, from `loci inspect --json`.
+    fn converted_layers(&self, reference: &str) -> Vec<serde_json::Value> {
+        let out = run(loci().args(["inspect", "--plain-http", "--json", reference]));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    }
+}
+
+fn sha256_file(path: &Path) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+#[test]
+fn mounted_tree_equals_containerd_unpack() {
+    let test = "mounted_tree_equals_containerd_unpack";
+    let mut needs = NEEDS.to_vec();
+    needs.extend(["containerd", "ctr"]);
+    if !require(test, &needs, true) || !fuse_available(test) {
+        return;
+    }
+    let setup = Setup::new(&[]);
+    let containerd = Containerd::start("");
+    let original = format!("{}/fixture:v1", setup.registry.addr);
+    containerd.pull(&original, "overlayfs");
+    let view = setup.path("containerd-view");
+    containerd.mount_view(&layout_diff_ids(&setup.layout, "v1"), "overlayfs", "view", &view);
+    let expected = walk_tree(&view);
+    run(Command::new("umount").arg(&view));
+
+    let config = setup.config("node", 30);
+    let mut mount = LociMount::start(&setup.converted(), &setup.path("mnt"), &config, &setup.path("loci.log"));
+    let actual = walk_tree(&mount.dir);
+    assert!(expected.len() > 100);
+    assert_same_tree(&expected, &actual);
+    assert!(mount.stop().success(), "{}", mount.daemon.log_text());
+    assert!(!is_mounted(&mount.dir), "SIGTERM left the mount behind");
+    let stats: serde_json::Value = serde_json::from_str(mount.daemon.log_text().lines().rev().find(|l| l.starts_with('{')).unwrap()).unwrap();
+    assert!(stats["fetch"]["chunks_fetched"].as_u64().unwrap() > 0, "{stats}");
+}
+
+#[test]
+fn reading_one_small_file_fetches_under_one_percent_of_the_layer() {
+    let test = "reading_one_small_file_fetches_under_one_percent_of_the_layer";
+    if !require(test, NEEDS, true) || !fuse_available(test) {
+        return;
+    }
+    let setup = Setup::new(&["--big-mib", "208"]);
+    let layers = setup.converted_layers(&setup.converted());
+    let big = layers.last().unwrap();
+    let digest = big["layer"].as_str().unwrap().to_string();
+    let size: u64 = big["size"].as_u64().unwrap();
+    let toc_length: u64 = big["toc_length"].as_u64().unwrap();
+    assert!(size >= 200 << 20, "big layer is only {size} bytes");
+    let before = setup.registry.daemon.log_text().len();
+
+    let config = setup.config("node", 30);
+    let mut mount = LociMount::start(&setup.converted(), &setup.path("mnt"), &config, &setup.path("loci.log"));
+    let text = std::fs::read_to_string(mount.dir.join("big/small.txt")).unwrap();
+    assert_eq!(text, "a small file in a big layer\n");
+    mount.stop();
+    let (requests, bytes) = blob_traffic(&setup.registry, &digest, before);
+    eprintln!("big layer: {size} bytes, TOC {toc_length}; fetched {bytes} bytes in {requests} requests");
+    assert!(requests >= 2, "expected a TOC read and a chunk read, saw {requests}");
+    assert!(
+        (bytes as f64) < size as f64 * 0.01 + toc_length as f64,
+        "fetched {bytes} bytes of a {size}-byte layer (TOC {toc_length})"
+    );
+}
+
+#[test]
+fn a_second_image_fetches_none_of_the_shared_chunks() {
+    let test = "a_second_image_fetches_none_of_the_shared_chunks";
+    if !require(test, NEEDS, true) || !fuse_available(test) {
+        return;
+    }
+    let setup = Setup::new(&[]);
+    // A second image: same files but one, built and converted separately.
+    let second = setup.path("second");
+    build_fixture(&second, "v2", &["--variant", "two"]);
+    push_layout(&second, "v2", &format!("{}/second:v2", setup.registry.addr));
+    let second_ref = format!("{}/second:loci", setup.registry.addr);
+    run(loci().args(["convert", "--plain-http", &format!("{}/second:v2", setup.registry.addr), &second_ref]));
+
+    let config = setup.config("node", 30);
+    let mut first = LociMount::start(&setup.converted(), &setup.path("mnt1"), &config, &setup.path("loci1.log"));
+    walk_tree(&first.dir); // reads every file
+    first.stop();
+
+    let before = setup.registry.daemon.log_text().len();
+    let mut mount = LociMount::start(&second_ref, &setup.path("mnt2"), &config, &setup.path("loci2.log"));
+    let tree = walk_tree(&mount.dir);
+    mount.stop();
+    assert_eq!(std::fs::read_to_string(mount.dir.join("data/variant.txt")).ok(), None, "unmounted");
+    let variant = &tree[Path::new("data/variant.txt")];
+    assert_eq!(variant.size, "variant two\n".len() as u64);
+
+    // What the second image needs that the first did not have.
+    let first_chunks: std::collections::HashSet<String> = setup
+        .converted_layers(&setup.converted())
+        .iter()
+        .flat_map(|l| l["chunks"].as_array().unwrap().iter().map(|c| c["digest"].as_str().unwrap().to_string()))
+        .collect();
+    let mut new_bytes = 0u64;
+    let mut shared_bytes = 0u64;
+    let mut fetched = 0u64;
+    for layer in setup.converted_layers(&second_ref) {
+        let digest = layer["layer"].as_str().unwrap();
+        new_bytes += layer["toc_length"].as_u64().unwrap() + 48;
+        for chunk in layer["chunks"].as_array().unwrap() {
+            let len = chunk["compressed_len"].as_u64().unwrap();
+            if first_chunks.contains(chunk["digest"].as_str().unwrap()) {
+                shared_bytes += len;
+            } else {
+                new_bytes += len;
+            }
+        }
+        fetched += blob_traffic(&setup.registry, digest, before).1;
+    }
+    eprintln!("second image: fetched {fetched} bytes; new chunks + TOCs {new_bytes}; shared chunks {shared_bytes}");
+    assert!(shared_bytes > 1 << 20, "the images share too little to tell: {shared_bytes}");
+    assert!(fetched <= new_bytes + (64 << 10), "fetched {fetched} bytes, more than the {new_bytes} the first image lacked");
+}
+
+#[test]
+fn registry_faults_give_eio_in_bounded_time_and_corrupt_chunks_are_never_served() {
+    let test = "registry_faults_give_eio_in_bounded_time_and_corrupt_chunks_are_never_served";
+    if !require(test, NEEDS, true) || !fuse_available(test) {
+        return;
+    }
+    let mut setup = Setup::new(&[]);
+    let config = setup.config("node", 5);
+    let log = setup.path("loci.log");
+    let mut mount = LociMount::start(&setup.converted(), &setup.path("mnt"), &config, &log);
+    let cached = mount.dir.join("etc/hello.txt");
+    let expected = std::fs::read_to_string(&cached).unwrap();
+
+    // Registry down: cached reads work, an uncached one fails with EIO in bounded time.
+    setup.registry.daemon.stop();
+    assert_eq!(std::fs::read_to_string(&cached).unwrap(), expected);
+    let started = Instant::now();
+    let err = std::fs::read(mount.dir.join("data/big-random.bin")).unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.raw_os_error(), Some(5), "expected EIO, got {err}");
+    assert!(took < Duration::from_secs(10), "EIO took {took:?} (deadline 5 s)");
+
+    // Registry back (same storage, same address): the read works.
+    let storage_config = setup.registry.dir.path().join("config.yml");
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve").arg(&storage_config);
+    setup.registry.daemon = Daemon::spawn(cmd, setup.registry.dir.path().join("registry2.log"));
+    let addr = setup.registry.addr.clone();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let original_hash = sha256_file(&setup.layout_file("data/big-random.bin"));
+    assert_eq!(sha256_file(&mount.dir.join("data/big-random.bin")), original_hash);
+    mount.stop();
+
+    // Altered bytes in the registry's copy of a chunk: EIO and a log line
+    // naming the chunk, never the altered bytes.
+    let layers = setup.converted_layers(&setup.converted());
+    let (layer, chunk) = layers
+        .iter()
+        .find_map(|l| {
+            let entries = l["entries"].as_array().unwrap();
+            let file = entries.iter().find(|e| e["path"] == "data/big-text.txt")?;
+            let index = file["extents"][0]["chunk"].as_u64().unwrap() as usize;
+            Some((l["layer"].as_str().unwrap().to_string(), l["chunks"][index].clone()))
+        })
+        .unwrap();
+    let hex = layer.strip_prefix("sha256:").unwrap();
+    let data = setup
+        .registry
+        .dir
+        .path()
+        .join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let mut blob = std::fs::read(&data).unwrap();
+    let at = chunk["blob_offset"].as_u64().unwrap() as usize + chunk["compressed_len"].as_u64().unwrap() as usize / 2;
+    blob[at] ^= 0x20;
+    std::fs::write(&data, blob).unwrap();
+    let fresh = setup.config("fresh", 5);
+    let log2 = setup.path("loci2.log");
+    let mut mount = LociMount::start(&setup.converted(), &setup.path("mnt2"), &fresh, &log2);
+    let err = std::fs::read(mount.dir.join("data/big-text.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "expected EIO, got {err}");
+    mount.stop();
+    let text = std::fs::read_to_string(&log2).unwrap();
+    let digest = chunk["digest"].as_str().unwrap();
+    assert!(text.contains(digest), "no log line names chunk {digest}:\n{text}");
+}
+
+#[test]
+fn killing_loci_mid_read_leaves_the_cache_usable() {
+    let test = "killing_loci_mid_read_leaves_the_cache_usable";
+    if !require(test, NEEDS, true) || !fuse_available(test) {
+        return;
+    }
+    let setup = Setup::new(&["--big-mib", "64"]);
+    let config = setup.config("node", 30);
+    let dir = setup.path("mnt");
+    let mut mount = LociMount::start(&setup.converted(), &dir, &config, &setup.path("loci.log"));
+    let reader = {
+        let file = dir.join("big/huge.bin");
+        std::thread::spawn(move || std::fs::read(file).map(|d| d.len()))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    mount.daemon.child.kill().unwrap(); // SIGKILL mid-read
+    mount.daemon.child.wait().unwrap();
+    let _ = reader.join();
+    let _ = Command::new("umount").arg("-l").arg(&dir).status();
+
+    let mount = LociMount::start(&setup.converted(), &setup.path("mnt2"), &config, &setup.path("loci2.log"));
+    let expected = walk_tree_of_layout(&setup);
+    let actual = sha256_file(&mount.dir.join("big/huge.bin"));
+    assert_eq!(actual, expected);
+}
+
+/// The sha256 of big/huge.bin as the fixture generated it.
+fn walk_tree_of_layout(setup: &Setup) -> String {
+    sha256_file(&setup.layout_file("big/huge.bin"))
+}
+
+impl Setup {
+    /// A file of the original image, extracted from its layer tars (the
+    /// topmost layer holding it wins).
+    fn layout_file(&self, path: &str) -> PathBuf {
+        let out = self.path("extracted");
+        if !out.exists() {
+            std::fs::create_dir_all(&out).unwrap();
+            let index: serde_json::Value = serde_json::from_slice(&std::fs::read(self.layout.join("index.json")).unwrap()).unwrap();
+            let blob = |d: &str| self.layout.join("blobs/sha256").join(d.strip_prefix("sha256:").unwrap());
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap()).unwrap();
+            for layer in manifest["layers"].as_array().unwrap() {
+                let file = blob(layer["digest"].as_str().unwrap());
+                let media = layer["mediaType"].as_str().unwrap();
+                let flag = if media.ends_with("gzip") { "-z" } else if media.ends_with("zstd") { "--zstd" } else { "-f-" };
+                let mut cmd = Command::new("tar");
+                cmd.arg("-x").arg("-C").arg(&out).arg("--no-same-owner");
+                if flag != "-f-" {
+                    cmd.arg(flag);
+                }
+                cmd.arg("-f").arg(&file).args(["--exclude", "*/null", "--exclude", "*/fifo"]);
+                let _ = cmd.status();
+            }
+        }
+        out.join(path)
+    }
+}

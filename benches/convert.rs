@@ -15,7 +15,10 @@ const CAP: u64 = 96 << 20;
 fn input_tar() -> (Vec<u8>, usize) {
     let roots: Vec<PathBuf> = match std::env::var_os("LOCI_BENCH_TREE") {
         Some(dir) => vec![dir.into()],
-        None => vec!["/usr/lib/python3.11".into(), "/usr/lib/x86_64-linux-gnu".into()],
+        None => vec![
+            "/usr/lib/python3.11".into(),
+            "/usr/lib/x86_64-linux-gnu".into(),
+        ],
     };
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
@@ -27,19 +30,31 @@ fn input_tar() -> (Vec<u8>, usize) {
     (builder.into_inner().unwrap(), files)
 }
 
-fn add_tree(builder: &mut tar::Builder<Vec<u8>>, root: &Path, dir: &Path, total: &mut u64, files: &mut usize) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+fn add_tree(
+    builder: &mut tar::Builder<Vec<u8>>,
+    root: &Path,
+    dir: &Path,
+    total: &mut u64,
+    files: &mut usize,
+) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
     entries.sort();
     for path in entries {
         if *total >= CAP {
             return;
         }
-        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
         let name = Path::new(root.file_name().unwrap()).join(path.strip_prefix(root).unwrap());
         if meta.is_dir() {
             add_tree(builder, root, &path, total, files);
-        } else if (meta.is_file() && std::fs::File::open(&path).is_ok()) || meta.file_type().is_symlink() {
+        } else if (meta.is_file() && std::fs::File::open(&path).is_ok())
+            || meta.file_type().is_symlink()
+        {
             if builder.append_path_with_name(&path, &name).is_ok() {
                 *total += meta.len();
                 *files += 1;
@@ -53,7 +68,12 @@ fn add_tree(builder: &mut tar::Builder<Vec<u8>>, root: &Path, dir: &Path, total:
 fn cpu_seconds(f: impl Fn()) -> f64 {
     fn ticks() -> f64 {
         let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
         // utime and stime are fields 14 and 15 of stat(5): 12 and 13 here.
         (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
     }
@@ -66,7 +86,10 @@ fn cpu_seconds(f: impl Fn()) -> f64 {
 
 fn bench(c: &mut Criterion) {
     let (tar, files) = input_tar();
-    eprintln!("input: {:.1} MiB tar, {files} files", tar.len() as f64 / (1 << 20) as f64);
+    eprintln!(
+        "input: {:.1} MiB tar, {files} files",
+        tar.len() as f64 / (1 << 20) as f64
+    );
     let mut group = c.benchmark_group("convert");
     group.throughput(Throughput::Bytes(tar.len() as u64));
     group.sample_size(10);
@@ -102,12 +125,18 @@ fn bench(c: &mut Criterion) {
                 zstd::stream::encode_all(&tar[..], 3).unwrap();
             })
         );
-        group.bench_with_input(BenchmarkId::new("loci all cores", chunk_kib), &opts, |b, opts| {
-            b.iter(|| {
-                let mut out = Vec::with_capacity(tar.len());
-                convert_layer(&tar[..], &mut out, opts, &|_| {}).unwrap().blob_size
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("loci all cores", chunk_kib),
+            &opts,
+            |b, opts| {
+                b.iter(|| {
+                    let mut out = Vec::with_capacity(tar.len());
+                    convert_layer(&tar[..], &mut out, opts, &|_| {})
+                        .unwrap()
+                        .blob_size
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -2,8 +2,10 @@
 //!
 //! Data flows one way through the modules:
 //! `registry`/`image` (where blobs come from) → `format` (TOC, chunks) →
-//! `convert` (turning ordinary layers into the format) → `cli`.
+//! `convert` (turning ordinary layers into the format) → `cli`. `cache`
+//! holds the chunks a lazy read fetches, in memory and on local disk.
 
+pub mod cache;
 pub mod cli;
 pub mod convert;
 pub mod digest;

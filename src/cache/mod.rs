@@ -1,0 +1,317 @@
+//! The tiered chunk cache: every chunk a lazy read needs comes through here.
+//!
+//! Chunks are keyed by the sha256 of their uncompressed bytes, so a chunk
+//! shared by several layers or images is fetched once per node. Tier 1 is an
+//! in-memory LRU ([`memory`]), tier 2 RocksDB on local disk with its own LRU
+//! bookkeeping ([`recency`], [`disk`]); both are bounded in bytes. Concurrent
+//! readers of a missing chunk share one fetch ([`single_flight`]). Nothing
+//! enters a tier unverified, and a chunk read back from disk is verified
+//! again. The network is not this module's business: callers pass the fetch.
+//! See `docs/cache.md` for the design and its crash recovery.
+
+mod config;
+mod disk;
+mod memory;
+mod recency;
+mod single_flight;
+mod stats;
+
+pub use config::{CacheConfig, Compression, RocksDbOptions};
+pub use stats::{CacheStats, LatencyBucket, LatencyHistogram};
+
+use crate::digest::Digest;
+use bytes::Bytes;
+use disk::{DiskLookup, DiskTier};
+use memory::MemoryTier;
+use single_flight::{Role, SingleFlight};
+use stats::Counters;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why a cache operation failed. Cloneable so that one failed fetch can be
+/// handed to every caller that waited on it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CacheError {
+    /// The cache directory or its database could not be opened.
+    #[error("cannot open the chunk cache in {dir}: {source}")]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// The config file could not be read or has a bad field.
+    #[error("cache config {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+    /// Bytes offered for a chunk do not hash to its digest.
+    #[error("bytes for chunk {digest} hash to {actual} instead")]
+    Corrupt { digest: Digest, actual: Digest },
+    /// The caller's fetch failed.
+    #[error("fetching chunk {digest} failed: {reason}")]
+    Fetch { digest: Digest, reason: String },
+    /// RocksDB refused an operation.
+    #[error("chunk cache database, {context}: {source}")]
+    Db {
+        context: &'static str,
+        #[source]
+        source: rocksdb::Error,
+    },
+}
+
+/// Checks that `data` is the chunk named by `digest`; on mismatch returns
+/// what it hashes to.
+pub(crate) fn hashes_to(digest: &Digest, data: &[u8]) -> Result<(), Digest> {
+    let actual = Digest::of(data);
+    if actual == *digest {
+        Ok(())
+    } else {
+        Err(actual)
+    }
+}
+
+/// The tiers and counters, shared with blocking tasks.
+struct Tiers {
+    memory: MemoryTier,
+    disk: DiskTier,
+    counters: Counters,
+    /// Logical time of uses, shared by both tiers' LRU orders.
+    clock: AtomicU64,
+}
+
+impl Tiers {
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn memory_get(&self, digest: &Digest) -> Option<Bytes> {
+        let data = self.memory.get(digest, self.tick())?;
+        Counters::bump(&self.counters.memory_hits);
+        Some(data)
+    }
+
+    /// Reads from disk and promotes a hit to memory.
+    fn disk_get(&self, digest: &Digest) -> Option<Bytes> {
+        let tick = self.tick();
+        match self.disk.get(digest, tick) {
+            DiskLookup::Hit(data) => {
+                Counters::bump(&self.counters.disk_hits);
+                self.put_in_memory(*digest, data.clone(), tick);
+                Some(data)
+            }
+            DiskLookup::Miss => None,
+            DiskLookup::Corrupt => {
+                Counters::bump(&self.counters.corrupt_on_disk);
+                None
+            }
+        }
+    }
+
+    /// Memory, then disk; counts a miss if neither has the chunk.
+    fn lookup(&self, digest: &Digest) -> Option<Bytes> {
+        let found = self.memory_get(digest).or_else(|| self.disk_get(digest));
+        if found.is_none() {
+            Counters::bump(&self.counters.misses);
+        }
+        found
+    }
+
+    fn put_in_memory(&self, digest: Digest, data: Bytes, tick: u64) {
+        let evicted = self.memory.insert(digest, data, tick);
+        Counters::add(&self.counters.evictions_memory, evicted.len() as u64);
+        // Uses served from memory count as uses on disk, so a chunk that
+        // stayed hot in memory is not the first to go from disk.
+        for chunk in evicted {
+            self.disk.touch(&chunk.digest, chunk.tick);
+        }
+    }
+
+    /// Verifies a chunk, then stores it in both tiers.
+    fn verify_and_store(&self, digest: &Digest, data: Bytes) -> Result<(), CacheError> {
+        hashes_to(digest, &data).map_err(|actual| CacheError::Corrupt {
+            digest: *digest,
+            actual,
+        })?;
+        let tick = self.tick();
+        let size = data.len() as u64;
+        self.put_in_memory(*digest, data.clone(), tick);
+        let evicted = self
+            .disk
+            .insert(digest, &data, tick, &|d| self.memory.last_use(d))?;
+        Counters::add(&self.counters.evictions_disk, evicted);
+        Counters::add(&self.counters.bytes_inserted, size);
+        Ok(())
+    }
+}
+
+impl Drop for Tiers {
+    fn drop(&mut self) {
+        // Record what memory served since it was loaded, so the disk order
+        // after a restart reflects it (a crash skips this and only loses
+        // some recency, never data).
+        for chunk in self.memory.last_uses() {
+            self.disk.touch(&chunk.digest, chunk.tick);
+        }
+        self.disk.save_recency();
+    }
+}
+
+/// The node's chunk cache: memory and disk tiers, with single-flight fetches
+/// of what neither holds. Shared through `Arc` by the FUSE threads and the
+/// prefetcher.
+pub struct ChunkCache {
+    tiers: Arc<Tiers>,
+    flights: SingleFlight<Digest, Result<Bytes, CacheError>>,
+}
+
+impl ChunkCache {
+    /// Opens the cache described by `config`, recovering the disk tier's
+    /// contents, sizes and eviction order from a previous run (clean exit
+    /// or not).
+    pub fn open(config: &CacheConfig) -> Result<Arc<ChunkCache>, CacheError> {
+        let disk = DiskTier::open(config)?;
+        let clock = disk.newest_tick().map_or(0, |tick| tick + 1);
+        tracing::info!(
+            dir = %config.dir.display(),
+            disk_bytes = disk.used_bytes(),
+            disk_bound = config.disk_bytes,
+            memory_bound = config.memory_bytes,
+            "chunk cache open"
+        );
+        Ok(Arc::new(ChunkCache {
+            tiers: Arc::new(Tiers {
+                memory: MemoryTier::new(config.memory_bytes),
+                disk,
+                counters: Counters::default(),
+                clock: AtomicU64::new(clock),
+            }),
+            flights: SingleFlight::new(),
+        }))
+    }
+
+    /// Memory, then disk (promoting to memory), else runs `fetch` once for
+    /// all concurrent callers of the same digest. The fetched bytes are
+    /// verified (sha256 == digest) before entering any tier; a mismatch is
+    /// an error for every waiter and nothing is cached. Errors from `fetch`
+    /// are passed to every waiter and not cached, so the next call retries.
+    /// Disk reads and writes run on tokio's blocking pool.
+    pub async fn get_or_fetch<F, Fut, E>(
+        &self,
+        digest: &Digest,
+        fetch: F,
+    ) -> Result<Bytes, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let mut fetch = Some(fetch);
+        loop {
+            if let Some(data) = self.tiers.memory_get(digest) {
+                return Ok(data);
+            }
+            match self.flights.join(*digest) {
+                Role::Follower(follower) => {
+                    Counters::bump(&self.tiers.counters.coalesced);
+                    if let Some(result) = follower.wait().await {
+                        return result;
+                    }
+                    // The leader was cancelled: start over.
+                }
+                Role::Leader(leader) => {
+                    let fetch = fetch.take().expect("a caller leads at most once");
+                    let result = self.lead(digest, fetch).await;
+                    leader.complete(result.clone());
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// The leader's part: look again (a previous flight may have just
+    /// stored the chunk), then fetch, verify and store.
+    async fn lead<F, Fut, E>(&self, digest: &Digest, fetch: F) -> Result<Bytes, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let tiers = Arc::clone(&self.tiers);
+        let key = *digest;
+        if let Some(data) = blocking(move || tiers.lookup(&key)).await {
+            return Ok(data);
+        }
+        let counters = &self.tiers.counters;
+        Counters::bump(&counters.fetches);
+        let started = Instant::now();
+        let fetched = fetch().await;
+        counters.record_fetch_latency(started.elapsed());
+        let data = fetched.map_err(|e| {
+            Counters::bump(&counters.fetch_errors);
+            tracing::warn!(%digest, error = %e, "chunk fetch failed");
+            CacheError::Fetch {
+                digest: *digest,
+                reason: e.to_string(),
+            }
+        })?;
+        Counters::add(&counters.bytes_fetched, data.len() as u64);
+        tracing::debug!(%digest, bytes = data.len(), elapsed_us = started.elapsed().as_micros() as u64, "chunk fetched");
+
+        let tiers = Arc::clone(&self.tiers);
+        let stored = data.clone();
+        match blocking(move || tiers.verify_and_store(&key, stored)).await {
+            Ok(()) => Ok(data),
+            Err(error @ CacheError::Corrupt { .. }) => {
+                Counters::bump(&counters.fetch_errors);
+                tracing::warn!(%error, "fetched chunk does not match its digest; not cached");
+                Err(error)
+            }
+            Err(error) => {
+                // Verified bytes are good to serve even if the disk write failed.
+                tracing::warn!(%digest, %error, "could not store a fetched chunk on disk");
+                Ok(data)
+            }
+        }
+    }
+
+    /// The chunk from memory or disk (verified), without fetching.
+    pub fn get(&self, digest: &Digest) -> Option<Bytes> {
+        self.tiers.lookup(digest)
+    }
+
+    /// Whether a tier holds the chunk; no read of the value, no effect on
+    /// eviction order. The prefetcher uses it to skip cached chunks.
+    pub fn contains(&self, digest: &Digest) -> bool {
+        self.tiers.memory.contains(digest) || self.tiers.disk.contains(digest)
+    }
+
+    /// Verifies and stores a chunk obtained elsewhere (the prefetcher's
+    /// fetches). Bytes not matching the digest are refused.
+    pub fn insert(&self, digest: &Digest, data: Bytes) -> Result<(), CacheError> {
+        self.tiers.verify_and_store(digest, data)
+    }
+
+    /// Whether the disk tier has no room for another chunk as large as the
+    /// largest it holds without evicting: the prefetcher stops there rather
+    /// than evict chunks that were read for ones that might be.
+    pub fn disk_full(&self) -> bool {
+        self.tiers.disk.is_full()
+    }
+
+    /// A snapshot of the counters and the tiers' sizes.
+    pub fn stats(&self) -> CacheStats {
+        self.tiers
+            .counters
+            .snapshot(self.tiers.memory.bytes(), self.tiers.disk.used_bytes())
+    }
+}
+
+/// Runs blocking work (RocksDB, hashing) off the async workers; a panic in
+/// it resumes in the caller.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}

@@ -147,7 +147,8 @@ impl Fetcher {
         len: u64,
     ) -> Result<Vec<u8>, FetchError> {
         let deadline = Duration::from_secs(self.config.read_timeout_secs);
-        let result = tokio::time::timeout(deadline, self.read_file_inner(layer, content, offset, len)).await;
+        let result =
+            tokio::time::timeout(deadline, self.read_file_inner(layer, content, offset, len)).await;
         let result = result.unwrap_or(Err(FetchError::Timeout {
             layer: layer.digest,
             after: deadline,
@@ -168,7 +169,10 @@ impl Fetcher {
     ) -> Result<Vec<u8>, FetchError> {
         let end = offset.saturating_add(len);
         // The extents overlapping offset..end.
-        let first = content.starts.partition_point(|&s| s <= offset).saturating_sub(1);
+        let first = content
+            .starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
         let mut needed = Vec::new();
         for (i, extent) in content.extents.iter().enumerate().skip(first) {
             let start = content.starts[i];
@@ -198,15 +202,22 @@ impl Fetcher {
 
     /// The chunks at these (sorted, unique) indexes of the layer's chunk
     /// table: from the cache, or fetched with missing neighbours coalesced.
-    pub async fn chunks(&self, layer: &RemoteLayer, indexes: &[u32]) -> Result<Vec<Bytes>, FetchError> {
+    pub async fn chunks(
+        &self,
+        layer: &RemoteLayer,
+        indexes: &[u32],
+    ) -> Result<Vec<Bytes>, FetchError> {
         let missing: Vec<u32> = indexes
             .iter()
             .copied()
             .filter(|&i| !self.cache.contains(&layer.chunks[i as usize].digest))
             .collect();
         let runs = self.runs(layer, &missing);
-        let leaders = futures::future::try_join_all(runs.iter().map(|run| self.fetch_run(layer, run))).await?;
-        let fetched: std::collections::HashMap<u32, Bytes> = runs.iter().map(|run| run[0]).zip(leaders).collect();
+        let leaders =
+            futures::future::try_join_all(runs.iter().map(|run| self.fetch_run(layer, run)))
+                .await?;
+        let fetched: std::collections::HashMap<u32, Bytes> =
+            runs.iter().map(|run| run[0]).zip(leaders).collect();
         let mut out = Vec::with_capacity(indexes.len());
         for &i in indexes {
             match fetched.get(&i) {

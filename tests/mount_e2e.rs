@@ -42,7 +42,11 @@ impl Setup {
             &format!("{}/fixture:v1", registry.addr),
             &format!("{}/fixture:loci", registry.addr),
         ]));
-        Setup { work, registry, layout }
+        Setup {
+            work,
+            registry,
+            layout,
+        }
     }
 
     fn converted(&self) -> String {
@@ -84,19 +88,41 @@ fn mounted_tree_equals_containerd_unpack() {
     let original = format!("{}/fixture:v1", setup.registry.addr);
     containerd.pull(&original, "overlayfs");
     let view = setup.path("containerd-view");
-    containerd.mount_view(&layout_diff_ids(&setup.layout, "v1"), "overlayfs", "view", &view);
+    containerd.mount_view(
+        &layout_diff_ids(&setup.layout, "v1"),
+        "overlayfs",
+        "view",
+        &view,
+    );
     let expected = walk_tree(&view);
     run(Command::new("umount").arg(&view));
 
     let config = setup.config("node", 30);
-    let mut mount = LociMount::start(&setup.converted(), &setup.path("mnt"), &config, &setup.path("loci.log"));
+    let mut mount = LociMount::start(
+        &setup.converted(),
+        &setup.path("mnt"),
+        &config,
+        &setup.path("loci.log"),
+    );
     let actual = walk_tree(&mount.dir);
     assert!(expected.len() > 100);
     assert_same_tree(&expected, &actual);
     assert!(mount.stop().success(), "{}", mount.daemon.log_text());
     assert!(!is_mounted(&mount.dir), "SIGTERM left the mount behind");
-    let stats: serde_json::Value = serde_json::from_str(mount.daemon.log_text().lines().rev().find(|l| l.starts_with('{')).unwrap()).unwrap();
-    assert!(stats["fetch"]["chunks_fetched"].as_u64().unwrap() > 0, "{stats}");
+    let stats: serde_json::Value = serde_json::from_str(
+        mount
+            .daemon
+            .log_text()
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        stats["fetch"]["chunks_fetched"].as_u64().unwrap() > 0,
+        "{stats}"
+    );
 }
 
 #[test]
@@ -115,13 +141,23 @@ fn reading_one_small_file_fetches_under_one_percent_of_the_layer() {
     let before = setup.registry.daemon.log_text().len();
 
     let config = setup.config("node", 30);
-    let mut mount = LociMount::start(&setup.converted(), &setup.path("mnt"), &config, &setup.path("loci.log"));
+    let mut mount = LociMount::start(
+        &setup.converted(),
+        &setup.path("mnt"),
+        &config,
+        &setup.path("loci.log"),
+    );
     let text = std::fs::read_to_string(mount.dir.join("big/small.txt")).unwrap();
     assert_eq!(text, "a small file in a big layer\n");
     mount.stop();
     let (requests, bytes) = blob_traffic(&setup.registry, &digest, before);
-    eprintln!("big layer: {size} bytes, TOC {toc_length}; fetched {bytes} bytes in {requests} requests");
-    assert!(requests >= 2, "expected a TOC read and a chunk read, saw {requests}");
+    eprintln!(
+        "big layer: {size} bytes, TOC {toc_length}; fetched {bytes} bytes in {requests} requests"
+    );
+    assert!(
+        requests >= 2,
+        "expected a TOC read and a chunk read, saw {requests}"
+    );
     assert!(
         (bytes as f64) < size as f64 * 0.01 + toc_length as f64,
         "fetched {bytes} bytes of a {size}-byte layer (TOC {toc_length})"
@@ -140,18 +176,37 @@ fn a_second_image_fetches_none_of_the_shared_chunks() {
     build_fixture(&second, "v2", &["--variant", "two"]);
     push_layout(&second, "v2", &format!("{}/second:v2", setup.registry.addr));
     let second_ref = format!("{}/second:loci", setup.registry.addr);
-    run(loci().args(["convert", "--plain-http", &format!("{}/second:v2", setup.registry.addr), &second_ref]));
+    run(loci().args([
+        "convert",
+        "--plain-http",
+        &format!("{}/second:v2", setup.registry.addr),
+        &second_ref,
+    ]));
 
     let config = setup.config("node", 30);
-    let mut first = LociMount::start(&setup.converted(), &setup.path("mnt1"), &config, &setup.path("loci1.log"));
+    let mut first = LociMount::start(
+        &setup.converted(),
+        &setup.path("mnt1"),
+        &config,
+        &setup.path("loci1.log"),
+    );
     walk_tree(&first.dir); // reads every file
     first.stop();
 
     let before = setup.registry.daemon.log_text().len();
-    let mut mount = LociMount::start(&second_ref, &setup.path("mnt2"), &config, &setup.path("loci2.log"));
+    let mut mount = LociMount::start(
+        &second_ref,
+        &setup.path("mnt2"),
+        &config,
+        &setup.path("loci2.log"),
+    );
     let tree = walk_tree(&mount.dir);
     mount.stop();
-    assert_eq!(std::fs::read_to_string(mount.dir.join("data/variant.txt")).ok(), None, "unmounted");
+    assert_eq!(
+        std::fs::read_to_string(mount.dir.join("data/variant.txt")).ok(),
+        None,
+        "unmounted"
+    );
     let variant = &tree[Path::new("data/variant.txt")];
     assert_eq!(variant.size, "variant two\n".len() as u64);
 
@@ -159,7 +214,13 @@ fn a_second_image_fetches_none_of_the_shared_chunks() {
     let first_chunks: std::collections::HashSet<String> = setup
         .converted_layers(&setup.converted())
         .iter()
-        .flat_map(|l| l["chunks"].as_array().unwrap().iter().map(|c| c["digest"].as_str().unwrap().to_string()))
+        .flat_map(|l| {
+            l["chunks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["digest"].as_str().unwrap().to_string())
+        })
         .collect();
     let mut new_bytes = 0u64;
     let mut shared_bytes = 0u64;
@@ -178,8 +239,14 @@ fn a_second_image_fetches_none_of_the_shared_chunks() {
         fetched += blob_traffic(&setup.registry, digest, before).1;
     }
     eprintln!("second image: fetched {fetched} bytes; new chunks + TOCs {new_bytes}; shared chunks {shared_bytes}");
-    assert!(shared_bytes > 1 << 20, "the images share too little to tell: {shared_bytes}");
-    assert!(fetched <= new_bytes + (64 << 10), "fetched {fetched} bytes, more than the {new_bytes} the first image lacked");
+    assert!(
+        shared_bytes > 1 << 20,
+        "the images share too little to tell: {shared_bytes}"
+    );
+    assert!(
+        fetched <= new_bytes + (64 << 10),
+        "fetched {fetched} bytes, more than the {new_bytes} the first image lacked"
+    );
 }
 
 #[test]
@@ -202,7 +269,10 @@ fn registry_faults_give_eio_in_bounded_time_and_corrupt_chunks_are_never_served(
     let err = std::fs::read(mount.dir.join("data/big-random.bin")).unwrap_err();
     let took = started.elapsed();
     assert_eq!(err.raw_os_error(), Some(5), "expected EIO, got {err}");
-    assert!(took < Duration::from_secs(10), "EIO took {took:?} (deadline 5 s)");
+    assert!(
+        took < Duration::from_secs(10),
+        "EIO took {took:?} (deadline 5 s)"
+    );
 
     // Registry back (same storage, same address): the read works.
     let storage_config = setup.registry.dir.path().join("config.yml");
@@ -216,7 +286,10 @@ fn registry_faults_give_eio_in_bounded_time_and_corrupt_chunks_are_never_served(
         std::thread::sleep(Duration::from_millis(50));
     }
     let original_hash = sha256_file(&setup.layout_file("data/big-random.bin"));
-    assert_eq!(sha256_file(&mount.dir.join("data/big-random.bin")), original_hash);
+    assert_eq!(
+        sha256_file(&mount.dir.join("data/big-random.bin")),
+        original_hash
+    );
     mount.stop();
 
     // Altered bytes in the registry's copy of a chunk: EIO and a log line
@@ -228,17 +301,20 @@ fn registry_faults_give_eio_in_bounded_time_and_corrupt_chunks_are_never_served(
             let entries = l["entries"].as_array().unwrap();
             let file = entries.iter().find(|e| e["path"] == "data/big-text.txt")?;
             let index = file["extents"][0]["chunk"].as_u64().unwrap() as usize;
-            Some((l["layer"].as_str().unwrap().to_string(), l["chunks"][index].clone()))
+            Some((
+                l["layer"].as_str().unwrap().to_string(),
+                l["chunks"][index].clone(),
+            ))
         })
         .unwrap();
     let hex = layer.strip_prefix("sha256:").unwrap();
-    let data = setup
-        .registry
-        .dir
-        .path()
-        .join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]));
+    let data = setup.registry.dir.path().join(format!(
+        "storage/docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
     let mut blob = std::fs::read(&data).unwrap();
-    let at = chunk["blob_offset"].as_u64().unwrap() as usize + chunk["compressed_len"].as_u64().unwrap() as usize / 2;
+    let at = chunk["blob_offset"].as_u64().unwrap() as usize
+        + chunk["compressed_len"].as_u64().unwrap() as usize / 2;
     blob[at] ^= 0x20;
     std::fs::write(&data, blob).unwrap();
     let fresh = setup.config("fresh", 5);
@@ -249,7 +325,10 @@ fn registry_faults_give_eio_in_bounded_time_and_corrupt_chunks_are_never_served(
     mount.stop();
     let text = std::fs::read_to_string(&log2).unwrap();
     let digest = chunk["digest"].as_str().unwrap();
-    assert!(text.contains(digest), "no log line names chunk {digest}:\n{text}");
+    assert!(
+        text.contains(digest),
+        "no log line names chunk {digest}:\n{text}"
+    );
 }
 
 #[test]
@@ -272,7 +351,12 @@ fn killing_loci_mid_read_leaves_the_cache_usable() {
     let _ = reader.join();
     let _ = Command::new("umount").arg("-l").arg(&dir).status();
 
-    let mount = LociMount::start(&setup.converted(), &setup.path("mnt2"), &config, &setup.path("loci2.log"));
+    let mount = LociMount::start(
+        &setup.converted(),
+        &setup.path("mnt2"),
+        &config,
+        &setup.path("loci2.log"),
+    );
     let expected = walk_tree_of_layout(&setup);
     let actual = sha256_file(&mount.dir.join("big/huge.bin"));
     assert_eq!(actual, expected);
@@ -290,20 +374,36 @@ impl Setup {
         let out = self.path("extracted");
         if !out.exists() {
             std::fs::create_dir_all(&out).unwrap();
-            let index: serde_json::Value = serde_json::from_slice(&std::fs::read(self.layout.join("index.json")).unwrap()).unwrap();
-            let blob = |d: &str| self.layout.join("blobs/sha256").join(d.strip_prefix("sha256:").unwrap());
-            let manifest: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap()).unwrap();
+            let index: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(self.layout.join("index.json")).unwrap())
+                    .unwrap();
+            let blob = |d: &str| {
+                self.layout
+                    .join("blobs/sha256")
+                    .join(d.strip_prefix("sha256:").unwrap())
+            };
+            let manifest: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+            )
+            .unwrap();
             for layer in manifest["layers"].as_array().unwrap() {
                 let file = blob(layer["digest"].as_str().unwrap());
                 let media = layer["mediaType"].as_str().unwrap();
-                let flag = if media.ends_with("gzip") { "-z" } else if media.ends_with("zstd") { "--zstd" } else { "-f-" };
+                let flag = if media.ends_with("gzip") {
+                    "-z"
+                } else if media.ends_with("zstd") {
+                    "--zstd"
+                } else {
+                    "-f-"
+                };
                 let mut cmd = Command::new("tar");
                 cmd.arg("-x").arg("-C").arg(&out).arg("--no-same-owner");
                 if flag != "-f-" {
                     cmd.arg(flag);
                 }
-                cmd.arg("-f").arg(&file).args(["--exclude", "*/null", "--exclude", "*/fifo"]);
+                cmd.arg("-f")
+                    .arg(&file)
+                    .args(["--exclude", "*/null", "--exclude", "*/fifo"]);
                 let _ = cmd.status();
             }
         }

@@ -79,7 +79,7 @@ impl Counters {
 }
 
 /// A snapshot of the cache's counters, for metrics and `loci` status output.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CacheStats {
     /// Lookups served from memory.
     pub memory_hits: u64,
@@ -114,16 +114,17 @@ pub struct CacheStats {
 
 /// Fetch latencies in power-of-two buckets; cheap to record, enough to read
 /// off p50 and p99 within a factor of two.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LatencyHistogram {
     /// Buckets in increasing order of their bound.
     pub buckets: Vec<LatencyBucket>,
 }
 
 /// Fetches that took at most `upper` (and more than the previous bucket's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct LatencyBucket {
     /// Inclusive upper bound; `None` for the last, open-ended bucket.
+    #[serde(rename = "upper_us", serialize_with = "as_micros")]
     pub upper: Option<Duration>,
     /// Fetches in this bucket.
     pub count: u64,
@@ -181,5 +182,13 @@ mod tests {
         let histogram = counters.snapshot(0, 0).fetch_latency;
         assert_eq!(histogram.quantile(0.5), Some(Duration::from_micros(1024)));
         assert_eq!(LatencyHistogram { buckets: vec![] }.quantile(0.5), None);
+    }
+}
+
+/// Serializes a bucket bound as whole microseconds (readable JSON).
+fn as_micros<S: serde::Serializer>(upper: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match upper {
+        Some(d) => s.serialize_some(&(d.as_micros() as u64)),
+        None => s.serialize_none(),
     }
 }

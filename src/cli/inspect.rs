@@ -79,7 +79,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut file = std::fs::File::open(&local)?;
         let size = file.metadata()?.len();
         let name = local.display().to_string();
-        let (footer, toc) = format::read_toc(&mut file, size, None).with_context(|| format!("reading {name}"))?;
+        let (footer, toc) =
+            format::read_toc(&mut file, size, None).with_context(|| format!("reading {name}"))?;
         if args.verify {
             let (_, report) = format::verify_layer(&mut file, size, None, None)
                 .with_context(|| format!("verifying {name}"))?;
@@ -102,27 +103,37 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         let out: Vec<JsonLayer> = layers
             .iter()
-            .map(|Inspected { name, size, toc_length, toc }| JsonLayer {
-                layer: name.clone(),
-                size: *size,
-                toc_length: *toc_length,
-                verified: args.verify.then_some(true),
-                chunks: toc
-                    .chunks
-                    .iter()
-                    .map(|c| JsonChunk {
-                        blob_offset: c.blob_offset,
-                        compressed_len: c.compressed_len,
-                        len: c.len,
-                        digest: c.digest.to_string(),
-                    })
-                    .collect(),
-                entries: toc.entries.iter().map(json_entry).collect(),
-            })
+            .map(
+                |Inspected {
+                     name,
+                     size,
+                     toc_length,
+                     toc,
+                 }| JsonLayer {
+                    layer: name.clone(),
+                    size: *size,
+                    toc_length: *toc_length,
+                    verified: args.verify.then_some(true),
+                    chunks: toc
+                        .chunks
+                        .iter()
+                        .map(|c| JsonChunk {
+                            blob_offset: c.blob_offset,
+                            compressed_len: c.compressed_len,
+                            len: c.len,
+                            digest: c.digest.to_string(),
+                        })
+                        .collect(),
+                    entries: toc.entries.iter().map(json_entry).collect(),
+                },
+            )
             .collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        for Inspected { name: layer, toc, .. } in &layers {
+        for Inspected {
+            name: layer, toc, ..
+        } in &layers
+        {
             println!(
                 "# {layer}: {} entries, {} chunks",
                 toc.entries.len(),

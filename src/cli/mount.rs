@@ -49,7 +49,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", args.image))?;
     let toc_ms = started.elapsed().as_millis();
     let layers = image.layers.len();
-    let session = fs::mount(image, View::Merged, &args.dir, fetcher.clone(), runtime.handle().clone(), args.threads)?;
+    let session = fs::mount(
+        image,
+        View::Merged,
+        &args.dir,
+        fetcher.clone(),
+        runtime.handle().clone(),
+        args.threads,
+    )?;
     eprintln!(
         "mounted {} at {} ({layers} layers; TOCs in {toc_ms} ms); SIGINT or SIGTERM unmounts",
         args.image,

@@ -5,14 +5,14 @@
 use super::tree::{Ino, Node, NodeKind, Tree, ROOT};
 use crate::fetch::{Fetcher, RemoteLayer};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// How long the kernel may trust entries and attributes: content is
 /// immutable for the life of the mount.
@@ -112,7 +112,11 @@ impl Filesystem for LociFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.tree.lookup(parent.0, name.as_bytes()) {
-            Some(ino) => reply.entry(&TTL, &attr(ino, self.tree.get(ino).expect("child exists")), Generation(0)),
+            Some(ino) => reply.entry(
+                &TTL,
+                &attr(ino, self.tree.get(ino).expect("child exists")),
+                Generation(0),
+            ),
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -166,29 +170,59 @@ impl Filesystem for LociFs {
         }
         let len = u64::from(size).min(node.size - offset);
         let layer = &self.layers[content.layer];
-        match self.runtime.block_on(self.fetcher.read_file(layer, content, offset, len)) {
+        match self
+            .runtime
+            .block_on(self.fetcher.read_file(layer, content, offset, len))
+        {
             Ok(data) => reply.data(&data),
             Err(_) => reply.error(Errno::EIO), // logged by the fetcher, naming the chunk
         }
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.ok(); // nothing is ever written
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.node(ino) {
-            Ok(node) if node.kind == NodeKind::Dir => {
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
-            }
+            Ok(node) if node.kind == NodeKind::Dir => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
             Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(e),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let node = match self.node(ino) {
             Ok(node) => node,
             Err(e) => return reply.error(e),
         };
-        for (i, (name, child, kind)) in dir_entries(&self.tree, ino.0, node).enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), i as u64 + 1, file_type(kind), OsStr::from_bytes(name)) {
+        for (i, (name, child, kind)) in dir_entries(&self.tree, ino.0, node)
+            .enumerate()
+            .skip(offset as usize)
+        {
+            if reply.add(
+                INodeNo(child),
+                i as u64 + 1,
+                file_type(kind),
+                OsStr::from_bytes(name),
+            ) {
                 break;
             }
         }
@@ -207,7 +241,10 @@ impl Filesystem for LociFs {
             Ok(node) => node,
             Err(e) => return reply.error(e),
         };
-        for (i, (name, child, _)) in dir_entries(&self.tree, ino.0, node).enumerate().skip(offset as usize) {
+        for (i, (name, child, _)) in dir_entries(&self.tree, ino.0, node)
+            .enumerate()
+            .skip(offset as usize)
+        {
             let child_node = self.tree.get(child).expect("entry exists");
             let full = reply.add(
                 INodeNo(child),
@@ -254,11 +291,25 @@ impl Filesystem for LociFs {
 
 /// A directory's entries with "." and "..", in a stable order (offsets
 /// are positions in this list).
-fn dir_entries<'a>(tree: &'a Tree, ino: Ino, node: &'a Node) -> impl Iterator<Item = (&'a [u8], Ino, NodeKind)> + 'a {
-    let dots = [(&b"."[..], ino, NodeKind::Dir), (&b".."[..], if ino == ROOT { ROOT } else { node.parent }, NodeKind::Dir)];
-    dots.into_iter().chain(
-        node.children
-            .iter()
-            .map(move |(name, &child)| (&name[..], child, tree.get(child).expect("entry exists").kind)),
-    )
+fn dir_entries<'a>(
+    tree: &'a Tree,
+    ino: Ino,
+    node: &'a Node,
+) -> impl Iterator<Item = (&'a [u8], Ino, NodeKind)> + 'a {
+    let dots = [
+        (&b"."[..], ino, NodeKind::Dir),
+        (
+            &b".."[..],
+            if ino == ROOT { ROOT } else { node.parent },
+            NodeKind::Dir,
+        ),
+    ];
+    dots.into_iter()
+        .chain(node.children.iter().map(move |(name, &child)| {
+            (
+                &name[..],
+                child,
+                tree.get(child).expect("entry exists").kind,
+            )
+        }))
 }

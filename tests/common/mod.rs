@@ -103,7 +103,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(mut cmd: Command, log: PathBuf) -> Daemon {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Daemon {
         let file = std::fs::File::create(&log).unwrap();
         cmd.stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -507,7 +507,11 @@ impl LociMount {
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!("loci mount exited ({status}):\n{}", daemon.log_text());
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "loci mount did not mount:\n{}", daemon.log_text());
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "loci mount did not mount:\n{}",
+                daemon.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         LociMount {

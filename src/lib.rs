@@ -1,3 +1,4 @@
 //! loci — lazy OCI.
 
 pub mod cli;
+pub mod scheduler;

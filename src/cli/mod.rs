@@ -1,7 +1,6 @@
 //! Command-line interface: argument parsing and the glue from each
 //! subcommand to the library. No logic of its own lives here.
 
-
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -20,8 +19,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {
-}
+enum Command {}
 
 /// Entry point of the binary: parses arguments, sets up logging, runs the
 /// subcommand and turns its error into a message and exit code.

@@ -1,6 +1,8 @@
 //! Command-line interface: argument parsing and the glue from each
 //! subcommand to the library. No logic of its own lives here.
 
+mod scheduler;
+mod sim;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -19,14 +21,24 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {}
+enum Command {
+    /// Run the scheduler service: cache-aware placement, load-aware routing,
+    /// reservation policies, Kubernetes extender.
+    Scheduler(scheduler::Args),
+    /// Replay or generate an invocation trace over a simulated cluster and
+    /// compare reservation policies and placement.
+    Sim(sim::Args),
+}
 
 /// Entry point of the binary: parses arguments, sets up logging, runs the
 /// subcommand and turns its error into a message and exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json);
-    let result: anyhow::Result<()> = match cli.command {};
+    let result: anyhow::Result<()> = match cli.command {
+        Command::Scheduler(args) => scheduler::run(args),
+        Command::Sim(args) => sim::run(args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

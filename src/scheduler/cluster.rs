@@ -618,6 +618,16 @@ impl ClusterView {
             .collect()
     }
 
+    /// Retires every instance, as when a simulation ends; returns what each
+    /// cost.
+    pub fn retire_all(&mut self, now_ms: u64) -> Vec<RetiredInstance> {
+        let mut all: Vec<InstanceId> = self.instances.keys().copied().collect();
+        all.sort_unstable();
+        all.into_iter()
+            .filter_map(|id| self.retire(id, StopReason::Retired, now_ms))
+            .collect()
+    }
+
     /// Finds invocations running past their function's timeout and retires
     /// their instances, to be killed by their nodes.
     pub fn kill_timed_out(&mut self, now_ms: u64) -> Vec<RetiredInstance> {

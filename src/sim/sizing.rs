@@ -30,7 +30,8 @@ pub enum PolicyKind {
     Scheduled,
     /// Follows load at the target utilisation.
     Utilisation,
-    /// The scheduled windows' floor plus utilisation on top.
+    /// The scheduled windows, with utilisation on top for load they did
+    /// not plan for (bursts).
     Hybrid,
 }
 
@@ -102,7 +103,7 @@ pub fn policy_for(kind: PolicyKind, profile: &LoadProfile, concurrency: u32) -> 
         PolicyKind::Scheduled => PolicyConfig::Scheduled(schedule(profile, concurrency, f64::ceil)),
         PolicyKind::Utilisation => PolicyConfig::Utilisation(utilisation()),
         PolicyKind::Hybrid => PolicyConfig::Hybrid {
-            scheduled: schedule(profile, concurrency, f64::floor),
+            scheduled: schedule(profile, concurrency, f64::ceil),
             utilisation: utilisation(),
         },
     }

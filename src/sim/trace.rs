@@ -3,8 +3,9 @@
 //!
 //! Format: a header line `timestamp_ms,function,duration_ms` or
 //! `timestamp_ms,function,duration_ms,image`, then one invocation per line.
-//! `timestamp_ms` is milliseconds since the start of the trace (integer,
-//! >= 0, non-decreasing); `duration_ms` the execution time (integer, >= 0);
+//! `timestamp_ms` is milliseconds since the start of the trace (a
+//! non-negative integer, non-decreasing from line to line); `duration_ms`
+//! the execution time (a non-negative integer);
 //! `image` the function's image (defaults to the function name; must be the
 //! same on every line of a function). Fields are not quoted, so names must
 //! not contain commas.

@@ -12,6 +12,7 @@ use super::report::{FunctionInstances, NodeReport, Resources, StopReason};
 use super::scoring::{warm_fraction, ScoringWeights};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// Scheduler-assigned id of an instance, unique for the view's lifetime.
 pub type InstanceId = u64;
@@ -192,6 +193,24 @@ pub struct FunctionSummary {
     pub policy: Option<&'static str>,
 }
 
+/// How many placements the view made and the CPU time they took: the
+/// scheduler's placement throughput, exposed in `GET /v1/cluster` and
+/// reported by the simulator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PlacementStats {
+    /// Successful placements.
+    pub placements: u64,
+    /// Time spent in placement calls (failed ones included), ns.
+    pub busy_ns: u64,
+}
+
+impl PlacementStats {
+    /// Placements per second of placement time.
+    pub fn per_second(&self) -> f64 {
+        self.placements as f64 / (self.busy_ns.max(1) as f64 / 1e9)
+    }
+}
+
 /// The scheduler's model of the cluster. Not thread-safe by itself; the
 /// service wraps it in a mutex, the simulator owns it.
 pub struct ClusterView {
@@ -206,6 +225,7 @@ pub struct ClusterView {
     invocations: HashMap<InvocationId, Invocation>,
     next_instance: InstanceId,
     next_invocation: InvocationId,
+    placement_stats: PlacementStats,
 }
 
 impl ClusterView {
@@ -223,6 +243,7 @@ impl ClusterView {
             invocations: HashMap::new(),
             next_instance: 1,
             next_invocation: 1,
+            placement_stats: PlacementStats::default(),
         }
     }
 
@@ -407,8 +428,26 @@ impl ClusterView {
             .collect()
     }
 
+    /// Placements made so far and the time they took.
+    pub fn placement_stats(&self) -> PlacementStats {
+        self.placement_stats
+    }
+
     /// Places a new instance of `function`, on demand or for a reservation.
     pub fn place(
+        &mut self,
+        function: FunctionId,
+        reserved: bool,
+        now_ms: u64,
+    ) -> Result<Placement, SchedulerError> {
+        let clock = Instant::now();
+        let placed = self.place_untimed(function, reserved, now_ms);
+        self.placement_stats.busy_ns += clock.elapsed().as_nanos() as u64;
+        self.placement_stats.placements += u64::from(placed.is_ok());
+        placed
+    }
+
+    fn place_untimed(
         &mut self,
         function: FunctionId,
         reserved: bool,

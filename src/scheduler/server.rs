@@ -8,7 +8,7 @@
 //! serving.
 
 use super::cluster::{
-    ClusterView, FunctionSummary, NodeSummary, Placement, RetiredInstance, Routed,
+    ClusterView, FunctionSummary, NodeSummary, Placement, PlacementStats, RetiredInstance, Routed,
 };
 use super::config::SchedulerConfig;
 use super::error::{FieldError, SchedulerError};
@@ -190,6 +190,7 @@ struct Completed {
 struct ClusterSummary {
     nodes: Vec<NodeSummary>,
     functions: Vec<FunctionSummary>,
+    placement: PlacementStats,
 }
 
 async fn post_report(
@@ -267,6 +268,7 @@ async fn get_cluster(State(state): State<Shared>) -> Json<ClusterSummary> {
             .function_ids()
             .map(|id| s.view.function_summary(id))
             .collect(),
+        placement: s.view.placement_stats(),
     })
 }
 

@@ -14,7 +14,6 @@ use crate::scheduler::scoring::ScoringWeights;
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::time::{Duration, Instant};
 
 /// Wall-clock time the trace's 0 is mapped to: Monday 2019-07-15 00:00 UTC,
 /// so time-of-day windows line up with the trace's day.
@@ -110,9 +109,9 @@ pub struct SimRow {
     pub p99_start_ms: f64,
     /// 99.9th percentile start latency, ms.
     pub p999_start_ms: f64,
-    /// Placements per second of scheduler CPU: placements divided by the
-    /// time spent in all scheduler calls (routing, completion, policies,
-    /// keep-alive), so a lower bound on placement throughput.
+    /// Placements per second of scheduler CPU spent placing (scoring every
+    /// node, choosing one, recording the instance), measured inside
+    /// [`ClusterView::place`].
     pub placements_per_s: f64,
 }
 
@@ -154,8 +153,6 @@ struct Run<'a> {
     node_index: HashMap<String, usize>,
     image_ids: HashMap<&'a str, u32>,
     image_names: Vec<&'a str>,
-    scheduler_time: Duration,
-    placements: u64,
     instance_ms: u64,
     idle_ms: u64,
 }
@@ -164,7 +161,6 @@ impl<'a> Run<'a> {
     /// Accounts for an instance placed at `now`: sets when it is ready from
     /// its image's start cost on that node, and warms the node's cache.
     fn started(&mut self, p: &Placement, now: u64) -> u64 {
-        self.placements += 1;
         let ready = now + self.costs.of(&p.image).start_ms(p.warm_fraction).round() as u64;
         self.view.set_ready_at(p.instance_id, ready);
         let node = self.node_index[&p.node_id];
@@ -185,10 +181,8 @@ impl<'a> Run<'a> {
     }
 
     fn tick(&mut self, now: u64) {
-        let clock = Instant::now();
         let idle = self.view.retire_idle(now);
         let changes = self.view.reconcile_reservations(now);
-        self.scheduler_time += clock.elapsed();
         self.retired(&idle);
         self.retired(&changes.stopped);
         for p in &changes.started {
@@ -264,8 +258,6 @@ pub fn simulate(
         node_index,
         image_ids,
         image_names,
-        scheduler_time: Duration::ZERO,
-        placements: 0,
         instance_ms: 0,
         idle_ms: 0,
     };
@@ -285,20 +277,15 @@ pub fn simulate(
                 next_tick += params.tick_ms;
             } else if let Some(t) = due.filter(|&t| t <= arrival) {
                 let Reverse((_, invocation)) = completions.pop().expect("peeked");
-                let clock = Instant::now();
                 run.view
                     .complete(invocation, t)
                     .expect("simulated invocations complete once");
-                run.scheduler_time += clock.elapsed();
             } else {
                 break;
             }
         }
         now = arrival;
-        let clock = Instant::now();
-        let routed = run.view.route(function_ids[inv.function as usize], arrival);
-        run.scheduler_time += clock.elapsed();
-        let routed = match routed {
+        let routed = match run.view.route(function_ids[inv.function as usize], arrival) {
             Ok(r) => r,
             Err(SchedulerError::NoCapacity { .. }) => {
                 rejected += 1;
@@ -345,13 +332,13 @@ pub fn simulate(
         cold_starts,
         mean_cold_start_ms: cold_wait_ms as f64 / cold_starts.max(1) as f64,
         rejected,
-        placements: run.placements,
+        placements: run.view.placement_stats().placements,
         instance_seconds: run.instance_ms as f64 / 1000.0,
         idle_instance_seconds: run.idle_ms as f64 / 1000.0,
         p50_start_ms: percentile(0.50),
         p99_start_ms: percentile(0.99),
         p999_start_ms: percentile(0.999),
-        placements_per_s: run.placements as f64 / run.scheduler_time.as_secs_f64().max(1e-9),
+        placements_per_s: run.view.placement_stats().per_second(),
     })
 }
 

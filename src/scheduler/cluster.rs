@@ -247,11 +247,6 @@ impl ClusterView {
         }
     }
 
-    /// The weights placement scores with.
-    pub fn weights(&self) -> ScoringWeights {
-        self.weights
-    }
-
     fn intern_image(&mut self, image: &str) -> ImageKey {
         if let Some(&key) = self.images.get(image) {
             return key;
@@ -361,11 +356,6 @@ impl ClusterView {
             .get(name)
             .map(|&i| FunctionId(i))
             .ok_or_else(|| SchedulerError::UnknownFunction(name.to_string()))
-    }
-
-    /// The spec of a registered function.
-    pub fn function_spec(&self, id: FunctionId) -> &FunctionSpec {
-        &self.functions[id.0].spec
     }
 
     /// The best live node for an instance of `image` needing `need`, with its

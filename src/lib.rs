@@ -17,3 +17,5 @@ pub mod image;
 pub mod layer;
 pub mod progress;
 pub mod registry;
+pub mod scheduler;
+pub mod sim;

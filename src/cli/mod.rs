@@ -6,6 +6,8 @@ mod inspect;
 mod mount;
 mod registry_args;
 
+mod scheduler;
+mod sim;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -31,6 +33,12 @@ enum Command {
     Inspect(inspect::Args),
     /// Mount a converted image read-only, fetching chunks lazily.
     Mount(mount::Args),
+    /// Run the scheduler service: cache-aware placement, load-aware routing,
+    /// reservation policies, Kubernetes extender.
+    Scheduler(scheduler::Args),
+    /// Replay or generate an invocation trace over a simulated cluster and
+    /// compare reservation policies and placement.
+    Sim(sim::Args),
 }
 
 /// Entry point of the binary: parses arguments, sets up logging, runs the
@@ -42,6 +50,8 @@ pub fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Mount(args) => mount::run(args),
+        Command::Scheduler(args) => scheduler::run(args),
+        Command::Sim(args) => sim::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,172 @@
+//! `loci sim`: compares reservation policies and placement on a trace.
+
+use crate::sim::costs::{ColdMode, StartCosts};
+use crate::sim::engine::{simulate, ClusterParams, SimRow};
+use crate::sim::generate::{generate, GeneratorParams};
+use crate::sim::sizing::PolicyKind;
+use crate::sim::trace::Trace;
+use anyhow::Context;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Replay (or generate) an invocation trace over a simulated cluster and
+/// report, per reservation policy, with and without cache-aware placement:
+/// cold starts, start latency percentiles, instance-seconds, throughput.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Trace CSV to replay (timestamp_ms,function,duration_ms[,image]).
+    #[arg(
+        long,
+        required_unless_present = "generate",
+        conflicts_with = "generate"
+    )]
+    trace: Option<PathBuf>,
+    /// Generate a synthetic Azure-Functions-shaped trace instead.
+    #[arg(long)]
+    generate: bool,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1, requires = "generate")]
+    seed: u64,
+    /// Invocations to generate.
+    #[arg(long, default_value_t = 1_000_000, requires = "generate")]
+    invocations: u64,
+    /// Functions to generate (one image each).
+    #[arg(long, default_value_t = 500, requires = "generate")]
+    functions: u32,
+    /// Hours the generated trace spans.
+    #[arg(long, default_value_t = 24, requires = "generate")]
+    hours: u32,
+    /// Also write the generated trace to this CSV file.
+    #[arg(long, requires = "generate")]
+    write_trace: Option<PathBuf>,
+    /// Nodes in the simulated cluster.
+    #[arg(long, default_value_t = 200)]
+    nodes: u32,
+    /// Images each node's cache holds.
+    #[arg(long, default_value_t = 24)]
+    cache_images: usize,
+    /// Idle seconds before an on-demand instance is retired.
+    #[arg(long, default_value_t = 600)]
+    keep_alive_s: u64,
+    /// `loci bench` JSON with per-image start times (else built-in defaults).
+    #[arg(long)]
+    costs: Option<PathBuf>,
+    /// What a start with nothing cached costs: a full pull or loci's lazy start.
+    #[arg(long, value_enum, default_value_t = ColdMode::Lazy)]
+    cold: ColdMode,
+    /// Policies to compare.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [PolicyKind::Fixed, PolicyKind::Scheduled, PolicyKind::Utilisation, PolicyKind::Hybrid])]
+    policies: Vec<PolicyKind>,
+    /// Print one JSON row per policy and placement instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Loads or generates the trace, runs every policy with and without
+/// cache-aware placement, prints the results.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let trace = load_trace(&args)?;
+    let costs = match &args.costs {
+        Some(path) => {
+            let json = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            StartCosts::from_bench_json(&json, args.cold)
+                .with_context(|| format!("costs file {}", path.display()))?
+        }
+        None => StartCosts::defaults(args.cold),
+    };
+    let params = ClusterParams {
+        nodes: args.nodes,
+        cache_images: args.cache_images,
+        keep_alive_s: args.keep_alive_s,
+        ..ClusterParams::default()
+    };
+    tracing::info!(
+        invocations = trace.invocations.len(),
+        functions = trace.functions.len(),
+        nodes = params.nodes,
+        measured_images = costs.measured_images(),
+        "simulating"
+    );
+    let mut rows = Vec::new();
+    for &policy in &args.policies {
+        for cache_aware in [true, false] {
+            let clock = Instant::now();
+            let row = simulate(&trace, &costs, &params, policy, cache_aware)
+                .with_context(|| format!("simulating {policy:?}"))?;
+            tracing::info!(
+                ?policy,
+                cache_aware,
+                seconds = clock.elapsed().as_secs_f64(),
+                "simulated"
+            );
+            rows.push(row);
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+    } else {
+        print_table(&mut out, &rows)?;
+    }
+    Ok(())
+}
+
+fn load_trace(args: &Args) -> anyhow::Result<Trace> {
+    if let Some(path) = &args.trace {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        return Trace::read_csv(BufReader::new(file))
+            .with_context(|| format!("trace {}", path.display()));
+    }
+    let params = GeneratorParams {
+        seed: args.seed,
+        invocations: args.invocations,
+        functions: args.functions,
+        hours: args.hours,
+    };
+    let trace = generate(params).context("generating a trace")?;
+    if let Some(path) = &args.write_trace {
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        trace
+            .write_csv(BufWriter::new(file))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(trace)
+}
+
+fn print_table(out: &mut impl Write, rows: &[SimRow]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "| policy | cache-aware | cold starts | mean cold start ms | p50 ms | p99 ms | p99.9 ms | instance-s | idle instance-s | placements | placements/s (scheduler CPU) |"
+    )?;
+    writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
+    for r in rows {
+        writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} |",
+            serde_json::to_value(r.policy)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            if r.cache_aware { "yes" } else { "no" },
+            r.cold_starts,
+            r.mean_cold_start_ms,
+            r.p50_start_ms,
+            r.p99_start_ms,
+            r.p999_start_ms,
+            r.instance_seconds,
+            r.idle_instance_seconds,
+            r.placements,
+            r.placements_per_s,
+        )?;
+    }
+    Ok(())
+}

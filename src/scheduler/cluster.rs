@@ -1,0 +1,941 @@
+//! The cluster view: nodes (from reports), functions (registered), the
+//! instances the scheduler placed and the invocations running on them.
+//!
+//! All operations take the current time as Unix milliseconds instead of
+//! reading a clock, so the HTTP service (wall clock) and the simulator
+//! (simulated time) drive the very same code.
+
+use super::error::{FieldError, SchedulerError};
+use super::function::FunctionSpec;
+use super::policy::ReservationPolicy;
+use super::report::{FunctionInstances, NodeReport, Resources, StopReason};
+use super::scoring::{warm_fraction, ScoringWeights};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Scheduler-assigned id of an instance, unique for the view's lifetime.
+pub type InstanceId = u64;
+/// Scheduler-assigned id of a routed invocation.
+pub type InvocationId = u64;
+
+/// Dense handle of a registered function, for callers (the simulator) that
+/// route millions of times and should not hash the name each time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FunctionId(usize);
+
+/// Interned image name.
+type ImageKey = u32;
+
+pub(super) struct Node {
+    id: String,
+    capacity: Resources,
+    reported_used: Resources,
+    /// Sum of the resources of the instances the view tracks on the node.
+    reserved: Resources,
+    /// CPU of the instances that have at least one invocation in flight.
+    busy_cpu_millis: u64,
+    warm: HashMap<ImageKey, f64>,
+    reported_instances: Vec<FunctionInstances>,
+    last_report_ms: u64,
+    alive: bool,
+    instance_count: u32,
+}
+
+impl Node {
+    fn free(&self) -> Resources {
+        let used_cpu = self.reserved.cpu_millis.max(self.reported_used.cpu_millis);
+        let used_mem = self.reserved.memory_mib.max(self.reported_used.memory_mib);
+        Resources {
+            cpu_millis: self.capacity.cpu_millis.saturating_sub(used_cpu),
+            memory_mib: self.capacity.memory_mib.saturating_sub(used_mem),
+        }
+    }
+
+    /// Busy CPU share: what the node reported, or what the view knows is
+    /// busy, whichever is higher.
+    fn load(&self) -> f64 {
+        let busy = (self.busy_cpu_millis as f64).max(f64::from(self.reported_used.cpu_millis));
+        (busy / f64::from(self.capacity.cpu_millis)).min(1.0)
+    }
+}
+
+pub(super) struct FunctionState {
+    pub(super) spec: FunctionSpec,
+    image: ImageKey,
+    pub(super) policy: Option<ReservationPolicy>,
+    pub(super) instances: Vec<InstanceId>,
+    in_flight: u32,
+    /// Integral of `in_flight` over time (invocation-milliseconds) since
+    /// `demand_since_ms`, for the average load policies see.
+    in_flight_integral: f64,
+    demand_since_ms: Option<u64>,
+    last_change_ms: u64,
+}
+
+pub(super) struct Instance {
+    pub(super) function: usize,
+    node: usize,
+    pub(super) reserved: bool,
+    pub(super) in_flight: u32,
+    ready_at_ms: u64,
+    created_ms: u64,
+    pub(super) idle_since_ms: u64,
+    busy_since_ms: u64,
+    busy_ms: u64,
+}
+
+struct Invocation {
+    instance: InstanceId,
+    started_ms: u64,
+}
+
+/// Where a new instance went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Placement {
+    /// The new instance.
+    pub instance_id: InstanceId,
+    /// Function it serves.
+    pub function: String,
+    /// Image it runs.
+    pub image: String,
+    /// Node it was placed on.
+    pub node_id: String,
+    /// Resources reserved for it there.
+    pub resources: Resources,
+    /// The node's placement score.
+    pub score: f64,
+    /// The image's warm fraction on that node (0 = nothing cached).
+    pub warm_fraction: f64,
+    /// Whether a reservation policy holds it (otherwise on demand).
+    pub reserved: bool,
+}
+
+/// Where an invocation was sent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Routed {
+    /// Id to complete the invocation with.
+    pub invocation_id: InvocationId,
+    /// Instance it runs on.
+    pub instance_id: InstanceId,
+    /// Invocations in flight on that instance, this one included.
+    pub in_flight: u32,
+    /// When the instance is ready (equal to the route time unless it is
+    /// still starting), Unix ms.
+    pub ready_at_ms: u64,
+    /// Set when no instance had a free slot and a new one was placed.
+    pub cold_start: Option<Placement>,
+}
+
+/// An instance that left the view, with what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetiredInstance {
+    /// The instance.
+    pub instance_id: InstanceId,
+    /// Function it served.
+    pub function: String,
+    /// Node it ran on.
+    pub node_id: String,
+    /// Why it left.
+    pub reason: StopReason,
+    /// Whether a policy held it when it left.
+    pub reserved: bool,
+    /// From placement to retirement.
+    pub lifetime_ms: u64,
+    /// Time with at least one invocation in flight.
+    pub busy_ms: u64,
+}
+
+/// A node that stopped reporting and was dropped with its instances.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LostNode {
+    /// The node.
+    pub node_id: String,
+    /// Instances that were on it.
+    pub instances: Vec<InstanceId>,
+    /// Invocations that were running there and are now lost.
+    pub invocations: usize,
+}
+
+/// Summary of one node for `GET /v1/cluster`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeSummary {
+    /// Node id.
+    pub node_id: String,
+    /// False once the node missed its report deadline.
+    pub alive: bool,
+    /// Capacity as reported.
+    pub capacity: Resources,
+    /// What is free for new instances.
+    pub free: Resources,
+    /// Instances the scheduler tracks there.
+    pub instances: u32,
+    /// Instances per function as the node last reported them.
+    pub reported_instances: Vec<FunctionInstances>,
+    /// Images the node reported, with warm fraction.
+    pub warm_images: usize,
+    /// When the node last reported, Unix ms.
+    pub last_report_ms: u64,
+}
+
+/// Summary of one function for `GET /v1/functions/{name}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionSummary {
+    /// Function name.
+    pub name: String,
+    /// Instances held by its reservation policy.
+    pub reserved_instances: u32,
+    /// Instances started on demand.
+    pub on_demand_instances: u32,
+    /// Invocations in flight.
+    pub in_flight: u32,
+    /// Policy kind, if any.
+    pub policy: Option<&'static str>,
+}
+
+/// How many placements the view made and the CPU time they took: the
+/// scheduler's placement throughput, exposed in `GET /v1/cluster` and
+/// reported by the simulator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PlacementStats {
+    /// Successful placements.
+    pub placements: u64,
+    /// Time spent in placement calls (failed ones included), ns.
+    pub busy_ns: u64,
+}
+
+impl PlacementStats {
+    /// Placements per second of placement time.
+    pub fn per_second(&self) -> f64 {
+        self.placements as f64 / (self.busy_ns.max(1) as f64 / 1e9)
+    }
+}
+
+/// The scheduler's model of the cluster. Not thread-safe by itself; the
+/// service wraps it in a mutex, the simulator owns it.
+pub struct ClusterView {
+    weights: ScoringWeights,
+    pub(super) nodes: Vec<Node>,
+    node_ids: HashMap<String, usize>,
+    images: HashMap<String, ImageKey>,
+    image_names: Vec<String>,
+    pub(super) functions: Vec<FunctionState>,
+    function_ids: HashMap<String, usize>,
+    pub(super) instances: HashMap<InstanceId, Instance>,
+    invocations: HashMap<InvocationId, Invocation>,
+    next_instance: InstanceId,
+    next_invocation: InvocationId,
+    placement_stats: PlacementStats,
+}
+
+impl ClusterView {
+    /// An empty view scoring nodes with `weights`.
+    pub fn new(weights: ScoringWeights) -> Self {
+        Self {
+            weights,
+            nodes: Vec::new(),
+            node_ids: HashMap::new(),
+            images: HashMap::new(),
+            image_names: Vec::new(),
+            functions: Vec::new(),
+            function_ids: HashMap::new(),
+            instances: HashMap::new(),
+            invocations: HashMap::new(),
+            next_instance: 1,
+            next_invocation: 1,
+            placement_stats: PlacementStats::default(),
+        }
+    }
+
+    fn intern_image(&mut self, image: &str) -> ImageKey {
+        if let Some(&key) = self.images.get(image) {
+            return key;
+        }
+        let key = self.image_names.len() as ImageKey;
+        self.image_names.push(image.to_string());
+        self.images.insert(image.to_string(), key);
+        key
+    }
+
+    /// Takes in a node report: creates the node or refreshes it (a lost node
+    /// that reports again is alive again, with no instances).
+    pub fn apply_report(&mut self, report: &NodeReport, now_ms: u64) -> Result<(), FieldError> {
+        report.validate()?;
+        let warm: HashMap<ImageKey, f64> = report
+            .images
+            .iter()
+            .map(|c| {
+                (
+                    self.intern_image(&c.image),
+                    warm_fraction(c.chunks_cached, c.trace_cached),
+                )
+            })
+            .collect();
+        let idx = match self.node_ids.get(&report.node_id) {
+            Some(&idx) => idx,
+            None => {
+                self.nodes.push(Node {
+                    id: report.node_id.clone(),
+                    capacity: report.capacity,
+                    reported_used: Resources::default(),
+                    reserved: Resources::default(),
+                    busy_cpu_millis: 0,
+                    warm: HashMap::new(),
+                    reported_instances: Vec::new(),
+                    last_report_ms: now_ms,
+                    alive: true,
+                    instance_count: 0,
+                });
+                self.node_ids
+                    .insert(report.node_id.clone(), self.nodes.len() - 1);
+                self.nodes.len() - 1
+            }
+        };
+        let node = &mut self.nodes[idx];
+        node.capacity = report.capacity;
+        node.reported_used = report.used;
+        node.warm = warm;
+        node.reported_instances = report.instances.clone();
+        node.last_report_ms = now_ms;
+        node.alive = true;
+        Ok(())
+    }
+
+    /// Sets how warm `image` is on `node_id` between reports; the simulator
+    /// uses it as its nodes' caches fill and evict. A warmth of 0 forgets
+    /// the image. Returns false for an unknown node.
+    pub fn set_image_warmth(&mut self, node_id: &str, image: &str, warm: f64) -> bool {
+        let key = self.intern_image(image);
+        let Some(&idx) = self.node_ids.get(node_id) else {
+            return false;
+        };
+        let cache = &mut self.nodes[idx].warm;
+        if warm > 0.0 {
+            cache.insert(key, warm.min(1.0));
+        } else {
+            cache.remove(&key);
+        }
+        true
+    }
+
+    /// Registers a function or replaces its spec. A replaced policy starts
+    /// with fresh state; existing instances stay.
+    pub fn register_function(&mut self, spec: FunctionSpec) -> Result<FunctionId, FieldError> {
+        spec.validate()?;
+        let policy = spec
+            .policy
+            .as_ref()
+            .map(|p| p.compile().map_err(|e| e.within("policy")))
+            .transpose()?;
+        let image = self.intern_image(&spec.image);
+        if let Some(&idx) = self.function_ids.get(&spec.name) {
+            let f = &mut self.functions[idx];
+            f.spec = spec;
+            f.image = image;
+            f.policy = policy;
+            return Ok(FunctionId(idx));
+        }
+        self.function_ids
+            .insert(spec.name.clone(), self.functions.len());
+        self.functions.push(FunctionState {
+            spec,
+            image,
+            policy,
+            instances: Vec::new(),
+            in_flight: 0,
+            in_flight_integral: 0.0,
+            demand_since_ms: None,
+            last_change_ms: 0,
+        });
+        Ok(FunctionId(self.functions.len() - 1))
+    }
+
+    /// The handle of a registered function.
+    pub fn function_id(&self, name: &str) -> Result<FunctionId, SchedulerError> {
+        self.function_ids
+            .get(name)
+            .map(|&i| FunctionId(i))
+            .ok_or_else(|| SchedulerError::UnknownFunction(name.to_string()))
+    }
+
+    /// The best live node for an instance of `image` needing `need`, with its
+    /// score and the image's warm fraction there. Never a node that lacks
+    /// the capacity; ties go to the node that reported first.
+    fn best_node(&self, image: ImageKey, need: Resources) -> Option<(usize, f64, f64)> {
+        let mut best: Option<(usize, f64, f64)> = None;
+        for (idx, node) in self.nodes.iter().enumerate() {
+            let Some((free_after, load)) = capacity_terms(node, need) else {
+                continue;
+            };
+            let warm = node.warm.get(&image).copied().unwrap_or(0.0);
+            let score = self.weights.score(warm, free_after, load);
+            if best.map_or(true, |(_, s, _)| score > s) {
+                best = Some((idx, score, warm));
+            }
+        }
+        best
+    }
+
+    /// Scores the named nodes for a pod running `images` and needing `need`,
+    /// for the Kubernetes extender. A pod's warm fraction on a node is the
+    /// mean over its images.
+    pub fn fit_nodes(
+        &self,
+        node_ids: &[String],
+        images: &[String],
+        need: Resources,
+    ) -> Vec<NodeFit> {
+        let keys: Vec<Option<ImageKey>> =
+            images.iter().map(|i| self.images.get(i).copied()).collect();
+        node_ids
+            .iter()
+            .map(|id| {
+                let Some(node) = self
+                    .node_ids
+                    .get(id)
+                    .map(|&i| &self.nodes[i])
+                    .filter(|n| n.alive)
+                else {
+                    return NodeFit::Unknown;
+                };
+                let Some((free_after, load)) = capacity_terms(node, need) else {
+                    return NodeFit::Unfit(node.free());
+                };
+                let warm_sum: f64 = keys
+                    .iter()
+                    .map(|k| k.and_then(|k| node.warm.get(&k)).copied().unwrap_or(0.0))
+                    .sum();
+                let warm = if keys.is_empty() {
+                    0.0
+                } else {
+                    warm_sum / keys.len() as f64
+                };
+                NodeFit::Fits(
+                    self.weights
+                        .scaled(self.weights.score(warm, free_after, load), 10),
+                )
+            })
+            .collect()
+    }
+
+    /// Placements made so far and the time they took.
+    pub fn placement_stats(&self) -> PlacementStats {
+        self.placement_stats
+    }
+
+    /// Places a new instance of `function`, on demand or for a reservation.
+    pub fn place(
+        &mut self,
+        function: FunctionId,
+        reserved: bool,
+        now_ms: u64,
+    ) -> Result<Placement, SchedulerError> {
+        let clock = Instant::now();
+        let placed = self.place_untimed(function, reserved, now_ms);
+        self.placement_stats.busy_ns += clock.elapsed().as_nanos() as u64;
+        self.placement_stats.placements += u64::from(placed.is_ok());
+        placed
+    }
+
+    fn place_untimed(
+        &mut self,
+        function: FunctionId,
+        reserved: bool,
+        now_ms: u64,
+    ) -> Result<Placement, SchedulerError> {
+        let f = &self.functions[function.0];
+        let need = f.spec.resources();
+        let image = f.image;
+        let Some((node_idx, score, warm)) = self.best_node(image, need) else {
+            return Err(SchedulerError::NoCapacity {
+                image: f.spec.image.clone(),
+                cpu_millis: need.cpu_millis,
+                memory_mib: need.memory_mib,
+            });
+        };
+        let id = self.next_instance;
+        self.next_instance += 1;
+        let node = &mut self.nodes[node_idx];
+        node.reserved.cpu_millis += need.cpu_millis;
+        node.reserved.memory_mib += need.memory_mib;
+        node.instance_count += 1;
+        self.instances.insert(
+            id,
+            Instance {
+                function: function.0,
+                node: node_idx,
+                reserved,
+                in_flight: 0,
+                ready_at_ms: now_ms,
+                created_ms: now_ms,
+                idle_since_ms: now_ms,
+                busy_since_ms: now_ms,
+                busy_ms: 0,
+            },
+        );
+        let f = &mut self.functions[function.0];
+        f.instances.push(id);
+        Ok(Placement {
+            instance_id: id,
+            function: f.spec.name.clone(),
+            image: f.spec.image.clone(),
+            node_id: self.nodes[node_idx].id.clone(),
+            resources: need,
+            score,
+            warm_fraction: warm,
+            reserved,
+        })
+    }
+
+    /// Marks an instance as starting until `ready_at_ms`; invocations routed
+    /// to it meanwhile wait. The simulator sets this from the start cost.
+    pub fn set_ready_at(&mut self, instance: InstanceId, ready_at_ms: u64) {
+        if let Some(i) = self.instances.get_mut(&instance) {
+            i.ready_at_ms = ready_at_ms;
+        }
+    }
+
+    /// Routes an invocation of `function`: to the instance with the fewest
+    /// invocations in flight among those with a free slot (ready ones
+    /// first), or to a newly placed instance when every slot is taken.
+    pub fn route(&mut self, function: FunctionId, now_ms: u64) -> Result<Routed, SchedulerError> {
+        let f = &self.functions[function.0];
+        let concurrency = f.spec.concurrency;
+        let best = f
+            .instances
+            .iter()
+            .filter_map(|id| self.instances.get(id).map(|i| (*id, i)))
+            .filter(|(_, i)| i.in_flight < concurrency)
+            .min_by_key(|(id, i)| (i.ready_at_ms > now_ms, i.in_flight, i.ready_at_ms, *id))
+            .map(|(id, _)| id);
+        let (instance_id, cold_start) = match best {
+            Some(id) => (id, None),
+            None => {
+                let placement = self.place(function, false, now_ms)?;
+                (placement.instance_id, Some(placement))
+            }
+        };
+        self.note_demand_change(function.0, now_ms);
+        self.functions[function.0].in_flight += 1;
+        let instance = self
+            .instances
+            .get_mut(&instance_id)
+            .expect("instance chosen above exists");
+        if instance.in_flight == 0 {
+            instance.busy_since_ms = now_ms;
+            let cpu = self.functions[function.0].spec.cpu_millis;
+            self.nodes[instance.node].busy_cpu_millis += u64::from(cpu);
+        }
+        instance.in_flight += 1;
+        let invocation_id = self.next_invocation;
+        self.next_invocation += 1;
+        self.invocations.insert(
+            invocation_id,
+            Invocation {
+                instance: instance_id,
+                started_ms: now_ms.max(instance.ready_at_ms),
+            },
+        );
+        Ok(Routed {
+            invocation_id,
+            instance_id,
+            in_flight: instance.in_flight,
+            ready_at_ms: instance.ready_at_ms,
+            cold_start,
+        })
+    }
+
+    /// Ends an invocation; returns its instance and what is left in flight.
+    pub fn complete(
+        &mut self,
+        invocation: InvocationId,
+        now_ms: u64,
+    ) -> Result<(InstanceId, u32), SchedulerError> {
+        let record = self
+            .invocations
+            .remove(&invocation)
+            .ok_or(SchedulerError::UnknownInvocation(invocation))?;
+        let instance = self
+            .instances
+            .get_mut(&record.instance)
+            .expect("instances outlive their invocations");
+        let function = instance.function;
+        instance.in_flight -= 1;
+        if instance.in_flight == 0 {
+            instance.idle_since_ms = now_ms;
+            instance.busy_ms += now_ms.saturating_sub(instance.busy_since_ms);
+            let cpu = self.functions[function].spec.cpu_millis;
+            self.nodes[instance.node].busy_cpu_millis -= u64::from(cpu);
+        }
+        let left = instance.in_flight;
+        self.note_demand_change(function, now_ms);
+        self.functions[function].in_flight -= 1;
+        Ok((record.instance, left))
+    }
+
+    fn note_demand_change(&mut self, function: usize, now_ms: u64) {
+        let f = &mut self.functions[function];
+        f.in_flight_integral +=
+            f64::from(f.in_flight) * now_ms.saturating_sub(f.last_change_ms) as f64;
+        f.last_change_ms = now_ms;
+    }
+
+    /// Average in-flight invocations of a function since the previous call
+    /// (the current count on the first call), and starts a new period.
+    pub(super) fn take_average_in_flight(&mut self, function: usize, now_ms: u64) -> f64 {
+        self.note_demand_change(function, now_ms);
+        let f = &mut self.functions[function];
+        let avg = match f.demand_since_ms {
+            Some(since) if now_ms > since => f.in_flight_integral / (now_ms - since) as f64,
+            _ => f64::from(f.in_flight),
+        };
+        f.in_flight_integral = 0.0;
+        f.demand_since_ms = Some(now_ms);
+        avg
+    }
+
+    /// Removes an instance (and any invocation on it) from the view.
+    pub(super) fn retire(
+        &mut self,
+        id: InstanceId,
+        reason: StopReason,
+        now_ms: u64,
+    ) -> Option<RetiredInstance> {
+        let instance = self.instances.remove(&id)?;
+        let f = &mut self.functions[instance.function];
+        f.instances.retain(|&i| i != id);
+        let need = f.spec.resources();
+        let busy_ms = if instance.in_flight > 0 {
+            self.invocations.retain(|_, inv| inv.instance != id);
+            self.nodes[instance.node].busy_cpu_millis -= u64::from(need.cpu_millis);
+            self.note_demand_change(instance.function, now_ms);
+            self.functions[instance.function].in_flight -= instance.in_flight;
+            instance.busy_ms + now_ms.saturating_sub(instance.busy_since_ms)
+        } else {
+            instance.busy_ms
+        };
+        let node = &mut self.nodes[instance.node];
+        node.reserved.cpu_millis -= need.cpu_millis;
+        node.reserved.memory_mib -= need.memory_mib;
+        node.instance_count -= 1;
+        Some(RetiredInstance {
+            instance_id: id,
+            function: self.functions[instance.function].spec.name.clone(),
+            node_id: node.id.clone(),
+            reason,
+            reserved: instance.reserved,
+            lifetime_ms: now_ms.saturating_sub(instance.created_ms),
+            busy_ms,
+        })
+    }
+
+    /// Retires on-demand instances idle longer than their function's
+    /// keep-alive.
+    pub fn retire_idle(&mut self, now_ms: u64) -> Vec<RetiredInstance> {
+        let expired: Vec<InstanceId> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| {
+                let keep_alive_ms = self.functions[i.function].spec.keep_alive_s * 1000;
+                !i.reserved && i.in_flight == 0 && i.idle_since_ms + keep_alive_ms <= now_ms
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        expired
+            .into_iter()
+            .filter_map(|id| self.retire(id, StopReason::Retired, now_ms))
+            .collect()
+    }
+
+    /// Retires every instance, as when a simulation ends; returns what each
+    /// cost.
+    pub fn retire_all(&mut self, now_ms: u64) -> Vec<RetiredInstance> {
+        let mut all: Vec<InstanceId> = self.instances.keys().copied().collect();
+        all.sort_unstable();
+        all.into_iter()
+            .filter_map(|id| self.retire(id, StopReason::Retired, now_ms))
+            .collect()
+    }
+
+    /// Finds invocations running past their function's timeout and retires
+    /// their instances, to be killed by their nodes.
+    pub fn kill_timed_out(&mut self, now_ms: u64) -> Vec<RetiredInstance> {
+        let mut late: Vec<InstanceId> = self
+            .invocations
+            .values()
+            .filter(|inv| {
+                let instance = &self.instances[&inv.instance];
+                let timeout_ms = self.functions[instance.function].spec.timeout_s * 1000;
+                inv.started_ms + timeout_ms < now_ms
+            })
+            .map(|inv| inv.instance)
+            .collect();
+        late.sort_unstable();
+        late.dedup();
+        late.into_iter()
+            .filter_map(|id| self.retire(id, StopReason::Timeout, now_ms))
+            .collect()
+    }
+
+    /// Drops nodes that have not reported for `node_timeout_ms`, with their
+    /// instances and invocations.
+    pub fn expire_lost_nodes(&mut self, now_ms: u64, node_timeout_ms: u64) -> Vec<LostNode> {
+        let lost: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| {
+                self.nodes[i].alive && self.nodes[i].last_report_ms + node_timeout_ms < now_ms
+            })
+            .collect();
+        lost.into_iter()
+            .map(|idx| {
+                self.nodes[idx].alive = false;
+                let on_node: Vec<InstanceId> = self
+                    .instances
+                    .iter()
+                    .filter(|(_, i)| i.node == idx)
+                    .map(|(&id, _)| id)
+                    .collect();
+                let invocations = self
+                    .invocations
+                    .values()
+                    .filter(|inv| on_node.contains(&inv.instance))
+                    .count();
+                for &id in &on_node {
+                    self.retire(id, StopReason::Retired, now_ms);
+                }
+                let node = &mut self.nodes[idx];
+                node.warm.clear();
+                node.reported_used = Resources::default();
+                LostNode {
+                    node_id: node.id.clone(),
+                    instances: on_node,
+                    invocations,
+                }
+            })
+            .collect()
+    }
+
+    /// Every node, for the cluster summary.
+    pub fn node_summaries(&self) -> Vec<NodeSummary> {
+        self.nodes
+            .iter()
+            .map(|n| NodeSummary {
+                node_id: n.id.clone(),
+                alive: n.alive,
+                capacity: n.capacity,
+                free: if n.alive {
+                    n.free()
+                } else {
+                    Resources::default()
+                },
+                instances: n.instance_count,
+                reported_instances: n.reported_instances.clone(),
+                warm_images: n.warm.len(),
+                last_report_ms: n.last_report_ms,
+            })
+            .collect()
+    }
+
+    /// One function's instances and load.
+    pub fn function_summary(&self, id: FunctionId) -> FunctionSummary {
+        let f = &self.functions[id.0];
+        let reserved = f
+            .instances
+            .iter()
+            .filter(|i| self.instances[i].reserved)
+            .count() as u32;
+        FunctionSummary {
+            name: f.spec.name.clone(),
+            reserved_instances: reserved,
+            on_demand_instances: f.instances.len() as u32 - reserved,
+            in_flight: f.in_flight,
+            policy: f.spec.policy.as_ref().map(|p| p.kind()),
+        }
+    }
+
+    /// All registered function handles, in registration order.
+    pub fn function_ids(&self) -> impl Iterator<Item = FunctionId> {
+        (0..self.functions.len()).map(FunctionId)
+    }
+}
+
+/// Free share left on a node after placing `need` (the scarcer of CPU and
+/// memory) and its load; None when the node is down or `need` does not fit.
+fn capacity_terms(node: &Node, need: Resources) -> Option<(f64, f64)> {
+    if !node.alive {
+        return None;
+    }
+    let free = node.free();
+    if !free.fits(need) {
+        return None;
+    }
+    let cap = node.capacity;
+    let free_after = f64::min(
+        f64::from(free.cpu_millis - need.cpu_millis) / f64::from(cap.cpu_millis),
+        f64::from(free.memory_mib - need.memory_mib) / f64::from(cap.memory_mib),
+    );
+    Some((free_after, node.load()))
+}
+
+/// How a node suits a pod, for the Kubernetes extender.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeFit {
+    /// loci knows nothing about the node (no report, or lost): no opinion.
+    Unknown,
+    /// The node lacks the capacity; what it has free.
+    Unfit(Resources),
+    /// The node fits, with a score in 0..=10.
+    Fits(i64),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::report::ImageCache;
+
+    fn report(node: &str, cpu: u32, images: &[(&str, f64)]) -> NodeReport {
+        NodeReport {
+            node_id: node.into(),
+            capacity: Resources {
+                cpu_millis: cpu,
+                memory_mib: 16_384,
+            },
+            used: Resources::default(),
+            instances: vec![],
+            images: images
+                .iter()
+                .map(|&(image, f)| ImageCache {
+                    image: image.into(),
+                    chunks_cached: f,
+                    trace_cached: f,
+                })
+                .collect(),
+        }
+    }
+
+    fn spec(name: &str, image: &str, concurrency: u32) -> FunctionSpec {
+        FunctionSpec {
+            name: name.into(),
+            image: image.into(),
+            cpu_millis: 1000,
+            memory_mib: 1024,
+            concurrency,
+            timeout_s: 10,
+            keep_alive_s: 60,
+            policy: None,
+        }
+    }
+
+    fn view() -> (ClusterView, FunctionId) {
+        let mut v = ClusterView::new(ScoringWeights::default());
+        v.apply_report(&report("cold", 8000, &[]), 0).unwrap();
+        v.apply_report(&report("warm", 2000, &[("img", 1.0)]), 0)
+            .unwrap();
+        let f = v.register_function(spec("f", "img", 2)).unwrap();
+        (v, f)
+    }
+
+    #[test]
+    fn placement_prefers_the_warm_node_until_it_is_full() {
+        let (mut v, f) = view();
+        assert_eq!(v.place(f, false, 0).unwrap().node_id, "warm");
+        assert_eq!(v.place(f, false, 0).unwrap().node_id, "warm");
+        let third = v.place(f, false, 0).unwrap();
+        assert_eq!(third.node_id, "cold", "warm node has no CPU left");
+        assert_eq!(third.warm_fraction, 0.0);
+    }
+
+    #[test]
+    fn cache_blind_placement_picks_the_emptier_node() {
+        let (mut v, f) = view();
+        v.weights = v.weights.cache_blind();
+        assert_eq!(v.place(f, false, 0).unwrap().node_id, "cold");
+    }
+
+    #[test]
+    fn routing_fills_the_least_loaded_instance_then_starts_one() {
+        let (mut v, f) = view();
+        let a = v.route(f, 0).unwrap();
+        assert!(a.cold_start.is_some());
+        let b = v.route(f, 1).unwrap();
+        assert_eq!((b.instance_id, b.in_flight), (a.instance_id, 2));
+        let c = v.route(f, 2).unwrap();
+        assert!(
+            c.cold_start.is_some(),
+            "both slots of the first instance taken"
+        );
+        assert_ne!(c.instance_id, a.instance_id);
+        v.complete(a.invocation_id, 3).unwrap();
+        v.complete(b.invocation_id, 3).unwrap();
+        let d = v.route(f, 4).unwrap();
+        assert_eq!(
+            d.instance_id, a.instance_id,
+            "0 in flight there, 1 on the newer one"
+        );
+        let e = v.route(f, 5).unwrap();
+        assert_eq!(
+            e.instance_id, a.instance_id,
+            "1 each now: the earlier-ready one"
+        );
+        let g = v.route(f, 6).unwrap();
+        assert_eq!(
+            (g.instance_id, g.in_flight),
+            (c.instance_id, 2),
+            "not round robin: fills by load"
+        );
+    }
+
+    #[test]
+    fn idle_on_demand_instances_retire_after_keep_alive() {
+        let (mut v, f) = view();
+        let r = v.route(f, 0).unwrap();
+        v.complete(r.invocation_id, 1_000).unwrap();
+        assert!(v.retire_idle(60_000).is_empty());
+        let gone = v.retire_idle(61_000);
+        assert_eq!(gone.len(), 1);
+        assert_eq!((gone[0].lifetime_ms, gone[0].busy_ms), (61_000, 1_000));
+        assert_eq!(v.node_summaries()[1].free.cpu_millis, 2000);
+    }
+
+    #[test]
+    fn timed_out_invocations_retire_their_instance() {
+        let (mut v, f) = view();
+        let r = v.route(f, 0).unwrap();
+        assert!(v.kill_timed_out(10_000).is_empty());
+        let killed = v.kill_timed_out(10_001);
+        assert_eq!(killed[0].instance_id, r.instance_id);
+        assert_eq!(killed[0].reason, StopReason::Timeout);
+        assert!(matches!(
+            v.complete(r.invocation_id, 10_002),
+            Err(SchedulerError::UnknownInvocation(_))
+        ));
+        assert_eq!(v.function_summary(f).in_flight, 0);
+    }
+
+    #[test]
+    fn lost_nodes_take_their_instances_with_them() {
+        let (mut v, f) = view();
+        v.route(f, 0).unwrap();
+        v.apply_report(&report("cold", 8000, &[]), 5_000).unwrap();
+        let lost = v.expire_lost_nodes(6_000, 5_000);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(
+            (
+                lost[0].node_id.as_str(),
+                lost[0].instances.len(),
+                lost[0].invocations
+            ),
+            ("warm", 1, 1)
+        );
+        assert_eq!(v.place(f, false, 6_000).unwrap().node_id, "cold");
+    }
+
+    #[test]
+    fn average_in_flight_integrates_over_time() {
+        let (mut v, f) = view();
+        v.take_average_in_flight(f.0, 1_000);
+        let r = v.route(f, 1_000).unwrap();
+        v.complete(r.invocation_id, 3_000).unwrap();
+        let avg = v.take_average_in_flight(f.0, 5_000);
+        assert!((avg - 0.5).abs() < 1e-9, "2 s busy out of 4 s, got {avg}");
+    }
+}

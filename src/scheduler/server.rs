@@ -1,0 +1,348 @@
+//! The HTTP/JSON service (`loci scheduler`): node reports in, orders out;
+//! placement, routing and completion for the platform; the Kubernetes
+//! extender pair; and a background loop that detects timeouts and node loss,
+//! retires idle instances and applies reservation policies.
+//!
+//! Bad input gets a 400 (404 for unknown names) with a JSON body
+//! `{"error": "...", "field": "..."}` naming the field, and the service keeps
+//! serving.
+
+use super::cluster::{
+    ClusterView, FunctionSummary, NodeSummary, Placement, PlacementStats, RetiredInstance, Routed,
+};
+use super::config::SchedulerConfig;
+use super::error::{FieldError, SchedulerError};
+use super::extender::{self, ExtenderArgs, ExtenderFilterResult, HostPriority};
+use super::function::FunctionSpec;
+use super::report::{NodeOrders, NodeReport, StartOrder, StopOrder};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The service state: the cluster view plus the orders waiting for each
+/// node's next report.
+struct Service {
+    view: ClusterView,
+    orders: HashMap<String, NodeOrders>,
+    node_timeout_ms: u64,
+}
+
+type Shared = Arc<Mutex<Service>>;
+
+fn lock(state: &Shared) -> MutexGuard<'_, Service> {
+    // Handlers do not panic on bad input (it is validated first); should one
+    // panic anyway, keep answering rather than fail every later request.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Service {
+    fn order_start(&mut self, p: &Placement) {
+        self.orders
+            .entry(p.node_id.clone())
+            .or_default()
+            .start
+            .push(StartOrder {
+                instance_id: p.instance_id,
+                function: p.function.clone(),
+                image: p.image.clone(),
+                resources: p.resources,
+            });
+    }
+
+    fn order_stop(&mut self, r: &RetiredInstance) {
+        let orders = self.orders.entry(r.node_id.clone()).or_default();
+        // An instance never started by its node needs no stop: drop the start.
+        let before = orders.start.len();
+        orders.start.retain(|s| s.instance_id != r.instance_id);
+        if orders.start.len() == before {
+            orders.stop.push(StopOrder {
+                instance_id: r.instance_id,
+                function: r.function.clone(),
+                reason: r.reason,
+            });
+        }
+    }
+
+    /// One pass of the background loop.
+    fn tick(&mut self, now: u64) {
+        for r in self.view.kill_timed_out(now) {
+            tracing::warn!(instance = r.instance_id, function = %r.function, node = %r.node_id, "invocation ran past its timeout: killing instance");
+            self.order_stop(&r);
+        }
+        for lost in self.view.expire_lost_nodes(now, self.node_timeout_ms) {
+            tracing::warn!(node = %lost.node_id, instances = lost.instances.len(), invocations = lost.invocations, "node stopped reporting: dropped");
+            self.orders.remove(&lost.node_id);
+        }
+        for r in self.view.retire_idle(now) {
+            tracing::debug!(instance = r.instance_id, function = %r.function, "idle past keep-alive: retiring");
+            self.order_stop(&r);
+        }
+        let changes = self.view.reconcile_reservations(now);
+        for p in &changes.started {
+            tracing::info!(instance = p.instance_id, function = %p.function, node = %p.node_id, warm = p.warm_fraction, "reserved instance placed");
+            self.order_start(p);
+        }
+        for r in &changes.stopped {
+            tracing::info!(instance = r.instance_id, function = %r.function, "reservation shrank: retiring");
+            self.order_stop(r);
+        }
+    }
+}
+
+/// An error answer: status plus `{"error", "field"}`.
+struct ApiError {
+    status: StatusCode,
+    error: String,
+    field: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    field: Option<&'a str>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: &self.error,
+            field: self.field.as_deref(),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<SchedulerError> for ApiError {
+    fn from(err: SchedulerError) -> Self {
+        let status = match err {
+            SchedulerError::Invalid(_) => StatusCode::BAD_REQUEST,
+            SchedulerError::UnknownFunction(_) | SchedulerError::UnknownInvocation(_) => {
+                StatusCode::NOT_FOUND
+            }
+            SchedulerError::NoCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError {
+            status,
+            field: err.field().map(str::to_string),
+            error: err.to_string(),
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(err: FieldError) -> Self {
+        SchedulerError::Invalid(err).into()
+    }
+}
+
+/// Decodes a JSON body, naming the path of the offending field on error
+/// (`images[2].chunks_cached`), which axum's own `Json` does only in text.
+fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: format!("invalid JSON body: {}", err.inner()),
+            field: (path != ".").then_some(path),
+        }
+    })
+}
+
+/// `POST /v1/place` and `/v1/route` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunctionRequest {
+    function: String,
+}
+
+/// `POST /v1/complete` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompleteRequest {
+    invocation_id: u64,
+}
+
+#[derive(Serialize)]
+struct Completed {
+    instance_id: u64,
+    in_flight: u32,
+}
+
+#[derive(Serialize)]
+struct ClusterSummary {
+    nodes: Vec<NodeSummary>,
+    functions: Vec<FunctionSummary>,
+    placement: PlacementStats,
+}
+
+async fn post_report(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<Json<NodeOrders>, ApiError> {
+    let report: NodeReport = decode(&body)?;
+    let mut s = lock(&state);
+    s.view.apply_report(&report, now_ms())?;
+    tracing::debug!(node = %report.node_id, images = report.images.len(), "report");
+    Ok(Json(s.orders.remove(&report.node_id).unwrap_or_default()))
+}
+
+async fn post_function(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<Json<FunctionSummary>, ApiError> {
+    let spec: FunctionSpec = decode(&body)?;
+    let mut s = lock(&state);
+    let id = s.view.register_function(spec)?;
+    let summary = s.view.function_summary(id);
+    tracing::info!(function = %summary.name, policy = ?summary.policy, "function registered");
+    Ok(Json(summary))
+}
+
+async fn get_function(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<FunctionSummary>, ApiError> {
+    let s = lock(&state);
+    let id = s.view.function_id(&name)?;
+    Ok(Json(s.view.function_summary(id)))
+}
+
+async fn post_place(State(state): State<Shared>, body: Bytes) -> Result<Json<Placement>, ApiError> {
+    let request: FunctionRequest = decode(&body)?;
+    let mut s = lock(&state);
+    let id = s.view.function_id(&request.function)?;
+    let placement = s.view.place(id, false, now_ms())?;
+    s.order_start(&placement);
+    Ok(Json(placement))
+}
+
+async fn post_route(State(state): State<Shared>, body: Bytes) -> Result<Json<Routed>, ApiError> {
+    let request: FunctionRequest = decode(&body)?;
+    let mut s = lock(&state);
+    let id = s.view.function_id(&request.function)?;
+    let routed = s.view.route(id, now_ms())?;
+    if let Some(p) = &routed.cold_start {
+        s.order_start(p);
+    }
+    Ok(Json(routed))
+}
+
+async fn post_complete(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<Json<Completed>, ApiError> {
+    let request: CompleteRequest = decode(&body)?;
+    let (instance_id, in_flight) = lock(&state)
+        .view
+        .complete(request.invocation_id, now_ms())?;
+    Ok(Json(Completed {
+        instance_id,
+        in_flight,
+    }))
+}
+
+async fn get_cluster(State(state): State<Shared>) -> Json<ClusterSummary> {
+    let s = lock(&state);
+    Json(ClusterSummary {
+        nodes: s.view.node_summaries(),
+        functions: s
+            .view
+            .function_ids()
+            .map(|id| s.view.function_summary(id))
+            .collect(),
+        placement: s.view.placement_stats(),
+    })
+}
+
+async fn post_filter(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<Json<ExtenderFilterResult>, ApiError> {
+    let args: ExtenderArgs = decode(&body)?;
+    Ok(Json(extender::filter(&lock(&state).view, &args)?))
+}
+
+async fn post_prioritize(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<Json<Vec<HostPriority>>, ApiError> {
+    let args: ExtenderArgs = decode(&body)?;
+    Ok(Json(extender::prioritize(&lock(&state).view, &args)?))
+}
+
+/// Serves the scheduler on `listener` until `shutdown` resolves. The
+/// configuration must be valid (see [`SchedulerConfig::validate`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: SchedulerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    config.validate()?;
+    let mut view = ClusterView::new(config.scoring);
+    for spec in config.functions {
+        view.register_function(spec)?;
+    }
+    let state: Shared = Arc::new(Mutex::new(Service {
+        view,
+        orders: HashMap::new(),
+        node_timeout_ms: config.node_timeout_ms,
+    }));
+    let ticker = {
+        let state = state.clone();
+        let period = Duration::from_millis(config.reconcile_interval_ms);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                lock(&state).tick(now_ms());
+            }
+        })
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/reports", post(post_report))
+        .route("/v1/functions", post(post_function))
+        .route("/v1/functions/{name}", get(get_function))
+        .route("/v1/place", post(post_place))
+        .route("/v1/route", post(post_route))
+        .route("/v1/complete", post(post_complete))
+        .route("/v1/cluster", get(get_cluster))
+        .route("/k8s/filter", post(post_filter))
+        .route("/k8s/prioritize", post(post_prioritize))
+        .with_state(state);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    ticker.abort();
+    served.map_err(ServeError::Io)
+}
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] FieldError),
+    /// The listener failed.
+    #[error("serving HTTP: {0}")]
+    Io(std::io::Error),
+}

@@ -1,0 +1,9 @@
+//! `loci sim`: replays an invocation trace over a simulated cluster to
+//! compare reservation policies with and without cache-aware placement.
+//! See `docs/scheduler.md` for the trace format and the results.
+
+pub mod costs;
+pub mod engine;
+pub mod generate;
+pub mod sizing;
+pub mod trace;

@@ -315,3 +315,67 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
         Err(error) => std::panic::resume_unwind(error.into_panic()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::disk::{CHUNKS_CF, RECENCY_CF};
+    use super::*;
+    use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+
+    fn config(dir: &std::path::Path) -> CacheConfig {
+        CacheConfig {
+            dir: dir.to_path_buf(),
+            memory_bytes: 0, // every read goes to disk
+            disk_bytes: 1 << 24,
+            ..CacheConfig::default()
+        }
+    }
+
+    /// Overwrites a stored chunk's value through a raw RocksDB handle, as a
+    /// bad disk or a stray writer would.
+    fn overwrite_on_disk(dir: &std::path::Path, digest: &Digest, garbage: &[u8]) {
+        let families = [CHUNKS_CF, RECENCY_CF]
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&Options::default(), dir, families).unwrap();
+        db.put_cf(db.cf_handle(CHUNKS_CF).unwrap(), digest.0, garbage)
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_chunk_corrupted_on_disk_is_not_served_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = Bytes::from(vec![0x5a; 64 << 10]);
+        let digest = Digest::of(&good);
+        let kept = Bytes::from(vec![0xa5; 32 << 10]);
+        {
+            let cache = ChunkCache::open(&config(dir.path())).unwrap();
+            cache.insert(&digest, good.clone()).unwrap();
+            cache.insert(&Digest::of(&kept), kept.clone()).unwrap();
+        }
+        let mut garbage = good.to_vec();
+        garbage[1000] ^= 1;
+        overwrite_on_disk(dir.path(), &digest, &garbage);
+
+        let cache = ChunkCache::open(&config(dir.path())).unwrap();
+        assert!(cache.contains(&digest), "bookkeeping still lists it");
+        assert_eq!(cache.get(&digest), None);
+        let stats = cache.stats();
+        assert_eq!((stats.corrupt_on_disk, stats.disk_hits), (1, 0));
+        assert!(!cache.contains(&digest));
+        assert_eq!(stats.disk_bytes, kept.len() as u64);
+        // The other chunk is untouched, and the bad one is refetched.
+        assert_eq!(cache.get(&Digest::of(&kept)), Some(kept.clone()));
+        let refetched = cache
+            .get_or_fetch(&digest, || async { Ok::<_, String>(good.clone()) })
+            .await
+            .unwrap();
+        assert_eq!(refetched, good);
+        assert_eq!(cache.stats().fetches, 1);
+        drop(cache);
+
+        // The deletion and the refetch were persisted.
+        let cache = ChunkCache::open(&config(dir.path())).unwrap();
+        assert_eq!(cache.get(&digest), Some(good.clone()));
+        assert_eq!(cache.stats().disk_bytes, (good.len() + kept.len()) as u64);
+    }
+}

@@ -3,7 +3,8 @@
 //! Data flows one way through the modules:
 //! `registry`/`image` (where blobs come from) → `format` (TOC, chunks;
 //! `convert` turns ordinary layers into it) → `cache` (chunks on this node)
-//! → `fetch` (chunks of a layer, through the cache) → `fs` (FUSE) → `cli`.
+//! → `fetch` (chunks of a layer, through the cache) → `fs` (FUSE) →
+//! `node` (reports to the `scheduler`) → `cli`.
 
 pub mod cache;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod format;
 pub mod fs;
 pub mod image;
 pub mod layer;
+pub mod node;
 pub mod progress;
 pub mod registry;
 pub mod scheduler;

@@ -410,3 +410,168 @@ impl Setup {
         out.join(path)
     }
 }
+
+/// POSTs JSON to the scheduler; returns status and body.
+fn post_json(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+    })
+}
+
+fn get_json(url: &str) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
+}
+
+#[test]
+fn a_mount_reports_its_warm_cache_and_the_scheduler_places_there() {
+    let test = "a_mount_reports_its_warm_cache_and_the_scheduler_places_there";
+    if !require(test, NEEDS, true) || !fuse_available(test) {
+        return;
+    }
+    let setup = Setup::new(&[]);
+    let image = setup.converted();
+    let config = setup.path("scheduler.toml");
+    std::fs::write(
+        &config,
+        format!("[[functions]]\nname = \"f\"\nimage = \"{image}\"\ncpu_millis = 1\nmemory_mib = 1\nconcurrency = 1\ntimeout_s = 60\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut cmd = loci();
+    cmd.args([
+        "scheduler",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--config",
+    ])
+    .arg(&config);
+    let _scheduler = Daemon::spawn(cmd, setup.path("scheduler.log"));
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "scheduler did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let node_config = setup.config("node", 30);
+    let mut cmd = loci();
+    cmd.args(["mount", "--plain-http", "--config"])
+        .arg(&node_config)
+        .args([
+            "--scheduler",
+            &base,
+            "--node-id",
+            "warm-node",
+            "--report-interval-secs",
+            "1",
+        ])
+        .arg(&image)
+        .arg(setup.path("mnt"));
+    std::fs::create_dir_all(setup.path("mnt")).unwrap();
+    let mount = Daemon::spawn(cmd, setup.path("loci.log"));
+    let mnt = setup.path("mnt");
+    let start = Instant::now();
+    while !is_mounted(&mnt) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            mount.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The real node's own report, then a twin with the same resources but a
+    // cold cache, reported by hand.
+    let warm = |cluster: &serde_json::Value| {
+        cluster["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == "warm-node")
+            .cloned()
+    };
+    let start = Instant::now();
+    let node = loop {
+        if let Some(node) = warm(&get_json(&format!("{base}/v1/cluster"))) {
+            break node;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the mount never reported"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        node["capacity"]["cpu_millis"].as_u64().unwrap() >= 1000,
+        "{node}"
+    );
+
+    // Both cold: the twin, with more room free, gets the instance.
+    let (status, _) = post_json(&format!("{base}/v1/reports"), json_twin(&node));
+    assert_eq!(status, 200);
+    let (status, placement) = post_json(
+        &format!("{base}/v1/place"),
+        serde_json::json!({"function": "f"}),
+    );
+    assert_eq!(
+        (status, placement["node_id"].as_str()),
+        (200, Some("cold-node")),
+        "{placement}"
+    );
+
+    walk_tree(&mnt); // warm the cache: every chunk of the image
+                     // Place until the report after the warm-up has arrived and both nodes
+                     // have room; the warm node must win against its cold twin.
+    let start = Instant::now();
+    let placed = loop {
+        let twin = json_twin(&node);
+        let (status, _) = post_json(&format!("{base}/v1/reports"), twin);
+        assert_eq!(status, 200);
+        Command::new("kill")
+            .arg("-USR1")
+            .arg(mount.child.id().to_string())
+            .status()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let (status, placement) = post_json(
+            &format!("{base}/v1/place"),
+            serde_json::json!({"function": "f"}),
+        );
+        if status == 200 && placement["node_id"] == "warm-node" {
+            break placement;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never placed on the warm node: {status} {placement}"
+        );
+    };
+    assert_eq!(placed["image"], image.as_str());
+}
+
+/// A cold node with the same resources as `node`.
+fn json_twin(node: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "node_id": "cold-node",
+        "capacity": node["capacity"],
+        "used": {"cpu_millis": 0, "memory_mib": 0},
+        "instances": [],
+        "images": [],
+    })
+}

@@ -7,10 +7,11 @@ use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::fs::{self, tree::View};
 use crate::image::{ImageRef, ImageStore};
+use crate::node::{report_loop, ServedImage};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Mount a converted image read-only, fetching chunks as they are read.
@@ -27,6 +28,16 @@ pub struct Args {
     /// FUSE threads serving requests.
     #[arg(long, default_value_t = 8)]
     threads: usize,
+    /// Report this node's cache of the image to a `loci scheduler` at this
+    /// URL, periodically and on SIGUSR1.
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// This node's id in reports (default: the host name).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Seconds between reports.
+    #[arg(long, default_value_t = 10)]
+    report_interval_secs: u64,
     /// The converted image.
     image: ImageRef,
     /// Where to mount it.
@@ -49,6 +60,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", args.image))?;
     let toc_ms = started.elapsed().as_millis();
     let layers = image.layers.len();
+    let report_now = Arc::new(tokio::sync::Notify::new());
+    if let Some(url) = &args.scheduler {
+        let served = ServedImage {
+            image: match &args.image {
+                ImageRef::Registry(reference) => reference.to_string(),
+                other => other.to_string(),
+            },
+            chunks: image
+                .tocs
+                .iter()
+                .flat_map(|t| t.chunks.iter().map(|c| c.digest))
+                .collect(),
+            trace: None,
+        };
+        let node_id = args.node_id.clone().unwrap_or_else(hostname);
+        runtime.spawn(report_loop(
+            url.clone(),
+            node_id,
+            fetcher.cache().clone(),
+            vec![served],
+            Duration::from_secs(args.report_interval_secs.max(1)),
+            report_now.clone(),
+        ));
+    }
     let session = fs::mount(
         image,
         View::Merged,
@@ -77,7 +112,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = usr1.recv() => if args.stats { print_stats(&fetcher) },
+                _ = usr1.recv() => {
+                    report_now.notify_one();
+                    if args.stats {
+                        print_stats(&fetcher);
+                    }
+                }
             }
         }
         anyhow::Ok(())
@@ -88,4 +128,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     eprintln!("unmounted {}", args.dir.display());
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }

@@ -119,6 +119,8 @@ impl FetchStats {
 pub struct Fetcher {
     cache: Arc<ChunkCache>,
     config: FetchConfig,
+    /// On-demand reads being served now; prefetch backs off while any is.
+    demand: std::sync::atomic::AtomicUsize,
     /// What was fetched so far.
     pub stats: FetchStats,
 }
@@ -129,8 +131,14 @@ impl Fetcher {
         Fetcher {
             cache,
             config,
+            demand: std::sync::atomic::AtomicUsize::new(0),
             stats: FetchStats::default(),
         }
+    }
+
+    /// On-demand reads in flight now.
+    pub fn demand_in_flight(&self) -> usize {
+        self.demand.load(Ordering::Relaxed)
     }
 
     /// The cache chunks go through.
@@ -147,6 +155,8 @@ impl Fetcher {
         len: u64,
     ) -> Result<Vec<u8>, FetchError> {
         let deadline = Duration::from_secs(self.config.read_timeout_secs);
+        self.demand.fetch_add(1, Ordering::Relaxed);
+        let _demand = DemandGuard(&self.demand);
         let result =
             tokio::time::timeout(deadline, self.read_file_inner(layer, content, offset, len)).await;
         let result = result.unwrap_or(Err(FetchError::Timeout {
@@ -168,24 +178,8 @@ impl Fetcher {
         len: u64,
     ) -> Result<Vec<u8>, FetchError> {
         let end = offset.saturating_add(len);
-        // The extents overlapping offset..end.
-        let first = content
-            .starts
-            .partition_point(|&s| s <= offset)
-            .saturating_sub(1);
-        let mut needed = Vec::new();
-        for (i, extent) in content.extents.iter().enumerate().skip(first) {
-            let start = content.starts[i];
-            if start >= end {
-                break;
-            }
-            if start + u64::from(extent.len) > offset {
-                needed.push(i);
-            }
-        }
-        let mut indexes: Vec<u32> = needed.iter().map(|&i| content.extents[i].chunk).collect();
-        indexes.sort_unstable();
-        indexes.dedup();
+        let needed = content.extents_in(offset, end);
+        let indexes = content.chunks_in(offset, end);
         let chunks = self.chunks(layer, &indexes).await?;
         let mut out = Vec::with_capacity(len.min(64 << 20) as usize);
         for i in needed {
@@ -318,5 +312,14 @@ impl Fetcher {
         self.stats.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
         self.stats.latency_us_sum.fetch_add(us, Ordering::Relaxed);
         self.stats.latency_us_max.fetch_max(us, Ordering::Relaxed);
+    }
+}
+
+/// Ends an on-demand read's count however the read ends.
+struct DemandGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for DemandGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

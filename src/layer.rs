@@ -5,6 +5,7 @@
 use crate::digest::Digest;
 use crate::format::{self, annotations, Footer, FormatError, Toc, FOOTER_SIZE};
 use crate::image::{media_types, ImageError, ImageStore};
+use crate::registry::Manifest;
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 
 /// Why a converted layer could not be opened.
@@ -49,9 +50,18 @@ pub struct ImageLayer {
     pub toc_offset: Option<u64>,
 }
 
-/// The layers of the image at `store`, for the host's platform when the
-/// reference is an index.
-pub async fn image_layers(store: &ImageStore) -> Result<Vec<ImageLayer>, LayerError> {
+/// An image for the host's platform: its manifest and layers.
+#[derive(Clone, Debug)]
+pub struct PlatformImage {
+    /// The platform manifest (what traces and other referrers point at).
+    pub manifest: Manifest,
+    /// Its layers, bottom first.
+    pub layers: Vec<ImageLayer>,
+}
+
+/// The image at `store`, for the host's platform when the reference is an
+/// index.
+pub async fn image_layers(store: &ImageStore) -> Result<PlatformImage, LayerError> {
     let mut manifest = store.resolve().await?;
     if manifest.media_type == media_types::OCI_INDEX
         || manifest.media_type == media_types::DOCKER_LIST
@@ -89,12 +99,13 @@ pub async fn image_layers(store: &ImageStore) -> Result<Vec<ImageLayer>, LayerEr
             "layer count differs from the config's diff_ids",
         ));
     }
-    parsed
+    let layers = parsed
         .layers()
         .iter()
         .zip(diff_ids)
         .map(|(layer, diff_id)| describe(layer, diff_id))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(PlatformImage { manifest, layers })
 }
 
 fn describe(layer: &Descriptor, diff_id: &str) -> Result<ImageLayer, LayerError> {

@@ -17,6 +17,7 @@ pub mod fs;
 pub mod image;
 pub mod layer;
 pub mod node;
+pub mod prefetch;
 pub mod progress;
 pub mod registry;
 pub mod scheduler;

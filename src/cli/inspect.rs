@@ -158,7 +158,7 @@ struct Inspected {
 async fn remote_tocs(store: &ImageStore, verify: bool) -> anyhow::Result<Vec<Inspected>> {
     let scratch = tempfile::Builder::new().prefix("loci-inspect-").tempdir()?;
     let mut out = Vec::new();
-    for layer in image_layers(store).await? {
+    for layer in image_layers(store).await?.layers {
         if layer.toc_digest.is_none() {
             eprintln!("{}: not a loci layer ({})", layer.digest, layer.media_type);
             continue;

@@ -8,6 +8,7 @@ mod registry_args;
 
 mod scheduler;
 mod sim;
+mod trace;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -33,6 +34,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Mount a converted image read-only, fetching chunks lazily.
     Mount(mount::Args),
+    /// Show or publish an image's start trace.
+    Trace(trace::Args),
     /// Run the scheduler service: cache-aware placement, load-aware routing,
     /// reservation policies, Kubernetes extender.
     Scheduler(scheduler::Args),
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Mount(args) => mount::run(args),
+        Command::Trace(args) => trace::run(args),
         Command::Scheduler(args) => scheduler::run(args),
         Command::Sim(args) => sim::run(args),
     };

@@ -5,9 +5,11 @@ use super::registry_args::RegistryArgs;
 use crate::cache::ChunkCache;
 use crate::config::Config;
 use crate::fetch::Fetcher;
+use crate::fs::OpenedImage;
 use crate::fs::{self, tree::View};
 use crate::image::{ImageRef, ImageStore};
 use crate::node::{report_loop, ServedImage};
+use crate::prefetch::{fetch_trace, prefetch, push_trace, Trace, TraceRecorder};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +40,17 @@ pub struct Args {
     /// Seconds between reports.
     #[arg(long, default_value_t = 10)]
     report_interval_secs: u64,
+    /// Record the chunks read, in order, and write the trace to this file
+    /// at unmount.
+    #[arg(long)]
+    record_trace: Option<PathBuf>,
+    /// With --record-trace: also push the trace to the registry, referring
+    /// to the image, so later mounts and pulls replay it.
+    #[arg(long, requires = "record_trace")]
+    publish_trace: bool,
+    /// Do not replay the image's trace even if the registry has one.
+    #[arg(long)]
+    no_prefetch: bool,
     /// The converted image.
     image: ImageRef,
     /// Where to mount it.
@@ -60,6 +73,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", args.image))?;
     let toc_ms = started.elapsed().as_millis();
     let layers = image.layers.len();
+    let trace = if args.no_prefetch || !config.prefetch.enabled {
+        None
+    } else {
+        runtime.block_on(find_trace(&store, &image))
+    };
+    if let Some(trace) = &trace {
+        runtime.spawn(prefetch(
+            fetcher.clone(),
+            image.layers.clone(),
+            trace.clone(),
+            config.prefetch.clone(),
+        ));
+    }
     let report_now = Arc::new(tokio::sync::Notify::new());
     if let Some(url) = &args.scheduler {
         let served = ServedImage {
@@ -72,7 +98,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .iter()
                 .flat_map(|t| t.chunks.iter().map(|c| c.digest))
                 .collect(),
-            trace: None,
+            trace: trace
+                .as_ref()
+                .map(|t| t.accesses.iter().map(|a| a.digest).collect()),
         };
         let node_id = args.node_id.clone().unwrap_or_else(hostname);
         runtime.spawn(report_loop(
@@ -84,13 +112,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             report_now.clone(),
         ));
     }
+    let recorder = args.record_trace.as_ref().map(|_| {
+        Arc::new(TraceRecorder::new(
+            image.layers.iter().map(|l| l.digest).collect(),
+        ))
+    });
     let session = fs::mount(
-        image,
+        &image,
         View::Merged,
         &args.dir,
         fetcher.clone(),
         runtime.handle().clone(),
         args.threads,
+        recorder.clone(),
     )?;
     eprintln!(
         "mounted {} at {} ({layers} layers; TOCs in {toc_ms} ms); SIGINT or SIGTERM unmounts",
@@ -123,6 +157,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     session.umount_and_join().context("unmounting")?;
+    if let (Some(recorder), Some(path)) = (&recorder, &args.record_trace) {
+        let trace = recorder.trace();
+        std::fs::write(path, trace.encode())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "trace of {} chunk reads written to {}",
+            trace.accesses.len(),
+            path.display()
+        );
+        if args.publish_trace {
+            let ImageStore::Registry { client, reference } = &store else {
+                anyhow::bail!("--publish-trace needs a registry image, not {}", args.image);
+            };
+            let digest = runtime.block_on(push_trace(
+                client,
+                &reference.repository,
+                &image.manifest,
+                &trace,
+            ))?;
+            eprintln!(
+                "trace published as {digest}, referring to {}",
+                image.manifest.digest
+            );
+        }
+    }
     if args.stats {
         print_stats(&fetcher);
     }
@@ -134,4 +193,36 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+/// The image's newest trace from the registry, if it has one that fits the
+/// layers; anything wrong with it is a warning, never a failure: the mount
+/// still serves lazily without it.
+async fn find_trace(store: &ImageStore, image: &OpenedImage) -> Option<Trace> {
+    let ImageStore::Registry { client, reference } = store else {
+        return None;
+    };
+    match fetch_trace(client, &reference.repository, &image.manifest.digest).await {
+        Ok(Some(trace)) => match trace.validate(&image.layers) {
+            Ok(()) => {
+                tracing::info!(
+                    accesses = trace.accesses.len(),
+                    "replaying the image's start trace"
+                );
+                Some(trace)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring the image's trace");
+                None
+            }
+        },
+        Ok(None) => {
+            tracing::info!("no start trace for this image; serving lazily without prefetch");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring the image's trace");
+            None
+        }
+    }
 }

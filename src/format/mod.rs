@@ -18,6 +18,7 @@ mod footer;
 mod reader;
 mod toc;
 mod verify;
+mod wire;
 mod writer;
 
 pub use error::FormatError;

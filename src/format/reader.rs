@@ -55,8 +55,7 @@ pub fn decode_toc(
     if encoded.len() as u64 != footer.toc_uncompressed_len {
         return Err(malformed("TOC length differs from the footer's".into()));
     }
-    let toc: Toc = postcard::from_bytes(&encoded)
-        .map_err(|e| malformed(format!("TOC does not decode: {e}")))?;
+    let toc = Toc::decode(&encoded)?;
     toc.validate(footer.toc_offset)?;
     Ok(toc)
 }

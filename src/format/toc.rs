@@ -115,9 +115,14 @@ impl TocEntry {
 }
 
 impl Toc {
-    /// Serializes (postcard) without compression.
+    /// Serializes (columnar postcard, see `wire`) without compression.
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("serializing a TOC to memory cannot fail")
+        super::wire::encode(self)
+    }
+
+    /// Parses what [`Toc::encode`] wrote (not yet validated).
+    pub fn decode(bytes: &[u8]) -> Result<Toc, FormatError> {
+        super::wire::decode(bytes)
     }
 
     /// Checks the invariants a reader relies on, so a malformed or hostile
@@ -210,8 +215,8 @@ pub(crate) fn normalize_path(raw: &[u8]) -> Result<Vec<u8>, FormatError> {
     while let Some(rest) = path.strip_prefix(b"./") {
         path = rest;
     }
-    if path == b"." {
-        path = b"";
+    if path == b"." || path == b"/" {
+        path = b""; // the root itself, as umoci and others write it
     }
     while let Some(rest) = path.strip_suffix(b"/") {
         if rest.is_empty() {
@@ -231,6 +236,7 @@ mod tests {
     fn normalizes_leading_dot_and_trailing_slash() {
         assert_eq!(normalize_path(b"./usr/bin/").unwrap(), b"usr/bin");
         assert_eq!(normalize_path(b"./").unwrap(), b"");
+        assert_eq!(normalize_path(b"/").unwrap(), b"");
         assert_eq!(normalize_path(b"etc").unwrap(), b"etc");
     }
 

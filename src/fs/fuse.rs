@@ -4,6 +4,7 @@
 
 use super::tree::{Ino, Node, NodeKind, Tree, ROOT};
 use crate::fetch::{Fetcher, RemoteLayer};
+use crate::prefetch::TraceRecorder;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
@@ -25,23 +26,26 @@ pub struct LociFs {
     layers: Arc<Vec<RemoteLayer>>,
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
+    recorder: Option<Arc<TraceRecorder>>,
 }
 
 impl LociFs {
     /// A filesystem serving `tree`, whose file contents live in `layers`
     /// (indexed as the tree's `Content::layer`); async fetches run on
-    /// `runtime`.
+    /// `runtime`; reads are recorded into `recorder` when there is one.
     pub fn new(
         tree: Arc<Tree>,
         layers: Arc<Vec<RemoteLayer>>,
         fetcher: Arc<Fetcher>,
         runtime: tokio::runtime::Handle,
+        recorder: Option<Arc<TraceRecorder>>,
     ) -> LociFs {
         LociFs {
             tree,
             layers,
             fetcher,
             runtime,
+            recorder,
         }
     }
 
@@ -170,6 +174,16 @@ impl Filesystem for LociFs {
         }
         let len = u64::from(size).min(node.size - offset);
         let layer = &self.layers[content.layer];
+        if let Some(recorder) = &self.recorder {
+            let chunks: Vec<_> = content
+                .chunks_in(offset, offset + len)
+                .into_iter()
+                .map(|c| (c, layer.chunks[c as usize].digest))
+                .collect();
+            recorder.record(content.layer, &chunks, || {
+                String::from_utf8_lossy(&self.tree.path_of(ino.0)).into_owned()
+            });
+        }
         match self
             .runtime
             .block_on(self.fetcher.read_file(layer, content, offset, len))

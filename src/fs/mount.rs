@@ -6,6 +6,8 @@ use crate::fetch::{Fetcher, RemoteLayer};
 use crate::format::Toc;
 use crate::image::ImageStore;
 use crate::layer::{fetch_toc, image_layers, LayerError};
+use crate::prefetch::TraceRecorder;
+use crate::registry::Manifest;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,8 +34,10 @@ pub enum MountError {
 
 /// An image's layers, ready to mount: their TOCs and where their chunks are.
 pub struct OpenedImage {
+    /// The platform manifest the layers come from.
+    pub manifest: Manifest,
     /// One entry per layer, bottom first.
-    pub layers: Vec<RemoteLayer>,
+    pub layers: Arc<Vec<RemoteLayer>>,
     /// The layers' TOCs, in the same order.
     pub tocs: Vec<Toc>,
 }
@@ -43,7 +47,8 @@ pub struct OpenedImage {
 pub async fn open_image(store: &ImageStore) -> Result<OpenedImage, MountError> {
     let mut layers = Vec::new();
     let mut tocs = Vec::new();
-    for layer in image_layers(store).await? {
+    let image = image_layers(store).await?;
+    for layer in image.layers {
         if layer.toc_digest.is_none() {
             return Err(MountError::NotConverted {
                 layer: layer.digest.to_string(),
@@ -58,23 +63,35 @@ pub async fn open_image(store: &ImageStore) -> Result<OpenedImage, MountError> {
         });
         tocs.push(toc);
     }
-    Ok(OpenedImage { layers, tocs })
+    Ok(OpenedImage {
+        manifest: image.manifest,
+        layers: Arc::new(layers),
+        tocs,
+    })
 }
 
 /// Mounts `image` read-only at `dir` in `view`, served by `threads` FUSE
-/// threads. The mount lasts as long as the returned session.
+/// threads, recording a trace of the chunks read when `recorder` is given.
+/// The mount lasts as long as the returned session.
 pub fn mount(
-    image: OpenedImage,
+    image: &OpenedImage,
     view: View,
     dir: &Path,
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
     threads: usize,
+    recorder: Option<Arc<TraceRecorder>>,
 ) -> Result<fuser::BackgroundSession, MountError> {
     let tocs: Vec<&Toc> = image.tocs.iter().collect();
     let tree = Tree::build(&tocs, view)?;
     tracing::info!(dir = %dir.display(), layers = tocs.len(), inodes = tree.len(), "mounting");
-    let fs = LociFs::new(Arc::new(tree), Arc::new(image.layers), fetcher, runtime);
+    let fs = LociFs::new(
+        Arc::new(tree),
+        image.layers.clone(),
+        fetcher,
+        runtime,
+        recorder,
+    );
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("loci".into()),

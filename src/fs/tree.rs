@@ -56,6 +56,32 @@ pub struct Content {
     pub starts: Arc<[u64]>,
 }
 
+impl Content {
+    /// Indexes of the extents overlapping bytes `offset..end` of the file.
+    pub fn extents_in(&self, offset: u64, end: u64) -> std::ops::Range<usize> {
+        let first = self
+            .starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
+        let last = self.starts.partition_point(|&s| s < end);
+        let first = (first..last)
+            .find(|&i| self.starts[i] + u64::from(self.extents[i].len) > offset)
+            .unwrap_or(last);
+        first..last
+    }
+
+    /// The chunk indexes (sorted, unique) holding bytes `offset..end`.
+    pub fn chunks_in(&self, offset: u64, end: u64) -> Vec<u32> {
+        let mut chunks: Vec<u32> = self.extents[self.extents_in(offset, end)]
+            .iter()
+            .map(|e| e.chunk)
+            .collect();
+        chunks.sort_unstable();
+        chunks.dedup();
+        chunks
+    }
+}
+
 /// An inode's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeKind {
@@ -150,6 +176,27 @@ impl Tree {
     /// The child `name` of directory `parent`.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Option<Ino> {
         self.get(parent)?.children.get(name).copied()
+    }
+
+    /// A path of the inode (the first name found, for hardlinks), from the
+    /// root, without a leading slash.
+    pub fn path_of(&self, ino: Ino) -> Vec<u8> {
+        let mut parts = Vec::new();
+        let mut at = ino;
+        while at != ROOT {
+            let Some(node) = self.get(at) else { break };
+            let parent = node.parent;
+            match self
+                .get(parent)
+                .and_then(|p| p.children.iter().find(|(_, &c)| c == at))
+            {
+                Some((name, _)) => parts.push(name.clone()),
+                None => break,
+            }
+            at = parent;
+        }
+        parts.reverse();
+        parts.join(&b'/')
     }
 
     /// Number of inodes reachable or not (for statfs).
@@ -499,6 +546,29 @@ mod tests {
         let mut dangling = entry("c", EntryKind::Hardlink);
         dangling.link = Some(b"missing".to_vec());
         assert!(Tree::build(&[&toc(vec![dangling])], View::Merged).is_err());
+    }
+
+    #[test]
+    fn extents_in_finds_the_extents_a_range_touches() {
+        let extents: Vec<Extent> = [(0, 10), (1, 20), (2, 5)]
+            .iter()
+            .map(|&(chunk, len)| Extent {
+                chunk,
+                offset: 0,
+                len,
+            })
+            .collect();
+        let content = Content {
+            layer: 0,
+            extents: extents.into(),
+            starts: vec![0, 10, 30].into(),
+        };
+        assert_eq!(content.extents_in(0, 1), 0..1);
+        assert_eq!(content.extents_in(9, 11), 0..2);
+        assert_eq!(content.extents_in(10, 30), 1..2);
+        assert_eq!(content.extents_in(29, 100), 1..3);
+        assert!(content.extents_in(35, 40).is_empty());
+        assert_eq!(content.chunks_in(5, 32), vec![0, 1, 2]);
     }
 
     #[test]

@@ -98,13 +98,10 @@ impl ImageStore {
                 .await?),
             ImageStore::Layout { .. } => {
                 let bytes = self.blob_bytes(digest).await?;
-                let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v["mediaType"].as_str().map(str::to_string))
-                    .ok_or_else(|| ImageError::Invalid {
-                        what: format!("manifest {digest}"),
-                        reason: "no mediaType".into(),
-                    })?;
+                let media_type = sniff_media_type(&bytes).ok_or_else(|| ImageError::Invalid {
+                    what: format!("manifest {digest}"),
+                    reason: "neither a manifest nor an index".into(),
+                })?;
                 Ok(Manifest {
                     bytes,
                     media_type,
@@ -304,5 +301,21 @@ impl std::fmt::Display for ImageStore {
             ImageStore::Registry { reference, .. } => write!(f, "docker://{reference}"),
             ImageStore::Layout { tag, .. } => write!(f, "oci layout:{tag}"),
         }
+    }
+}
+
+/// A manifest's media type: its `mediaType` field, which OCI makes
+/// optional, else what its shape says (umoci, for one, leaves it out).
+fn sniff_media_type(bytes: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    if let Some(t) = value["mediaType"].as_str() {
+        return Some(t.to_string());
+    }
+    if value["manifests"].is_array() {
+        Some(super::media_types::OCI_INDEX.into())
+    } else if value["layers"].is_array() && value["config"].is_object() {
+        Some(super::media_types::OCI_MANIFEST.into())
+    } else {
+        None
     }
 }

@@ -180,6 +180,34 @@ impl RegistryClient {
         })
     }
 
+    /// The OCI 1.1 referrers index of a manifest, filtered by artifact
+    /// type; None when the registry does not offer the referrers API
+    /// (docker-registry 2.8 answers 404), so callers use the tag-schema
+    /// fallback.
+    pub async fn get_referrers(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        artifact_type: &str,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        let what = format!("referrers of {repo}@{digest}");
+        let url = self.url(repo, &format!("referrers/{digest}"));
+        let resp = self
+            .send(&what, repo, false, Retry::Idempotent, || {
+                self.inner
+                    .http
+                    .get(&url)
+                    .query(&[("artifactType", artifact_type)])
+                    .header(ACCEPT, "application/vnd.oci.image.index.v1+json")
+            })
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = expect_status(resp, &what, &[StatusCode::OK]).await?;
+        Ok(Some(resp.bytes().await.map_err(|e| network(&what, 1, e))?))
+    }
+
     /// Pushes a manifest under a tag or its digest.
     pub async fn put_manifest(
         &self,

@@ -1,0 +1,110 @@
+//! `loci trace`: show and publish start traces kept with images.
+
+use super::registry_args::RegistryArgs;
+use crate::fs::open_image;
+use crate::image::{ImageRef, ImageStore};
+use crate::prefetch::{fetch_trace, push_trace, Trace};
+use anyhow::{bail, Context};
+use std::path::PathBuf;
+
+/// Show or publish an image's start trace.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    command: TraceCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TraceCommand {
+    /// Print the trace the registry keeps for an image, as JSON.
+    Show {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// The converted image.
+        image: ImageRef,
+    },
+    /// Publish a trace file (from `loci mount --record-trace`) for an image.
+    Push {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Publish even if the trace does not match the image's layers
+        /// (for testing how mounts ignore bad traces).
+        #[arg(long)]
+        force: bool,
+        /// The converted image.
+        image: ImageRef,
+        /// The trace file.
+        file: PathBuf,
+    },
+}
+
+/// Runs the trace subcommand.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = super::runtime()?;
+    match args.command {
+        TraceCommand::Show { registry, image } => {
+            let store = ImageStore::open(&image, &registry.options(), false)?;
+            let (client, repo) = registry_of(&store, &image)?;
+            let opened = runtime.block_on(open_image(&store))?;
+            match runtime.block_on(fetch_trace(client, repo, &opened.manifest.digest))? {
+                Some(trace) => {
+                    if let Err(e) = trace.validate(&opened.layers) {
+                        eprintln!("warning: {e}");
+                    }
+                    println!("{}", serde_json::to_string_pretty(&trace)?);
+                }
+                None => bail!("no trace refers to {image} ({})", opened.manifest.digest),
+            }
+        }
+        TraceCommand::Push {
+            registry,
+            force,
+            image,
+            file,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let store = ImageStore::open(&image, &registry.options(), false)?;
+            let (client, repo) = registry_of(&store, &image)?;
+            let opened = runtime.block_on(open_image(&store))?;
+            let trace = match Trace::decode(&bytes) {
+                Ok(trace) => trace,
+                Err(e) if force => {
+                    eprintln!(
+                        "warning: {}: {e}; pushing its bytes anyway (--force)",
+                        file.display()
+                    );
+                    let digest = runtime.block_on(crate::prefetch::push_raw_trace(
+                        client,
+                        repo,
+                        &opened.manifest,
+                        bytes,
+                    ))?;
+                    println!("{digest}");
+                    return Ok(());
+                }
+                Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+            };
+            if let Err(e) = trace.validate(&opened.layers) {
+                if !force {
+                    return Err(e)
+                        .with_context(|| format!("{} does not fit {image}", file.display()));
+                }
+                eprintln!("warning: {e}; pushing anyway (--force)");
+            }
+            let digest = runtime.block_on(push_trace(client, repo, &opened.manifest, &trace))?;
+            println!("{digest}");
+        }
+    }
+    Ok(())
+}
+
+fn registry_of<'a>(
+    store: &'a ImageStore,
+    image: &ImageRef,
+) -> anyhow::Result<(&'a crate::registry::RegistryClient, &'a str)> {
+    match store {
+        ImageStore::Registry { client, reference } => Ok((client, reference.repository.as_str())),
+        ImageStore::Layout { .. } => bail!("traces are kept in registries; {image} is a layout"),
+    }
+}

@@ -1,0 +1,13 @@
+//! Trace-based prefetch: the chunks a real start read, recorded in order,
+//! kept with the image in the registry, and fetched in the background on
+//! the next cold start ahead of the reads that need them.
+
+mod publish;
+mod recorder;
+mod replay;
+mod trace;
+
+pub use publish::{fetch_trace, push_raw_trace, push_trace, PublishError, TRACE_ARTIFACT_TYPE};
+pub use recorder::TraceRecorder;
+pub use replay::{prefetch, PrefetchConfig, PrefetchReport};
+pub use trace::{Access, Trace, TraceError, TRACE_VERSION};

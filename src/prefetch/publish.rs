@@ -1,0 +1,159 @@
+//! Keeping a trace with its image: an OCI 1.1 artifact whose `subject` is
+//! the image manifest, found through the referrers API or, on registries
+//! without it (docker-registry 2.8), the `sha256-<hex>` tag fallback.
+
+use super::trace::Trace;
+use crate::digest::Digest;
+use crate::image::media_types;
+use crate::registry::{Manifest, RegistryClient, RegistryError};
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+/// The artifact type (and layer media type) of a loci start trace.
+pub const TRACE_ARTIFACT_TYPE: &str = "application/vnd.loci.trace.v1+json";
+const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+const EMPTY_JSON: &[u8] = b"{}";
+
+/// Why a trace could not be stored or found.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A referrer or its index is not what it must be.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn fallback_tag(digest: &Digest) -> String {
+    format!("sha256-{}", digest.hex())
+}
+
+/// Pushes `trace` as an artifact referring to `image` (a manifest of
+/// `repo`) and lists it in the referrers fallback tag. Returns the
+/// artifact manifest's digest.
+pub async fn push_trace(
+    client: &RegistryClient,
+    repo: &str,
+    image: &Manifest,
+    trace: &Trace,
+) -> Result<Digest, PublishError> {
+    let digest = push_raw_trace(client, repo, image, trace.encode()).await?;
+    tracing::info!(repo, image = %image.digest, trace = %digest, accesses = trace.accesses.len(), "trace published");
+    Ok(digest)
+}
+
+/// Pushes trace bytes as they are, unchecked: what [`push_trace`] does
+/// after encoding, and how tests publish broken traces.
+pub async fn push_raw_trace(
+    client: &RegistryClient,
+    repo: &str,
+    image: &Manifest,
+    trace: Vec<u8>,
+) -> Result<Digest, PublishError> {
+    let blob = Bytes::from(trace);
+    let blob_digest = Digest::of(&blob);
+    client
+        .push_blob_bytes(repo, &blob_digest, blob.clone(), None)
+        .await?;
+    let empty = Digest::of(EMPTY_JSON);
+    client
+        .push_blob_bytes(repo, &empty, Bytes::from_static(EMPTY_JSON), None)
+        .await?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": media_types::OCI_MANIFEST,
+        "artifactType": TRACE_ARTIFACT_TYPE,
+        "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": empty.to_string(), "size": EMPTY_JSON.len()},
+        "layers": [{"mediaType": TRACE_ARTIFACT_TYPE, "digest": blob_digest.to_string(), "size": blob.len()}],
+        "subject": {"mediaType": image.media_type, "digest": image.digest.to_string(), "size": image.bytes.len()},
+    });
+    let bytes = Bytes::from(serde_json::to_vec(&manifest).expect("JSON serializes"));
+    let digest = Digest::of(&bytes);
+    client
+        .put_manifest(repo, &digest.to_string(), &bytes, media_types::OCI_MANIFEST)
+        .await?;
+    // Registries with the referrers API index the subject themselves; for
+    // the others, add the artifact to the fallback tag's index.
+    if client
+        .get_referrers(repo, &image.digest, TRACE_ARTIFACT_TYPE)
+        .await?
+        .is_none()
+    {
+        let tag = fallback_tag(&image.digest);
+        let mut index = match client.get_manifest(repo, &tag).await {
+            Ok(existing) => serde_json::from_slice::<Value>(&existing.bytes)
+                .map_err(|e| PublishError::Invalid(format!("referrers tag {tag}: {e}")))?,
+            Err(RegistryError::NotFound { .. }) => {
+                json!({"schemaVersion": 2, "mediaType": media_types::OCI_INDEX, "manifests": []})
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let entries = index["manifests"].as_array_mut().ok_or_else(|| {
+            PublishError::Invalid(format!("referrers tag {tag} has no manifests"))
+        })?;
+        entries.push(json!({
+            "mediaType": media_types::OCI_MANIFEST,
+            "artifactType": TRACE_ARTIFACT_TYPE,
+            "digest": digest.to_string(),
+            "size": bytes.len(),
+        }));
+        let index_bytes = Bytes::from(serde_json::to_vec(&index).expect("JSON serializes"));
+        client
+            .put_manifest(repo, &tag, &index_bytes, media_types::OCI_INDEX)
+            .await?;
+    }
+    Ok(digest)
+}
+
+/// The newest trace referring to `image`, if any: its artifact manifest
+/// and blob are fetched by digest (so verified), and its subject checked.
+/// The trace is not yet validated against the layers; the caller does that.
+pub async fn fetch_trace(
+    client: &RegistryClient,
+    repo: &str,
+    image: &Digest,
+) -> Result<Option<Trace>, PublishError> {
+    let index = match client
+        .get_referrers(repo, image, TRACE_ARTIFACT_TYPE)
+        .await?
+    {
+        Some(bytes) => bytes,
+        None => match client.get_manifest(repo, &fallback_tag(image)).await {
+            Ok(m) => m.bytes,
+            Err(RegistryError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let index: Value = serde_json::from_slice(&index)
+        .map_err(|e| PublishError::Invalid(format!("referrers index of {image}: {e}")))?;
+    let newest = index["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["artifactType"] == TRACE_ARTIFACT_TYPE)
+        .filter_map(|d| d["digest"].as_str()?.parse::<Digest>().ok())
+        .last();
+    let Some(artifact) = newest else {
+        return Ok(None);
+    };
+    let manifest = client.get_manifest(repo, &artifact.to_string()).await?;
+    let manifest: Value = serde_json::from_slice(&manifest.bytes)
+        .map_err(|e| PublishError::Invalid(format!("trace artifact {artifact}: {e}")))?;
+    if manifest["subject"]["digest"].as_str() != Some(image.to_string().as_str()) {
+        return Err(PublishError::Invalid(format!(
+            "trace artifact {artifact} refers to {}, not {image}",
+            manifest["subject"]["digest"]
+        )));
+    }
+    let blob: Digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| {
+            PublishError::Invalid(format!("trace artifact {artifact} has no trace layer"))
+        })?;
+    let bytes = client.get_blob(repo, &blob).await?;
+    Trace::decode(&bytes)
+        .map(Some)
+        .map_err(|e| PublishError::Invalid(format!("trace {blob}: {e}")))
+}

@@ -1,0 +1,60 @@
+//! Recording a trace from the reads a mount serves.
+
+use super::trace::{Access, Trace, TRACE_VERSION};
+use crate::digest::Digest;
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Collects first accesses of chunks while a mount serves reads.
+pub struct TraceRecorder {
+    started: Instant,
+    layers: Vec<Digest>,
+    state: Mutex<(HashSet<(u32, u32)>, Vec<Access>)>,
+}
+
+impl TraceRecorder {
+    /// A recorder for a mount of these layers (bottom first).
+    pub fn new(layers: Vec<Digest>) -> TraceRecorder {
+        TraceRecorder {
+            started: Instant::now(),
+            layers,
+            state: Mutex::new((HashSet::new(), Vec::new())),
+        }
+    }
+
+    /// Notes that a read of the file `path` names touched these chunks of
+    /// `layer` (`path` is only called when a chunk is new).
+    pub fn record(&self, layer: usize, chunks: &[(u32, Digest)], path: impl FnOnce() -> String) {
+        let at_ms = self.started.elapsed().as_millis() as u64;
+        let mut state = self.state.lock().unwrap();
+        let (seen, accesses) = &mut *state;
+        let mut path = Some(path);
+        let mut name = String::new();
+        for &(chunk, digest) in chunks {
+            if seen.insert((layer as u32, chunk)) {
+                accesses.push(Access {
+                    layer: layer as u32,
+                    chunk,
+                    digest,
+                    at_ms,
+                    path: {
+                        if let Some(f) = path.take() {
+                            name = f();
+                        }
+                        name.clone()
+                    },
+                });
+            }
+        }
+    }
+
+    /// The trace so far.
+    pub fn trace(&self) -> Trace {
+        Trace {
+            version: TRACE_VERSION,
+            layers: self.layers.clone(),
+            accesses: self.state.lock().unwrap().1.clone(),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Replaying a trace: the traced chunks fetched in trace order, neighbours
+//! coalesced into large range requests, a bounded number in flight, and
+//! always behind on-demand reads.
+
+use super::trace::Trace;
+use crate::fetch::{Fetcher, RemoteLayer};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How a trace is replayed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrefetchConfig {
+    /// Replay traces found for mounted images.
+    pub enabled: bool,
+    /// Prefetch requests in flight while no on-demand read waits; while
+    /// one does, prefetch keeps a single request in flight.
+    pub max_in_flight: usize,
+    /// Trace accesses planned together: their chunks are sorted and
+    /// coalesced per layer, so a window becomes a few large requests.
+    pub window: usize,
+}
+
+impl Default for PrefetchConfig {
+    fn default() -> Self {
+        PrefetchConfig {
+            enabled: true,
+            max_in_flight: 4,
+            window: 256,
+        }
+    }
+}
+
+/// What a replay did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PrefetchReport {
+    /// Traced chunks.
+    pub traced: usize,
+    /// Chunks found already cached (not fetched).
+    pub already_cached: usize,
+    /// Range requests sent.
+    pub requests: usize,
+    /// Requests that failed (their chunks are left to on-demand reads).
+    pub failed: usize,
+    /// Stopped early because the cache's disk tier is full.
+    pub stopped_cache_full: bool,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Replays `trace` (already validated against `layers`) into the cache.
+pub async fn prefetch(
+    fetcher: Arc<Fetcher>,
+    layers: Arc<Vec<RemoteLayer>>,
+    trace: Trace,
+    config: PrefetchConfig,
+) -> PrefetchReport {
+    let started = Instant::now();
+    let mut report = PrefetchReport {
+        traced: trace.accesses.len(),
+        ..PrefetchReport::default()
+    };
+    for window in trace.accesses.chunks(config.window.max(1)) {
+        if fetcher.cache().disk_full() {
+            report.stopped_cache_full = true;
+            break;
+        }
+        // Plan: per layer, the window's missing chunks in blob order,
+        // grouped into runs one request each.
+        let mut runs = Vec::new();
+        for (layer_index, layer) in layers.iter().enumerate() {
+            let mut chunks: Vec<u32> = window
+                .iter()
+                .filter(|a| a.layer as usize == layer_index)
+                .map(|a| a.chunk)
+                .collect();
+            chunks.sort_unstable();
+            chunks.dedup();
+            let before = chunks.len();
+            chunks.retain(|&c| !fetcher.cache().contains(&layer.chunks[c as usize].digest));
+            report.already_cached += before - chunks.len();
+            runs.extend(
+                fetcher
+                    .runs(layer, &chunks)
+                    .into_iter()
+                    .map(|run| (layer_index, run)),
+            );
+        }
+        // Runs in the order the trace first needs them.
+        let first_use = |&(layer, ref run): &(usize, Vec<u32>)| {
+            window
+                .iter()
+                .position(|a| a.layer as usize == layer && run.contains(&a.chunk))
+                .unwrap_or(usize::MAX)
+        };
+        runs.sort_by_key(first_use);
+        let mut pending = runs.into_iter();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        loop {
+            // On-demand reads go first: while one waits, one request at most.
+            let limit = if fetcher.demand_in_flight() > 0 {
+                1
+            } else {
+                config.max_in_flight.max(1)
+            };
+            while in_flight.len() < limit {
+                let Some((layer, run)) = pending.next() else {
+                    break;
+                };
+                let fetcher = fetcher.clone();
+                let layers = layers.clone();
+                report.requests += 1;
+                in_flight.push(async move { fetcher.fetch_run(&layers[layer], &run).await });
+            }
+            if in_flight.is_empty() {
+                break;
+            }
+            if let Some(Err(e)) = in_flight.next().await {
+                report.failed += 1;
+                tracing::warn!(error = %e, "prefetch request failed; on-demand reads will fetch those chunks");
+            }
+        }
+    }
+    report.elapsed = started.elapsed();
+    tracing::info!(
+        traced = report.traced,
+        already_cached = report.already_cached,
+        requests = report.requests,
+        failed = report.failed,
+        stopped_cache_full = report.stopped_cache_full,
+        secs = format!("{:.2}", report.elapsed.as_secs_f64()),
+        "prefetch finished"
+    );
+    report
+}

@@ -501,6 +501,11 @@ impl LociMount {
             .arg(config)
             .arg(reference)
             .arg(dir);
+        LociMount::start_with(cmd, dir, log)
+    }
+
+    /// Starts a prepared `loci mount` command and waits for the mount.
+    pub fn start_with(cmd: Command, dir: &Path, log: &Path) -> LociMount {
         let mut daemon = Daemon::spawn(cmd, log.to_path_buf());
         let start = Instant::now();
         while !is_mounted(dir) {

@@ -1,0 +1,291 @@
+//! Trace-based prefetch against a real registry and real FUSE: a trace
+//! recorded by one mount is published with the image, replayed by the next
+//! mount before anything reads, ignored with a warning when it does not fit,
+//! and never in the way of a read it does not cover.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const NEEDS: &[&str] = &["docker-registry", "skopeo", "python3", "zstd"];
+
+fn ready(test: &str) -> bool {
+    if !require(test, NEEDS, true) {
+        return false;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        if std::env::var("LOCI_REQUIRE_SYSTEM_TESTS").as_deref() == Ok("1") {
+            panic!("{test}: /dev/fuse is missing");
+        }
+        eprintln!("SKIP {test}: /dev/fuse is missing");
+        return false;
+    }
+    true
+}
+
+struct Setup {
+    work: tempfile::TempDir,
+    registry: Registry,
+}
+
+impl Setup {
+    /// The fixture (with a big layer of `big_mib`) converted into each of
+    /// `repos` on one registry.
+    fn new(big_mib: &str, repos: &[&str]) -> Setup {
+        let work = tempfile::tempdir().unwrap();
+        let layout = work.path().join("fixture");
+        build_fixture(&layout, "v1", &["--big-mib", big_mib]);
+        let registry = Registry::start();
+        let source = format!("{}/source:v1", registry.addr);
+        push_layout(&layout, "v1", &source);
+        for repo in repos {
+            run(loci().args([
+                "convert",
+                "--plain-http",
+                &source,
+                &format!("{}/{repo}:loci", registry.addr),
+            ]));
+        }
+        Setup { work, registry }
+    }
+
+    fn image(&self, repo: &str) -> String {
+        format!("{}/{repo}:loci", self.registry.addr)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+
+    /// `loci mount` with a fresh cache named `name`, and extra flags.
+    fn mount(&self, repo: &str, name: &str, extra: &[&str]) -> LociMount {
+        let config = self.path(&format!("{name}.toml"));
+        write_config(&config, &self.path(&format!("{name}-cache")), 30);
+        let dir = self.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = loci();
+        cmd.args(["mount", "--plain-http", "--config"])
+            .arg(&config)
+            .args(extra)
+            .arg(self.image(repo))
+            .arg(&dir);
+        LociMount::start_with(cmd, &dir, &self.path(&format!("{name}.log")))
+    }
+
+    /// Records a trace of reading `files` and publishes it for `repo`.
+    fn record(&self, repo: &str, files: &[&str]) -> PathBuf {
+        let trace = self.path(&format!("{repo}-trace.json"));
+        let trace_arg = trace.to_str().unwrap().to_string();
+        let mut mount = self.mount(
+            repo,
+            &format!("{repo}-record"),
+            &["--record-trace", &trace_arg, "--publish-trace"],
+        );
+        for file in files {
+            std::fs::read(mount.dir.join(file)).unwrap();
+        }
+        assert!(mount.stop().success(), "{}", mount.daemon.log_text());
+        trace
+    }
+}
+
+/// Waits until the mount's log says the prefetch finished.
+fn wait_for_prefetch(mount: &LociMount) {
+    let start = Instant::now();
+    while !mount.daemon.log_text().contains("prefetch finished") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "prefetch never finished:\n{}",
+            mount.daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The image's layer digests (this reads TOCs: call it before measuring).
+fn layer_digests(setup: &Setup, repo: &str) -> Vec<String> {
+    let out = run(loci().args(["inspect", "--plain-http", "--json", &setup.image(repo)]));
+    let layers: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    layers
+        .iter()
+        .map(|l| l["layer"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Blob GETs (requests, bytes) of these layers in the registry log after
+/// byte `from`.
+fn image_traffic(setup: &Setup, layers: &[String], from: usize) -> (usize, u64) {
+    layers.iter().fold((0, 0), |(r, b), layer| {
+        let (r2, b2) = blob_traffic(&setup.registry, layer, from);
+        (r + r2, b + b2)
+    })
+}
+
+#[test]
+fn a_published_trace_is_replayed_on_the_next_mount() {
+    let test = "a_published_trace_is_replayed_on_the_next_mount";
+    if !ready(test) {
+        return;
+    }
+    let setup = Setup::new("32", &["app"]);
+    let traced = [
+        "etc/hello.txt",
+        "big/files/f01.bin",
+        "big/files/f02.bin",
+        "data/big-random.bin",
+    ];
+    let trace_file = setup.record("app", &traced);
+    let trace: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&trace_file).unwrap()).unwrap();
+    let accesses = trace["accesses"].as_array().unwrap();
+    assert!(accesses.len() >= traced.len(), "{trace}");
+    assert!(accesses.iter().any(|a| a["path"] == "data/big-random.bin"));
+    let shown = run(loci().args(["trace", "show", "--plain-http", &setup.image("app")]));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        shown, trace,
+        "the registry's trace differs from the recorded one"
+    );
+
+    // A fresh node: the trace is replayed before anything reads.
+    let layers = layer_digests(&setup, "app");
+    let mount = setup.mount("app", "replay", &[]);
+    wait_for_prefetch(&mount);
+    let before = setup.registry.daemon.log_text().len();
+    for file in traced {
+        std::fs::read(mount.dir.join(file)).unwrap();
+    }
+    let (requests, bytes) = image_traffic(&setup, &layers, before);
+    assert_eq!(
+        (requests, bytes),
+        (0, 0),
+        "traced reads went to the registry after the prefetch"
+    );
+    // A file the trace does not cover is fetched on demand.
+    let before = setup.registry.daemon.log_text().len();
+    std::fs::read(mount.dir.join("big/files/f40.bin")).unwrap();
+    assert!(
+        image_traffic(&setup, &layers, before).0 >= 1,
+        "untraced read was not fetched"
+    );
+}
+
+#[test]
+fn traces_that_do_not_fit_are_ignored_with_a_warning() {
+    let test = "traces_that_do_not_fit_are_ignored_with_a_warning";
+    if !ready(test) {
+        return;
+    }
+    let setup = Setup::new("8", &["good", "other", "truncated", "altered"]);
+    let good = setup.record("good", &["etc/hello.txt", "data/big-text.txt"]);
+
+    // A trace of another image: the same fixture with a different last layer.
+    let other_layout = setup.path("other-layout");
+    build_fixture(&other_layout, "v1", &[]);
+    push_layout(
+        &other_layout,
+        "v1",
+        &format!("{}/small:v1", setup.registry.addr),
+    );
+    run(loci().args([
+        "convert",
+        "--plain-http",
+        &format!("{}/small:v1", setup.registry.addr),
+        &setup.image("other"),
+    ]));
+    run(loci()
+        .args([
+            "trace",
+            "push",
+            "--plain-http",
+            "--force",
+            &setup.image("other"),
+        ])
+        .arg(&good));
+
+    // A truncated trace.
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = setup.path("truncated.json");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    run(loci()
+        .args([
+            "trace",
+            "push",
+            "--plain-http",
+            "--force",
+            &setup.image("truncated"),
+        ])
+        .arg(&truncated));
+
+    // A trace whose blob in the registry no longer matches its digest (a
+    // trace of its own: blobs are shared across repositories).
+    let altered = setup.record("altered", &["etc/hello.txt", "etc/passwd"]);
+    let blob = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&altered).unwrap()))
+    };
+    let blob_path = setup.registry.dir.path().join(format!(
+        "storage/docker/registry/v2/blobs/sha256/{}/{blob}/data",
+        &blob[..2]
+    ));
+    let mut data = std::fs::read(&blob_path).unwrap();
+    data[10] ^= 0x01;
+    std::fs::write(&blob_path, data).unwrap();
+
+    for (repo, says) in [
+        ("other", "trace is for layers"),
+        ("truncated", "does not decode"),
+        ("altered", "digest mismatch"),
+    ] {
+        let mut mount = setup.mount(repo, &format!("{repo}-mount"), &[]);
+        assert_eq!(
+            std::fs::read_to_string(mount.dir.join("etc/hello.txt")).unwrap(),
+            "hello again from layer 3\n"
+        );
+        mount.stop();
+        let log = mount.daemon.log_text();
+        assert!(
+            log.contains("ignoring the image's trace") && log.contains(says),
+            "{repo}: no warning saying {says:?}:\n{log}"
+        );
+        assert!(
+            !log.contains("prefetch finished"),
+            "{repo}: a bad trace was replayed"
+        );
+    }
+}
+
+#[test]
+fn an_untraced_read_is_not_starved_by_prefetch() {
+    let test = "an_untraced_read_is_not_starved_by_prefetch";
+    if !ready(test) {
+        return;
+    }
+    let setup = Setup::new("208", &["big"]);
+    setup.record("big", &["big/huge.bin"]);
+    let untraced = "data/big-text.txt";
+    // Baseline: the same read on a fresh node without prefetch.
+    let quiet = setup.mount("big", "quiet", &["--no-prefetch"]);
+    let started = Instant::now();
+    std::fs::read(quiet.dir.join(untraced)).unwrap();
+    let alone = started.elapsed();
+    drop(quiet);
+
+    let busy = setup.mount("big", "busy", &[]);
+    std::thread::sleep(Duration::from_millis(100)); // let the prefetch get going
+    let started = Instant::now();
+    std::fs::read(busy.dir.join(untraced)).unwrap();
+    let during = started.elapsed();
+    let still_prefetching = !busy.daemon.log_text().contains("prefetch finished");
+    eprintln!("untraced 3.5 MB read: {alone:?} alone, {during:?} during prefetch (prefetch still running: {still_prefetching})");
+    assert!(
+        still_prefetching,
+        "the prefetch ended before the read: nothing was measured"
+    );
+    assert!(
+        during < alone * 5 + Duration::from_millis(500),
+        "the read took {during:?} during prefetch against {alone:?} alone"
+    );
+}

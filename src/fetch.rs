@@ -147,18 +147,23 @@ impl Fetcher {
     }
 
     /// Bytes `offset..offset+len` of a file (clamped to its end).
+    ///
+    /// `readahead` bytes past the read are fetched too if missing (in the
+    /// same coalesced requests), for sequential readers.
     pub async fn read_file(
         &self,
         layer: &RemoteLayer,
         content: &Content,
         offset: u64,
         len: u64,
+        readahead: u64,
     ) -> Result<Vec<u8>, FetchError> {
         let deadline = Duration::from_secs(self.config.read_timeout_secs);
         self.demand.fetch_add(1, Ordering::Relaxed);
         let _demand = DemandGuard(&self.demand);
         let result =
-            tokio::time::timeout(deadline, self.read_file_inner(layer, content, offset, len)).await;
+            tokio::time::timeout(deadline, self.read_file_inner(layer, content, offset, len, readahead))
+                .await;
         let result = result.unwrap_or(Err(FetchError::Timeout {
             layer: layer.digest,
             after: deadline,
@@ -176,11 +181,17 @@ impl Fetcher {
         content: &Content,
         offset: u64,
         len: u64,
+        readahead: u64,
     ) -> Result<Vec<u8>, FetchError> {
         let end = offset.saturating_add(len);
         let needed = content.extents_in(offset, end);
         let indexes = content.chunks_in(offset, end);
-        let chunks = self.chunks(layer, &indexes).await?;
+        let ahead = if readahead > 0 {
+            content.chunks_in(end, end.saturating_add(readahead).min(content.size()))
+        } else {
+            Vec::new()
+        };
+        let chunks = self.chunks(layer, &indexes, &ahead).await?;
         let mut out = Vec::with_capacity(len.min(64 << 20) as usize);
         for i in needed {
             let extent = &content.extents[i];
@@ -196,16 +207,22 @@ impl Fetcher {
 
     /// The chunks at these (sorted, unique) indexes of the layer's chunk
     /// table: from the cache, or fetched with missing neighbours coalesced.
+    /// The `ahead` chunks (sorted, after `indexes`) are fetched into the
+    /// cache in the same requests when missing, but not returned.
     pub async fn chunks(
         &self,
         layer: &RemoteLayer,
         indexes: &[u32],
+        ahead: &[u32],
     ) -> Result<Vec<Bytes>, FetchError> {
-        let missing: Vec<u32> = indexes
+        let mut missing: Vec<u32> = indexes
             .iter()
+            .chain(ahead)
             .copied()
             .filter(|&i| !self.cache.contains(&layer.chunks[i as usize].digest))
             .collect();
+        missing.sort_unstable();
+        missing.dedup();
         let runs = self.runs(layer, &missing);
         let leaders =
             futures::future::try_join_all(runs.iter().map(|run| self.fetch_run(layer, run)))

@@ -143,7 +143,9 @@ def big_layer(mib):
     layer = Layer()
     layer.dir("big")
     layer.file("big/small.txt", b"a small file in a big layer\n")
-    layer.file("big/huge.bin", rng.randbytes((mib - 8) << 20))
+    size = (mib - 8) << 20
+    piece = 64 << 20  # randbytes cannot make a GiB at once
+    layer.file("big/huge.bin", b"".join(rng.randbytes(min(piece, size - at)) for at in range(0, size, piece)))
     layer.dir("big/files")
     for i in range(64):
         layer.file("big/files/f%02d.bin" % i, rng.randbytes(128 << 10))

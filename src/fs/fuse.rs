@@ -18,6 +18,10 @@ use std::time::{Duration, UNIX_EPOCH};
 /// How long the kernel may trust entries and attributes: content is
 /// immutable for the life of the mount.
 const TTL: Duration = Duration::from_secs(24 * 3600);
+/// Read-ahead for sequential readers starts here and doubles per
+/// sequential read up to MAX_READAHEAD.
+const MIN_READAHEAD: u64 = 512 << 10;
+const MAX_READAHEAD: u64 = 4 << 20;
 const BLOCK: u32 = 4096;
 
 /// A mounted set of layers.
@@ -27,6 +31,9 @@ pub struct LociFs {
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
     recorder: Option<Arc<TraceRecorder>>,
+    /// Per inode: where the next sequential read would start, and the
+    /// current read-ahead window.
+    sequential: std::sync::Mutex<std::collections::HashMap<Ino, (u64, u64)>>,
 }
 
 impl LociFs {
@@ -46,7 +53,25 @@ impl LociFs {
             fetcher,
             runtime,
             recorder,
+            sequential: Default::default(),
         }
+    }
+
+    /// The read-ahead for a read of `ino` at `offset..offset+len`: growing
+    /// while reads follow each other, none for random access.
+    fn readahead(&self, ino: Ino, offset: u64, len: u64) -> u64 {
+        let mut seq = self.sequential.lock().unwrap();
+        let (next, window) = seq.entry(ino).or_insert((u64::MAX, 0));
+        *window = if offset == *next {
+            (*window * 2).clamp(MIN_READAHEAD, MAX_READAHEAD)
+        } else {
+            0
+        };
+        *next = offset + len;
+        if seq.len() > 4096 {
+            seq.clear(); // bounded: an approximate history is enough
+        }
+        seq.get(&ino).map_or(0, |&(_, w)| w)
     }
 
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
@@ -184,9 +209,10 @@ impl Filesystem for LociFs {
                 String::from_utf8_lossy(&self.tree.path_of(ino.0)).into_owned()
             });
         }
+        let readahead = self.readahead(ino.0, offset, len);
         match self
             .runtime
-            .block_on(self.fetcher.read_file(layer, content, offset, len))
+            .block_on(self.fetcher.read_file(layer, content, offset, len, readahead))
         {
             Ok(data) => reply.data(&data),
             Err(_) => reply.error(Errno::EIO), // logged by the fetcher, naming the chunk

@@ -70,6 +70,14 @@ impl Content {
         first..last
     }
 
+    /// The file's size: where its last extent ends.
+    pub fn size(&self) -> u64 {
+        match (self.starts.last(), self.extents.last()) {
+            (Some(start), Some(extent)) => start + u64::from(extent.len),
+            _ => 0,
+        }
+    }
+
     /// The chunk indexes (sorted, unique) holding bytes `offset..end`.
     pub fn chunks_in(&self, offset: u64, end: u64) -> Vec<u32> {
         let mut chunks: Vec<u32> = self.extents[self.extents_in(offset, end)]

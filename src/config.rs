@@ -2,6 +2,7 @@
 
 use crate::cache::CacheConfig;
 use crate::fetch::FetchConfig;
+use crate::snapshotter::SnapshotterConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Chunk fetching.
     pub fetch: FetchConfig,
+    /// The containerd snapshotter daemon.
+    pub snapshotter: SnapshotterConfig,
 }
 
 /// Why the configuration file could not be used.

@@ -19,3 +19,4 @@ pub mod progress;
 pub mod registry;
 pub mod scheduler;
 pub mod sim;
+pub mod snapshotter;

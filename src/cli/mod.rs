@@ -8,6 +8,7 @@ mod registry_args;
 
 mod scheduler;
 mod sim;
+mod snapshotter;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -36,6 +37,9 @@ enum Command {
     /// Run the scheduler service: cache-aware placement, load-aware routing,
     /// reservation policies, Kubernetes extender.
     Scheduler(scheduler::Args),
+    /// Run the containerd remote snapshotter: layers of converted images
+    /// are mounted lazily instead of downloaded.
+    Snapshotter(snapshotter::Args),
     /// Replay or generate an invocation trace over a simulated cluster and
     /// compare reservation policies and placement.
     Sim(sim::Args),
@@ -51,6 +55,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Mount(args) => mount::run(args),
         Command::Scheduler(args) => scheduler::run(args),
+        Command::Snapshotter(args) => snapshotter::run(args),
         Command::Sim(args) => sim::run(args),
     };
     match result {

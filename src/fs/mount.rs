@@ -2,10 +2,11 @@
 
 use super::fuse::LociFs;
 use super::tree::{Tree, TreeError, View};
+use crate::digest::Digest;
 use crate::fetch::{Fetcher, RemoteLayer};
 use crate::format::Toc;
 use crate::image::ImageStore;
-use crate::layer::{fetch_toc, image_layers, LayerError};
+use crate::layer::{fetch_toc, fetch_toc_of, image_layers, LayerError};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -59,6 +60,32 @@ pub async fn open_image(store: &ImageStore) -> Result<OpenedImage, MountError> {
         tocs.push(toc);
     }
     Ok(OpenedImage { layers, tocs })
+}
+
+/// Opens one converted layer of the repository `store` points at, known
+/// by its blob digest and TOC digest (as a snapshotter learns them from
+/// snapshot labels, without the manifest): the blob's size from the
+/// registry, then its TOC, verified. The result mounts like a one-layer
+/// image, typically as [`View::OverlayLower`].
+pub async fn open_layer(
+    store: &ImageStore,
+    digest: Digest,
+    toc_digest: Digest,
+    toc_offset: Option<u64>,
+) -> Result<OpenedImage, MountError> {
+    let size = store
+        .blob_size(&digest)
+        .await
+        .map_err(|e| MountError::Layer(e.into()))?;
+    let (_, toc) = fetch_toc_of(store, &digest, size, &toc_digest, toc_offset).await?;
+    Ok(OpenedImage {
+        layers: vec![RemoteLayer {
+            store: store.clone(),
+            digest,
+            chunks: toc.chunks.clone().into(),
+        }],
+        tocs: vec![toc],
+    })
 }
 
 /// Mounts `image` read-only at `dir` in `view`, served by `threads` FUSE

@@ -16,6 +16,7 @@ pub mod fs;
 pub mod image;
 pub mod layer;
 pub mod progress;
+pub mod pull;
 pub mod registry;
 pub mod scheduler;
 pub mod sim;

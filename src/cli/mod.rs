@@ -4,6 +4,7 @@
 mod convert;
 mod inspect;
 mod mount;
+mod pull;
 mod registry_args;
 
 mod scheduler;
@@ -34,6 +35,9 @@ enum Command {
     Inspect(inspect::Args),
     /// Mount a converted image read-only, fetching chunks lazily.
     Mount(mount::Args),
+    /// Pull an image into containerd with the loci snapshotter, fetching
+    /// no layer that loci serves lazily.
+    Pull(pull::Args),
     /// Run the scheduler service: cache-aware placement, load-aware routing,
     /// reservation policies, Kubernetes extender.
     Scheduler(scheduler::Args),
@@ -54,6 +58,7 @@ pub fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Mount(args) => mount::run(args),
+        Command::Pull(args) => pull::run(args),
         Command::Scheduler(args) => scheduler::run(args),
         Command::Snapshotter(args) => snapshotter::run(args),
         Command::Sim(args) => sim::run(args),

@@ -45,7 +45,8 @@ fn start_snapshotter(work: &Path) -> Daemon {
         .arg(work.join("root"))
         .arg("--config")
         .arg(&config);
-    let log = work.join(format!("snapshotter-{}.log", std::process::id()));
+    let n = std::fs::read_dir(work).unwrap().count();
+    let log = work.join(format!("snapshotter-{n}.log"));
     let mut daemon = Daemon::spawn(cmd, log);
     let start = Instant::now();
     while !sock.exists() {
@@ -140,7 +141,7 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
         );
         return;
     }
-    let setup = Setup::new();
+    let mut setup = Setup::new();
     let root = setup.work.path().join("root");
     let converted = format!("{}/fixture:loci", setup.registry.addr);
     let original = format!("{}/fixture:v1", setup.registry.addr);
@@ -199,6 +200,33 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
         4,
         "one FUSE mount per layer"
     );
+
+    // After a restart, the persisted snapshots are served again: the lazy
+    // layers are mounted anew and a new container runs.
+    setup.snapshotter.stop();
+    setup.snapshotter = start_snapshotter(setup.work.path());
+    // containerd redials the proxy after its reconnect backoff.
+    let start = Instant::now();
+    while !setup
+        .containerd
+        .ctr()
+        .args(["snapshots", "--snapshotter", "loci", "ls"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "containerd never reconnected"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(setup.loci_snapshots().len(), 4);
+    let out = setup.ctr_run(&converted, "lazy-3", &["cat", "/etc/hello.txt"]);
+    assert_eq!(out, "hello again from layer 3\n");
+    let live = fuse_mounts_under(&root);
+    assert_eq!(live.len(), 4, "{live:?}");
     remove_image_and_collect(&setup, &converted, &root);
     drop(setup.snapshotter);
 }

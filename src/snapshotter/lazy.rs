@@ -217,14 +217,6 @@ impl LazyLayers {
         }
     }
 
-    /// Whether snapshot `id`'s layer is mounted by this process.
-    pub fn is_mounted(&self, id: u64) -> bool {
-        self.mounts
-            .lock()
-            .expect("lazy mounts lock")
-            .contains_key(&id)
-    }
-
     /// Unmounts every layer (at shutdown).
     pub fn unmount_all(&self) {
         let all: Vec<(u64, Mounted)> = self

@@ -162,8 +162,7 @@ impl LazyLayers {
             .map_err(|e| label_err(annotations::TOC_DIGEST, format!("{e}")))?;
         let mut options = self.registry.clone();
         if let ImageRef::Registry(r) = &image {
-            options.plain_http |=
-                source.plain_http || self.plain_http_hosts.iter().any(|h| *h == r.registry);
+            options.plain_http |= source.plain_http || self.plain_http_hosts.contains(&r.registry);
         }
         let store =
             ImageStore::open(&image, &options, false).map_err(|source| LazyError::Store {

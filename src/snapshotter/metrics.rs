@@ -12,13 +12,16 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+/// The fetcher of each mounted layer, by image and layer digest.
+type LayerFetchers = Arc<Mutex<BTreeMap<(String, String), Arc<Fetcher>>>>;
+
 /// Every metric the daemon serves.
 pub struct Metrics {
     registry: Registry,
     ops: IntCounterVec,
     errors: IntCounterVec,
     mounts: IntGauge,
-    layers: Arc<Mutex<BTreeMap<(String, String), Arc<Fetcher>>>>,
+    layers: LayerFetchers,
 }
 
 impl Metrics {
@@ -104,7 +107,7 @@ impl Metrics {
 /// Reads fetch and cache statistics when scraped.
 struct FetchCollector {
     cache: Arc<ChunkCache>,
-    layers: Arc<Mutex<BTreeMap<(String, String), Arc<Fetcher>>>>,
+    layers: LayerFetchers,
     descs: Vec<Desc>,
 }
 
@@ -115,10 +118,7 @@ const CACHE_MISSES: &str = "loci_cache_misses_total";
 const FETCH_LATENCY: &str = "loci_fetch_latency_seconds";
 
 impl FetchCollector {
-    fn new(
-        cache: Arc<ChunkCache>,
-        layers: Arc<Mutex<BTreeMap<(String, String), Arc<Fetcher>>>>,
-    ) -> FetchCollector {
+    fn new(cache: Arc<ChunkCache>, layers: LayerFetchers) -> FetchCollector {
         let desc = |name: &str, help: &str, labels: &[&str]| {
             Desc::new(
                 name.into(),

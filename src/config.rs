@@ -3,6 +3,7 @@
 use crate::cache::CacheConfig;
 use crate::fetch::FetchConfig;
 use crate::prefetch::PrefetchConfig;
+use crate::snapshotter::SnapshotterConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,8 @@ pub struct Config {
     pub fetch: FetchConfig,
     /// Trace replay.
     pub prefetch: PrefetchConfig,
+    /// The containerd snapshotter daemon.
+    pub snapshotter: SnapshotterConfig,
 }
 
 /// Why the configuration file could not be used.

@@ -161,9 +161,11 @@ impl Fetcher {
         let deadline = Duration::from_secs(self.config.read_timeout_secs);
         self.demand.fetch_add(1, Ordering::Relaxed);
         let _demand = DemandGuard(&self.demand);
-        let result =
-            tokio::time::timeout(deadline, self.read_file_inner(layer, content, offset, len, readahead))
-                .await;
+        let result = tokio::time::timeout(
+            deadline,
+            self.read_file_inner(layer, content, offset, len, readahead),
+        )
+        .await;
         let result = result.unwrap_or(Err(FetchError::Timeout {
             layer: layer.digest,
             after: deadline,

@@ -167,30 +167,48 @@ pub async fn fetch_toc(
     store: &ImageStore,
     layer: &ImageLayer,
 ) -> Result<(Footer, Toc), LayerError> {
-    let format_err = |source| LayerError::Format {
-        layer: layer.digest,
-        source,
-    };
     let expected = layer.toc_digest.ok_or_else(|| {
         invalid(
             format!("layer {}", layer.digest),
             "not a loci layer (no TOC digest annotation)",
         )
     })?;
-    let size = layer.size;
-    let start = match layer.toc_offset {
+    fetch_toc_of(
+        store,
+        &layer.digest,
+        layer.size,
+        &expected,
+        layer.toc_offset,
+    )
+    .await
+}
+
+/// [`fetch_toc`] for a layer known only by its blob digest and size, as a
+/// snapshotter learns it from labels rather than from a manifest.
+pub async fn fetch_toc_of(
+    store: &ImageStore,
+    digest: &Digest,
+    size: u64,
+    expected: &Digest,
+    toc_offset: Option<u64>,
+) -> Result<(Footer, Toc), LayerError> {
+    let format_err = |source| LayerError::Format {
+        layer: *digest,
+        source,
+    };
+    let start = match toc_offset {
         Some(offset) if offset < size => offset,
         _ => size.saturating_sub(FOOTER_SIZE as u64),
     };
     let mut base = start;
-    let mut tail = store.blob_range(&layer.digest, start..size).await?;
+    let mut tail = store.blob_range(digest, start..size).await?;
     let footer = Footer::parse(&tail, size).map_err(format_err)?;
     if footer.toc_offset < base {
         base = footer.toc_offset;
-        tail = store.blob_range(&layer.digest, base..size).await?;
+        tail = store.blob_range(digest, base..size).await?;
     }
     let begin = (footer.toc_offset - base) as usize;
     let frame = &tail[begin..begin + footer.toc_length as usize];
-    let toc = format::decode_toc(frame, &footer, Some(&expected)).map_err(format_err)?;
+    let toc = format::decode_toc(frame, &footer, Some(expected)).map_err(format_err)?;
     Ok((footer, toc))
 }

@@ -19,6 +19,8 @@ pub mod layer;
 pub mod node;
 pub mod prefetch;
 pub mod progress;
+pub mod pull;
 pub mod registry;
 pub mod scheduler;
 pub mod sim;
+pub mod snapshotter;

@@ -8,4 +8,5 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends \
   build-essential pkg-config clang libclang-dev librocksdb-dev protobuf-compiler \
   docker-registry containerd runc skopeo umoci busybox-static fuse3 \
-  zstd attr python3 ca-certificates iproute2 debootstrap curl
+  zstd attr python3 ca-certificates iproute2 debootstrap curl \
+  golang-go golang-github-containerd-containerd-dev

@@ -4,10 +4,12 @@
 mod convert;
 mod inspect;
 mod mount;
+mod pull;
 mod registry_args;
 
 mod scheduler;
 mod sim;
+mod snapshotter;
 mod trace;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -36,9 +38,15 @@ enum Command {
     Mount(mount::Args),
     /// Show or publish an image's start trace.
     Trace(trace::Args),
+    /// Pull an image into containerd with the loci snapshotter, fetching
+    /// no layer that loci serves lazily.
+    Pull(pull::Args),
     /// Run the scheduler service: cache-aware placement, load-aware routing,
     /// reservation policies, Kubernetes extender.
     Scheduler(scheduler::Args),
+    /// Run the containerd remote snapshotter: layers of converted images
+    /// are mounted lazily instead of downloaded.
+    Snapshotter(snapshotter::Args),
     /// Replay or generate an invocation trace over a simulated cluster and
     /// compare reservation policies and placement.
     Sim(sim::Args),
@@ -54,7 +62,9 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Mount(args) => mount::run(args),
         Command::Trace(args) => trace::run(args),
+        Command::Pull(args) => pull::run(args),
         Command::Scheduler(args) => scheduler::run(args),
+        Command::Snapshotter(args) => snapshotter::run(args),
         Command::Sim(args) => sim::run(args),
     };
     match result {

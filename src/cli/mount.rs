@@ -4,6 +4,7 @@
 use super::registry_args::RegistryArgs;
 use crate::cache::ChunkCache;
 use crate::config::Config;
+use crate::digest::Digest;
 use crate::fetch::Fetcher;
 use crate::fs::OpenedImage;
 use crate::fs::{self, tree::View};
@@ -72,11 +73,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .block_on(fs::open_image(&store))
         .with_context(|| format!("opening {}", args.image))?;
     let toc_ms = started.elapsed().as_millis();
+    let manifest = image
+        .manifest
+        .clone()
+        .context("the image has no manifest")?;
     let layers = image.layers.len();
     let trace = if args.no_prefetch || !config.prefetch.enabled {
         None
     } else {
-        runtime.block_on(find_trace(&store, &image))
+        runtime.block_on(find_trace(&store, &manifest.digest, &image))
     };
     if let Some(trace) = &trace {
         runtime.spawn(prefetch(
@@ -170,15 +175,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let ImageStore::Registry { client, reference } = &store else {
                 anyhow::bail!("--publish-trace needs a registry image, not {}", args.image);
             };
-            let digest = runtime.block_on(push_trace(
-                client,
-                &reference.repository,
-                &image.manifest,
-                &trace,
-            ))?;
+            let digest =
+                runtime.block_on(push_trace(client, &reference.repository, &manifest, &trace))?;
             eprintln!(
                 "trace published as {digest}, referring to {}",
-                image.manifest.digest
+                manifest.digest
             );
         }
     }
@@ -198,11 +199,11 @@ fn hostname() -> String {
 /// The image's newest trace from the registry, if it has one that fits the
 /// layers; anything wrong with it is a warning, never a failure: the mount
 /// still serves lazily without it.
-async fn find_trace(store: &ImageStore, image: &OpenedImage) -> Option<Trace> {
+async fn find_trace(store: &ImageStore, manifest: &Digest, image: &OpenedImage) -> Option<Trace> {
     let ImageStore::Registry { client, reference } = store else {
         return None;
     };
-    match fetch_trace(client, &reference.repository, &image.manifest.digest).await {
+    match fetch_trace(client, &reference.repository, manifest).await {
         Ok(Some(trace)) => match trace.validate(&image.layers) {
             Ok(()) => {
                 tracing::info!(

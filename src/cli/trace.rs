@@ -46,14 +46,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let store = ImageStore::open(&image, &registry.options(), false)?;
             let (client, repo) = registry_of(&store, &image)?;
             let opened = runtime.block_on(open_image(&store))?;
-            match runtime.block_on(fetch_trace(client, repo, &opened.manifest.digest))? {
+            let manifest = opened
+                .manifest
+                .clone()
+                .context("the image has no manifest")?;
+            match runtime.block_on(fetch_trace(client, repo, &manifest.digest))? {
                 Some(trace) => {
                     if let Err(e) = trace.validate(&opened.layers) {
                         eprintln!("warning: {e}");
                     }
                     println!("{}", serde_json::to_string_pretty(&trace)?);
                 }
-                None => bail!("no trace refers to {image} ({})", opened.manifest.digest),
+                None => bail!("no trace refers to {image} ({})", manifest.digest),
             }
         }
         TraceCommand::Push {
@@ -67,6 +71,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let store = ImageStore::open(&image, &registry.options(), false)?;
             let (client, repo) = registry_of(&store, &image)?;
             let opened = runtime.block_on(open_image(&store))?;
+            let manifest = opened
+                .manifest
+                .clone()
+                .context("the image has no manifest")?;
             let trace = match Trace::decode(&bytes) {
                 Ok(trace) => trace,
                 Err(e) if force => {
@@ -75,10 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         file.display()
                     );
                     let digest = runtime.block_on(crate::prefetch::push_raw_trace(
-                        client,
-                        repo,
-                        &opened.manifest,
-                        bytes,
+                        client, repo, &manifest, bytes,
                     ))?;
                     println!("{digest}");
                     return Ok(());
@@ -92,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 eprintln!("warning: {e}; pushing anyway (--force)");
             }
-            let digest = runtime.block_on(push_trace(client, repo, &opened.manifest, &trace))?;
+            let digest = runtime.block_on(push_trace(client, repo, &manifest, &trace))?;
             println!("{digest}");
         }
     }

@@ -140,7 +140,7 @@ impl Toc {
                 .blob_offset
                 .checked_add(u64::from(chunk.compressed_len));
             if chunk.blob_offset < previous_end
-                || end.map_or(true, |end| end > data_end)
+                || end.is_none_or(|end| end > data_end)
                 || chunk.len == 0
             {
                 return bad(format!(

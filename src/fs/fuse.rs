@@ -58,20 +58,29 @@ impl LociFs {
     }
 
     /// The read-ahead for a read of `ino` at `offset..offset+len`: growing
-    /// while reads follow each other, none for random access.
+    /// while reads follow each other (near the end of the previous ones:
+    /// the kernel sends a sequential reader's requests from several
+    /// threads, slightly out of order), none for random access.
     fn readahead(&self, ino: Ino, offset: u64, len: u64) -> u64 {
         let mut seq = self.sequential.lock().unwrap();
+        if seq.len() > 4096 {
+            seq.clear(); // bounded: an approximate history is enough
+        }
         let (next, window) = seq.entry(ino).or_insert((u64::MAX, 0));
-        *window = if offset == *next {
+        let near = *next != u64::MAX && offset.abs_diff(*next) <= MAX_READAHEAD;
+        *window = if near {
             (*window * 2).clamp(MIN_READAHEAD, MAX_READAHEAD)
         } else {
             0
         };
-        *next = offset + len;
-        if seq.len() > 4096 {
-            seq.clear(); // bounded: an approximate history is enough
-        }
-        seq.get(&ino).map_or(0, |&(_, w)| w)
+        *next = if near {
+            (*next).max(offset + len)
+        } else {
+            offset + len
+        };
+        let window = *window;
+        drop(seq);
+        window
     }
 
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
@@ -210,10 +219,10 @@ impl Filesystem for LociFs {
             });
         }
         let readahead = self.readahead(ino.0, offset, len);
-        match self
-            .runtime
-            .block_on(self.fetcher.read_file(layer, content, offset, len, readahead))
-        {
+        match self.runtime.block_on(
+            self.fetcher
+                .read_file(layer, content, offset, len, readahead),
+        ) {
             Ok(data) => reply.data(&data),
             Err(_) => reply.error(Errno::EIO), // logged by the fetcher, naming the chunk
         }

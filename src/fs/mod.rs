@@ -6,4 +6,4 @@ mod mount;
 pub mod tree;
 
 pub use fuse::LociFs;
-pub use mount::{mount, open_image, MountError, OpenedImage};
+pub use mount::{mount, open_image, open_layer, MountError, OpenedImage};

@@ -2,10 +2,11 @@
 
 use super::fuse::LociFs;
 use super::tree::{Tree, TreeError, View};
+use crate::digest::Digest;
 use crate::fetch::{Fetcher, RemoteLayer};
 use crate::format::Toc;
 use crate::image::ImageStore;
-use crate::layer::{fetch_toc, image_layers, LayerError};
+use crate::layer::{fetch_toc, fetch_toc_of, image_layers, LayerError};
 use crate::prefetch::TraceRecorder;
 use crate::registry::Manifest;
 use std::path::Path;
@@ -34,8 +35,9 @@ pub enum MountError {
 
 /// An image's layers, ready to mount: their TOCs and where their chunks are.
 pub struct OpenedImage {
-    /// The platform manifest the layers come from.
-    pub manifest: Manifest,
+    /// The platform manifest the layers come from (None for a single layer
+    /// opened without its image).
+    pub manifest: Option<Manifest>,
     /// One entry per layer, bottom first.
     pub layers: Arc<Vec<RemoteLayer>>,
     /// The layers' TOCs, in the same order.
@@ -64,9 +66,36 @@ pub async fn open_image(store: &ImageStore) -> Result<OpenedImage, MountError> {
         tocs.push(toc);
     }
     Ok(OpenedImage {
-        manifest: image.manifest,
+        manifest: Some(image.manifest),
         layers: Arc::new(layers),
         tocs,
+    })
+}
+
+/// Opens one converted layer of the repository `store` points at, known
+/// by its blob digest and TOC digest (as a snapshotter learns them from
+/// snapshot labels, without the manifest): the blob's size from the
+/// registry, then its TOC, verified. The result mounts like a one-layer
+/// image, typically as [`View::OverlayLower`].
+pub async fn open_layer(
+    store: &ImageStore,
+    digest: Digest,
+    toc_digest: Digest,
+    toc_offset: Option<u64>,
+) -> Result<OpenedImage, MountError> {
+    let size = store
+        .blob_size(&digest)
+        .await
+        .map_err(|e| MountError::Layer(e.into()))?;
+    let (_, toc) = fetch_toc_of(store, &digest, size, &toc_digest, toc_offset).await?;
+    Ok(OpenedImage {
+        manifest: None,
+        layers: Arc::new(vec![RemoteLayer {
+            store: store.clone(),
+            digest,
+            chunks: toc.chunks.clone().into(),
+        }]),
+        tocs: vec![toc],
     })
 }
 

@@ -2,11 +2,13 @@
 //! kept with the image in the registry, and fetched in the background on
 //! the next cold start ahead of the reads that need them.
 
+mod image_traces;
 mod publish;
 mod recorder;
 mod replay;
 mod trace;
 
+pub use image_traces::ImageTraces;
 pub use publish::{fetch_trace, push_raw_trace, push_trace, PublishError, TRACE_ARTIFACT_TYPE};
 pub use recorder::TraceRecorder;
 pub use replay::{prefetch, PrefetchConfig, PrefetchReport};

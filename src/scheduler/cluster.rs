@@ -369,7 +369,7 @@ impl ClusterView {
             };
             let warm = node.warm.get(&image).copied().unwrap_or(0.0);
             let score = self.weights.score(warm, free_after, load);
-            if best.map_or(true, |(_, s, _)| score > s) {
+            if best.is_none_or(|(_, s, _)| score > s) {
                 best = Some((idx, score, warm));
             }
         }

@@ -272,7 +272,7 @@ pub fn simulate(
         // Everything due up to this arrival, in time order.
         loop {
             let due = completions.peek().map(|Reverse((t, _))| *t);
-            if next_tick <= arrival && due.map_or(true, |t| next_tick <= t) {
+            if next_tick <= arrival && due.is_none_or(|t| next_tick <= t) {
                 run.tick(next_tick);
                 next_tick += params.tick_ms;
             } else if let Some(t) = due.filter(|&t| t <= arrival) {

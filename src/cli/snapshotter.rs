@@ -1,0 +1,27 @@
+//! `loci snapshotter`: the containerd remote snapshotter daemon.
+
+use crate::config::Config;
+use anyhow::Context;
+use std::path::PathBuf;
+
+/// Serve containerd's snapshots API, mounting loci layers lazily.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The daemon's unix socket (containerd's `[proxy_plugins.loci] address`).
+    #[arg(long, default_value = "/run/loci/snapshotter.sock")]
+    address: PathBuf,
+    /// State directory: snapshot metadata, layer directories, mounts.
+    #[arg(long, default_value = "/var/lib/loci/snapshotter")]
+    root: PathBuf,
+    /// Node configuration file (TOML: [cache], [fetch], [snapshotter]).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let config = args.config.as_deref().map(Config::load).transpose()?;
+    super::runtime()?
+        .block_on(crate::snapshotter::run(&args.address, &args.root, config))
+        .context("loci snapshotter")
+}

@@ -1,0 +1,108 @@
+//! Traces for a node serving many layers of many images (the snapshotter):
+//! each image's trace is looked up once, and each lazily mounted layer
+//! replays the part of it that reads that layer.
+
+use super::publish::fetch_trace;
+use super::replay::{prefetch, PrefetchConfig};
+use super::trace::Trace;
+use crate::fetch::{Fetcher, RemoteLayer};
+use crate::image::ImageStore;
+use crate::layer::image_layers;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The node's known traces, by image reference (None: looked up, none fits).
+#[derive(Default)]
+pub struct ImageTraces {
+    known: tokio::sync::Mutex<HashMap<String, Option<Arc<Trace>>>>,
+}
+
+impl ImageTraces {
+    /// Replays, in the background of the caller, the accesses of `image`'s
+    /// trace that read `layer` (the only entry of `layers`).
+    pub async fn prefetch_layer(
+        &self,
+        image: &str,
+        store: &ImageStore,
+        layers: Arc<Vec<RemoteLayer>>,
+        fetcher: Arc<Fetcher>,
+        config: PrefetchConfig,
+    ) {
+        let Some(trace) = self.trace_of(image, store).await else {
+            return;
+        };
+        let layer = &layers[0];
+        let Some(index) = trace.layers.iter().position(|d| *d == layer.digest) else {
+            return;
+        };
+        let sub = Trace {
+            version: trace.version,
+            layers: vec![layer.digest],
+            accesses: trace
+                .accesses
+                .iter()
+                .filter(|a| a.layer as usize == index)
+                .map(|a| super::trace::Access {
+                    layer: 0,
+                    ..a.clone()
+                })
+                .collect(),
+        };
+        if sub.accesses.is_empty() {
+            return;
+        }
+        if let Err(e) = sub.validate(&layers) {
+            tracing::warn!(image, layer = %layer.digest, error = %e, "ignoring the image's trace for this layer");
+            return;
+        }
+        prefetch(fetcher, layers, sub, config).await;
+    }
+
+    /// The image's trace, looked up once per image: it must list exactly
+    /// the image's layers; anything wrong is a warning and no trace.
+    async fn trace_of(&self, image: &str, store: &ImageStore) -> Option<Arc<Trace>> {
+        let mut known = self.known.lock().await;
+        if let Some(found) = known.get(image) {
+            return found.clone();
+        }
+        let found = match lookup(store).await {
+            Ok(Some(trace)) => {
+                tracing::info!(
+                    image,
+                    accesses = trace.accesses.len(),
+                    "replaying the image's start trace"
+                );
+                Some(Arc::new(trace))
+            }
+            Ok(None) => {
+                tracing::info!(image, "no start trace for this image");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(image, error = %e, "ignoring the image's trace");
+                None
+            }
+        };
+        known.insert(image.to_string(), found.clone());
+        found
+    }
+}
+
+async fn lookup(store: &ImageStore) -> anyhow::Result<Option<Trace>> {
+    let ImageStore::Registry { client, reference } = store else {
+        return Ok(None);
+    };
+    let image = image_layers(store).await?;
+    let Some(trace) = fetch_trace(client, &reference.repository, &image.manifest.digest).await?
+    else {
+        return Ok(None);
+    };
+    let layers: Vec<_> = image.layers.iter().map(|l| l.digest).collect();
+    if trace.layers != layers {
+        anyhow::bail!(
+            "trace is for layers {:?}, the image has {layers:?}",
+            trace.layers
+        );
+    }
+    Ok(Some(trace))
+}

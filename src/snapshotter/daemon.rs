@@ -1,0 +1,159 @@
+//! The daemon: opens the cache and the snapshots, serves the gRPC API on a
+//! unix socket (mode 0600) and the metrics over HTTP, until SIGTERM/SIGINT.
+
+use super::lazy::LazyLayers;
+use super::metrics::Metrics;
+use super::service::{Service, SnapshotsServer};
+use super::snapshots::{SnapshotError, Snapshots};
+use crate::cache::{CacheError, ChunkCache};
+use crate::config::Config;
+use crate::registry::RegistryOptions;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The `[snapshotter]` section of the node configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotterConfig {
+    /// Where Prometheus metrics are served (`/metrics`); none if unset.
+    pub metrics_address: Option<SocketAddr>,
+    /// Registry hosts (`host:port`) reached over plain HTTP.
+    pub plain_http_registries: Vec<String>,
+    /// FUSE threads per lazily mounted layer.
+    pub fuse_threads: usize,
+}
+
+impl Default for SnapshotterConfig {
+    fn default() -> Self {
+        SnapshotterConfig {
+            metrics_address: None,
+            plain_http_registries: Vec::new(),
+            fuse_threads: 4,
+        }
+    }
+}
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The chunk cache could not be opened.
+    #[error("opening the chunk cache")]
+    Cache(#[from] CacheError),
+    /// The snapshots could not be opened.
+    #[error("opening the snapshots under {root}")]
+    Snapshots {
+        root: PathBuf,
+        #[source]
+        source: SnapshotError,
+    },
+    /// A socket could not be bound or served.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("serving the snapshots API")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// Runs the snapshotter on `address` with state under `root`, until a
+/// signal. Without a config file the chunk cache lives under the root.
+pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<(), DaemonError> {
+    let config = config.unwrap_or_else(|| {
+        let mut c = Config::default();
+        c.cache.dir = root.join("cache");
+        c
+    });
+    std::fs::create_dir_all(root).map_err(io_err(format!("creating {}", root.display())))?;
+    let cache = ChunkCache::open(&config.cache)?;
+    let metrics = Arc::new(Metrics::new(cache.clone()));
+    let lazy = LazyLayers::new(
+        cache,
+        config.fetch.clone(),
+        RegistryOptions::default(),
+        config.snapshotter.plain_http_registries.clone(),
+        tokio::runtime::Handle::current(),
+        config.snapshotter.fuse_threads,
+        metrics.clone(),
+        config.prefetch.clone(),
+    );
+    let root_owned = root.to_path_buf();
+    let snapshots = tokio::task::spawn_blocking(move || Snapshots::open(&root_owned, lazy))
+        .await
+        .expect("opening snapshots does not panic")
+        .map_err(|source| DaemonError::Snapshots {
+            root: root.to_path_buf(),
+            source,
+        })?;
+    let snapshots = Arc::new(snapshots);
+
+    if let Some(addr) = config.snapshotter.metrics_address {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(io_err(format!("binding metrics address {addr}")))?;
+        let metrics = metrics.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        );
+        tracing::info!(%addr, "serving metrics");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+
+    if let Some(dir) = address.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    }
+    match std::fs::remove_file(address) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(format!("removing stale {}", address.display()))(e)),
+    }
+    let listener = tokio::net::UnixListener::bind(address)
+        .map_err(io_err(format!("binding {}", address.display())))?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err(format!("chmod {}", address.display())))?;
+    tracing::info!(address = %address.display(), root = %root.display(), "loci snapshotter serving");
+
+    let shutdown = async {
+        let mut term = signal(SignalKind::terminate()).expect("signal handler");
+        let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::info!("shutting down");
+    };
+    tonic::transport::Server::builder()
+        .add_service(SnapshotsServer::new(Service::new(
+            snapshots.clone(),
+            metrics,
+        )))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    let _ = std::fs::remove_file(address);
+    tokio::task::spawn_blocking(move || snapshots.unmount_all())
+        .await
+        .expect("unmounting does not panic");
+    Ok(())
+}

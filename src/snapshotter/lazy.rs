@@ -1,0 +1,257 @@
+//! Lazily served layers: recognising from a Prepare's labels that loci can
+//! serve a layer, opening it from the registry (TOC only) and keeping its
+//! FUSE mount (an overlayfs lower dir) alive while its snapshot exists.
+
+use super::meta::{LazySource, Usage};
+use super::metrics::Metrics;
+use crate::cache::ChunkCache;
+use crate::digest::Digest;
+use crate::fetch::{FetchConfig, Fetcher};
+use crate::format::{annotations, EntryKind, Toc};
+use crate::fs::{self, tree::View, MountError, OpenedImage};
+use crate::image::{ImageRef, ImageStore};
+use crate::prefetch::{ImageTraces, PrefetchConfig};
+use crate::registry::RegistryOptions;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// The label containerd's unpacker puts on a layer's Prepare: the key of
+/// the committed snapshot it will create (the layer's chain ID).
+pub const TARGET_REF: &str = "containerd.io/snapshot.ref";
+/// The image the layer belongs to (set by the CRI plugin and `loci pull`).
+pub const IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
+/// The layer's blob digest (set by the CRI plugin and `loci pull`).
+pub const LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
+/// Set to `true` by `loci pull --plain-http`: the registry speaks HTTP.
+pub const PLAIN_HTTP: &str = "containerd.io/snapshot/loci.plain-http";
+
+/// Why a layer could not be served lazily.
+#[derive(Debug, thiserror::Error)]
+pub enum LazyError {
+    /// A label is malformed.
+    #[error("label {label}: {reason}")]
+    Label { label: &'static str, reason: String },
+    /// The registry client could not be built.
+    #[error("opening {image}")]
+    Store {
+        image: String,
+        #[source]
+        source: crate::image::ImageError,
+    },
+    /// The layer's TOC could not be read, or the kernel refused the mount.
+    #[error(transparent)]
+    Mount(#[from] MountError),
+}
+
+/// A Prepare that loci can answer by mounting the layer itself.
+#[derive(Debug, Clone)]
+pub struct LazyRequest {
+    /// The committed snapshot to create (the chain ID).
+    pub target: String,
+    /// Where the layer comes from.
+    pub source: LazySource,
+    /// Where the TOC starts in the blob, when annotated.
+    pub toc_offset: Option<u64>,
+}
+
+impl LazyRequest {
+    /// The lazy request these labels describe, if they describe one: a
+    /// target key, the image and layer, and loci's TOC digest.
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<LazyRequest> {
+        let get = |k: &str| labels.get(k).filter(|v| !v.is_empty()).cloned();
+        Some(LazyRequest {
+            target: get(TARGET_REF)?,
+            source: LazySource {
+                image_ref: get(IMAGE_REF)?,
+                layer_digest: get(LAYER_DIGEST)?,
+                toc_digest: get(annotations::TOC_DIGEST)?,
+                plain_http: get(PLAIN_HTTP).is_some_and(|v| v == "true"),
+            },
+            toc_offset: get(annotations::TOC_OFFSET).and_then(|v| v.parse().ok()),
+        })
+    }
+}
+
+/// An opened layer, ready to mount.
+pub struct OpenedLayer {
+    image: OpenedImage,
+    source: LazySource,
+}
+
+impl OpenedLayer {
+    /// What the layer holds, for `Usage`: content bytes and entries.
+    pub fn usage(&self) -> Usage {
+        usage_of(&self.image.tocs[0])
+    }
+}
+
+fn usage_of(toc: &Toc) -> Usage {
+    Usage {
+        size: toc
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .map(|e| e.size as i64)
+            .sum(),
+        inodes: toc.entries.len() as i64,
+    }
+}
+
+/// The node's lazily mounted layers, by snapshot id.
+pub struct LazyLayers {
+    cache: Arc<ChunkCache>,
+    fetch: FetchConfig,
+    registry: RegistryOptions,
+    plain_http_hosts: Vec<String>,
+    runtime: tokio::runtime::Handle,
+    threads: usize,
+    metrics: Arc<Metrics>,
+    mounts: Mutex<HashMap<u64, Mounted>>,
+    /// Start traces, replayed for each layer as it is mounted.
+    traces: Arc<ImageTraces>,
+    prefetch: PrefetchConfig,
+}
+
+struct Mounted {
+    session: fuser::BackgroundSession,
+    image: String,
+    layer: String,
+}
+
+impl LazyLayers {
+    /// Layers served through `cache`, fetched per `fetch`, with `threads`
+    /// FUSE threads each; registries in `plain_http_hosts` are reached
+    /// over HTTP.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cache: Arc<ChunkCache>,
+        fetch: FetchConfig,
+        registry: RegistryOptions,
+        plain_http_hosts: Vec<String>,
+        runtime: tokio::runtime::Handle,
+        threads: usize,
+        metrics: Arc<Metrics>,
+        prefetch: PrefetchConfig,
+    ) -> LazyLayers {
+        LazyLayers {
+            cache,
+            fetch,
+            registry,
+            plain_http_hosts,
+            runtime,
+            threads,
+            metrics,
+            mounts: Mutex::new(HashMap::new()),
+            traces: Arc::new(ImageTraces::default()),
+            prefetch,
+        }
+    }
+
+    /// Reads the layer's TOC from its registry (blocking this thread).
+    pub fn open(
+        &self,
+        source: &LazySource,
+        toc_offset: Option<u64>,
+    ) -> Result<OpenedLayer, LazyError> {
+        let label_err = |label, reason: String| LazyError::Label { label, reason };
+        let image: ImageRef = source
+            .image_ref
+            .parse()
+            .map_err(|e| label_err(IMAGE_REF, format!("{e}")))?;
+        let digest: Digest = source
+            .layer_digest
+            .parse()
+            .map_err(|e| label_err(LAYER_DIGEST, format!("{e}")))?;
+        let toc_digest: Digest = source
+            .toc_digest
+            .parse()
+            .map_err(|e| label_err(annotations::TOC_DIGEST, format!("{e}")))?;
+        let mut options = self.registry.clone();
+        if let ImageRef::Registry(r) = &image {
+            options.plain_http |= source.plain_http || self.plain_http_hosts.contains(&r.registry);
+        }
+        let store =
+            ImageStore::open(&image, &options, false).map_err(|source| LazyError::Store {
+                image: image.to_string(),
+                source,
+            })?;
+        let opened = self
+            .runtime
+            .block_on(fs::open_layer(&store, digest, toc_digest, toc_offset))?;
+        Ok(OpenedLayer {
+            image: opened,
+            source: source.clone(),
+        })
+    }
+
+    /// Mounts an opened layer at `dir` as an overlayfs lower dir, for
+    /// snapshot `id`. Each layer has its own fetcher (over the shared
+    /// cache) so its traffic is reported per layer.
+    pub fn mount(&self, id: u64, layer: OpenedLayer, dir: &Path) -> Result<(), LazyError> {
+        let fetcher = Arc::new(Fetcher::new(self.cache.clone(), self.fetch.clone()));
+        let image = layer.source.image_ref.clone();
+        let digest = layer.source.layer_digest.clone();
+        let session = fs::mount(
+            &layer.image,
+            View::OverlayLower,
+            dir,
+            fetcher.clone(),
+            self.runtime.clone(),
+            self.threads,
+            None,
+        )?;
+        if self.prefetch.enabled {
+            let traces = self.traces.clone();
+            let layers = layer.image.layers.clone();
+            let (image, fetcher, config) = (image.clone(), fetcher.clone(), self.prefetch.clone());
+            self.runtime.spawn(async move {
+                let store = layers[0].store.clone();
+                traces
+                    .prefetch_layer(&image, &store, layers, fetcher, config)
+                    .await;
+            });
+        }
+        self.metrics.layer_mounted(&image, &digest, fetcher);
+        let old = self.mounts.lock().expect("lazy mounts lock").insert(
+            id,
+            Mounted {
+                session,
+                image,
+                layer: digest,
+            },
+        );
+        if let Some(old) = old {
+            self.finish(id, old);
+        }
+        Ok(())
+    }
+
+    /// Unmounts snapshot `id`'s layer, if it is mounted.
+    pub fn unmount(&self, id: u64) {
+        let mounted = self.mounts.lock().expect("lazy mounts lock").remove(&id);
+        if let Some(mounted) = mounted {
+            self.finish(id, mounted);
+        }
+    }
+
+    /// Unmounts every layer (at shutdown).
+    pub fn unmount_all(&self) {
+        let all: Vec<(u64, Mounted)> = self
+            .mounts
+            .lock()
+            .expect("lazy mounts lock")
+            .drain()
+            .collect();
+        for (id, mounted) in all {
+            self.finish(id, mounted);
+        }
+    }
+
+    fn finish(&self, id: u64, mounted: Mounted) {
+        self.metrics.layer_unmounted(&mounted.image, &mounted.layer);
+        if let Err(e) = mounted.session.umount_and_join() {
+            tracing::warn!(id, layer = %mounted.layer, error = %e, "unmounting a lazy layer");
+        }
+    }
+}

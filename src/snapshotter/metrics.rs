@@ -1,0 +1,245 @@
+//! Prometheus metrics of the snapshotter: snapshot operations and errors,
+//! active lazy mounts, and, read from the fetchers and the chunk cache at
+//! scrape time, bytes fetched per image and layer, cache hits per tier and
+//! the fetch latency histogram.
+
+use crate::cache::ChunkCache;
+use crate::fetch::Fetcher;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+/// The fetcher of each mounted layer, by image and layer digest.
+type LayerFetchers = Arc<Mutex<BTreeMap<(String, String), Arc<Fetcher>>>>;
+
+/// Every metric the daemon serves.
+pub struct Metrics {
+    registry: Registry,
+    ops: IntCounterVec,
+    errors: IntCounterVec,
+    mounts: IntGauge,
+    layers: LayerFetchers,
+}
+
+impl Metrics {
+    /// Metrics over `cache`, with nothing counted yet.
+    pub fn new(cache: Arc<ChunkCache>) -> Metrics {
+        let registry = Registry::new();
+        let ops = IntCounterVec::new(
+            Opts::new(
+                "loci_snapshot_operations_total",
+                "Snapshot API calls, by operation.",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "loci_snapshot_errors_total",
+                "Snapshot API calls that returned an error, by operation and gRPC code.",
+            ),
+            &["op", "code"],
+        )
+        .expect("valid metric");
+        let mounts = IntGauge::new(
+            "loci_lazy_mounts_active",
+            "Lazily served layers mounted now.",
+        )
+        .expect("valid metric");
+        let layers = Arc::new(Mutex::new(BTreeMap::new()));
+        let fetch = FetchCollector::new(cache, layers.clone());
+        for c in [
+            Box::new(ops.clone()) as Box<dyn Collector>,
+            Box::new(errors.clone()),
+            Box::new(mounts.clone()),
+            Box::new(fetch),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            ops,
+            errors,
+            mounts,
+            layers,
+        }
+    }
+
+    /// Counts one call of `op`, failed with `code` if it failed.
+    pub fn operation(&self, op: &str, code: Option<tonic::Code>) {
+        self.ops.with_label_values(&[op]).inc();
+        if let Some(code) = code {
+            self.errors
+                .with_label_values(&[op, &format!("{code:?}")])
+                .inc();
+        }
+    }
+
+    /// A layer was mounted; its fetcher is reported until it is unmounted.
+    pub fn layer_mounted(&self, image: &str, layer: &str, fetcher: Arc<Fetcher>) {
+        self.mounts.inc();
+        self.layers
+            .lock()
+            .expect("metrics lock")
+            .insert((image.to_string(), layer.to_string()), fetcher);
+    }
+
+    /// A layer was unmounted.
+    pub fn layer_unmounted(&self, image: &str, layer: &str) {
+        self.mounts.dec();
+        self.layers
+            .lock()
+            .expect("metrics lock")
+            .remove(&(image.to_string(), layer.to_string()));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding metrics failed: {e}\n"))
+    }
+}
+
+/// Reads fetch and cache statistics when scraped.
+struct FetchCollector {
+    cache: Arc<ChunkCache>,
+    layers: LayerFetchers,
+    descs: Vec<Desc>,
+}
+
+const LAYER_BYTES: &str = "loci_layer_fetched_bytes_total";
+const LAYER_REQUESTS: &str = "loci_layer_fetch_requests_total";
+const CACHE_HITS: &str = "loci_cache_hits_total";
+const CACHE_MISSES: &str = "loci_cache_misses_total";
+const FETCH_LATENCY: &str = "loci_fetch_latency_seconds";
+
+impl FetchCollector {
+    fn new(cache: Arc<ChunkCache>, layers: LayerFetchers) -> FetchCollector {
+        let desc = |name: &str, help: &str, labels: &[&str]| {
+            Desc::new(
+                name.into(),
+                help.into(),
+                labels.iter().map(|l| l.to_string()).collect(),
+                Default::default(),
+            )
+            .expect("valid metric")
+        };
+        FetchCollector {
+            cache,
+            layers,
+            descs: vec![
+                desc(LAYER_BYTES, "Bytes fetched from the registry, per image and layer.", &["image", "layer"]),
+                desc(LAYER_REQUESTS, "Range requests sent to the registry, per image and layer.", &["image", "layer"]),
+                desc(CACHE_HITS, "Chunk reads served by the cache, per tier.", &["tier"]),
+                desc(CACHE_MISSES, "Chunk reads the cache could not serve.", &[]),
+                desc(FETCH_LATENCY, "Latency of chunk fetches on a cache miss (the sum counts registry request time).", &[]),
+            ],
+        }
+    }
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.into());
+    f.set_help(help.into());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+fn counter(labels: &[(&str, &str)], value: f64) -> proto::Metric {
+    let mut m = proto::Metric::from_label(
+        labels
+            .iter()
+            .map(|(k, v)| {
+                let mut l = proto::LabelPair::default();
+                l.set_name(k.to_string());
+                l.set_value(v.to_string());
+                l
+            })
+            .collect(),
+    );
+    let mut c = proto::Counter::default();
+    c.set_value(value);
+    m.set_counter(c);
+    m
+}
+
+impl Collector for FetchCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let layers = self.layers.lock().expect("metrics lock").clone();
+        let mut bytes = Vec::new();
+        let mut requests = Vec::new();
+        let mut latency_sum_us = 0u64;
+        for ((image, layer), fetcher) in &layers {
+            let s = fetcher.stats.snapshot();
+            let labels = [("image", image.as_str()), ("layer", layer.as_str())];
+            bytes.push(counter(&labels, s.bytes_fetched as f64));
+            requests.push(counter(&labels, s.requests as f64));
+            latency_sum_us += fetcher.stats.latency_us_sum.load(Ordering::Relaxed);
+        }
+        let cache = self.cache.stats();
+        let mut histogram = proto::Histogram::default();
+        let mut cumulative = 0;
+        let mut buckets = Vec::new();
+        for b in &cache.fetch_latency.buckets {
+            cumulative += b.count;
+            if let Some(upper) = b.upper {
+                let mut bucket = proto::Bucket::default();
+                bucket.set_upper_bound(upper.as_secs_f64());
+                bucket.set_cumulative_count(cumulative);
+                buckets.push(bucket);
+            }
+        }
+        histogram.set_bucket(buckets);
+        histogram.set_sample_count(cumulative);
+        histogram.set_sample_sum(latency_sum_us as f64 / 1e6);
+        let mut latency = proto::Metric::default();
+        latency.set_histogram(histogram);
+        let help = |name: &str| {
+            self.descs
+                .iter()
+                .find(|d| d.fq_name == name)
+                .map(|d| d.help.clone())
+                .unwrap_or_default()
+        };
+        vec![
+            family(LAYER_BYTES, &help(LAYER_BYTES), MetricType::COUNTER, bytes),
+            family(
+                LAYER_REQUESTS,
+                &help(LAYER_REQUESTS),
+                MetricType::COUNTER,
+                requests,
+            ),
+            family(
+                CACHE_HITS,
+                &help(CACHE_HITS),
+                MetricType::COUNTER,
+                vec![
+                    counter(&[("tier", "memory")], cache.memory_hits as f64),
+                    counter(&[("tier", "disk")], cache.disk_hits as f64),
+                ],
+            ),
+            family(
+                CACHE_MISSES,
+                &help(CACHE_MISSES),
+                MetricType::COUNTER,
+                vec![counter(&[], cache.misses as f64)],
+            ),
+            family(
+                FETCH_LATENCY,
+                &help(FETCH_LATENCY),
+                MetricType::HISTOGRAM,
+                vec![latency],
+            ),
+        ]
+    }
+}

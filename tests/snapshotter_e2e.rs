@@ -1,0 +1,260 @@
+//! The snapshotter end to end: a real containerd 1.6 with `loci
+//! snapshotter` as its proxy plugin, a converted image in a real
+//! docker-registry on 127.0.0.1, `loci pull`, then `ctr run` with runc.
+//! What was fetched is read from the registry's access log.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const NEEDS: &[&str] = &[
+    "docker-registry",
+    "skopeo",
+    "python3",
+    "containerd",
+    "ctr",
+    "runc",
+    "containerd-shim-runc-v2",
+];
+
+/// A registry with the fixture (original and converted), `loci
+/// snapshotter` and a containerd that uses it.
+struct Setup {
+    work: tempfile::TempDir,
+    registry: Registry,
+    snapshotter: Daemon,
+    containerd: Containerd,
+}
+
+fn socket(work: &Path) -> PathBuf {
+    work.join("loci.sock")
+}
+
+fn start_snapshotter(work: &Path) -> Daemon {
+    let sock = socket(work);
+    let _ = std::fs::remove_file(&sock);
+    let config = work.join("loci.toml");
+    write_config(&config, &work.join("cache"), 30);
+    let mut cmd = loci();
+    cmd.arg("snapshotter")
+        .arg("--address")
+        .arg(&sock)
+        .arg("--root")
+        .arg(work.join("root"))
+        .arg("--config")
+        .arg(&config);
+    let n = std::fs::read_dir(work).unwrap().count();
+    let log = work.join(format!("snapshotter-{n}.log"));
+    let mut daemon = Daemon::spawn(cmd, log);
+    let start = Instant::now();
+    while !sock.exists() {
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            panic!("loci snapshotter exited ({status}):\n{}", daemon.log_text());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no socket:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let work = tempfile::tempdir().unwrap();
+        let layout = work.path().join("fixture");
+        build_fixture(&layout, "v1", &["--big-mib", "16"]);
+        let registry = Registry::start();
+        push_layout(&layout, "v1", &format!("{}/fixture:v1", registry.addr));
+        run(loci().args([
+            "convert",
+            "--plain-http",
+            &format!("{}/fixture:v1", registry.addr),
+            &format!("{}/fixture:loci", registry.addr),
+        ]));
+        let snapshotter = start_snapshotter(work.path());
+        let containerd = Containerd::start(&format!(
+            "[proxy_plugins.loci]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+            socket(work.path()).display()
+        ));
+        Setup {
+            work,
+            registry,
+            snapshotter,
+            containerd,
+        }
+    }
+
+    fn pull(&self, reference: &str) -> String {
+        let out = run(loci()
+            .args(["pull", "--plain-http", "--address"])
+            .arg(&self.containerd.socket)
+            .args(["--namespace", &self.containerd.namespace, reference]));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn ctr_run(&self, reference: &str, id: &str, args: &[&str]) -> String {
+        let out = run(self
+            .containerd
+            .ctr()
+            .args(["run", "--rm", "--snapshotter", "loci", reference, id])
+            .args(args));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn loci_snapshots(&self) -> Vec<String> {
+        let out = run(self
+            .containerd
+            .ctr()
+            .args(["snapshots", "--snapshotter", "loci", "ls"]));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+fn fuse_mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(1).is_some_and(|t| t.starts_with(dir)))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn pull_and_run_lazily_then_remove_leaves_nothing() {
+    let test = "pull_and_run_lazily_then_remove_leaves_nothing";
+    if !require(test, NEEDS, true) || !Path::new("/dev/fuse").exists() {
+        assert!(
+            std::env::var("LOCI_REQUIRE_SYSTEM_TESTS").as_deref() != Ok("1")
+                || Path::new("/dev/fuse").exists(),
+            "{test}: /dev/fuse is missing"
+        );
+        return;
+    }
+    let mut setup = Setup::new();
+    let root = setup.work.path().join("root");
+    let converted = format!("{}/fixture:loci", setup.registry.addr);
+    let original = format!("{}/fixture:v1", setup.registry.addr);
+
+    // An unconverted image goes the ordinary way: downloaded, applied into
+    // the snapshotter's directories, run like with overlayfs.
+    let said = setup.pull(&original);
+    assert!(said.contains("0 layers lazy, 4 unpacked"), "{said}");
+    let out = setup.ctr_run(&original, "plain-1", &["cat", "/etc/hello.txt"]);
+    assert_eq!(out, "hello again from layer 3\n");
+    assert_eq!(setup.loci_snapshots().len(), 4);
+    remove_image_and_collect(&setup, &original, &root);
+
+    let layers: Vec<serde_json::Value> = serde_json::from_slice(
+        &run(loci().args(["inspect", "--plain-http", "--json", &converted])).stdout,
+    )
+    .unwrap();
+    assert_eq!(layers.len(), 4);
+    let log_from = setup.registry.daemon.log_text().len();
+    let said = setup.pull(&converted);
+    assert!(said.contains("4 layers lazy, 0 unpacked"), "{said}");
+    let out = setup.ctr_run(&converted, "lazy-1", &["cat", "/etc/hello.txt"]);
+    assert_eq!(out, "hello again from layer 3\n");
+    let out = setup.ctr_run(
+        &converted,
+        "lazy-2",
+        &["sh", "-c", "readlink /data/abs-link; cat /data/abs-link"],
+    );
+    assert_eq!(out, "/etc/hello.txt\nhello again from layer 3\n");
+
+    // No layer blob was fetched whole: only range reads of TOCs and chunks.
+    let mut big_layers = 0;
+    for layer in &layers {
+        let digest = layer["layer"].as_str().unwrap();
+        let size = layer["size"].as_u64().unwrap();
+        let (requests, bytes) = blob_traffic(&setup.registry, digest, log_from);
+        assert!(requests > 0, "layer {digest} was never read");
+        let gets = setup.registry.blob_gets(digest);
+        assert!(
+            gets.iter().all(|l| l.contains("\" 206 ")),
+            "layer {digest} was not read by ranges only:\n{}",
+            gets.join("\n")
+        );
+        // The big layer's files are never read: its chunks stay remote.
+        if size > 8 << 20 {
+            assert!(
+                bytes < size / 20,
+                "layer {digest}: {bytes} of {size} bytes fetched"
+            );
+            big_layers += 1;
+        }
+    }
+    assert_eq!(big_layers, 1);
+    assert_eq!(
+        fuse_mounts_under(&root).len(),
+        4,
+        "one FUSE mount per layer"
+    );
+
+    // After a restart, the persisted snapshots are served again: the lazy
+    // layers are mounted anew and a new container runs.
+    setup.snapshotter.stop();
+    setup.snapshotter = start_snapshotter(setup.work.path());
+    // containerd redials the proxy after its reconnect backoff.
+    let start = Instant::now();
+    while !setup
+        .containerd
+        .ctr()
+        .args(["snapshots", "--snapshotter", "loci", "ls"])
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "containerd never reconnected"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(setup.loci_snapshots().len(), 4);
+    let out = setup.ctr_run(&converted, "lazy-3", &["cat", "/etc/hello.txt"]);
+    assert_eq!(out, "hello again from layer 3\n");
+    let live = fuse_mounts_under(&root);
+    assert_eq!(live.len(), 4, "{live:?}");
+    remove_image_and_collect(&setup, &converted, &root);
+    drop(setup.snapshotter);
+}
+
+/// Removes the image; containerd's GC then removes every snapshot, and
+/// loci every mount and directory.
+fn remove_image_and_collect(setup: &Setup, image: &str, root: &Path) {
+    run(setup
+        .containerd
+        .ctr()
+        .args(["images", "rm", "--sync", image]));
+    let start = Instant::now();
+    while !setup.loci_snapshots().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "GC left snapshots: {:?}",
+            setup.loci_snapshots()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        fuse_mounts_under(root).is_empty(),
+        "{:?}",
+        fuse_mounts_under(root)
+    );
+    let left: Vec<_> = std::fs::read_dir(root.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "orphaned snapshot dirs: {left:?}");
+}

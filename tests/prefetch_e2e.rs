@@ -289,3 +289,42 @@ fn an_untraced_read_is_not_starved_by_prefetch() {
         "the read took {during:?} during prefetch against {alone:?} alone"
     );
 }
+
+#[test]
+fn trace_record_runs_the_start_through_containerd_and_publishes_it() {
+    let test = "trace_record_runs_the_start_through_containerd_and_publishes_it";
+    if !ready(test) || !require(test, &["containerd", "ctr", "runc"], true) {
+        return;
+    }
+    let setup = Setup::new("8", &["app"]);
+    let containerd = Containerd::start("");
+    let out = run(loci()
+        .args(["trace", "record", "--plain-http", "--address"])
+        .arg(&containerd.socket)
+        .args(["--namespace", "rec", &setup.image("app"), "--"])
+        .args([
+            "/bin/sh",
+            "-c",
+            "cat /etc/hello.txt; sha256sum /data/big-random.bin",
+        ]));
+    let artifact = String::from_utf8(out.stdout).unwrap();
+    assert!(artifact.trim().starts_with("sha256:"), "{artifact}");
+    let shown = run(loci().args(["trace", "show", "--plain-http", &setup.image("app")]));
+    let trace: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let paths: Vec<&str> = trace["accesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    for expected in ["bin/busybox", "etc/hello.txt", "data/big-random.bin"] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} not in the trace: {paths:?}"
+        );
+    }
+    assert!(
+        !paths.contains(&"data/big-text.txt"),
+        "a file the command never read is in the trace"
+    );
+}

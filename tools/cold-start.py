@@ -56,13 +56,14 @@ class Env:
         self.loci = args.loci
 
     def spawn(self, cmd, name):
-        f = open(os.path.join(self.work, name + ".log"), "w")
+        f = open(os.path.join(self.work, f"{name}-{len(self.procs)}.log"), "w")
         p = subprocess.Popen(cmd, stdout=f, stderr=f)
         self.procs.append(p)
         return p
 
     def run(self, *cmd, **kw):
-        return subprocess.run(list(cmd), check=True, stdout=kw.get("stdout", self.log), stderr=self.log)
+        return subprocess.run(list(cmd), check=True, stdin=subprocess.DEVNULL,
+                              stdout=kw.get("stdout", self.log), stderr=self.log)
 
     def start_registry(self):
         self.addr = f"127.0.0.1:{free_port()}"
@@ -77,11 +78,11 @@ class Env:
 
     def registry_bytes(self, since):
         """Bytes of blob GETs in the registry log after offset `since`."""
-        text = open(os.path.join(self.work, "registry.log")).read()[since:]
+        text = open(os.path.join(self.work, "registry-0.log")).read()[since:]
         return sum(int(m.group(1)) for m in re.finditer(r'"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]+ HTTP/1.1" 20[06] (\d+)', text))
 
     def registry_log_size(self):
-        return os.path.getsize(os.path.join(self.work, "registry.log"))
+        return os.path.getsize(os.path.join(self.work, "registry-0.log"))
 
     def start_snapshotter(self, fresh_cache):
         cache = os.path.join(self.work, "loci-cache")
@@ -95,6 +96,16 @@ class Env:
         self.snapshotter = self.spawn([self.loci, "snapshotter", "--address", self.snap_sock,
                                        "--root", os.path.join(self.work, "loci-root"), "--config", cfg], "snapshotter")
         wait_for(lambda: os.path.exists(self.snap_sock), "loci snapshotter")
+        if hasattr(self, "sock"):
+            # containerd redials a restarted proxy plugin after a backoff:
+            # wait until it answers again, outside any timing.
+            # (A Prepare reaches the snapshotter; a listing does not.)
+            probe = ["ctr", "--address", self.sock, "--namespace", "probe", "snapshots", "--snapshotter", "loci"]
+            key = f"probe-{len(self.procs)}"
+            wait_for(lambda: subprocess.run(probe + ["prepare", key], stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL).returncode == 0,
+                     "containerd's connection to the restarted snapshotter", timeout=120)
+            subprocess.run(probe + ["rm", key], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop_snapshotter(self):
         self.snapshotter.send_signal(signal.SIGTERM)
@@ -137,7 +148,7 @@ class Env:
 
 
 def prepare_image(env, kind):
-    """Pushes the image; returns (original ref, converted ref, start command)."""
+    """Pushes the image; returns (original ref, converted ref)."""
     if kind == "python":
         cache = os.environ.get("LOCI_IMAGE_CACHE", "/var/tmp/loci-images")
         env.run(os.path.join(ROOT, "tools/make-debian-image.sh"), os.path.join(cache, "python"), "python")
@@ -179,8 +190,14 @@ def record_trace(env, converted):
     return len(json.load(open(trace))["accesses"])
 
 
+# The fixture's own command is an interactive shell: give it work to do.
+FIXTURE_COMMAND = ["/bin/sh", "-c", "cat /etc/hello.txt; sha256sum /data/big-random.bin /bin/busybox"]
+
+
 def image_command(env, ref):
     """The image's entrypoint + cmd, read from its config through skopeo."""
+    if "/fixture:" in ref:
+        return FIXTURE_COMMAND
     out = subprocess.run(["skopeo", "inspect", "--config", "--tls-verify=false", f"docker://{ref}"],
                          check=True, stdout=subprocess.PIPE, stderr=env.log).stdout
     config = json.loads(out).get("config", {})
@@ -188,6 +205,7 @@ def image_command(env, ref):
 
 
 def timed_start(env, mode, ns, ref, run_index):
+    command = image_command(env, ref)
     drop_caches()
     since = env.registry_log_size()
     t0 = time.perf_counter()
@@ -197,7 +215,7 @@ def timed_start(env, mode, ns, ref, run_index):
         env.run(env.loci, "--log", "warn", "pull", "--plain-http", "--address", env.sock, "--namespace", ns, ref)
     t1 = time.perf_counter()
     snap = [] if mode == "overlayfs" else ["--snapshotter", "loci"]
-    env.ctr(ns, "run", "--rm", *snap, ref, f"start-{run_index}")
+    env.ctr(ns, "run", "--rm", *snap, ref, f"start-{run_index}", *command)
     t2 = time.perf_counter()
     fetched = env.registry_bytes(since)
     env.ctr(ns, "images", "rm", "--sync", ref)

@@ -11,6 +11,7 @@ mod scheduler;
 mod sim;
 mod snapshotter;
 mod trace;
+mod trace_record;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 

@@ -58,7 +58,7 @@ struct RecordArgs {
     config: Option<PathBuf>,
     /// Stop recording (and the container) after this many seconds.
     #[arg(long, default_value_t = 300)]
-    timeout_secs: u64,
+    run_timeout_secs: u64,
     /// Also write the trace to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -148,7 +148,7 @@ impl From<RecordArgs> for super::trace_record::Record {
             address: a.address,
             namespace: a.namespace,
             config: a.config,
-            timeout_secs: a.timeout_secs,
+            run_timeout_secs: a.run_timeout_secs,
             out: a.out,
             publish: !a.no_publish,
             image: a.image,

@@ -25,7 +25,7 @@ pub struct Record {
     pub address: PathBuf,
     pub namespace: String,
     pub config: Option<PathBuf>,
-    pub timeout_secs: u64,
+    pub run_timeout_secs: u64,
     pub out: Option<PathBuf>,
     pub publish: bool,
     pub image: ImageRef,
@@ -122,9 +122,11 @@ fn run_container(args: &Record, rootfs: &Path) -> anyhow::Result<()> {
         .arg(&id)
         .args(&args.command)
         .stdin(std::process::Stdio::null())
+        // The command's output goes to stderr: stdout is for the trace's digest.
+        .stdout(std::io::stderr())
         .spawn()
         .context("starting ctr (containerd's client) to run the container")?;
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let deadline = Instant::now() + Duration::from_secs(args.run_timeout_secs);
     loop {
         if let Some(status) = child.try_wait()? {
             if !status.success() {
@@ -135,7 +137,7 @@ fn run_container(args: &Record, rootfs: &Path) -> anyhow::Result<()> {
         if Instant::now() > deadline {
             eprintln!(
                 "timeout: stopping the container after {} s",
-                args.timeout_secs
+                args.run_timeout_secs
             );
             let _ = Command::new("ctr")
                 .arg("--address")

@@ -18,8 +18,14 @@ Bytes fetched are read from the registry's access log. Prints a table with
 ratios to overlayfs and writes JSON rows (image, mode, pull_s, start_s,
 total_s, bytes_fetched, ratio_to_overlayfs).
 
+With --link RATE,RTT (e.g. 200mbit,10ms) the registry runs in a network
+namespace this script creates, behind a veth pair shaped with tc netem
+(half the round trip each way, the rate both ways), so the numbers reflect
+a registry across a network; the namespace is removed afterwards, even on
+failure.
+
 Usage: sudo tools/cold-start.py [--image python|fixture] [--runs N]
-         [--modes overlayfs,loci,loci-trace,loci-warm] [--out FILE]
+         [--modes overlayfs,loci,loci-trace,loci-warm] [--link RATE,RTT] [--out FILE]
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -65,14 +71,47 @@ class Env:
         return subprocess.run(list(cmd), check=True, stdin=subprocess.DEVNULL,
                               stdout=kw.get("stdout", self.log), stderr=self.log)
 
+    def shaped_link(self, link):
+        """A namespace for the registry behind a shaped veth pair; returns
+        the address the registry listens on there."""
+        rate, rtt = link.split(",")
+        half = f"{float(re.match(r'[0-9.]+', rtt).group()) / 2}{re.sub(r'[0-9.]+', '', rtt) or 'ms'}"
+        tag = os.getpid() % 10000
+        self.netns = f"loci-bench-{tag}"
+        host, peer = f"lbh{tag}", f"lbr{tag}"
+        subnet = f"10.231.{tag % 250}"
+        for cmd in (["ip", "netns", "add", self.netns],
+                    ["ip", "link", "add", host, "type", "veth", "peer", "name", peer],
+                    ["ip", "link", "set", peer, "netns", self.netns],
+                    ["ip", "addr", "add", f"{subnet}.1/30", "dev", host],
+                    ["ip", "link", "set", host, "up"],
+                    ["ip", "netns", "exec", self.netns, "ip", "addr", "add", f"{subnet}.2/30", "dev", peer],
+                    ["ip", "netns", "exec", self.netns, "ip", "link", "set", peer, "up"],
+                    ["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"],
+                    ):
+            self.run(*cmd)
+        # Shape both directions: netem for delay and rate where the kernel
+        # has it, else tbf for the rate alone (and say so).
+        self.link_note = f"{rate}, rtt {rtt}"
+        for dev, prefix in ((host, []), (peer, ["ip", "netns", "exec", self.netns])):
+            netem = prefix + ["tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", half, "rate", rate]
+            if subprocess.run(netem, stdout=self.log, stderr=self.log).returncode != 0:
+                self.run(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+                         "burst", "256kbit", "latency", "100ms")
+                self.link_note = f"{rate}, rtt not shaped (no netem in this kernel)"
+        print(f"registry behind a shaped link: {self.link_note}", file=sys.stderr)
+        return f"{subnet}.2:5000"
+
     def start_registry(self):
-        self.addr = f"127.0.0.1:{free_port()}"
+        self.netns = None
+        self.addr = self.shaped_link(self.args.link) if self.args.link else f"127.0.0.1:{free_port()}"
         with open(os.path.join(ROOT, "fixtures/registry.yml")) as f:
             cfg = f.read().replace("@ROOT@", os.path.join(self.work, "registry")).replace("@ADDR@", self.addr)
         path = os.path.join(self.work, "registry.yml")
         with open(path, "w") as f:
             f.write(cfg)
-        self.registry = self.spawn(["docker-registry", "serve", path], "registry")
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        self.registry = self.spawn(prefix + ["docker-registry", "serve", path], "registry")
         host, port = self.addr.split(":")
         wait_for(lambda: socket.socket().connect_ex((host, int(port))) == 0, "registry")
 
@@ -137,6 +176,8 @@ class Env:
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
+        if getattr(self, "netns", None):
+            subprocess.run(["ip", "netns", "del", self.netns])  # removes the veth pair too
         for line in reversed(open("/proc/self/mounts").read().splitlines()):
             target = line.split(" ")[1]
             if target.startswith(self.work):
@@ -230,6 +271,7 @@ def main():
     ap.add_argument("--loci", default=os.path.join(ROOT, "target/release/loci"))
     ap.add_argument("--out", default="cold-start.json")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--link", help="RATE,RTT for a shaped link to the registry, e.g. 200mbit,10ms")
     args = ap.parse_args()
     modes = args.modes.split(",")
     env = Env(args)
@@ -268,7 +310,8 @@ def main():
         med = {k: statistics.median(r[k] for r in rs) for k in ("pull_s", "start_s", "total_s", "bytes_fetched")}
         med["ratio_to_overlayfs"] = med["total_s"] / base if base else None
         spread = max(r["total_s"] for r in rs) - min(r["total_s"] for r in rs)
-        summary.append({"image": args.image, "mode": mode, **med, "runs": len(rs), "total_spread_s": spread})
+        summary.append({"image": args.image, "mode": mode, **med, "runs": len(rs), "total_spread_s": spread,
+                        "link": getattr(env, "link_note", "loopback")})
         ratio = f"{med['ratio_to_overlayfs']:12.2f}" if base else f"{'-':>12}"
         print(f"{mode:10} {med['pull_s']:8.2f} {med['start_s']:8.2f} {med['total_s']:8.2f} "
               f"{med['bytes_fetched'] / 1e6:11.1f} {ratio}")

@@ -123,13 +123,14 @@ class Env:
     def registry_log_size(self):
         return os.path.getsize(os.path.join(self.work, "registry-0.log"))
 
-    def start_snapshotter(self, fresh_cache):
+    def start_snapshotter(self, fresh_cache, prefetch=True):
         cache = os.path.join(self.work, "loci-cache")
         if fresh_cache:
             shutil.rmtree(cache, ignore_errors=True)
         cfg = os.path.join(self.work, "snapshotter.toml")
         with open(cfg, "w") as f:
             f.write(f'[cache]\ndir = "{cache}"\nmemory_bytes = 268435456\ndisk_bytes = 21474836480\n'
+                    f'[prefetch]\nenabled = {"true" if prefetch else "false"}\n'
                     f'[snapshotter]\nplain_http_registries = ["{self.addr}"]\n')
         self.snap_sock = os.path.join(self.work, "loci.sock")
         self.snapshotter = self.spawn([self.loci, "snapshotter", "--address", self.snap_sock,
@@ -289,8 +290,10 @@ def main():
                     print(f"recorded and published a trace of {accesses} chunk reads", file=sys.stderr)
                     traced = True
                 if mode in ("loci", "loci-trace"):
+                    # Once a trace is published the snapshotter would replay
+                    # it: the no-trace mode turns replay off.
                     env.stop_snapshotter()
-                    env.start_snapshotter(fresh_cache=True)
+                    env.start_snapshotter(fresh_cache=True, prefetch=mode == "loci-trace")
                 elif mode == "loci-warm":
                     env.stop_snapshotter()
                     env.start_snapshotter(fresh_cache=False)

@@ -11,17 +11,6 @@ use std::time::{Duration, Instant};
 
 const NEEDS: &[&str] = &["docker-registry", "skopeo", "python3", "zstd"];
 
-fn fuse_available(test: &str) -> bool {
-    if !Path::new("/dev/fuse").exists() {
-        if std::env::var("LOCI_REQUIRE_SYSTEM_TESTS").as_deref() == Ok("1") {
-            panic!("{test}: /dev/fuse is missing");
-        }
-        eprintln!("SKIP {test}: /dev/fuse is missing");
-        return false;
-    }
-    true
-}
-
 /// A registry holding the fixture image (original and converted).
 struct Setup {
     work: tempfile::TempDir,
@@ -80,7 +69,7 @@ fn mounted_tree_equals_containerd_unpack() {
     let test = "mounted_tree_equals_containerd_unpack";
     let mut needs = NEEDS.to_vec();
     needs.extend(["containerd", "ctr"]);
-    if !require(test, &needs, true) || !fuse_available(test) {
+    if !require(test, &needs, true) || !require_fuse(test) {
         return;
     }
     let setup = Setup::new(&[]);
@@ -128,7 +117,7 @@ fn mounted_tree_equals_containerd_unpack() {
 #[test]
 fn reading_one_small_file_fetches_under_one_percent_of_the_layer() {
     let test = "reading_one_small_file_fetches_under_one_percent_of_the_layer";
-    if !require(test, NEEDS, true) || !fuse_available(test) {
+    if !require(test, NEEDS, true) || !require_fuse(test) {
         return;
     }
     let setup = Setup::new(&["--big-mib", "208"]);
@@ -167,7 +156,7 @@ fn reading_one_small_file_fetches_under_one_percent_of_the_layer() {
 #[test]
 fn a_second_image_fetches_none_of_the_shared_chunks() {
     let test = "a_second_image_fetches_none_of_the_shared_chunks";
-    if !require(test, NEEDS, true) || !fuse_available(test) {
+    if !require(test, NEEDS, true) || !require_fuse(test) {
         return;
     }
     let setup = Setup::new(&[]);
@@ -252,7 +241,7 @@ fn a_second_image_fetches_none_of_the_shared_chunks() {
 #[test]
 fn registry_faults_give_eio_in_bounded_time_and_corrupt_chunks_are_never_served() {
     let test = "registry_faults_give_eio_in_bounded_time_and_corrupt_chunks_are_never_served";
-    if !require(test, NEEDS, true) || !fuse_available(test) {
+    if !require(test, NEEDS, true) || !require_fuse(test) {
         return;
     }
     let mut setup = Setup::new(&[]);
@@ -334,7 +323,7 @@ fn registry_faults_give_eio_in_bounded_time_and_corrupt_chunks_are_never_served(
 #[test]
 fn killing_loci_mid_read_leaves_the_cache_usable() {
     let test = "killing_loci_mid_read_leaves_the_cache_usable";
-    if !require(test, NEEDS, true) || !fuse_available(test) {
+    if !require(test, NEEDS, true) || !require_fuse(test) {
         return;
     }
     let setup = Setup::new(&["--big-mib", "64"]);
@@ -440,7 +429,7 @@ fn get_json(url: &str) -> serde_json::Value {
 #[test]
 fn a_mount_reports_its_warm_cache_and_the_scheduler_places_there() {
     let test = "a_mount_reports_its_warm_cache_and_the_scheduler_places_there";
-    if !require(test, NEEDS, true) || !fuse_available(test) {
+    if !require(test, NEEDS, true) || !require_fuse(test) {
         return;
     }
     let setup = Setup::new(&[]);

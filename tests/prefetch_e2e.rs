@@ -12,17 +12,7 @@ use std::time::{Duration, Instant};
 const NEEDS: &[&str] = &["docker-registry", "skopeo", "python3", "zstd"];
 
 fn ready(test: &str) -> bool {
-    if !require(test, NEEDS, true) {
-        return false;
-    }
-    if !Path::new("/dev/fuse").exists() {
-        if std::env::var("LOCI_REQUIRE_SYSTEM_TESTS").as_deref() == Ok("1") {
-            panic!("{test}: /dev/fuse is missing");
-        }
-        eprintln!("SKIP {test}: /dev/fuse is missing");
-        return false;
-    }
-    true
+    require(test, NEEDS, true) && require_fuse(test)
 }
 
 struct Setup {

@@ -41,6 +41,18 @@ pub fn require(test: &str, binaries: &[&str], root: bool) -> bool {
     false
 }
 
+/// Checks that /dev/fuse exists; if not, skips (or fails under CI).
+pub fn require_fuse(test: &str) -> bool {
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    if std::env::var("LOCI_REQUIRE_SYSTEM_TESTS").as_deref() == Ok("1") {
+        panic!("{test}: /dev/fuse is missing");
+    }
+    eprintln!("SKIP {test}: /dev/fuse is missing");
+    false
+}
+
 extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;

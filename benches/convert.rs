@@ -52,13 +52,12 @@ fn add_tree(
         let name = Path::new(root.file_name().unwrap()).join(path.strip_prefix(root).unwrap());
         if meta.is_dir() {
             add_tree(builder, root, &path, total, files);
-        } else if (meta.is_file() && std::fs::File::open(&path).is_ok())
-            || meta.file_type().is_symlink()
+        } else if ((meta.is_file() && std::fs::File::open(&path).is_ok())
+            || meta.file_type().is_symlink())
+            && builder.append_path_with_name(&path, &name).is_ok()
         {
-            if builder.append_path_with_name(&path, &name).is_ok() {
-                *total += meta.len();
-                *files += 1;
-            }
+            *total += meta.len();
+            *files += 1;
         }
     }
 }

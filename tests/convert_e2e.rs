@@ -53,10 +53,10 @@ fn converted_image_unpacks_and_runs_in_plain_containerd() {
     let digest = |out: &[u8]| {
         String::from_utf8_lossy(out)
             .lines()
-            .last()
+            .next_back()
             .unwrap()
             .split(' ')
-            .last()
+            .next_back()
             .unwrap()
             .to_string()
     };

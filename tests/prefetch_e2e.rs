@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const NEEDS: &[&str] = &["docker-registry", "skopeo", "python3", "zstd"];

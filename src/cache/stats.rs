@@ -156,6 +156,14 @@ impl LatencyHistogram {
     }
 }
 
+/// Serializes a bucket bound as whole microseconds (readable JSON).
+fn as_micros<S: serde::Serializer>(upper: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match upper {
+        Some(d) => s.serialize_some(&(d.as_micros() as u64)),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,13 +190,5 @@ mod tests {
         let histogram = counters.snapshot(0, 0).fetch_latency;
         assert_eq!(histogram.quantile(0.5), Some(Duration::from_micros(1024)));
         assert_eq!(LatencyHistogram { buckets: vec![] }.quantile(0.5), None);
-    }
-}
-
-/// Serializes a bucket bound as whole microseconds (readable JSON).
-fn as_micros<S: serde::Serializer>(upper: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match upper {
-        Some(d) => s.serialize_some(&(d.as_micros() as u64)),
-        None => s.serialize_none(),
     }
 }

@@ -133,7 +133,7 @@ pub async fn fetch_trace(
         .flatten()
         .filter(|d| d["artifactType"] == TRACE_ARTIFACT_TYPE)
         .filter_map(|d| d["digest"].as_str()?.parse::<Digest>().ok())
-        .last();
+        .next_back();
     let Some(artifact) = newest else {
         return Ok(None);
     };

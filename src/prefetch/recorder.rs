@@ -10,8 +10,11 @@ use std::time::Instant;
 pub struct TraceRecorder {
     started: Instant,
     layers: Vec<Digest>,
-    state: Mutex<(HashSet<(u32, u32)>, Vec<Access>)>,
+    state: Mutex<Recorded>,
 }
+
+/// The (layer, chunk) pairs seen so far, and their first accesses in order.
+type Recorded = (HashSet<(u32, u32)>, Vec<Access>);
 
 impl TraceRecorder {
     /// A recorder for a mount of these layers (bottom first).

@@ -249,16 +249,27 @@ impl RegistryClient {
         }
     }
 
+    /// Sends a GET or HEAD for a whole blob and insists on 200.
+    async fn blob_request(
+        &self,
+        method: Method,
+        repo: &str,
+        digest: &Digest,
+        what: &str,
+    ) -> Result<Response, RegistryError> {
+        let url = self.url(repo, &format!("blobs/{digest}"));
+        let resp = self
+            .send(what, repo, false, Retry::Idempotent, || {
+                self.inner.http.request(method.clone(), &url)
+            })
+            .await?;
+        expect_status(resp, what, &[StatusCode::OK]).await
+    }
+
     /// Fetches a small blob (a config) whole, verified against its digest.
     pub async fn get_blob(&self, repo: &str, digest: &Digest) -> Result<Bytes, RegistryError> {
         let what = format!("blob {repo}@{digest}");
-        let url = self.url(repo, &format!("blobs/{digest}"));
-        let resp = self
-            .send(&what, repo, false, Retry::Idempotent, || {
-                self.inner.http.get(&url)
-            })
-            .await?;
-        let resp = expect_status(resp, &what, &[StatusCode::OK]).await?;
+        let resp = self.blob_request(Method::GET, repo, digest, &what).await?;
         let bytes = resp.bytes().await.map_err(|e| network(&what, 1, e))?;
         let actual = Digest::of(&bytes);
         if actual != *digest {
@@ -281,13 +292,7 @@ impl RegistryClient {
         on_bytes: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, RegistryError> {
         let what = format!("blob {repo}@{digest}");
-        let url = self.url(repo, &format!("blobs/{digest}"));
-        let resp = self
-            .send(&what, repo, false, Retry::Idempotent, || {
-                self.inner.http.get(&url)
-            })
-            .await?;
-        let resp = expect_status(resp, &what, &[StatusCode::OK]).await?;
+        let resp = self.blob_request(Method::GET, repo, digest, &what).await?;
         let io = |source| RegistryError::Io {
             what: format!("{what} -> {}", path.display()),
             source,
@@ -415,13 +420,7 @@ impl RegistryClient {
     /// The size of a blob, from a HEAD request.
     pub async fn blob_size(&self, repo: &str, digest: &Digest) -> Result<u64, RegistryError> {
         let what = format!("blob {repo}@{digest}");
-        let url = self.url(repo, &format!("blobs/{digest}"));
-        let resp = self
-            .send(&what, repo, false, Retry::Idempotent, || {
-                self.inner.http.head(&url)
-            })
-            .await?;
-        let resp = expect_status(resp, &what, &[StatusCode::OK]).await?;
+        let resp = self.blob_request(Method::HEAD, repo, digest, &what).await?;
         resp.headers()
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok())

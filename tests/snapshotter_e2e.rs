@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const NEEDS: &[&str] = &[
@@ -106,6 +107,18 @@ impl Setup {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs `args` in the running task `task`, returning its output; a
+    /// read that never gets an answer fails it after a minute.
+    fn exec(&self, task: &str, exec_id: &str, args: &[&str]) -> String {
+        let out = run(self
+            .containerd
+            .ctr()
+            .args(["task", "exec", "--exec-id", exec_id, task])
+            .args(["/bin/busybox", "timeout", "60"])
+            .args(args));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     fn loci_snapshots(&self) -> Vec<String> {
         let out = run(self
             .containerd
@@ -201,11 +214,110 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
         "one FUSE mount per layer"
     );
 
-    // After a restart, the persisted snapshots are served again: the lazy
-    // layers are mounted anew and a new container runs.
+    // A container that runs across restarts of the snapshotter, graceful
+    // and not: its reads of files nothing has read yet (so neither the
+    // page cache nor loci's cache has them) are served by the next daemon.
+    run(setup.containerd.ctr().args([
+        "run",
+        "-d",
+        "--snapshotter",
+        "loci",
+        &converted,
+        "lazy-bg",
+        "sleep",
+        "600",
+    ]));
     setup.snapshotter.stop();
     setup.snapshotter = start_snapshotter(setup.work.path());
-    // containerd redials the proxy after its reconnect backoff.
+    let out = setup.exec("lazy-bg", "read-1", &["sha256sum", "/big/huge.bin"]);
+    assert_eq!(
+        out.split_whitespace().next(),
+        Some(fixture_sha256s().0.as_str()),
+        "{out}"
+    );
+    // SIGKILL while the container reads: requests the dead daemon had read
+    // but not answered are sent again to the next one.
+    let reading = setup
+        .containerd
+        .ctr()
+        .args(["task", "exec", "--exec-id", "read-2", "lazy-bg"])
+        .args(["/bin/busybox", "timeout", "60", "sh", "-c"])
+        .arg("cat /big/files/* | sha256sum")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    setup.snapshotter.child.kill().unwrap();
+    setup.snapshotter.child.wait().unwrap();
+    setup.snapshotter = start_snapshotter(setup.work.path());
+    let out = reading.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.split_whitespace().next(),
+        Some(fixture_sha256s().1.as_str()),
+        "{out}"
+    );
+    let out = setup.exec("lazy-bg", "read-3", &["cat", "/big/small.txt"]);
+    assert_eq!(out, "a small file in a big layer\n");
+    let log = setup.snapshotter.log_text();
+    assert_eq!(
+        log.matches("serving a lazy layer again on its kept connection")
+            .count(),
+        4,
+        "{log}"
+    );
+    run(setup
+        .containerd
+        .ctr()
+        .args(["task", "kill", "-s", "KILL", "lazy-bg"]));
+    wait_for_task_exit(&setup, "lazy-bg");
+    run(setup.containerd.ctr().args(["containers", "rm", "lazy-bg"]));
+
+    // containerd is still connected after the restarts: the persisted
+    // snapshots are served and a new container runs.
+    wait_for_containerd(&setup);
+    assert_eq!(setup.loci_snapshots().len(), 4);
+    let out = setup.ctr_run(&converted, "lazy-3", &["cat", "/etc/hello.txt"]);
+    assert_eq!(out, "hello again from layer 3\n");
+    let live = fuse_mounts_under(&root);
+    assert_eq!(live.len(), 4, "{live:?}");
+    remove_image_and_collect(&setup, &converted, &root);
+
+    // Holding no connection any more, the fd holder exits with its daemon.
+    let holder_socket = root.join("fuse-fds.sock");
+    assert!(holder_socket.exists());
+    setup.snapshotter.stop();
+    let start = Instant::now();
+    while holder_socket.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the fd holder is still there"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(setup.snapshotter);
+}
+
+/// The sha256 of the fixture's `/big/huge.bin` and of its `/big/files/*`
+/// concatenated (`--big-mib 16`), from the generator's seeded random
+/// bytes, not from any mount.
+fn fixture_sha256s() -> (String, String) {
+    let out = run(Command::new("python3").args([
+        "-c",
+        "import hashlib, random\n\
+         r = random.Random(7)\n\
+         print(hashlib.sha256(r.randbytes(8 << 20)).hexdigest())\n\
+         print(hashlib.sha256(b''.join(r.randbytes(128 << 10) for _ in range(64))).hexdigest())",
+    ]));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines().map(str::to_string);
+    (lines.next().unwrap(), lines.next().unwrap())
+}
+
+/// Waits until containerd reaches the snapshotter again (it redials the
+/// proxy after a backoff).
+fn wait_for_containerd(setup: &Setup) {
     let start = Instant::now();
     while !setup
         .containerd
@@ -222,13 +334,26 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(setup.loci_snapshots().len(), 4);
-    let out = setup.ctr_run(&converted, "lazy-3", &["cat", "/etc/hello.txt"]);
-    assert_eq!(out, "hello again from layer 3\n");
-    let live = fuse_mounts_under(&root);
-    assert_eq!(live.len(), 4, "{live:?}");
-    remove_image_and_collect(&setup, &converted, &root);
-    drop(setup.snapshotter);
+}
+
+fn wait_for_task_exit(setup: &Setup, id: &str) {
+    let start = Instant::now();
+    loop {
+        let out = run(setup.containerd.ctr().args(["task", "ls"]));
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        let running = listing
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("RUNNING"));
+        if !running {
+            let _ = setup.containerd.ctr().args(["task", "rm", id]).output();
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "task {id} did not stop: {listing}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Removes the image; containerd's GC then removes every snapshot, and

@@ -48,6 +48,9 @@ enum Command {
     /// Run the containerd remote snapshotter: layers of converted images
     /// are mounted lazily instead of downloaded.
     Snapshotter(snapshotter::Args),
+    /// Hold the snapshotter's FUSE connections across its restarts.
+    #[command(hide = true)]
+    FdHolder(snapshotter::HolderArgs),
     /// Replay or generate an invocation trace over a simulated cluster and
     /// compare reservation policies and placement.
     Sim(sim::Args),
@@ -66,6 +69,7 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::run(args),
         Command::Scheduler(args) => scheduler::run(args),
         Command::Snapshotter(args) => snapshotter::run(args),
+        Command::FdHolder(args) => snapshotter::run_holder(args),
         Command::Sim(args) => sim::run(args),
     };
     match result {

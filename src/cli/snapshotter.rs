@@ -25,3 +25,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .block_on(crate::snapshotter::run(&args.address, &args.root, config))
         .context("loci snapshotter")
 }
+
+/// Keep the snapshotter's FUSE connections across its restarts (started by
+/// the snapshotter itself; not meant to be run by hand).
+#[derive(clap::Args, Debug)]
+pub struct HolderArgs {
+    /// The unix socket the snapshotter reaches the holder on.
+    #[arg(long)]
+    socket: PathBuf,
+}
+
+/// Runs the fd holder until it holds nothing or its socket is removed.
+pub fn run_holder(args: HolderArgs) -> anyhow::Result<()> {
+    crate::snapshotter::fdstore::run_holder(&args.socket)
+        .with_context(|| format!("fd holder on {}", args.socket.display()))
+}

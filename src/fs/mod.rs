@@ -3,7 +3,8 @@
 
 mod fuse;
 mod mount;
+pub mod takeover;
 pub mod tree;
 
 pub use fuse::LociFs;
-pub use mount::{mount, open_image, open_layer, MountError, OpenedImage};
+pub use mount::{mount, open_image, open_layer, serve, Connection, MountError, OpenedImage};

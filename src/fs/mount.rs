@@ -1,6 +1,7 @@
 //! Opening an image's converted layers and mounting them.
 
 use super::fuse::LociFs;
+use super::takeover;
 use super::tree::{Tree, TreeError, View};
 use crate::digest::Digest;
 use crate::fetch::{Fetcher, RemoteLayer};
@@ -9,6 +10,7 @@ use crate::image::ImageStore;
 use crate::layer::{fetch_toc, fetch_toc_of, image_layers, LayerError};
 use crate::prefetch::TraceRecorder;
 use crate::registry::Manifest;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -31,6 +33,9 @@ pub enum MountError {
         #[source]
         source: std::io::Error,
     },
+    /// A FUSE connection could not be served.
+    #[error("serving a FUSE connection")]
+    Serve(#[source] std::io::Error),
 }
 
 /// An image's layers, ready to mount: their TOCs and where their chunks are.
@@ -111,17 +116,9 @@ pub fn mount(
     threads: usize,
     recorder: Option<Arc<TraceRecorder>>,
 ) -> Result<fuser::BackgroundSession, MountError> {
-    let tocs: Vec<&Toc> = image.tocs.iter().collect();
-    let tree = Tree::build(&tocs, view)?;
-    tracing::info!(dir = %dir.display(), layers = tocs.len(), inodes = tree.len(), "mounting");
-    let fs = LociFs::new(
-        Arc::new(tree),
-        image.layers.clone(),
-        fetcher,
-        runtime,
-        recorder,
-    );
-    let mut config = fuser::Config::default();
+    let fs = filesystem(image, view, fetcher, runtime, recorder)?;
+    tracing::info!(dir = %dir.display(), layers = image.tocs.len(), "mounting");
+    let mut config = fuse_config(threads);
     config.mount_options = vec![
         fuser::MountOption::FSName("loci".into()),
         fuser::MountOption::Subtype("loci".into()),
@@ -131,11 +128,65 @@ pub fn mount(
         fuser::MountOption::Suid,
         fuser::MountOption::Dev,
     ];
-    config.acl = fuser::SessionACL::All;
-    config.n_threads = Some(threads.max(1));
-    config.clone_fd = true;
     fuser::spawn_mount(fs, dir, &config).map_err(|source| MountError::Mount {
         dir: dir.to_path_buf(),
         source,
     })
+}
+
+/// A FUSE connection to serve `image` on, made by
+/// [`takeover::mount_fuse`](super::takeover::mount_fuse).
+pub enum Connection {
+    /// Just mounted: the kernel's INIT is waiting.
+    New(OwnedFd),
+    /// Taken over from an earlier process that served it.
+    Resumed(OwnedFd),
+}
+
+/// Serves `image` in `view` on a connection the caller mounted (and so
+/// unmounts), with `threads` FUSE threads. Unlike [`mount`], the session
+/// never unmounts by itself, so the mount outlives this process when
+/// another holds the connection's fd.
+pub fn serve(
+    image: &OpenedImage,
+    view: View,
+    connection: Connection,
+    fetcher: Arc<Fetcher>,
+    runtime: tokio::runtime::Handle,
+    threads: usize,
+) -> Result<fuser::BackgroundSession, MountError> {
+    let fs = filesystem(image, view, fetcher, runtime, None)?;
+    let config = fuse_config(threads);
+    let served = match connection {
+        Connection::New(fd) => takeover::serve_new(fs, fd, config),
+        Connection::Resumed(fd) => takeover::serve_resumed(fs, fd, config),
+    };
+    served.map_err(MountError::Serve)
+}
+
+fn filesystem(
+    image: &OpenedImage,
+    view: View,
+    fetcher: Arc<Fetcher>,
+    runtime: tokio::runtime::Handle,
+    recorder: Option<Arc<TraceRecorder>>,
+) -> Result<LociFs, MountError> {
+    let tocs: Vec<&Toc> = image.tocs.iter().collect();
+    let tree = Tree::build(&tocs, view)?;
+    tracing::debug!(layers = tocs.len(), inodes = tree.len(), "tree built");
+    Ok(LociFs::new(
+        Arc::new(tree),
+        image.layers.clone(),
+        fetcher,
+        runtime,
+        recorder,
+    ))
+}
+
+fn fuse_config(threads: usize) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    config.acl = fuser::SessionACL::All;
+    config.n_threads = Some(threads.max(1));
+    config.clone_fd = true;
+    config
 }

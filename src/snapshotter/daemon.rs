@@ -1,6 +1,7 @@
 //! The daemon: opens the cache and the snapshots, serves the gRPC API on a
 //! unix socket (mode 0600) and the metrics over HTTP, until SIGTERM/SIGINT.
 
+use super::fdstore::FdStore;
 use super::lazy::LazyLayers;
 use super::metrics::Metrics;
 use super::service::{Service, SnapshotsServer};
@@ -87,6 +88,7 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
         config.snapshotter.fuse_threads,
         metrics.clone(),
         config.prefetch.clone(),
+        FdStore::new(root.join("fuse-fds.sock"), root.join("fd-holder.log")),
     );
     let root_owned = root.to_path_buf();
     let snapshots = tokio::task::spawn_blocking(move || Snapshots::open(&root_owned, lazy))
@@ -152,7 +154,7 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
         )
         .await?;
     let _ = std::fs::remove_file(address);
-    tokio::task::spawn_blocking(move || snapshots.unmount_all())
+    tokio::task::spawn_blocking(move || snapshots.shutdown())
         .await
         .expect("unmounting does not panic");
     Ok(())

@@ -2,18 +2,20 @@
 //! serve a layer, opening it from the registry (TOC only) and keeping its
 //! FUSE mount (an overlayfs lower dir) alive while its snapshot exists.
 
+use super::fdstore::FdStore;
 use super::meta::{LazySource, Usage};
 use super::metrics::Metrics;
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
 use crate::fetch::{FetchConfig, Fetcher};
 use crate::format::{annotations, EntryKind, Toc};
-use crate::fs::{self, tree::View, MountError, OpenedImage};
+use crate::fs::{self, takeover, tree::View, Connection, MountError, OpenedImage};
 use crate::image::{ImageRef, ImageStore};
 use crate::prefetch::{ImageTraces, PrefetchConfig};
 use crate::registry::RegistryOptions;
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// The label containerd's unpacker puts on a layer's Prepare: the key of
@@ -111,18 +113,23 @@ pub struct LazyLayers {
     /// Start traces, replayed for each layer as it is mounted.
     traces: Arc<ImageTraces>,
     prefetch: PrefetchConfig,
+    /// Keeps each mount's FUSE connection for the next daemon.
+    held: FdStore,
 }
 
 struct Mounted {
     session: fuser::BackgroundSession,
+    dir: PathBuf,
     image: String,
     layer: String,
+    /// Whether the fd holder has its connection (so it outlives us).
+    held: bool,
 }
 
 impl LazyLayers {
     /// Layers served through `cache`, fetched per `fetch`, with `threads`
     /// FUSE threads each; registries in `plain_http_hosts` are reached
-    /// over HTTP.
+    /// over HTTP; connections are kept across restarts by `held`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cache: Arc<ChunkCache>,
@@ -133,6 +140,7 @@ impl LazyLayers {
         threads: usize,
         metrics: Arc<Metrics>,
         prefetch: PrefetchConfig,
+        held: FdStore,
     ) -> LazyLayers {
         LazyLayers {
             cache,
@@ -145,6 +153,26 @@ impl LazyLayers {
             mounts: Mutex::new(HashMap::new()),
             traces: Arc::new(ImageTraces::default()),
             prefetch,
+            held,
+        }
+    }
+
+    /// The FUSE connections an earlier daemon left with the holder, by
+    /// snapshot id: to [`resume`](Self::resume), or to close and
+    /// [`drop_held`](Self::drop_held).
+    pub fn held_connections(&self) -> HashMap<u64, OwnedFd> {
+        self.held.list().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot ask the fd holder for its connections");
+            HashMap::new()
+        })
+    }
+
+    /// Has the holder close snapshot `id`'s connection. Once no process
+    /// has it open, the kernel fails the mount's pending and future reads
+    /// instead of leaving them waiting.
+    pub fn drop_held(&self, id: u64) {
+        if let Err(e) = self.held.remove(id) {
+            tracing::warn!(id, error = %e, "fd holder did not drop a connection");
         }
     }
 
@@ -186,20 +214,61 @@ impl LazyLayers {
     }
 
     /// Mounts an opened layer at `dir` as an overlayfs lower dir, for
-    /// snapshot `id`. Each layer has its own fetcher (over the shared
-    /// cache) so its traffic is reported per layer.
+    /// snapshot `id`, and gives the holder its connection.
     pub fn mount(&self, id: u64, layer: OpenedLayer, dir: &Path) -> Result<(), LazyError> {
+        let mount_err = |source| MountError::Mount {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        let fd = takeover::mount_fuse(dir).map_err(mount_err)?;
+        let held = match fd.try_clone().and_then(|dup| self.held.put(id, &dup)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(id, error = %e, "the fd holder does not keep this layer's FUSE connection: its containers lose uncached reads if the daemon restarts");
+                false
+            }
+        };
+        let result = self.serve(id, layer, dir, Connection::New(fd), held);
+        if result.is_err() {
+            let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
+            let _ = self.held.remove(id);
+        }
+        result
+    }
+
+    /// Serves again the connection an earlier daemon mounted at `dir` for
+    /// snapshot `id` (taken from the holder, which keeps it): readers that
+    /// waited meanwhile are answered.
+    pub fn resume(
+        &self,
+        id: u64,
+        layer: OpenedLayer,
+        dir: &Path,
+        connection: OwnedFd,
+    ) -> Result<(), LazyError> {
+        self.serve(id, layer, dir, Connection::Resumed(connection), true)
+    }
+
+    /// Serves a layer's connection; each layer has its own fetcher (over
+    /// the shared cache) so its traffic is reported per layer.
+    fn serve(
+        &self,
+        id: u64,
+        layer: OpenedLayer,
+        dir: &Path,
+        connection: Connection,
+        held: bool,
+    ) -> Result<(), LazyError> {
         let fetcher = Arc::new(Fetcher::new(self.cache.clone(), self.fetch.clone()));
         let image = layer.source.image_ref.clone();
         let digest = layer.source.layer_digest.clone();
-        let session = fs::mount(
+        let session = fs::serve(
             &layer.image,
             View::OverlayLower,
-            dir,
+            connection,
             fetcher.clone(),
             self.runtime.clone(),
             self.threads,
-            None,
         )?;
         if self.prefetch.enabled {
             let traces = self.traces.clone();
@@ -217,8 +286,10 @@ impl LazyLayers {
             id,
             Mounted {
                 session,
+                dir: dir.to_path_buf(),
                 image,
                 layer: digest,
+                held,
             },
         );
         if let Some(old) = old {
@@ -235,23 +306,41 @@ impl LazyLayers {
         }
     }
 
-    /// Unmounts every layer (at shutdown).
-    pub fn unmount_all(&self) {
+    /// At shutdown: leaves every mount whose connection the holder keeps
+    /// (containers go on reading through it, and the next daemon serves
+    /// it), unmounts the others.
+    pub fn shutdown(&self) {
         let all: Vec<(u64, Mounted)> = self
             .mounts
             .lock()
             .expect("lazy mounts lock")
             .drain()
             .collect();
+        let mut kept = 0;
         for (id, mounted) in all {
-            self.finish(id, mounted);
+            if mounted.held {
+                kept += 1;
+                // Its threads stop with the process; requests they had
+                // read are sent again to the next daemon.
+                drop(mounted.session);
+            } else {
+                self.finish(id, mounted);
+            }
+        }
+        if kept > 0 {
+            tracing::info!(kept, "lazy layers stay mounted for the next daemon");
         }
     }
 
     fn finish(&self, id: u64, mounted: Mounted) {
         self.metrics.layer_unmounted(&mounted.image, &mounted.layer);
-        if let Err(e) = mounted.session.umount_and_join() {
+        if let Err(e) = takeover::unmount(&mounted.dir, mounted.session) {
             tracing::warn!(id, layer = %mounted.layer, error = %e, "unmounting a lazy layer");
+        }
+        if mounted.held {
+            if let Err(e) = self.held.remove(id) {
+                tracing::warn!(id, error = %e, "fd holder did not drop a connection");
+            }
         }
     }
 }

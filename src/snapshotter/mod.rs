@@ -7,6 +7,7 @@
 //! containerd never downloads it. Metadata lives in RocksDB under the root.
 
 mod daemon;
+pub mod fdstore;
 mod filter;
 pub mod lazy;
 mod meta;

@@ -6,6 +6,7 @@
 use super::filter::{Fields, Filters};
 use super::lazy::{LazyLayers, LazyRequest};
 use super::meta::{Change, Kind, MetaError, MetaStore, Record, Time, Usage};
+use crate::fs::takeover;
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -136,6 +137,9 @@ impl Snapshots {
         Ok(snapshots)
     }
 
+    /// Serves every lazy layer a snapshot records: the connection the fd
+    /// holder kept, where the mount is still there (containers started
+    /// before the restart read through it), else a new mount.
     fn remount_lazy(&self) {
         let lazy: Vec<(String, Record)> = self
             .lock()
@@ -143,22 +147,44 @@ impl Snapshots {
             .filter(|(_, r)| r.lazy.is_some())
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect();
+        let mut held = self.lazy.held_connections();
         for (key, record) in lazy {
             let source = record.lazy.as_ref().expect("filtered");
             let dir = self.fs_dir(record.id);
-            // A mount left by the previous process is dead (its FUSE
-            // server exited): detach it before mounting afresh.
-            let _ = nix_umount_detach(&dir);
-            let result = self
-                .lazy
-                .open(source, None)
-                .and_then(|layer| self.lazy.mount(record.id, layer, &dir));
+            let kept = held
+                .remove(&record.id)
+                .filter(|_| takeover::is_fuse_mount(&dir));
+            let resuming = kept.is_some();
+            let result = self.lazy.open(source, None).and_then(|layer| match kept {
+                Some(connection) => self.lazy.resume(record.id, layer, &dir, connection),
+                None => {
+                    // A mount left by the previous process is dead (its
+                    // FUSE server exited): detach it before mounting afresh.
+                    let _ = nix_umount_detach(&dir);
+                    self.lazy.mount(record.id, layer, &dir)
+                }
+            });
             match result {
+                Ok(()) if resuming => {
+                    tracing::info!(key, layer = %source.layer_digest, "serving a lazy layer again on its kept connection")
+                }
                 Ok(()) => tracing::info!(key, layer = %source.layer_digest, "remounted lazy layer"),
                 Err(e) => {
-                    tracing::error!(key, layer = %source.layer_digest, error = %e, "could not remount lazy layer; reads from it fail until it is removed")
+                    tracing::error!(key, layer = %source.layer_digest, error = %e, "could not serve lazy layer; reads from it fail until it is removed");
+                    if resuming {
+                        // Our copy of the connection is closed; once the
+                        // holder closes its own, the kernel fails the
+                        // mount's reads instead of leaving them waiting.
+                        let _ = nix_umount_detach(&dir);
+                        self.lazy.drop_held(record.id);
+                    }
                 }
             }
+        }
+        for (id, connection) in held {
+            tracing::info!(id, "dropping a kept connection no snapshot needs");
+            drop(connection);
+            self.lazy.drop_held(id);
         }
     }
 
@@ -526,9 +552,10 @@ impl Snapshots {
         Ok(())
     }
 
-    /// Unmounts every lazy layer (at shutdown).
-    pub fn unmount_all(&self) {
-        self.lazy.unmount_all();
+    /// At shutdown: unmounts the lazy layers that would not survive it
+    /// (see [`LazyLayers::shutdown`]).
+    pub fn shutdown(&self) {
+        self.lazy.shutdown();
     }
 }
 

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -27,17 +28,24 @@ struct Setup {
     registry: Registry,
     snapshotter: Daemon,
     containerd: Containerd,
+    metrics_port: u16,
 }
 
 fn socket(work: &Path) -> PathBuf {
     work.join("loci.sock")
 }
 
-fn start_snapshotter(work: &Path) -> Daemon {
+/// Starts `loci snapshotter` with its metrics on 127.0.0.1:`metrics_port`.
+fn start_snapshotter(work: &Path, metrics_port: u16) -> Daemon {
     let sock = socket(work);
     let _ = std::fs::remove_file(&sock);
     let config = work.join("loci.toml");
     write_config(&config, &work.join("cache"), 30);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[snapshotter]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
     let mut cmd = loci();
     cmd.arg("snapshotter")
         .arg("--address")
@@ -77,7 +85,8 @@ impl Setup {
             &format!("{}/fixture:v1", registry.addr),
             &format!("{}/fixture:loci", registry.addr),
         ]));
-        let snapshotter = start_snapshotter(work.path());
+        let metrics_port = free_port();
+        let snapshotter = start_snapshotter(work.path(), metrics_port);
         let containerd = Containerd::start(&format!(
             "[proxy_plugins.loci]\n  type = \"snapshot\"\n  address = \"{}\"\n",
             socket(work.path()).display()
@@ -87,6 +96,7 @@ impl Setup {
             registry,
             snapshotter,
             containerd,
+            metrics_port,
         }
     }
 
@@ -117,6 +127,29 @@ impl Setup {
             .args(["/bin/busybox", "timeout", "60"])
             .args(args));
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The daemon's Prometheus metrics: each sample's name with labels,
+    /// and value.
+    fn metrics(&self) -> BTreeMap<String, f64> {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        conn.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        body.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let (name, value) = l.rsplit_once(' ').unwrap();
+                (name.to_string(), value.parse().unwrap())
+            })
+            .collect()
     }
 
     fn loci_snapshots(&self) -> Vec<String> {
@@ -208,6 +241,36 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
         }
     }
     assert_eq!(big_layers, 1);
+
+    // The daemon's metrics tell the same story, per layer.
+    let metrics = setup.metrics();
+    let metric = |name: &str| {
+        metrics
+            .iter()
+            .filter(|(k, _)| k.split('{').next() == Some(name))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(metrics["loci_lazy_mounts_active"], 4.0, "{metrics:?}");
+    assert!(metrics[r#"loci_snapshot_operations_total{op="prepare"}"#] >= 4.0);
+    let fetched = metric("loci_layer_fetched_bytes_total");
+    assert_eq!(fetched.len(), 4, "one series per lazy layer: {fetched:?}");
+    for layer in &layers {
+        let digest = layer["layer"].as_str().unwrap();
+        assert!(
+            fetched.iter().any(|(k, _)| k.contains(digest)),
+            "no series for {digest}: {fetched:?}"
+        );
+    }
+    let total: f64 = fetched.iter().map(|(_, v)| **v).sum();
+    let (_, registry_bytes) = layers.iter().fold((0, 0), |(r, b), layer| {
+        let (r2, b2) = blob_traffic(&setup.registry, layer["layer"].as_str().unwrap(), log_from);
+        (r + r2, b + b2)
+    });
+    assert!(
+        total > 0.0 && total <= registry_bytes as f64,
+        "metrics say {total} bytes fetched, the registry sent {registry_bytes}"
+    );
+    assert!(metrics["loci_fetch_latency_seconds_count"] > 0.0);
     assert_eq!(
         fuse_mounts_under(&root).len(),
         4,
@@ -228,7 +291,7 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
         "600",
     ]));
     setup.snapshotter.stop();
-    setup.snapshotter = start_snapshotter(setup.work.path());
+    setup.snapshotter = start_snapshotter(setup.work.path(), setup.metrics_port);
     let out = setup.exec("lazy-bg", "read-1", &["sha256sum", "/big/huge.bin"]);
     assert_eq!(
         out.split_whitespace().next(),
@@ -249,7 +312,7 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
     std::thread::sleep(Duration::from_millis(150));
     setup.snapshotter.child.kill().unwrap();
     setup.snapshotter.child.wait().unwrap();
-    setup.snapshotter = start_snapshotter(setup.work.path());
+    setup.snapshotter = start_snapshotter(setup.work.path(), setup.metrics_port);
     let out = reading.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let out = String::from_utf8(out.stdout).unwrap();

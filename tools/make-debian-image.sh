@@ -3,25 +3,29 @@
 # debootstrap (minbase) plus the packages given, turned into an OCI image
 # layout with umoci, then optionally pushed to a registry with skopeo.
 #
-# Usage: tools/make-debian-image.sh OUT_DIR TAG [PACKAGES] [--push REF] [--cmd CMD]
+# Usage: tools/make-debian-image.sh OUT_DIR TAG [PACKAGES] [--push REF] [--cmd CMD] [--add DIR]
 #   PACKAGES  comma-separated (default: a Python data-science set, ~1 GB)
 #   --push    copy the image to docker://REF (plain HTTP allowed)
 #   --cmd     the image's start command (default: a numpy/pandas import)
-# The rootfs is cached in OUT_DIR/rootfs-TAG.tar by package list, so a rerun
-# with the same list is quick.
+#   --add     copy DIR's contents into the image's root as well
+# The rootfs is cached in OUT_DIR/rootfs-KEY.tar by package list, and the
+# image in OUT_DIR/layout by everything that makes it, so a rerun with the
+# same inputs is quick.
 set -euo pipefail
 
-out=${1:?usage: make-debian-image.sh OUT_DIR TAG [PACKAGES] [--push REF] [--cmd CMD]}
+out=${1:?usage: make-debian-image.sh OUT_DIR TAG [PACKAGES] [--push REF] [--cmd CMD] [--add DIR]}
 tag=${2:?tag}
 shift 2
 packages="python3,python3-numpy,python3-pandas,python3-scipy,python3-matplotlib,python3-sklearn"
 if [[ $# -gt 0 && $1 != --* ]]; then packages=$1; shift; fi
 push=""
+add=""
 cmd="python3 -c 'import numpy, pandas, scipy.stats; print(numpy.arange(10).sum())'"
 while [[ $# -gt 0 ]]; do
   case $1 in
     --push) push=$2; shift 2 ;;
     --cmd) cmd=$2; shift 2 ;;
+    --add) add=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -42,17 +46,27 @@ if [[ ! -f $rootfs_tar ]]; then
 fi
 
 layout="$out/layout"
-[[ -d $layout ]] || umoci init --layout "$layout"
-umoci new --image "$layout:$tag"
-unpacked=$(mktemp -d)
-mkdir -p "$unpacked/rootfs"
-tar --numeric-owner --xattrs -C "$unpacked/rootfs" -xf "$rootfs_tar"
-umoci insert --image "$layout:$tag" "$unpacked/rootfs" /
-rm -rf "$unpacked"
-umoci config --image "$layout:$tag" --os linux --architecture amd64 \
-  --config.env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-  --config.cmd /bin/sh --config.cmd -c --config.cmd "$cmd"
-echo "built oci:$layout:$tag" >&2
+added=""
+[[ -z $add ]] || added=$(cd "$add" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
+image_key=$(printf '%s\n%s\n%s\n' "$key" "$cmd" "$added" | sha256sum | cut -c1-16)
+if [[ -f $out/layout-$tag.key && $(cat "$out/layout-$tag.key") == "$image_key" ]]; then
+  echo "reusing oci:$layout:$tag" >&2
+else
+  [[ -d $layout ]] || umoci init --layout "$layout"
+  umoci new --image "$layout:$tag"
+  unpacked=$(mktemp -d)
+  mkdir -p "$unpacked/rootfs"
+  tar --numeric-owner --xattrs -C "$unpacked/rootfs" -xf "$rootfs_tar"
+  [[ -z $add ]] || cp -a "$add/." "$unpacked/rootfs/"
+  umoci insert --image "$layout:$tag" "$unpacked/rootfs" /
+  rm -rf "$unpacked"
+  umoci config --image "$layout:$tag" --os linux --architecture amd64 \
+    --config.env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+    --config.cmd /bin/sh --config.cmd -c --config.cmd "$cmd"
+  umoci gc --layout "$layout"
+  echo "$image_key" > "$out/layout-$tag.key"
+  echo "built oci:$layout:$tag" >&2
+fi
 if [[ -n $push ]]; then
   skopeo copy --quiet --dest-tls-verify=false "oci:$layout:$tag" "docker://$push"
   echo "pushed docker://$push" >&2

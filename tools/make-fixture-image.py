@@ -10,8 +10,11 @@ and, in an upper layer, a deleted file and an opaque directory (whiteouts).
 Layer 1 is gzip, layer 2 plain tar, layer 3 zstd: every input loci reads.
 
 Usage: make-fixture-image.py OUT_DIR [--tag TAG] [--big-mib N] [--variant V]
+                              [--busybox CMD]
   --big-mib N   add a layer with N MiB of incompressible files (laziness tests)
   --variant V   a second image sharing all but a few files with the first
+  --busybox CMD instead, a one-layer plain-shell image (busybox-static with
+                all its applets) whose command is `sh -c CMD` (benchmarks)
 """
 import argparse
 import gzip
@@ -65,7 +68,7 @@ class Layer:
         return self.buf.getvalue()
 
 
-def busybox_layer():
+def busybox_layer(all_applets=False):
     layer = Layer()
     for d in ["bin", "etc", "usr", "usr/bin", "var"]:
         layer.dir(d)
@@ -73,7 +76,11 @@ def busybox_layer():
     layer.dir("root", 0o700)
     with open("/bin/busybox", "rb") as f:
         layer.file("bin/busybox", f.read(), 0o755)
-    for applet in ["sh", "ls", "cat", "sha256sum", "find", "stat", "echo", "wc", "head", "readlink", "sleep", "true"]:
+    applets = ["sh", "ls", "cat", "sha256sum", "find", "stat", "echo", "wc", "head", "readlink", "sleep", "true"]
+    if all_applets:
+        listed = subprocess.run(["/bin/busybox", "--list"], stdout=subprocess.PIPE, check=True).stdout.decode()
+        applets = sorted(set(listed.split()) - {"busybox"})
+    for applet in applets:
         layer.symlink(f"bin/{applet}", "busybox")
     layer.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n")
     layer.file("etc/group", b"root:x:0:\nuser:x:1000:\n")
@@ -191,10 +198,14 @@ def main():
     ap.add_argument("--tag", default="fixture")
     ap.add_argument("--big-mib", type=int, default=0)
     ap.add_argument("--variant", default="one")
+    ap.add_argument("--busybox", metavar="CMD")
     args = ap.parse_args()
 
     tars = [busybox_layer(), edge_case_layer(args.variant), upper_layer()]
     kinds = ["gzip", "tar", "zstd"]
+    cmd = ["/bin/sh"]
+    if args.busybox:
+        tars, kinds, cmd = [busybox_layer(all_applets=True)], ["gzip"], ["/bin/sh", "-c", args.busybox]
     if args.big_mib:
         tars.append(big_layer(args.big_mib))
         kinds.append("tar")  # incompressible anyway; gzip would only cost time
@@ -213,7 +224,7 @@ def main():
         layers.append({"mediaType": media, "digest": layout.blob(blob), "size": len(blob)})
     config = {
         "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/bin:/usr/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
+        "config": {"Env": ["PATH=/bin:/usr/bin"], "Cmd": cmd, "WorkingDir": "/"},
         "rootfs": {"type": "layers",
                    "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in tars]},
         "history": [{"created": "2023-11-14T22:13:20Z", "created_by": "loci fixture layer %d" % i}

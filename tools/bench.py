@@ -1,0 +1,691 @@
+#!/usr/bin/python3
+"""loci's cold-start benchmark: realistic images started cold in every mode,
+side by side with peers, in one run on one machine.
+
+Starts a private docker-registry (127.0.0.1, or behind a shaped link),
+containerd (own config, root, state and socket) and `loci snapshotter`, all
+in a temp dir; builds the images (cached by content under
+$LOCI_IMAGE_CACHE, default /var/tmp/loci-images), pushes each, converts it,
+then measures each start from a clean state (images and snapshots removed,
+chunk caches emptied, page cache dropped):
+
+  overlayfs   ctr images pull + ctr run              (containerd's default)
+  loci        loci pull + ctr run --snapshotter loci, empty chunk cache
+  loci-trace  the same with the image's start trace published (recorded by
+              a first run over `loci mount --record-trace`) and replayed
+  loci-warm   loci again with the chunk cache of the previous loci run
+  loci-fs     at the filesystem level: `loci mount` of the converted image,
+              the command run in a chroot on an overlay over the mount
+  nydus-fs    the same with Nydus: `nydus-image create` of the unpacked
+              image, blob and bootstrap pushed to the same registry, `nydusd`
+              FUSE with its registry backend (bootstrap downloaded first)
+
+Peers are used where the machine has them (nydusd and nydus-image on PATH
+or in /opt/nydus/bin; stargz needs its snapshotter daemon
+containerd-stargz-grpc, which Debian does not package: ctr-remote alone
+cannot start anything lazily). The run says which it found.
+
+Images (--images): python (python3 with numpy, pandas, scipy, matplotlib,
+sklearn: ~1.3 GB), nginx (started and probed over HTTP), jre
+(default-jre-headless running a class), busybox (a plain shell), fixture
+(loci's multi-layer test image). --quick is busybox and fixture, once.
+
+Output in --out DIR: bench.json (one row per image and mode: image, mode,
+pull_s, start_s, total_s, bytes_fetched, ratio_to_overlayfs, with runs,
+spread and the link; medians over --runs), bench-runs.json (every run) and
+bench.png (bars of total time per image and mode). Bytes fetched are read
+from the registry's access log.
+
+With --link RATE,RTT (e.g. 200mbit,10ms) the registry runs in a network
+namespace this script creates, behind a veth pair shaped with tc (netem
+for rate and delay where the kernel has it, else tbf for the rate alone,
+which the run reports); the namespace is removed afterwards, even on
+failure.
+
+Usage: sudo tools/bench.py [--quick] [--link BW,RTT] [--images LIST]
+         [--modes LIST] [--runs N] [--out DIR] [--loci PATH] [--keep]
+"""
+import argparse, hashlib, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALL_MODES = ["overlayfs", "loci", "loci-trace", "loci-warm", "loci-fs", "nydus-fs"]
+PYTHON_PACKAGES = "python3,python3-numpy,python3-pandas,python3-scipy,python3-matplotlib,python3-sklearn"
+
+# What each image is built from and the work its start does (to its exit).
+IMAGES = {
+    "python": {"packages": PYTHON_PACKAGES,
+               "cmd": "python3 -c 'import numpy, pandas, scipy.stats, sklearn.linear_model; "
+                      "print(numpy.arange(10).sum(), pandas.__version__)'"},
+    "nginx": {"packages": "nginx,curl",
+              "cmd": "nginx -t -q && nginx && curl -sf -o /dev/null http://127.0.0.1/ && nginx -s quit && echo served"},
+    "jre": {"packages": "default-jre-headless",
+            "cmd": "java -Xshare:auto -XX:TieredStopAtLevel=1 -cp /opt/bench Hello"},
+    "busybox": {"busybox": "find / -xdev -type f | wc -l; sha256sum /bin/busybox; "
+                           "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo $i"},
+    "fixture": {},
+}
+# The fixture's own command is an interactive shell: give it work to do.
+FIXTURE_COMMAND = ["/bin/sh", "-c", "cat /etc/hello.txt; sha256sum /data/big-random.bin /bin/busybox"]
+QUICK_IMAGES = ["busybox", "fixture"]
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def drop_caches():
+    try:
+        subprocess.run(["sync"], check=True)
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+    except OSError:
+        pass
+
+
+def wait_for(cond, what, timeout=60):
+    deadline = time.time() + timeout
+    while not cond():
+        if time.time() > deadline:
+            raise RuntimeError(f"{what} not ready after {timeout}s")
+        time.sleep(0.05)
+
+
+def find_tool(name):
+    return shutil.which(name) or next((p for p in [f"/opt/nydus/bin/{name}"] if os.access(p, os.X_OK)), None)
+
+
+def find_peers():
+    """Which peers this machine can run, and why not where it cannot."""
+    peers = {}
+    nydusd, nydus_image = find_tool("nydusd"), find_tool("nydus-image")
+    if nydusd and nydus_image:
+        version = subprocess.run([nydusd, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout
+        line = next((l for l in version.decode().splitlines() if "Version" in l), "nydusd").strip()
+        peers["nydus"] = {"found": True, "nydusd": nydusd, "nydus-image": nydus_image, "version": line}
+    else:
+        peers["nydus"] = {"found": False, "why": "nydusd/nydus-image not found "
+                          "(cargo install nydus-rs --version 2.2.0 --locked --root /opt/nydus)"}
+    ctr_remote, stargz = shutil.which("ctr-remote"), shutil.which("containerd-stargz-grpc")
+    peers["stargz"] = {"found": False, "why": (
+        "containerd-stargz-grpc (stargz's snapshotter daemon) not found; "
+        + ("ctr-remote is here but only converts" if ctr_remote else "ctr-remote not found either")
+        if not stargz else "containerd-stargz-grpc found, but this bench does not drive it yet")}
+    return peers
+
+
+class Env:
+    """The processes, namespace and temp dir of one benchmark run."""
+
+    def __init__(self, args):
+        self.args = args
+        self.work = tempfile.mkdtemp(prefix="loci-bench-")
+        self.log = open(os.path.join(self.work, "log"), "w")
+        self.procs = []
+        self.loci = args.loci
+        self.netns = None
+        self.link_note = "loopback"
+
+    def spawn(self, cmd, name):
+        f = open(os.path.join(self.work, f"{name}-{len(self.procs)}.log"), "w")
+        p = subprocess.Popen(cmd, stdout=f, stderr=f)
+        self.procs.append(p)
+        return p
+
+    def run(self, *cmd, **kw):
+        return subprocess.run(list(cmd), check=True, stdin=subprocess.DEVNULL,
+                              stdout=kw.get("stdout", self.log), stderr=self.log)
+
+    def shaped_link(self, link):
+        """A namespace for the registry behind a shaped veth pair; returns
+        the address the registry listens on there."""
+        rate, rtt = link.split(",")
+        half = f"{float(re.match(r'[0-9.]+', rtt).group()) / 2}{re.sub(r'[0-9.]+', '', rtt) or 'ms'}"
+        tag = os.getpid() % 10000
+        self.netns = f"loci-bench-{tag}"
+        host, peer = f"lbh{tag}", f"lbr{tag}"
+        subnet = f"10.231.{tag % 250}"
+        for cmd in (["ip", "netns", "add", self.netns],
+                    ["ip", "link", "add", host, "type", "veth", "peer", "name", peer],
+                    ["ip", "link", "set", peer, "netns", self.netns],
+                    ["ip", "addr", "add", f"{subnet}.1/30", "dev", host],
+                    ["ip", "link", "set", host, "up"],
+                    ["ip", "netns", "exec", self.netns, "ip", "addr", "add", f"{subnet}.2/30", "dev", peer],
+                    ["ip", "netns", "exec", self.netns, "ip", "link", "set", peer, "up"],
+                    ["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"],
+                    ):
+            self.run(*cmd)
+        # Shape both directions: netem for delay and rate where the kernel
+        # has it, else tbf for the rate alone (and say so).
+        self.link_note = f"{rate}, rtt {rtt}"
+        for dev, prefix in ((host, []), (peer, ["ip", "netns", "exec", self.netns])):
+            netem = prefix + ["tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", half, "rate", rate]
+            if subprocess.run(netem, stdout=self.log, stderr=self.log).returncode != 0:
+                self.run(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+                         "burst", "256kbit", "latency", "100ms")
+                self.link_note = f"{rate}, rtt not shaped (no netem in this kernel)"
+        print(f"registry behind a shaped link: {self.link_note}", file=sys.stderr)
+        return f"{subnet}.2:5000"
+
+    def start_registry(self):
+        self.addr = self.shaped_link(self.args.link) if self.args.link else f"127.0.0.1:{free_port()}"
+        with open(os.path.join(ROOT, "fixtures/registry.yml")) as f:
+            cfg = f.read().replace("@ROOT@", os.path.join(self.work, "registry")).replace("@ADDR@", self.addr)
+        path = os.path.join(self.work, "registry.yml")
+        with open(path, "w") as f:
+            f.write(cfg)
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        self.registry = self.spawn(prefix + ["docker-registry", "serve", path], "registry")
+        self.registry_log = os.path.join(self.work, f"registry-{len(self.procs) - 1}.log")
+        host, port = self.addr.split(":")
+        wait_for(lambda: socket.socket().connect_ex((host, int(port))) == 0, "registry")
+
+    def registry_bytes(self, since):
+        """Bytes of blob GETs in the registry log after offset `since`."""
+        with open(self.registry_log) as f:
+            f.seek(since)
+            text = f.read()
+        return sum(int(m.group(1)) for m in re.finditer(r'"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]+ HTTP/1.1" 20[06] (\d+)', text))
+
+    def registry_log_size(self):
+        return os.path.getsize(self.registry_log)
+
+    def push_blob(self, repo, path):
+        """Uploads a file as a blob of `repo` (monolithic upload); returns its digest."""
+        with open(path, "rb") as f:
+            data = f.read()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        r = urllib.request.urlopen(urllib.request.Request(
+            f"http://{self.addr}/v2/{repo}/blobs/uploads/", method="POST"))
+        loc = r.headers["Location"]
+        if loc.startswith("/"):
+            loc = f"http://{self.addr}{loc}"
+        sep = "&" if "?" in loc else "?"
+        urllib.request.urlopen(urllib.request.Request(
+            f"{loc}{sep}digest={digest}", data=data, method="PUT",
+            headers={"Content-Type": "application/octet-stream"}))
+        return digest
+
+    def fetch_blob(self, repo, digest, path):
+        with urllib.request.urlopen(f"http://{self.addr}/v2/{repo}/blobs/{digest}") as r, open(path, "wb") as f:
+            shutil.copyfileobj(r, f)
+
+    def start_snapshotter(self, fresh_cache, prefetch=True):
+        cache = os.path.join(self.work, "loci-cache")
+        if fresh_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+        cfg = os.path.join(self.work, "snapshotter.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[cache]\ndir = "{cache}"\nmemory_bytes = 268435456\ndisk_bytes = 21474836480\n'
+                    f'[prefetch]\nenabled = {"true" if prefetch else "false"}\n'
+                    f'[snapshotter]\nplain_http_registries = ["{self.addr}"]\n')
+        self.snap_sock = os.path.join(self.work, "loci.sock")
+        self.snapshotter = self.spawn([self.loci, "snapshotter", "--address", self.snap_sock,
+                                       "--root", os.path.join(self.work, "loci-root"), "--config", cfg], "snapshotter")
+        wait_for(lambda: os.path.exists(self.snap_sock), "loci snapshotter")
+        if hasattr(self, "sock"):
+            # containerd redials a restarted proxy plugin after a backoff:
+            # wait until it answers again, outside any timing.
+            # (A Prepare reaches the snapshotter; a listing does not.)
+            probe = ["ctr", "--address", self.sock, "--namespace", "probe", "snapshots", "--snapshotter", "loci"]
+            key = f"probe-{len(self.procs)}"
+            wait_for(lambda: subprocess.run(probe + ["prepare", key], stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL).returncode == 0,
+                     "containerd's connection to the restarted snapshotter", timeout=120)
+            subprocess.run(probe + ["rm", key], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop_snapshotter(self):
+        self.snapshotter.send_signal(signal.SIGTERM)
+        self.snapshotter.wait(timeout=60)
+        if os.path.exists(self.snap_sock):
+            os.unlink(self.snap_sock)
+
+    def start_containerd(self):
+        d = os.path.join(self.work, "containerd")
+        os.makedirs(d)
+        with open(os.path.join(ROOT, "fixtures/containerd.toml")) as f:
+            cfg = f.read().replace("@DIR@", d).replace(
+                "@PROXY_PLUGINS@", f'[proxy_plugins.loci]\n  type = "snapshot"\n  address = "{self.snap_sock}"\n')
+        path = os.path.join(d, "config.toml")
+        with open(path, "w") as f:
+            f.write(cfg)
+        self.sock = os.path.join(d, "containerd.sock")
+        self.containerd = self.spawn(["containerd", "--config", path], "containerd")
+        wait_for(lambda: os.path.exists(self.sock), "containerd")
+
+    def ctr(self, ns, *args):
+        return self.run("ctr", "--address", self.sock, "--namespace", ns, *args)
+
+    def close(self):
+        for line in reversed(open("/proc/self/mounts").read().splitlines()):
+            target = line.split(" ")[1]
+            if target.startswith(self.work):
+                subprocess.run(["umount", "-l", target])
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        if self.netns:
+            subprocess.run(["ip", "netns", "del", self.netns])  # removes the veth pair too
+        if not self.args.keep:
+            shutil.rmtree(self.work, ignore_errors=True)
+        else:
+            print(f"kept {self.work}", file=sys.stderr)
+
+
+def build_layout(env, name):
+    """The image's OCI layout and tag, built (or reused: cached by content)."""
+    spec = IMAGES[name]
+    if "packages" in spec:
+        cache = os.environ.get("LOCI_IMAGE_CACHE", "/var/tmp/loci-images")
+        out = os.path.join(cache, name)
+        extra = []
+        if name == "jre":
+            extra = ["--add", jre_class_dir(env)]
+        env.run(os.path.join(ROOT, "tools/make-debian-image.sh"), out, name, spec["packages"],
+                "--cmd", spec["cmd"], *extra)
+        return os.path.join(out, "layout"), name
+    layout = os.path.join(env.work, f"layout-{name}")
+    extra = ["--busybox", spec["busybox"]] if "busybox" in spec else ["--big-mib", "16"]
+    env.run(sys.executable, os.path.join(ROOT, "tools/make-fixture-image.py"), layout, "--tag", name, *extra)
+    return layout, name
+
+
+JAVA_HELLO = """
+public class Hello {
+    public static void main(String[] args) throws Exception {
+        java.util.Map<String, Integer> counts = new java.util.TreeMap<>();
+        for (String w : "the quick brown fox jumps over the lazy dog the end".split(" "))
+            counts.merge(w, 1, Integer::sum);
+        String json = new StringBuilder().append(counts).toString();
+        java.security.MessageDigest md = java.security.MessageDigest.getInstance("SHA-256");
+        System.out.println(json + " " + java.util.HexFormat.of().formatHex(md.digest(json.getBytes())));
+    }
+}
+"""
+
+
+def jre_class_dir(env):
+    """/opt/bench/Hello.class for the JVM image, compiled here once (the
+    JRE cannot compile); cached next to the image."""
+    cache = os.environ.get("LOCI_IMAGE_CACHE", "/var/tmp/loci-images")
+    out = os.path.join(cache, "jre", "add")
+    target = os.path.join(out, "opt", "bench", "Hello.class")
+    if not os.path.exists(target):
+        javac = shutil.which("javac")
+        if not javac:
+            raise RuntimeError("the jre image needs javac on this machine to build its class (apt install default-jdk-headless)")
+        src = os.path.join(env.work, "Hello.java")
+        with open(src, "w") as f:
+            f.write(JAVA_HELLO)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        env.run(javac, "--release", "17", "-d", os.path.dirname(target), src)
+    return out
+
+
+def image_command(name, config_cmd):
+    return FIXTURE_COMMAND if name == "fixture" else config_cmd
+
+
+def read_command(env, ref):
+    """The image's entrypoint + cmd, read from its config through skopeo."""
+    out = subprocess.run(["skopeo", "inspect", "--config", "--tls-verify=false", f"docker://{ref}"],
+                         check=True, stdout=subprocess.PIPE, stderr=env.log).stdout
+    config = json.loads(out).get("config", {})
+    return (config.get("Entrypoint") or []) + (config.get("Cmd") or [])
+
+
+class Image:
+    """One image pushed, converted and prepared for every mode."""
+
+    def __init__(self, env, name, modes):
+        self.name = name
+        layout, tag = build_layout(env, name)
+        self.original = f"{env.addr}/{name}:v1"
+        self.converted = f"{env.addr}/{name}:loci"
+        env.run("skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
+                f"docker://{self.original}")
+        t0 = time.perf_counter()
+        env.run(env.loci, "--log", "warn", "convert", "--plain-http", self.original, self.converted)
+        self.convert_s = time.perf_counter() - t0
+        self.command = image_command(name, read_command(env, self.original))
+        self.traced = False
+        if "nydus-fs" in modes:
+            self.nydus = nydus_convert(env, name, layout, tag)
+
+
+def nydus_convert(env, name, layout, tag):
+    """Nydus' image of `layout`: the bootstrap and blob of the unpacked
+    rootfs, pushed to the registry as blobs of nydus/NAME."""
+    nydus_image = env.peers["nydus"]["nydus-image"]
+    work = os.path.join(env.work, f"nydus-{name}")
+    os.makedirs(work)
+    rootfs = os.path.join(work, "rootfs")
+    flatten(env, layout, tag, rootfs)
+    blobs = os.path.join(work, "blobs")
+    os.makedirs(blobs)
+    bootstrap = os.path.join(work, "bootstrap")
+    # From the unpacked tree: nydus-image 2.2.0's tar-rafs blobs fail in
+    # nydusd's registry backend here (a panic with RAFS v6, short reads
+    # with v5), its directory path works.
+    t0 = time.perf_counter()
+    env.run(nydus_image, "create", "--fs-version", "6", "--blob-dir", blobs, "--bootstrap", bootstrap,
+            "--log-level", "warn", rootfs)
+    convert_s = time.perf_counter() - t0
+    shutil.rmtree(rootfs)
+    repo = f"nydus/{name}"
+    for blob in os.listdir(blobs):
+        env.push_blob(repo, os.path.join(blobs, blob))
+    return {"repo": repo, "bootstrap": env.push_blob(repo, bootstrap), "convert_s": convert_s}
+
+
+def flatten(env, layout, tag, rootfs):
+    """Unpacks the image's layers into `rootfs`, bottom first, applying OCI
+    whiteouts (GNU tar keeps owners, modes, xattrs, devices, hardlinks)."""
+    def blob(digest):
+        return os.path.join(layout, "blobs", *digest.split(":"))
+    index = json.load(open(os.path.join(layout, "index.json")))
+    desc = next(m for m in index["manifests"]
+                if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
+    manifest = json.load(open(blob(desc["digest"])))
+    os.makedirs(rootfs)
+    for layer in manifest["layers"]:
+        media = layer["mediaType"]
+        decompress = ["gzip", "-dc"] if media.endswith("gzip") else ["zstd", "-dc"] if media.endswith("zstd") else ["cat"]
+        listing = subprocess.run(decompress + [blob(layer["digest"])], check=True, stdout=subprocess.PIPE)
+        names = subprocess.run(["tar", "-t"], input=listing.stdout, check=True, stdout=subprocess.PIPE).stdout
+        for name in names.decode("utf-8", "surrogateescape").splitlines():
+            name = name.lstrip("./") if name.startswith("./") else name
+            parent, base = os.path.split(name.rstrip("/"))
+            if base == ".wh..wh..opq":
+                d = os.path.join(rootfs, parent)
+                for child in os.listdir(d) if os.path.isdir(d) else []:
+                    p = os.path.join(d, child)
+                    shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+            elif base.startswith(".wh."):
+                p = os.path.join(rootfs, parent, base[len(".wh."):])
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p)
+                elif os.path.lexists(p):
+                    os.unlink(p)
+        subprocess.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xp", "-C", rootfs,
+                        "--exclude=.wh.*", "--exclude=*/.wh.*"],
+                       input=listing.stdout, check=True, stderr=env.log)
+
+
+def in_chroot(env, lower, tag, command):
+    """Runs `command` in a chroot on an overlay over `lower` (as a container
+    sees its rootfs), with /proc and /dev; undoes the mounts."""
+    upper, work, root = (os.path.join(env.work, f"{tag}-{n}") for n in ("upper", "work", "root"))
+    for d in (upper, work, root):
+        os.makedirs(d, exist_ok=True)
+    env.run("mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", root)
+    try:
+        for d in ("proc", "dev"):
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+        env.run("mount", "-t", "proc", "proc", os.path.join(root, "proc"))
+        env.run("mount", "--bind", "/dev", os.path.join(root, "dev"))
+        env.run("chroot", root, *command)
+    finally:
+        for d in ("dev", "proc"):
+            subprocess.run(["umount", os.path.join(root, d)], stderr=env.log)
+        env.run("umount", root)
+        shutil.rmtree(upper, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def loci_mount(env, image, tag, record=None):
+    """`loci mount` of the converted image, fresh cache; returns (process, dir)."""
+    mnt = os.path.join(env.work, f"{tag}-mnt")
+    os.makedirs(mnt, exist_ok=True)
+    cache = os.path.join(env.work, f"{tag}-cache")
+    shutil.rmtree(cache, ignore_errors=True)
+    cfg = os.path.join(env.work, f"{tag}.toml")
+    with open(cfg, "w") as f:
+        f.write(f'[cache]\ndir = "{cache}"\n')
+    extra = ["--record-trace", record, "--publish-trace"] if record else []
+    p = subprocess.Popen([env.loci, "--log", "warn", "mount", "--plain-http", "--config", cfg, "--no-prefetch",
+                          *extra, image.converted, mnt], stdout=env.log, stderr=env.log)
+    wait_for(lambda: os.path.ismount(mnt) or p.poll() is not None, "loci mount")
+    if p.poll() is not None:
+        raise RuntimeError(f"loci mount exited ({p.returncode}); see {env.work}/log")
+    return p, mnt
+
+
+def stop(p, mnt):
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+    if os.path.ismount(mnt):
+        subprocess.run(["umount", "-l", mnt])
+
+
+def record_trace(env, image):
+    """Runs the start command once over `loci mount`, recording and
+    publishing its trace; returns the number of chunk reads."""
+    trace = os.path.join(env.work, f"trace-{image.name}.json")
+    p, mnt = loci_mount(env, image, f"rec-{image.name}", record=trace)
+    try:
+        in_chroot(env, mnt, f"rec-{image.name}", image.command)
+    finally:
+        stop(p, mnt)
+    return len(json.load(open(trace))["accesses"])
+
+
+def timed_containerd(env, image, mode, ns, run_index):
+    ref = image.original if mode == "overlayfs" else image.converted
+    drop_caches()
+    since = env.registry_log_size()
+    t0 = time.perf_counter()
+    if mode == "overlayfs":
+        env.ctr(ns, "images", "pull", "--plain-http", ref)
+    else:
+        env.run(env.loci, "--log", "warn", "pull", "--plain-http", "--address", env.sock, "--namespace", ns, ref)
+    t1 = time.perf_counter()
+    snap = [] if mode == "overlayfs" else ["--snapshotter", "loci"]
+    env.ctr(ns, "run", "--rm", *snap, ref, f"start-{run_index}", *image.command)
+    t2 = time.perf_counter()
+    fetched = env.registry_bytes(since)
+    env.ctr(ns, "images", "rm", "--sync", ref)
+    return t1 - t0, t2 - t1, fetched
+
+
+def timed_loci_fs(env, image, run_index):
+    drop_caches()
+    since = env.registry_log_size()
+    t0 = time.perf_counter()
+    p, mnt = loci_mount(env, image, f"lfs-{image.name}-{run_index}")
+    t1 = time.perf_counter()
+    try:
+        in_chroot(env, mnt, f"lfs-{image.name}-{run_index}", image.command)
+        t2 = time.perf_counter()
+    finally:
+        stop(p, mnt)
+    return t1 - t0, t2 - t1, env.registry_bytes(since)
+
+
+def timed_nydus_fs(env, image, run_index):
+    tag = f"nfs-{image.name}-{run_index}"
+    work = os.path.join(env.work, tag)
+    mnt, cache = os.path.join(work, "mnt"), os.path.join(work, "cache")
+    os.makedirs(mnt)
+    os.makedirs(cache)
+    cfg = os.path.join(work, "nydusd.json")
+    host = env.addr
+    with open(cfg, "w") as f:
+        json.dump({"device": {"backend": {"type": "registry", "config": {
+            "scheme": "http", "host": host, "repo": image.nydus["repo"], "timeout": 30,
+            "connect_timeout": 5, "retry_limit": 2}},
+            "cache": {"type": "blobcache", "config": {"work_dir": cache}}},
+            "mode": "direct", "digest_validate": False, "iostats_files": False,
+            "enable_xattr": True, "fs_prefetch": {"enable": False}}, f)
+    drop_caches()
+    since = env.registry_log_size()
+    t0 = time.perf_counter()
+    bootstrap = os.path.join(work, "bootstrap")
+    env.fetch_blob(image.nydus["repo"], image.nydus["bootstrap"], bootstrap)
+    p = subprocess.Popen([env.peers["nydus"]["nydusd"], "--config", cfg, "--mountpoint", mnt,
+                          "--bootstrap", bootstrap, "--rlimit-nofile", "0", "--log-level", "warn"],
+                         stdout=env.log, stderr=env.log)
+    wait_for(lambda: os.path.ismount(mnt) or p.poll() is not None, "nydusd")
+    if p.poll() is not None:
+        raise RuntimeError(f"nydusd exited ({p.returncode}); see {env.work}/log")
+    t1 = time.perf_counter()
+    try:
+        in_chroot(env, mnt, tag, image.command)
+        t2 = time.perf_counter()
+    finally:
+        subprocess.run(["umount", mnt], stderr=env.log)
+        stop(p, mnt)
+        shutil.rmtree(work, ignore_errors=True)
+    return t1 - t0, t2 - t1, env.registry_bytes(since)
+
+
+def measure(env, image, mode, run_index):
+    """One cold start of `image` in `mode`: (pull_s, start_s, bytes)."""
+    if mode == "loci-trace" and not image.traced:
+        accesses = record_trace(env, image)
+        print(f"{image.name}: recorded and published a trace of {accesses} chunk reads", file=sys.stderr)
+        image.traced = True
+    if mode in ("loci", "loci-trace"):
+        # Once a trace is published the snapshotter would replay it: the
+        # no-trace mode turns replay off.
+        env.stop_snapshotter()
+        env.start_snapshotter(fresh_cache=True, prefetch=mode == "loci-trace")
+    elif mode == "loci-warm":
+        env.stop_snapshotter()
+        env.start_snapshotter(fresh_cache=False)
+    if mode == "loci-fs":
+        return timed_loci_fs(env, image, run_index)
+    if mode == "nydus-fs":
+        return timed_nydus_fs(env, image, run_index)
+    return timed_containerd(env, image, mode, f"{image.name}-{mode}-{run_index}", run_index)
+
+
+def summarize(rows, images, modes, link):
+    summary = []
+    for name in images:
+        base_rows = [r["total_s"] for r in rows if r["image"] == name and r["mode"] == "overlayfs"]
+        base = statistics.median(base_rows) if base_rows else None
+        for mode in modes:
+            rs = [r for r in rows if r["image"] == name and r["mode"] == mode]
+            if not rs:
+                continue
+            med = {k: statistics.median(r[k] for r in rs) for k in ("pull_s", "start_s", "total_s", "bytes_fetched")}
+            summary.append({"image": name, "mode": mode, **med,
+                            "ratio_to_overlayfs": med["total_s"] / base if base else None,
+                            "runs": len(rs),
+                            "total_min_s": min(r["total_s"] for r in rs),
+                            "total_max_s": max(r["total_s"] for r in rs),
+                            "link": link})
+    return summary
+
+
+def print_table(summary, out=sys.stdout):
+    print(f"{'image':8} {'mode':10} {'pull s':>8} {'start s':>8} {'total s':>8} {'spread s':>9} "
+          f"{'MB fetched':>11} {'x overlayfs':>12}", file=out)
+    for s in summary:
+        ratio = f"{s['ratio_to_overlayfs']:12.2f}" if s["ratio_to_overlayfs"] is not None else f"{'-':>12}"
+        spread = s["total_max_s"] - s["total_min_s"]
+        print(f"{s['image']:8} {s['mode']:10} {s['pull_s']:8.2f} {s['start_s']:8.2f} {s['total_s']:8.2f} "
+              f"{spread:9.2f} {s['bytes_fetched'] / 1e6:11.1f} {ratio}", file=out)
+
+
+def plot(summary, images, modes, link, path):
+    """A PNG of grouped bars: total time (pull part hatched) per image and mode."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(images), figsize=(4.2 * len(images), 4.6), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
+    for ax, name in zip(axes[0], images):
+        rows = {s["mode"]: s for s in summary if s["image"] == name}
+        shown = [m for m in modes if m in rows]
+        for i, mode in enumerate(shown):
+            s = rows[mode]
+            ax.bar(i, s["pull_s"], color=colors[i % 10], hatch="//", edgecolor="white")
+            ax.bar(i, s["start_s"], bottom=s["pull_s"], color=colors[i % 10])
+            ax.errorbar(i, s["total_s"], yerr=[[s["total_s"] - s["total_min_s"]], [s["total_max_s"] - s["total_s"]]],
+                        color="black", capsize=3)
+            label = f"{s['total_s']:.1f}s"
+            if s["ratio_to_overlayfs"] is not None and mode != "overlayfs":
+                label += f"\n{s['ratio_to_overlayfs']:.2f}x"
+            ax.text(i, s["total_max_s"], label, ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(shown)))
+        ax.set_xticklabels(shown, rotation=35, ha="right", fontsize=8)
+        ax.set_title(name)
+        ax.set_ylabel("seconds to the command's exit (hatched: pull)")
+        ax.margins(y=0.2)
+    fig.suptitle(f"cold start, registry over {link}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help=f"the small images ({','.join(QUICK_IMAGES)}), once")
+    ap.add_argument("--images", help=f"comma-separated, of {','.join(IMAGES)} (default: python,nginx,jre,busybox)")
+    ap.add_argument("--modes", default=",".join(ALL_MODES))
+    ap.add_argument("--runs", type=int, default=None, help="repetitions per image and mode (default 3, quick 1)")
+    ap.add_argument("--loci", default=os.path.join(ROOT, "target/release/loci"))
+    ap.add_argument("--out", default="bench-out")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) afterwards")
+    ap.add_argument("--link", help="RATE,RTT for a shaped link to the registry, e.g. 200mbit,10ms")
+    args = ap.parse_args()
+    images = (args.images or (",".join(QUICK_IMAGES) if args.quick else "python,nginx,jre,busybox")).split(",")
+    for name in images:
+        if name not in IMAGES:
+            sys.exit(f"bench: unknown image {name!r} (known: {', '.join(IMAGES)})")
+    runs = args.runs or (1 if args.quick else 3)
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root (containerd, FUSE, mounts, drop_caches)")
+    os.makedirs(args.out, exist_ok=True)
+    env = Env(args)
+    env.peers = find_peers()
+    modes = [m for m in args.modes.split(",") if m]
+    for m in modes:
+        if m not in ALL_MODES:
+            sys.exit(f"bench: unknown mode {m!r} (known: {', '.join(ALL_MODES)})")
+    if "nydus-fs" in modes and not env.peers["nydus"]["found"]:
+        modes.remove("nydus-fs")
+    for peer, found in env.peers.items():
+        print(f"peer {peer}: " + (found.get("version", "found") if found["found"] else f"skipped: {found['why']}"),
+              file=sys.stderr)
+    rows = []
+    converts = {}
+    started = time.time()
+    try:
+        env.start_registry()
+        env.start_snapshotter(fresh_cache=True)
+        env.start_containerd()
+        for name in images:
+            image = Image(env, name, modes)
+            converts[name] = {"loci_s": image.convert_s,
+                              "nydus_s": image.nydus["convert_s"] if "nydus-fs" in modes else None}
+            for run in range(runs):
+                for mode in modes:
+                    pull_s, start_s, fetched = measure(env, image, mode, run)
+                    rows.append({"image": name, "mode": mode, "run": run, "pull_s": pull_s, "start_s": start_s,
+                                 "total_s": pull_s + start_s, "bytes_fetched": fetched})
+                    print(f"{name:8} run {run} {mode:10} pull {pull_s:6.2f}s start {start_s:6.2f}s "
+                          f"total {pull_s + start_s:6.2f}s fetched {fetched / 1e6:8.1f} MB", file=sys.stderr)
+    finally:
+        env.close()
+    summary = summarize(rows, images, modes, env.link_note)
+    print_table(summary)
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(args.out, "bench-runs.json"), "w") as f:
+        json.dump({"modes": modes, "images": images, "runs": runs, "link": env.link_note, "peers": env.peers,
+                   "convert_s": converts, "elapsed_s": time.time() - started, "rows": rows}, f, indent=2)
+    plot(summary, images, modes, env.link_note, os.path.join(args.out, "bench.png"))
+    print(f"wrote {args.out}/bench.json, bench-runs.json and bench.png", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

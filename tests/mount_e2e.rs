@@ -153,6 +153,54 @@ fn reading_one_small_file_fetches_under_one_percent_of_the_layer() {
     );
 }
 
+/// A read that must fetch also fetches what follows it in the blob (up to
+/// `amplify_bytes`): the next file in the layer is then read without a
+/// request. With amplification off it costs one.
+#[test]
+fn a_fetching_read_brings_the_files_after_it_along() {
+    let test = "a_fetching_read_brings_the_files_after_it_along";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    let setup = Setup::new(&["--big-mib", "16"]);
+    let layers = setup.converted_layers(&setup.converted());
+    let digest = layers.last().unwrap()["layer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (name, amplify, extra_requests) in [("amplified", 1u64 << 20, 0), ("plain", 0, 1)] {
+        let config = setup.config(name, 30);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!("amplify_bytes = {amplify}\n"));
+        std::fs::write(&config, text).unwrap();
+        let mut mount = LociMount::start(
+            &setup.converted(),
+            &setup.path(&format!("{name}-mnt")),
+            &config,
+            &setup.path(&format!("{name}.log")),
+        );
+        // big/small.txt is stored just before big/huge.bin.
+        let before = setup.registry.daemon.log_text().len();
+        let text = std::fs::read_to_string(mount.dir.join("big/small.txt")).unwrap();
+        assert_eq!(text, "a small file in a big layer\n");
+        let (after_first, _) = blob_traffic(&setup.registry, &digest, before);
+        let mut head = [0u8; 4096];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open(mount.dir.join("big/huge.bin")).unwrap(),
+            &mut head,
+        )
+        .unwrap();
+        let (after_second, _) = blob_traffic(&setup.registry, &digest, before);
+        mount.stop();
+        assert!(after_first >= 1, "{name}: the first read fetched nothing");
+        assert_eq!(
+            after_second - after_first,
+            extra_requests,
+            "{name}: requests for the next file"
+        );
+    }
+}
+
 #[test]
 fn a_second_image_fetches_none_of_the_shared_chunks() {
     let test = "a_second_image_fetches_none_of_the_shared_chunks";

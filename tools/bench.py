@@ -58,7 +58,8 @@ IMAGES = {
                "cmd": "python3 -c 'import numpy, pandas, scipy.stats, sklearn.linear_model; "
                       "print(numpy.arange(10).sum(), pandas.__version__)'"},
     "nginx": {"packages": "nginx,curl",
-              "cmd": "nginx -t -q && nginx && curl -sf -o /dev/null http://127.0.0.1/ && nginx -s quit && echo served"},
+              "cmd": "nginx -t -q && nginx && curl -sf -o /dev/null http://127.0.0.1/ && nginx -s quit "
+                     "&& while [ -e /run/nginx.pid ]; do sleep 0.05; done && echo served"},
     "jre": {"packages": "default-jre-headless",
             "cmd": "java -Xshare:auto -XX:TieredStopAtLevel=1 -cp /opt/bench Hello"},
     "busybox": {"busybox": "find / -xdev -type f | wc -l; sha256sum /bin/busybox; "

@@ -54,12 +54,16 @@ if [[ -f $out/layout-$tag.key && $(cat "$out/layout-$tag.key") == "$image_key" ]
 else
   [[ -d $layout ]] || umoci init --layout "$layout"
   umoci new --image "$layout:$tag"
-  unpacked=$(mktemp -d)
-  mkdir -p "$unpacked/rootfs"
-  tar --numeric-owner --xattrs -C "$unpacked/rootfs" -xf "$rootfs_tar"
-  [[ -z $add ]] || cp -a "$add/." "$unpacked/rootfs/"
-  umoci insert --image "$layout:$tag" "$unpacked/rootfs" /
-  rm -rf "$unpacked"
+  # The rootfs tar is the layer as it is (umoci insert of the unpacked tree
+  # wrote layers without the last file's padding nor the end-of-archive
+  # blocks here, which a strict tar reader refuses).
+  umoci raw add-layer --image "$layout:$tag" "$rootfs_tar"
+  if [[ -n $add ]]; then
+    added_tar=$(mktemp --suffix=.tar)
+    tar --numeric-owner --owner=0 --group=0 -C "$add" -cf "$added_tar" .
+    umoci raw add-layer --image "$layout:$tag" "$added_tar"
+    rm -f "$added_tar"
+  fi
   umoci config --image "$layout:$tag" --os linux --architecture amd64 \
     --config.env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     --config.cmd /bin/sh --config.cmd -c --config.cmd "$cmd"

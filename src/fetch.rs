@@ -329,14 +329,15 @@ impl Fetcher {
                 self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
                 if i == run[0] {
                     leader_bytes = Some(data);
-                } else if let Err(e) = self.cache.insert(&chunk.digest, data) {
-                    tracing::warn!(chunk = %chunk.digest, error = %e, "could not cache a prefetched neighbour");
+                } else {
+                    // decode_chunk checked it against its digest.
+                    self.cache.insert_verified(&chunk.digest, data);
                 }
             }
             Ok::<Bytes, String>(leader_bytes.expect("leader decoded"))
         };
         self.cache
-            .get_or_fetch(&leader.digest, fetch)
+            .get_or_fetch_verified(&leader.digest, fetch)
             .await
             .map_err(|e| FetchError::Chunk {
                 layer: layer.digest,

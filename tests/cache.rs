@@ -372,6 +372,46 @@ async fn get_or_fetch_serves_from_disk_after_a_reopen() {
     );
 }
 
+/// Chunks the fetcher has already checked: served at once from memory,
+/// written to disk behind the reader, and there after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_chunks_are_served_at_once_and_reach_disk_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (digest, data) = chunk(6, 128 * KIB);
+    let (neighbour, neighbour_data) = chunk(7, 64 * KIB);
+    {
+        let cache = ChunkCache::open(&config(dir.path(), 1 << 20, 1 << 24)).unwrap();
+        let fetched = cache
+            .get_or_fetch_verified(&digest, || async { Ok::<_, String>(data.clone()) })
+            .await
+            .unwrap();
+        assert_eq!(fetched, data);
+        cache.insert_verified(&neighbour, neighbour_data.clone());
+        assert_eq!(cache.get(&digest), Some(data.clone()));
+        assert_eq!(cache.get(&neighbour), Some(neighbour_data.clone()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.stats().disk_bytes < (data.len() + neighbour_data.len()) as u64 {
+            assert!(Instant::now() < deadline, "never written to disk");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // The writer may still hold the database for a moment after counting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let cache = loop {
+        match ChunkCache::open(&config(dir.path(), 1 << 20, 1 << 24)) {
+            Ok(cache) => break cache,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reopen: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("reopen: {e}"),
+        }
+    };
+    assert_eq!(cache.get_or_fetch(&digest, no_fetch).await.unwrap(), data);
+    assert_eq!(cache.get(&neighbour), Some(neighbour_data));
+    assert_eq!(cache.stats().disk_hits, 2);
+}
+
 #[test]
 fn insert_refuses_bytes_that_do_not_match_the_digest() {
     let dir = tempfile::tempdir().unwrap();

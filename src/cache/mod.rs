@@ -134,14 +134,31 @@ impl Tiers {
             actual,
         })?;
         let tick = self.tick();
-        let size = data.len() as u64;
         self.put_in_memory(*digest, data.clone(), tick);
+        self.store_on_disk(digest, &data, tick)
+    }
+
+    fn store_on_disk(&self, digest: &Digest, data: &[u8], tick: u64) -> Result<(), CacheError> {
         let evicted = self
             .disk
-            .insert(digest, &data, tick, &|d| self.memory.last_use(d))?;
+            .insert(digest, data, tick, &|d| self.memory.last_use(d))?;
         Counters::add(&self.counters.evictions_disk, evicted);
-        Counters::add(&self.counters.bytes_inserted, size);
+        Counters::add(&self.counters.bytes_inserted, data.len() as u64);
         Ok(())
+    }
+
+    /// Stores a chunk its caller has verified: in memory now, on disk from
+    /// tokio's blocking pool, off the reader's path (a failed disk write
+    /// only loses the copy on disk).
+    fn store_verified_behind(self: &Arc<Self>, digest: Digest, data: Bytes) {
+        let tick = self.tick();
+        self.put_in_memory(digest, data.clone(), tick);
+        let tiers = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = tiers.store_on_disk(&digest, &data, tick) {
+                tracing::warn!(%digest, %error, "could not store a fetched chunk on disk");
+            }
+        });
     }
 }
 
@@ -155,6 +172,15 @@ impl Drop for Tiers {
         }
         self.disk.save_recency();
     }
+}
+
+/// Whether fetched bytes still need checking against their digest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fetched {
+    /// Hashed by the cache before it keeps or returns them.
+    Unchecked,
+    /// Checked by the caller; kept in memory at once, on disk behind.
+    Verified,
 }
 
 /// The node's chunk cache: memory and disk tiers, with single-flight fetches
@@ -206,6 +232,39 @@ impl ChunkCache {
         Fut: Future<Output = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        self.get_or_fetch_with(digest, fetch, Fetched::Unchecked)
+            .await
+    }
+
+    /// [`get_or_fetch`](Self::get_or_fetch) for a `fetch` that returns only
+    /// bytes it has checked against `digest` itself (as the fetcher does,
+    /// decoding chunks): they are not hashed again, and reach the disk tier
+    /// after the caller has them. Must be called within a tokio runtime.
+    pub async fn get_or_fetch_verified<F, Fut, E>(
+        &self,
+        digest: &Digest,
+        fetch: F,
+    ) -> Result<Bytes, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        self.get_or_fetch_with(digest, fetch, Fetched::Verified)
+            .await
+    }
+
+    async fn get_or_fetch_with<F, Fut, E>(
+        &self,
+        digest: &Digest,
+        fetch: F,
+        checked: Fetched,
+    ) -> Result<Bytes, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
         let mut fetch = Some(fetch);
         loop {
             if let Some(data) = self.tiers.memory_get(digest) {
@@ -221,7 +280,7 @@ impl ChunkCache {
                 }
                 Role::Leader(leader) => {
                     let fetch = fetch.take().expect("a caller leads at most once");
-                    let result = self.lead(digest, fetch).await;
+                    let result = self.lead(digest, fetch, checked).await;
                     leader.complete(result.clone());
                     return result;
                 }
@@ -231,7 +290,12 @@ impl ChunkCache {
 
     /// The leader's part: look again (a previous flight may have just
     /// stored the chunk), then fetch, verify and store.
-    async fn lead<F, Fut, E>(&self, digest: &Digest, fetch: F) -> Result<Bytes, CacheError>
+    async fn lead<F, Fut, E>(
+        &self,
+        digest: &Digest,
+        fetch: F,
+        checked: Fetched,
+    ) -> Result<Bytes, CacheError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Bytes, E>> + Send,
@@ -258,6 +322,10 @@ impl ChunkCache {
         Counters::add(&counters.bytes_fetched, data.len() as u64);
         tracing::debug!(%digest, bytes = data.len(), elapsed_us = started.elapsed().as_micros() as u64, "chunk fetched");
 
+        if checked == Fetched::Verified {
+            self.tiers.store_verified_behind(key, data.clone());
+            return Ok(data);
+        }
         let tiers = Arc::clone(&self.tiers);
         let stored = data.clone();
         match blocking(move || tiers.verify_and_store(&key, stored)).await {
@@ -290,6 +358,14 @@ impl ChunkCache {
     /// fetches). Bytes not matching the digest are refused.
     pub fn insert(&self, digest: &Digest, data: Bytes) -> Result<(), CacheError> {
         self.tiers.verify_and_store(digest, data)
+    }
+
+    /// Stores a chunk the caller has checked against `digest` itself: in
+    /// memory at once, on disk in the background (see
+    /// [`get_or_fetch_verified`](Self::get_or_fetch_verified)). Must be
+    /// called within a tokio runtime.
+    pub fn insert_verified(&self, digest: &Digest, data: Bytes) {
+        self.tiers.store_verified_behind(*digest, data);
     }
 
     /// Whether the disk tier has no room for another chunk as large as the

@@ -128,6 +128,9 @@ pub struct Fetcher {
     config: FetchConfig,
     /// On-demand reads being served now; prefetch backs off while any is.
     demand: std::sync::atomic::AtomicUsize,
+    /// The amplification in force: `config.amplify_bytes` until a trace
+    /// is replayed, 0 after.
+    amplify_bytes: AtomicU64,
     /// What was fetched so far.
     pub stats: FetchStats,
 }
@@ -137,10 +140,18 @@ impl Fetcher {
     pub fn new(cache: Arc<ChunkCache>, config: FetchConfig) -> Fetcher {
         Fetcher {
             cache,
+            amplify_bytes: AtomicU64::new(config.amplify_bytes),
             config,
             demand: std::sync::atomic::AtomicUsize::new(0),
             stats: FetchStats::default(),
         }
+    }
+
+    /// A start trace is being replayed for these layers: it says which
+    /// chunks the start reads, so reads stop fetching their blob
+    /// neighbours on a guess (bytes a slow link would rather not carry).
+    pub fn follow_trace(&self) {
+        self.amplify_bytes.store(0, Ordering::Relaxed);
     }
 
     /// On-demand reads in flight now.
@@ -230,7 +241,8 @@ impl Fetcher {
         (last + 1..layer.chunks.len() as u32)
             .take_while(|&i| {
                 let c = &layer.chunks[i as usize];
-                c.blob_offset + u64::from(c.compressed_len) - start <= self.config.amplify_bytes
+                c.blob_offset + u64::from(c.compressed_len) - start
+                    <= self.amplify_bytes.load(Ordering::Relaxed)
             })
             .filter(|&i| !cached(i))
             .collect()

@@ -41,14 +41,27 @@ if [[ ! -f $rootfs_tar ]]; then
   echo "debootstrap $suite with $packages" >&2
   debootstrap --variant=minbase --include="$packages" "$suite" "$work/rootfs" "$mirror" >&2
   rm -rf "$work/rootfs/var/cache/apt/archives/"*.deb "$work/rootfs/var/lib/apt/lists/"*
-  tar --numeric-owner --xattrs -C "$work/rootfs" -cf "$rootfs_tar.tmp" .
+  tar --sort=name --numeric-owner --xattrs -C "$work/rootfs" -cf "$rootfs_tar.tmp" .
   mv "$rootfs_tar.tmp" "$rootfs_tar"
+  touch "$rootfs_tar.sorted"
+fi
+# Entries in name order within each directory, as docker and buildkit write
+# layers (Go's filepath.Walk): a tree in readdir order would scatter a
+# package's files through the layer, which no real image does. (Rootfs
+# tars cached before this are sorted once.)
+if [[ ! -f $rootfs_tar.sorted ]]; then
+  resort=$(mktemp -d)
+  tar --numeric-owner --xattrs -C "$resort" -xf "$rootfs_tar"
+  tar --sort=name --numeric-owner --xattrs -C "$resort" -cf "$rootfs_tar.tmp" .
+  rm -rf "$resort"
+  mv "$rootfs_tar.tmp" "$rootfs_tar"
+  touch "$rootfs_tar.sorted"
 fi
 
 layout="$out/layout"
 added=""
 [[ -z $add ]] || added=$(cd "$add" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
-image_key=$(printf '%s\n%s\n%s\n' "$key" "$cmd" "$added" | sha256sum | cut -c1-16)
+image_key=$(printf 'sorted\n%s\n%s\n%s\n' "$key" "$cmd" "$added" | sha256sum | cut -c1-16)
 if [[ -f $out/layout-$tag.key && $(cat "$out/layout-$tag.key") == "$image_key" ]]; then
   echo "reusing oci:$layout:$tag" >&2
 else

@@ -58,6 +58,7 @@ pub async fn prefetch(
     config: PrefetchConfig,
 ) -> PrefetchReport {
     let started = Instant::now();
+    fetcher.follow_trace();
     let mut report = PrefetchReport {
         traced: trace.accesses.len(),
         ..PrefetchReport::default()

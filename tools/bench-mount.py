@@ -16,20 +16,8 @@ Usage: sudo tools/bench-mount.py [--loci target/release/loci] [--mib 1024]
 import argparse, json, os, random, shutil, signal, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def drop_caches():
-    try:
-        subprocess.run(["sync"], check=True)
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3")
-        return True
-    except OSError:
-        return False
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from harness import drop_caches, free_port  # noqa: E402
 
 
 def seq_read(path):

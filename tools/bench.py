@@ -49,6 +49,9 @@ import argparse, hashlib, json, os, re, shutil, signal, socket, statistics, subp
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from harness import drop_caches, free_port, wait_for  # noqa: E402
+
 ALL_MODES = ["overlayfs", "loci", "loci-trace", "loci-warm", "loci-fs", "nydus-fs"]
 PYTHON_PACKAGES = "python3,python3-numpy,python3-pandas,python3-scipy,python3-matplotlib,python3-sklearn"
 
@@ -69,27 +72,6 @@ IMAGES = {
 # The fixture's own command is an interactive shell: give it work to do.
 FIXTURE_COMMAND = ["/bin/sh", "-c", "cat /etc/hello.txt; sha256sum /data/big-random.bin /bin/busybox"]
 QUICK_IMAGES = ["busybox", "fixture"]
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def drop_caches():
-    try:
-        subprocess.run(["sync"], check=True)
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3")
-    except OSError:
-        pass
-
-
-def wait_for(cond, what, timeout=60):
-    deadline = time.time() + timeout
-    while not cond():
-        if time.time() > deadline:
-            raise RuntimeError(f"{what} not ready after {timeout}s")
-        time.sleep(0.05)
 
 
 def find_tool(name):

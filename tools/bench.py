@@ -38,9 +38,10 @@ from the registry's access log.
 
 With --link RATE,RTT (e.g. 200mbit,10ms) the registry runs in a network
 namespace this script creates, behind a veth pair shaped with tc (netem
-for rate and delay where the kernel has it, else tbf for the rate alone,
-which the run reports); the namespace is removed afterwards, even on
-failure.
+for rate and delay where the kernel has it; else tbf for the rate and
+tools/delay-proxy.py, a userspace delay line in front of the registry,
+for the round trip, which the run reports); the namespace is removed
+afterwards, even on failure.
 
 Usage: sudo tools/bench.py [--quick] [--link BW,RTT] [--images LIST]
          [--modes LIST] [--runs N] [--out DIR] [--loci PATH] [--keep]
@@ -107,6 +108,7 @@ class Env:
         self.procs = []
         self.loci = args.loci
         self.netns = None
+        self.delay_line = None
         self.link_note = "loopback"
 
     def spawn(self, cmd, name):
@@ -121,9 +123,14 @@ class Env:
 
     def shaped_link(self, link):
         """A namespace for the registry behind a shaped veth pair; returns
-        the address the registry listens on there."""
+        the registry's address as clients reach it, and the address it
+        listens on (behind the delay line, when there is one)."""
         rate, rtt = link.split(",")
-        half = f"{float(re.match(r'[0-9.]+', rtt).group()) / 2}{re.sub(r'[0-9.]+', '', rtt) or 'ms'}"
+        m = re.fullmatch(r"([0-9.]+)(us|ms|s)?", rtt)
+        if not m:
+            raise ValueError(f"--link: round trip {rtt!r} is not a time like 10ms")
+        rtt_ms = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000, None: 1}[m.group(2)]
+        half = f"{rtt_ms / 2}ms"
         tag = os.getpid() % 10000
         self.netns = f"loci-bench-{tag}"
         host, peer = f"lbh{tag}", f"lbr{tag}"
@@ -139,21 +146,30 @@ class Env:
                     ):
             self.run(*cmd)
         # Shape both directions: netem for delay and rate where the kernel
-        # has it, else tbf for the rate alone (and say so).
+        # has it; else tbf for the rate and a userspace delay line in front
+        # of the registry for the round trip (and say so).
         self.link_note = f"{rate}, rtt {rtt}"
+        public = f"{subnet}.2:5000"
         for dev, prefix in ((host, []), (peer, ["ip", "netns", "exec", self.netns])):
             netem = prefix + ["tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", half, "rate", rate]
             if subprocess.run(netem, stdout=self.log, stderr=self.log).returncode != 0:
                 self.run(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
                          "burst", "256kbit", "latency", "100ms")
-                self.link_note = f"{rate}, rtt not shaped (no netem in this kernel)"
-        print(f"registry behind a shaped link: {self.link_note}", file=sys.stderr)
-        return f"{subnet}.2:5000"
+                self.delay_line = True
+        if self.delay_line:
+            self.spawn(["ip", "netns", "exec", self.netns, sys.executable, os.path.join(ROOT, "tools/delay-proxy.py"),
+                        public, "127.0.0.1:5001", str(rtt_ms / 2)], "delay-proxy")
+            self.link_note = f"{rate} (tbf), rtt {rtt} (delay line: no netem in this kernel)"
+            return public, "127.0.0.1:5001"
+        return public, public
 
     def start_registry(self):
-        self.addr = self.shaped_link(self.args.link) if self.args.link else f"127.0.0.1:{free_port()}"
+        if self.args.link:
+            self.addr, listen = self.shaped_link(self.args.link)
+        else:
+            self.addr = listen = f"127.0.0.1:{free_port()}"
         with open(os.path.join(ROOT, "fixtures/registry.yml")) as f:
-            cfg = f.read().replace("@ROOT@", os.path.join(self.work, "registry")).replace("@ADDR@", self.addr)
+            cfg = f.read().replace("@ROOT@", os.path.join(self.work, "registry")).replace("@ADDR@", listen)
         path = os.path.join(self.work, "registry.yml")
         with open(path, "w") as f:
             f.write(cfg)
@@ -584,7 +600,7 @@ def plot(summary, images, modes, link, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(images), figsize=(4.2 * len(images), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(images), figsize=(max(4.2 * len(images), 7), 4.6), squeeze=False)
     colors = plt.get_cmap("tab10").colors
     for ax, name in zip(axes[0], images):
         rows = {s["mode"]: s for s in summary if s["image"] == name}
@@ -604,7 +620,7 @@ def plot(summary, images, modes, link, path):
         ax.set_title(name)
         ax.set_ylabel("seconds to the command's exit (hatched: pull)")
         ax.margins(y=0.2)
-    fig.suptitle(f"cold start, registry over {link}")
+    fig.suptitle(f"cold start, registry over {link}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -16,7 +16,7 @@ pub struct PrefetchConfig {
     /// Replay traces found for mounted images.
     pub enabled: bool,
     /// Prefetch requests in flight while no on-demand read waits; while
-    /// one does, prefetch keeps a single request in flight.
+    /// one does, prefetch keeps half as many in flight.
     pub max_in_flight: usize,
     /// Trace accesses planned together: their chunks are sorted and
     /// coalesced per layer, so a window becomes a few large requests.
@@ -27,7 +27,7 @@ impl Default for PrefetchConfig {
     fn default() -> Self {
         PrefetchConfig {
             enabled: true,
-            max_in_flight: 4,
+            max_in_flight: 8,
             window: 256,
         }
     }
@@ -100,9 +100,10 @@ pub async fn prefetch(
         let mut pending = runs.into_iter();
         let mut in_flight = futures::stream::FuturesUnordered::new();
         loop {
-            // On-demand reads go first: while one waits, one request at most.
+            // On-demand reads go first: while one waits, half as many
+            // requests (one alone leaves a link with a round trip idle).
             let limit = if fetcher.demand_in_flight() > 0 {
-                1
+                (config.max_in_flight / 2).max(1)
             } else {
                 config.max_in_flight.max(1)
             };

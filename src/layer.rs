@@ -192,6 +192,31 @@ pub async fn fetch_toc_of(
     expected: &Digest,
     toc_offset: Option<u64>,
 ) -> Result<(Footer, Toc), LayerError> {
+    let (_, footer, toc) = fetch_toc_tail(store, digest, size, expected, toc_offset).await?;
+    Ok((footer, toc))
+}
+
+/// The end of a converted blob from its TOC on (TOC frame and footer), as
+/// fetched and verified: what a node keeps to read the TOC again without
+/// the registry (see [`decode_toc_tail`]).
+#[derive(Clone, Debug)]
+pub struct TocTail {
+    /// The blob's size.
+    pub blob_size: u64,
+    /// Its bytes from the TOC's offset to the end.
+    pub bytes: Vec<u8>,
+}
+
+/// Fetches a converted layer's TOC frame and footer, verified against
+/// `expected`: one range read when the TOC offset is annotated, else the
+/// footer first. Returns the bytes with what they decode to.
+pub async fn fetch_toc_tail(
+    store: &ImageStore,
+    digest: &Digest,
+    size: u64,
+    expected: &Digest,
+    toc_offset: Option<u64>,
+) -> Result<(TocTail, Footer, Toc), LayerError> {
     let format_err = |source| LayerError::Format {
         layer: *digest,
         source,
@@ -207,8 +232,34 @@ pub async fn fetch_toc_of(
         base = footer.toc_offset;
         tail = store.blob_range(digest, base..size).await?;
     }
-    let begin = (footer.toc_offset - base) as usize;
-    let frame = &tail[begin..begin + footer.toc_length as usize];
+    let tail = TocTail {
+        blob_size: size,
+        bytes: tail[(footer.toc_offset - base) as usize..].to_vec(),
+    };
+    let (footer, toc) = decode_toc_tail(digest, &tail, expected)?;
+    Ok((tail, footer, toc))
+}
+
+/// Decodes the footer and TOC of a [`TocTail`], checking the TOC against
+/// `expected` (so a tail kept on disk is trusted no more than one fetched).
+pub fn decode_toc_tail(
+    digest: &Digest,
+    tail: &TocTail,
+    expected: &Digest,
+) -> Result<(Footer, Toc), LayerError> {
+    let format_err = |source| LayerError::Format {
+        layer: *digest,
+        source,
+    };
+    let footer = Footer::parse(&tail.bytes, tail.blob_size).map_err(format_err)?;
+    let begin = tail.blob_size - tail.bytes.len() as u64;
+    if footer.toc_offset != begin {
+        return Err(format_err(FormatError::Truncated {
+            needed: tail.blob_size - footer.toc_offset,
+            actual: tail.bytes.len() as u64,
+        }));
+    }
+    let frame = &tail.bytes[..footer.toc_length.min(tail.bytes.len() as u64) as usize];
     let toc = format::decode_toc(frame, &footer, Some(expected)).map_err(format_err)?;
     Ok((footer, toc))
 }

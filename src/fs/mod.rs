@@ -7,4 +7,6 @@ pub mod takeover;
 pub mod tree;
 
 pub use fuse::LociFs;
-pub use mount::{mount, open_image, open_layer, serve, Connection, MountError, OpenedImage};
+pub use mount::{
+    mount, open_image, open_layer, open_layer_from, serve, Connection, MountError, OpenedImage,
+};

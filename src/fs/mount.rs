@@ -7,7 +7,7 @@ use crate::digest::Digest;
 use crate::fetch::{Fetcher, RemoteLayer};
 use crate::format::Toc;
 use crate::image::ImageStore;
-use crate::layer::{fetch_toc, fetch_toc_of, image_layers, LayerError};
+use crate::layer::{decode_toc_tail, fetch_toc, fetch_toc_tail, image_layers, LayerError, TocTail};
 use crate::prefetch::TraceRecorder;
 use crate::registry::Manifest;
 use std::os::fd::OwnedFd;
@@ -81,19 +81,37 @@ pub async fn open_image(store: &ImageStore) -> Result<OpenedImage, MountError> {
 /// by its blob digest and TOC digest (as a snapshotter learns them from
 /// snapshot labels, without the manifest): the blob's size from the
 /// registry, then its TOC, verified. The result mounts like a one-layer
-/// image, typically as [`View::OverlayLower`].
+/// image, typically as [`View::OverlayLower`]; the TOC's bytes come with
+/// it, to open the layer again later without the registry
+/// ([`open_layer_from`]).
 pub async fn open_layer(
     store: &ImageStore,
     digest: Digest,
     toc_digest: Digest,
     toc_offset: Option<u64>,
-) -> Result<OpenedImage, MountError> {
+) -> Result<(OpenedImage, TocTail), MountError> {
     let size = store
         .blob_size(&digest)
         .await
         .map_err(|e| MountError::Layer(e.into()))?;
-    let (_, toc) = fetch_toc_of(store, &digest, size, &toc_digest, toc_offset).await?;
-    Ok(OpenedImage {
+    let (tail, _, toc) = fetch_toc_tail(store, &digest, size, &toc_digest, toc_offset).await?;
+    Ok((one_layer(store, digest, toc), tail))
+}
+
+/// [`open_layer`] from TOC bytes kept earlier: no request, and the TOC is
+/// verified against `toc_digest` as if it had just been fetched.
+pub fn open_layer_from(
+    store: &ImageStore,
+    digest: Digest,
+    toc_digest: Digest,
+    tail: &TocTail,
+) -> Result<OpenedImage, MountError> {
+    let (_, toc) = decode_toc_tail(&digest, tail, &toc_digest)?;
+    Ok(one_layer(store, digest, toc))
+}
+
+fn one_layer(store: &ImageStore, digest: Digest, toc: Toc) -> OpenedImage {
+    OpenedImage {
         manifest: None,
         layers: Arc::new(vec![RemoteLayer {
             store: store.clone(),
@@ -101,7 +119,7 @@ pub async fn open_layer(
             chunks: toc.chunks.clone().into(),
         }]),
         tocs: vec![toc],
-    })
+    }
 }
 
 /// Mounts `image` read-only at `dir` in `view`, served by `threads` FUSE

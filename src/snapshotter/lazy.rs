@@ -11,6 +11,7 @@ use crate::fetch::{FetchConfig, Fetcher};
 use crate::format::{annotations, EntryKind, Toc};
 use crate::fs::{self, takeover, tree::View, Connection, MountError, OpenedImage};
 use crate::image::{ImageRef, ImageStore};
+use crate::layer::TocTail;
 use crate::prefetch::{ImageTraces, PrefetchConfig};
 use crate::registry::RegistryOptions;
 use std::collections::{BTreeMap, HashMap};
@@ -79,6 +80,8 @@ impl LazyRequest {
 pub struct OpenedLayer {
     image: OpenedImage,
     source: LazySource,
+    /// The TOC's bytes as just fetched, to keep next to the mount.
+    fetched_toc: Option<TocTail>,
 }
 
 impl OpenedLayer {
@@ -176,11 +179,15 @@ impl LazyLayers {
         }
     }
 
-    /// Reads the layer's TOC from its registry (blocking this thread).
+    /// Reads the layer's TOC (blocking this thread): the copy kept when
+    /// it was mounted at `mounted_at` before, if there is a good one, else
+    /// from its registry. So layers a restart serves again need no
+    /// registry.
     pub fn open(
         &self,
         source: &LazySource,
         toc_offset: Option<u64>,
+        mounted_at: Option<&Path>,
     ) -> Result<OpenedLayer, LazyError> {
         let label_err = |label, reason: String| LazyError::Label { label, reason };
         let image: ImageRef = source
@@ -204,12 +211,33 @@ impl LazyLayers {
                 image: image.to_string(),
                 source,
             })?;
-        let opened = self
+        if let Some(kept) = mounted_at.map(toc_file) {
+            match read_toc_file(&kept) {
+                Ok(tail) => match fs::open_layer_from(&store, digest, toc_digest, &tail) {
+                    Ok(image) => {
+                        return Ok(OpenedLayer {
+                            image,
+                            source: source.clone(),
+                            fetched_toc: None,
+                        })
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %kept.display(), error = %e, "kept TOC refused; fetching it again")
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %kept.display(), error = %e, "kept TOC unreadable; fetching it again")
+                }
+            }
+        }
+        let (image, tail) = self
             .runtime
             .block_on(fs::open_layer(&store, digest, toc_digest, toc_offset))?;
         Ok(OpenedLayer {
-            image: opened,
+            image,
             source: source.clone(),
+            fetched_toc: Some(tail),
         })
     }
 
@@ -262,6 +290,11 @@ impl LazyLayers {
         let fetcher = Arc::new(Fetcher::new(self.cache.clone(), self.fetch.clone()));
         let image = layer.source.image_ref.clone();
         let digest = layer.source.layer_digest.clone();
+        if let Some(tail) = &layer.fetched_toc {
+            if let Err(e) = write_toc_file(&toc_file(dir), tail) {
+                tracing::warn!(layer = %digest, error = %e, "could not keep the TOC; a restart will fetch it again");
+            }
+        }
         let session = fs::serve(
             &layer.image,
             View::OverlayLower,
@@ -343,4 +376,35 @@ impl LazyLayers {
             }
         }
     }
+}
+
+/// Where the TOC of the layer mounted at `dir` is kept: next to it, in the
+/// snapshot's directory (removed with the snapshot).
+fn toc_file(dir: &Path) -> PathBuf {
+    dir.with_file_name("toc")
+}
+
+/// The kept TOC: the blob's size (8 bytes, little endian), then its tail.
+fn read_toc_file(path: &Path) -> std::io::Result<TocTail> {
+    let bytes = std::fs::read(path)?;
+    if bytes.len() < 8 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "shorter than its header",
+        ));
+    }
+    let (size, tail) = bytes.split_at(8);
+    Ok(TocTail {
+        blob_size: u64::from_le_bytes(size.try_into().expect("8 bytes")),
+        bytes: tail.to_vec(),
+    })
+}
+
+fn write_toc_file(path: &Path, tail: &TocTail) -> std::io::Result<()> {
+    let mut bytes = Vec::with_capacity(8 + tail.bytes.len());
+    bytes.extend_from_slice(&tail.blob_size.to_le_bytes());
+    bytes.extend_from_slice(&tail.bytes);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }

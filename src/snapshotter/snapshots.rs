@@ -155,15 +155,18 @@ impl Snapshots {
                 .remove(&record.id)
                 .filter(|_| takeover::is_fuse_mount(&dir));
             let resuming = kept.is_some();
-            let result = self.lazy.open(source, None).and_then(|layer| match kept {
-                Some(connection) => self.lazy.resume(record.id, layer, &dir, connection),
-                None => {
-                    // A mount left by the previous process is dead (its
-                    // FUSE server exited): detach it before mounting afresh.
-                    let _ = nix_umount_detach(&dir);
-                    self.lazy.mount(record.id, layer, &dir)
-                }
-            });
+            let result = self
+                .lazy
+                .open(source, None, Some(&dir))
+                .and_then(|layer| match kept {
+                    Some(connection) => self.lazy.resume(record.id, layer, &dir, connection),
+                    None => {
+                        // A mount left by the previous process is dead (its
+                        // FUSE server exited): detach it before mounting afresh.
+                        let _ = nix_umount_detach(&dir);
+                        self.lazy.mount(record.id, layer, &dir)
+                    }
+                });
             match result {
                 Ok(()) if resuming => {
                     tracing::info!(key, layer = %source.layer_digest, "serving a lazy layer again on its kept connection")
@@ -237,7 +240,7 @@ impl Snapshots {
         }
         let layer = self
             .lazy
-            .open(&request.source, request.toc_offset)
+            .open(&request.source, request.toc_offset, None)
             .map_err(|e| SnapshotError::FailedPrecondition(format!("{e:#}")))?;
         let usage = layer.usage();
         let mut meta = self.lock();

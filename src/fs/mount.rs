@@ -174,7 +174,12 @@ pub fn serve(
     threads: usize,
 ) -> Result<fuser::BackgroundSession, MountError> {
     let fs = filesystem(image, view, fetcher, runtime, None)?;
-    let config = fuse_config(threads);
+    let mut config = fuse_config(threads);
+    // Every thread reads the connection's own fd, never a clone: requests a
+    // clone had read when the process died would be failed by the kernel
+    // (ECONNABORTED) as the clone closed, instead of being kept for the
+    // next process to have resent.
+    config.clone_fd = false;
     let served = match connection {
         Connection::New(fd) => takeover::serve_new(fs, fd, config),
         Connection::Resumed(fd) => takeover::serve_resumed(fs, fd, config),

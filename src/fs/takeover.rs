@@ -14,7 +14,10 @@
 //!
 //! Serving depends on the new process answering every request exactly as
 //! the old one would: inode numbers come from the TOCs (the same tree
-//! gives the same numbers) and file handles carry no state.
+//! gives the same numbers) and file handles carry no state. And every
+//! request must be read through the held file itself: the kernel fails the
+//! requests a cloned fd (`FUSE_DEV_IOC_CLONE`) had read when that clone is
+//! closed, so sessions served here do not clone.
 
 use fuser::{BackgroundSession, Filesystem, Session, SessionACL};
 use std::io;

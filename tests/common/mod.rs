@@ -300,6 +300,24 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // Containers a failed test left running: their shims outlive
+        // containerd, and runc's state (shared by namespace) would make the
+        // next run's container of the same name "already exist".
+        let tasks = self.ctr().args(["task", "ls", "-q"]).output();
+        let tasks = tasks.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        for task in tasks.unwrap_or_default().split_whitespace() {
+            let _ = self
+                .ctr()
+                .args(["task", "kill", "-s", "KILL", task])
+                .output();
+            for _ in 0..50 {
+                let deleted = self.ctr().args(["task", "delete", task]).output();
+                if deleted.is_ok_and(|o| o.status.success()) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
         self.daemon.stop();
         // Unmount anything a test left mounted below our directory.
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();

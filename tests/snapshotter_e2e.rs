@@ -166,6 +166,26 @@ impl Setup {
     }
 }
 
+impl Drop for Setup {
+    /// After a failed test: the daemon leaves lazy mounts to its fd holder,
+    /// which would keep them (and itself) alive. End both.
+    fn drop(&mut self) {
+        self.snapshotter.stop();
+        let root = self.work.path().join("root");
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(format!("fd-holder --socket {}", root.display()))
+            .status();
+        let mut mounts = fuse_mounts_under(&root);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in mounts {
+            if let Some(target) = mount.split(' ').nth(1) {
+                let _ = Command::new("umount").arg("-l").arg(target).status();
+            }
+        }
+    }
+}
+
 fn fuse_mounts_under(dir: &Path) -> Vec<String> {
     let dir = dir.to_str().unwrap();
     std::fs::read_to_string("/proc/self/mounts")
@@ -379,7 +399,6 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    drop(setup.snapshotter);
 }
 
 /// The sha256 of the fixture's `/big/huge.bin` and of its `/big/files/*`

@@ -9,8 +9,9 @@
 //! socket, fds attached as `SCM_RIGHTS`: `put ID` (with the fd), `del ID`,
 //! `list` (answered by one `fd ID` per connection, with the fd, then
 //! `end`); every other request is answered `ok` or `err REASON`. The
-//! holder serves one daemon at a time and exits when it holds nothing
-//! after its daemon goes, or when its socket is removed.
+//! holder serves one daemon at a time, drops connections that ended (their
+//! mounts gone), and exits when it holds nothing after its daemon goes, or
+//! when its socket is removed.
 
 use nix::sys::socket::{
     accept4, bind, connect, listen, recvmsg, sendmsg, socket, AddressFamily, Backlog,
@@ -234,12 +235,47 @@ pub fn run_holder(path: &Path) -> io::Result<()> {
     tracing::info!(socket = %path.display(), "fd holder listening");
     let mut held: BTreeMap<u64, OwnedFd> = BTreeMap::new();
     loop {
-        let mut ready = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-        if poll(&mut ready, PollTimeout::from(5000u16))? == 0 {
+        // The listener, and every held connection for its end: the kernel
+        // reports POLLERR once a connection is gone (its mount unmounted
+        // and unused), whatever events are asked for.
+        let ids: Vec<u64> = held.keys().copied().collect();
+        let mut ready = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        ready.extend(
+            held.values()
+                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::empty())),
+        );
+        let events = poll(&mut ready, PollTimeout::from(5000u16))?;
+        let ended = |fd: &PollFd| {
+            fd.revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
+        };
+        let dead: Vec<u64> = ids
+            .iter()
+            .zip(&ready[1..])
+            .filter(|(_, fd)| ended(fd))
+            .map(|(id, _)| *id)
+            .collect();
+        let daemon_waiting = ready[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        drop(ready);
+        for id in &dead {
+            held.remove(id);
+            tracing::info!(id, "a held connection ended (its mount is gone); dropped");
+        }
+        if !dead.is_empty() && held.is_empty() && !daemon_waiting {
+            let _ = std::fs::remove_file(path);
+            tracing::info!("holding no connection; fd holder exiting");
+            return Ok(());
+        }
+        if events == 0 {
             if !path.exists() {
                 tracing::info!(held = held.len(), "socket removed; fd holder exiting");
                 return Ok(());
             }
+            continue;
+        }
+        if !daemon_waiting {
             continue;
         }
         let raw = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;

@@ -312,16 +312,7 @@ fn registry_faults_give_eio_in_bounded_time_and_corrupt_chunks_are_never_served(
     );
 
     // Registry back (same storage, same address): the read works.
-    let storage_config = setup.registry.dir.path().join("config.yml");
-    let mut cmd = Command::new("docker-registry");
-    cmd.arg("serve").arg(&storage_config);
-    setup.registry.daemon = Daemon::spawn(cmd, setup.registry.dir.path().join("registry2.log"));
-    let addr = setup.registry.addr.clone();
-    let start = Instant::now();
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    setup.registry.restart();
     let original_hash = sha256_file(&setup.layout_file("data/big-random.bin"));
     assert_eq!(
         sha256_file(&mount.dir.join("data/big-random.bin")),

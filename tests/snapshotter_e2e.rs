@@ -343,6 +343,13 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
     );
     let out = setup.exec("lazy-bg", "read-3", &["cat", "/big/small.txt"]);
     assert_eq!(out, "a small file in a big layer\n");
+    let log = setup.snapshotter.log_text();
+    assert_eq!(
+        log.matches("serving a lazy layer again on its kept connection")
+            .count(),
+        4,
+        "{log}"
+    );
 
     // A restart while the registry is down: the TOCs kept next to the
     // mounts serve the layers again, and what the cache holds is read.
@@ -359,17 +366,7 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
         4,
         "{log}"
     );
-    let mut cmd = Command::new("docker-registry");
-    cmd.arg("serve")
-        .arg(setup.registry.dir.path().join("config.yml"));
-    setup.registry.daemon = Daemon::spawn(cmd, setup.registry.dir.path().join("registry2.log"));
-    let log = setup.snapshotter.log_text();
-    assert_eq!(
-        log.matches("serving a lazy layer again on its kept connection")
-            .count(),
-        4,
-        "{log}"
-    );
+    setup.registry.restart();
     run(setup
         .containerd
         .ctr()

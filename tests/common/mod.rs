@@ -174,17 +174,26 @@ impl Registry {
         let config = template
             .replace("@ROOT@", dir.path().join("storage").to_str().unwrap())
             .replace("@ADDR@", &addr);
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let mut cmd = Command::new("docker-registry");
-        cmd.arg("serve").arg(&config_path);
-        let daemon = Daemon::spawn(cmd, dir.path().join("registry.log"));
-        let url = format!("http://{addr}/v2/");
-        wait_until("docker-registry", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&addr).is_ok()
-        });
-        let _ = url;
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let daemon = Self::serve(dir.path(), &addr, "registry.log");
         Registry { addr, daemon, dir }
+    }
+
+    /// Starts the registry again after `daemon.stop()`: same storage, same
+    /// address, its access log in a new file.
+    pub fn restart(&mut self) {
+        self.daemon.stop();
+        self.daemon = Self::serve(self.dir.path(), &self.addr, "registry2.log");
+    }
+
+    fn serve(dir: &Path, addr: &str, log: &str) -> Daemon {
+        let mut cmd = Command::new("docker-registry");
+        cmd.arg("serve").arg(dir.join("config.yml"));
+        let daemon = Daemon::spawn(cmd, dir.join(log));
+        wait_until("docker-registry", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
+        daemon
     }
 
     /// Access-log lines of GET requests for a blob.

@@ -12,7 +12,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use loci::format::{
-    convert_layer, decode_chunk, decode_toc, read_toc, ConvertOptions, DEFAULT_CHUNK_SIZE,
+    convert_layer, decode_chunk, decode_toc, read_toc, ConvertOptions, Limits, DEFAULT_CHUNK_SIZE,
     DEFAULT_PACK_SIZE,
 };
 use loci::fs::tree::{Ino, Tree, View, ROOT};
@@ -95,7 +95,12 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("toc");
     group.throughput(Throughput::Elements(toc.entries.len() as u64));
     group.bench_function("decode and validate", |b| {
-        b.iter(|| decode_toc(toc_frame, &footer, None).unwrap().entries.len())
+        b.iter(|| {
+            decode_toc(toc_frame, &footer, None, &Limits::default())
+                .unwrap()
+                .entries
+                .len()
+        })
     });
     group.bench_function("build inode tree", |b| {
         b.iter(|| Tree::build(&[&toc], View::Merged).unwrap().len())

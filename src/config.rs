@@ -1,7 +1,9 @@
-//! The node configuration file (TOML): cache tiers and fetching.
+//! The node configuration file (TOML): cache tiers, fetching, trace
+//! replay, the snapshotter daemon, and the limits layer metadata is held to.
 
 use crate::cache::CacheConfig;
 use crate::fetch::FetchConfig;
+use crate::format::Limits;
 use crate::prefetch::PrefetchConfig;
 use crate::snapshotter::SnapshotterConfig;
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,8 @@ pub struct Config {
     pub prefetch: PrefetchConfig,
     /// The containerd snapshotter daemon.
     pub snapshotter: SnapshotterConfig,
+    /// Bounds on what a layer's TOC may declare.
+    pub limits: Limits,
 }
 
 /// Why the configuration file could not be used.
@@ -38,15 +42,28 @@ pub enum ConfigError {
 
 impl Config {
     /// Loads a TOML file; missing fields take their defaults, unknown
-    /// fields are refused.
+    /// fields are refused, and every section is validated, the error
+    /// naming the key. Its `[limits]` become the ones every layer this
+    /// process opens is held to.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        let invalid = |reason: String| ConfigError::Invalid {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        config
+            .cache
+            .validate()
+            .map_err(|e| invalid(format!("[cache] {e}")))?;
+        config
+            .limits
+            .validate()
+            .map_err(|e| invalid(format!("[limits] {e}")))?;
+        Limits::install(config.limits.clone()).map_err(|e| invalid(e.to_string()))?;
+        Ok(config)
     }
 }

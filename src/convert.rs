@@ -6,7 +6,7 @@ use crate::digest::Digest;
 use crate::format::{self, annotations, ConvertOptions, FormatError, LayerSummary};
 use crate::image::{media_types, ImageError, ImageStore};
 use crate::progress::Progress;
-use crate::registry::Manifest;
+use crate::registry::{Manifest, MAX_CONFIG_BYTES};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
@@ -176,7 +176,7 @@ impl Converter {
         let mut manifest =
             ImageManifest::from_reader(&source.bytes[..]).map_err(|e| invalid(&what, e))?;
         let config_digest = oci_digest(manifest.config().digest())?;
-        let config_bytes = src.blob_bytes(&config_digest).await?;
+        let config_bytes = src.blob_bytes(&config_digest, MAX_CONFIG_BYTES).await?;
         let config = ImageConfiguration::from_reader(&config_bytes[..])
             .map_err(|e| invalid(format!("config {config_digest}"), e))?;
         let diff_ids = config.rootfs().diff_ids();

@@ -3,9 +3,9 @@
 //! read and checked against the digest the descriptor declares.
 
 use crate::digest::Digest;
-use crate::format::{self, annotations, Footer, FormatError, Toc, FOOTER_SIZE};
+use crate::format::{self, annotations, Footer, FormatError, Limits, Toc, FOOTER_SIZE};
 use crate::image::{media_types, ImageError, ImageStore};
-use crate::registry::Manifest;
+use crate::registry::{Manifest, MAX_CONFIG_BYTES};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 
 /// Why a converted layer could not be opened.
@@ -89,7 +89,7 @@ pub async fn image_layers(store: &ImageStore) -> Result<PlatformImage, LayerErro
         .to_string()
         .parse()
         .map_err(|e| invalid(&what, e))?;
-    let config_bytes = store.blob_bytes(&config_digest).await?;
+    let config_bytes = store.blob_bytes(&config_digest, MAX_CONFIG_BYTES).await?;
     let config = ImageConfiguration::from_reader(&config_bytes[..])
         .map_err(|e| invalid(format!("config {config_digest}"), e))?;
     let diff_ids = config.rootfs().diff_ids();
@@ -221,13 +221,16 @@ pub async fn fetch_toc_tail(
         layer: *digest,
         source,
     };
+    // The annotated offset is only a hint from the image: it is used when
+    // the tail it asks for is no longer than a TOC may be.
+    let most = Limits::node().max_toc_frame_bytes + FOOTER_SIZE as u64;
     let start = match toc_offset {
-        Some(offset) if offset < size => offset,
+        Some(offset) if offset < size && size - offset <= most => offset,
         _ => size.saturating_sub(FOOTER_SIZE as u64),
     };
     let mut base = start;
     let mut tail = store.blob_range(digest, start..size).await?;
-    let footer = Footer::parse(&tail, size).map_err(format_err)?;
+    let footer = Footer::parse(&tail, size, Limits::node()).map_err(format_err)?;
     if footer.toc_offset < base {
         base = footer.toc_offset;
         tail = store.blob_range(digest, base..size).await?;
@@ -251,7 +254,7 @@ pub fn decode_toc_tail(
         layer: *digest,
         source,
     };
-    let footer = Footer::parse(&tail.bytes, tail.blob_size).map_err(format_err)?;
+    let footer = Footer::parse(&tail.bytes, tail.blob_size, Limits::node()).map_err(format_err)?;
     let begin = tail.blob_size - tail.bytes.len() as u64;
     if footer.toc_offset != begin {
         return Err(format_err(FormatError::Truncated {
@@ -260,6 +263,7 @@ pub fn decode_toc_tail(
         }));
     }
     let frame = &tail.bytes[..footer.toc_length.min(tail.bytes.len() as u64) as usize];
-    let toc = format::decode_toc(frame, &footer, Some(expected)).map_err(format_err)?;
+    let toc =
+        format::decode_toc(frame, &footer, Some(expected), Limits::node()).map_err(format_err)?;
     Ok((footer, toc))
 }

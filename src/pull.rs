@@ -13,8 +13,8 @@
 use crate::digest::Digest;
 use crate::image::{media_types, ImageError, ImageRef, ImageStore};
 use crate::progress::Progress;
-use crate::registry::RegistryOptions;
-use crate::snapshotter::lazy::{IMAGE_REF, LAYER_DIGEST, PLAIN_HTTP, TARGET_REF};
+use crate::registry::{RegistryOptions, MAX_CONFIG_BYTES};
+use crate::snapshotter::lazy::{IMAGE_REF, LAYER_DIGEST, TARGET_REF};
 use bytes::Bytes;
 use containerd_client::services::v1::snapshots::{
     snapshots_client::SnapshotsClient, CommitSnapshotRequest, PrepareSnapshotRequest,
@@ -136,7 +136,7 @@ pub async fn pull(
         .await
         .map_err(containerd("creating a lease"))?;
     client.lease = Some(lease.clone());
-    let result = pull_leased(&client, &store, &name, registry.plain_http).await;
+    let result = pull_leased(&client, &store, &name).await;
     client.lease = None;
     let deleted = LeasesClient::new(client.channel.clone())
         .delete(client.request(DeleteRequest {
@@ -153,7 +153,6 @@ async fn pull_leased(
     client: &Client,
     store: &ImageStore,
     name: &str,
-    plain_http: bool,
 ) -> Result<PullReport, PullError> {
     let progress = Progress::new();
     let top = store.resolve().await?;
@@ -178,7 +177,7 @@ async fn pull_leased(
         .digest
         .parse()
         .map_err(|e| invalid("config digest", e))?;
-    let config = store.blob_bytes(&config_digest).await?;
+    let config = store.blob_bytes(&config_digest, MAX_CONFIG_BYTES).await?;
     let config_json: serde_json::Value =
         serde_json::from_slice(&config).map_err(|e| invalid("image config", e))?;
     let diff_ids: Vec<String> = config_json["rootfs"]["diff_ids"]
@@ -226,10 +225,7 @@ async fn pull_leased(
             &format!("layer {}", short(&layer.descriptor.digest)),
             layer.descriptor.size as u64,
         );
-        let outcome = unpack_layer(
-            client, store, name, plain_http, layer, &parent, &chain, &task,
-        )
-        .await?;
+        let outcome = unpack_layer(client, store, name, layer, &parent, &chain, &task).await?;
         match outcome {
             Outcome::Present => report.present_layers += 1,
             Outcome::Lazy => report.lazy_layers += 1,
@@ -295,7 +291,6 @@ async fn unpack_layer(
     client: &Client,
     store: &ImageStore,
     name: &str,
-    plain_http: bool,
     layer: &Layer,
     parent: &str,
     chain: &str,
@@ -323,9 +318,6 @@ async fn unpack_layer(
     labels.insert(TARGET_REF.into(), chain.to_string());
     labels.insert(IMAGE_REF.into(), name.to_string());
     labels.insert(LAYER_DIGEST.into(), layer.descriptor.digest.clone());
-    if plain_http {
-        labels.insert(PLAIN_HTTP.into(), "true".into());
-    }
     let key = format!("loci-pull/{}/{chain}", std::process::id());
     let prepared = snapshots
         .prepare(client.request(PrepareSnapshotRequest {
@@ -346,7 +338,11 @@ async fn unpack_layer(
             .digest
             .parse()
             .map_err(|e| invalid("layer digest", e))?;
-        let blob = store.blob_bytes(&digest).await?;
+        // Bounded by the size the manifest declares (and checked against
+        // the digest), as a whole-layer download.
+        let blob = store
+            .blob_bytes(&digest, layer.descriptor.size.max(0) as u64)
+            .await?;
         task.set(blob.len() as u64);
         let labels = HashMap::from([(
             "containerd.io/uncompressed".to_string(),

@@ -35,15 +35,17 @@ fn socket(work: &Path) -> PathBuf {
     work.join("loci.sock")
 }
 
-/// Starts `loci snapshotter` with its metrics on 127.0.0.1:`metrics_port`.
-fn start_snapshotter(work: &Path, metrics_port: u16) -> Daemon {
+/// Starts `loci snapshotter` with its metrics on 127.0.0.1:`metrics_port`,
+/// reaching the registry at `registry` (host:port) over plain HTTP, as its
+/// node configuration says (never as an image's labels say).
+fn start_snapshotter(work: &Path, metrics_port: u16, registry: &str) -> Daemon {
     let sock = socket(work);
     let _ = std::fs::remove_file(&sock);
     let config = work.join("loci.toml");
     write_config(&config, &work.join("cache"), 30);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
-        "\n[snapshotter]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\n"
+        "\n[snapshotter]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\nplain_http_registries = [\"{registry}\"]\n"
     ));
     std::fs::write(&config, text).unwrap();
     let mut cmd = loci();
@@ -86,7 +88,7 @@ impl Setup {
             &format!("{}/fixture:loci", registry.addr),
         ]));
         let metrics_port = free_port();
-        let snapshotter = start_snapshotter(work.path(), metrics_port);
+        let snapshotter = start_snapshotter(work.path(), metrics_port, &registry.addr);
         let containerd = Containerd::start(&format!(
             "[proxy_plugins.loci]\n  type = \"snapshot\"\n  address = \"{}\"\n",
             socket(work.path()).display()
@@ -311,7 +313,8 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
         "600",
     ]));
     setup.snapshotter.stop();
-    setup.snapshotter = start_snapshotter(setup.work.path(), setup.metrics_port);
+    setup.snapshotter =
+        start_snapshotter(setup.work.path(), setup.metrics_port, &setup.registry.addr);
     let out = setup.exec("lazy-bg", "read-1", &["sha256sum", "/big/huge.bin"]);
     assert_eq!(
         out.split_whitespace().next(),
@@ -332,7 +335,8 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
     std::thread::sleep(Duration::from_millis(150));
     setup.snapshotter.child.kill().unwrap();
     setup.snapshotter.child.wait().unwrap();
-    setup.snapshotter = start_snapshotter(setup.work.path(), setup.metrics_port);
+    setup.snapshotter =
+        start_snapshotter(setup.work.path(), setup.metrics_port, &setup.registry.addr);
     let out = reading.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let out = String::from_utf8(out.stdout).unwrap();
@@ -355,7 +359,8 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
     // mounts serve the layers again, and what the cache holds is read.
     setup.registry.daemon.stop();
     setup.snapshotter.stop();
-    setup.snapshotter = start_snapshotter(setup.work.path(), setup.metrics_port);
+    setup.snapshotter =
+        start_snapshotter(setup.work.path(), setup.metrics_port, &setup.registry.addr);
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
     let out = setup.exec("lazy-bg", "read-4", &["cat", "/big/small.txt"]);
     assert_eq!(out, "a small file in a big layer\n");

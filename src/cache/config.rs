@@ -59,7 +59,7 @@ impl CacheConfig {
     }
 
     /// Rejects values that parse but cannot work.
-    fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), String> {
         if self.rocksdb.max_background_jobs == 0 {
             return Err("rocksdb.max_background_jobs must be at least 1".into());
         }

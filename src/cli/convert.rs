@@ -13,12 +13,15 @@ pub struct Args {
     #[command(flatten)]
     registry: RegistryArgs,
     /// Target chunk size in KiB (content-defined: chunks vary from a quarter
-    /// to four times this).
-    #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE / 1024)]
+    /// to four times this). At most 4096, so chunks stay within a reader's
+    /// limits.
+    #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE / 1024,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
     chunk_size_kib: u32,
     /// Size in KiB at which a pack of small files (each under a quarter of
-    /// the chunk size) is closed.
-    #[arg(long, default_value_t = DEFAULT_PACK_SIZE / 1024)]
+    /// the chunk size) is closed. At most 8192.
+    #[arg(long, default_value_t = DEFAULT_PACK_SIZE / 1024,
+          value_parser = clap::value_parser!(u32).range(1..=8192))]
     pack_size_kib: u32,
     /// zstd level of chunk frames.
     #[arg(long, default_value_t = DEFAULT_LEVEL)]

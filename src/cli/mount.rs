@@ -22,7 +22,8 @@ use tokio::signal::unix::{signal, SignalKind};
 pub struct Args {
     #[command(flatten)]
     registry: RegistryArgs,
-    /// Node configuration file (TOML: [cache], [fetch]).
+    /// Node configuration file (TOML: [cache], [fetch], [prefetch],
+    /// [limits]; [snapshotter] is ignored here).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Print fetch and cache statistics as JSON on SIGUSR1 and at unmount.

@@ -13,7 +13,8 @@ pub struct Args {
     /// State directory: snapshot metadata, layer directories, mounts.
     #[arg(long, default_value = "/var/lib/loci/snapshotter")]
     root: PathBuf,
-    /// Node configuration file (TOML: [cache], [fetch], [snapshotter]).
+    /// Node configuration file (TOML: [cache], [fetch], [prefetch],
+    /// [snapshotter], [limits]).
     #[arg(long)]
     config: Option<PathBuf>,
 }

@@ -31,6 +31,10 @@ pub enum FormatError {
     /// The TOC is not decodable or not self-consistent.
     #[error("malformed TOC: {0}")]
     MalformedToc(String),
+    /// A declared count or size is over the node's limits (see
+    /// [`super::Limits`]): refused before anything is allocated for it.
+    #[error("layer metadata over limits: {0}")]
+    Limit(String),
     /// The TOC would not fit in a skippable frame.
     #[error("TOC too large: {size} bytes")]
     TocTooLarge { size: u64 },

@@ -4,7 +4,8 @@
 //! [`FOOTER_SIZE`] bytes and learns where the TOC is. The footer is a zstd
 //! skippable frame, so decoders that know nothing of loci step over it.
 
-use super::{FormatError, SKIPPABLE_HEADER, SKIPPABLE_MAGIC_FOOTER};
+use super::limits::over;
+use super::{FormatError, Limits, SKIPPABLE_HEADER, SKIPPABLE_MAGIC_FOOTER};
 
 /// Size of the footer in bytes.
 pub const FOOTER_SIZE: usize = 48;
@@ -42,17 +43,24 @@ impl Footer {
     }
 
     /// Parses the last bytes of a blob of `blob_size` bytes and checks that
-    /// the TOC it locates lies inside the blob, before the footer.
-    pub fn parse(tail: &[u8], blob_size: u64) -> Result<Footer, FormatError> {
+    /// the TOC it locates lies inside the blob, before the footer, and is
+    /// no longer than `limits` allow (a reader fetches it next).
+    pub fn parse(tail: &[u8], blob_size: u64, limits: &Limits) -> Result<Footer, FormatError> {
         if blob_size < FOOTER_SIZE as u64 || tail.len() < FOOTER_SIZE {
             return Err(FormatError::Truncated {
                 needed: FOOTER_SIZE as u64,
                 actual: blob_size.min(tail.len() as u64),
             });
         }
-        let b = &tail[tail.len() - FOOTER_SIZE..];
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        let b: &[u8; FOOTER_SIZE] = tail[tail.len() - FOOTER_SIZE..]
+            .try_into()
+            .map_err(|_| FormatError::NoFooter)?;
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(word)
+        };
         if u32_at(0) != SKIPPABLE_MAGIC_FOOTER
             || u32_at(4) as usize != FOOTER_SIZE - SKIPPABLE_HEADER
             || &b[8..16] != FOOTER_MAGIC
@@ -80,6 +88,14 @@ impl Footer {
                 limit,
             });
         }
+        if footer.toc_length > limits.max_toc_frame_bytes {
+            return Err(over(
+                "the TOC frame's length",
+                footer.toc_length,
+                limits.max_toc_frame_bytes,
+                "max_toc_frame_bytes",
+            ));
+        }
         Ok(footer)
     }
 }
@@ -100,14 +116,17 @@ mod tests {
     #[test]
     fn round_trips() {
         let bytes = footer().to_bytes();
-        assert_eq!(Footer::parse(&bytes, 1248).unwrap(), footer());
+        assert_eq!(
+            Footer::parse(&bytes, 1248, &Limits::default()).unwrap(),
+            footer()
+        );
     }
 
     #[test]
     fn refuses_toc_outside_blob() {
         let bytes = footer().to_bytes();
         assert!(matches!(
-            Footer::parse(&bytes, 900),
+            Footer::parse(&bytes, 900, &Limits::default()),
             Err(FormatError::FooterOutOfBounds { .. })
         ));
     }
@@ -115,11 +134,11 @@ mod tests {
     #[test]
     fn refuses_non_footer_and_short_input() {
         assert!(matches!(
-            Footer::parse(&[0u8; 48], 4096),
+            Footer::parse(&[0u8; 48], 4096, &Limits::default()),
             Err(FormatError::NoFooter)
         ));
         assert!(matches!(
-            Footer::parse(&[0u8; 10], 10),
+            Footer::parse(&[0u8; 10], 10, &Limits::default()),
             Err(FormatError::Truncated { .. })
         ));
     }
@@ -129,7 +148,7 @@ mod tests {
         let mut f = footer();
         f.version = 99;
         assert!(matches!(
-            Footer::parse(&f.to_bytes(), 1248),
+            Footer::parse(&f.to_bytes(), 1248, &Limits::default()),
             Err(FormatError::UnsupportedVersion { found: 99, .. })
         ));
     }

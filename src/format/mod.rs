@@ -15,6 +15,7 @@
 
 mod error;
 mod footer;
+mod limits;
 mod reader;
 mod toc;
 mod verify;
@@ -23,6 +24,7 @@ mod writer;
 
 pub use error::FormatError;
 pub use footer::{Footer, FOOTER_SIZE, FORMAT_VERSION};
+pub use limits::Limits;
 pub use reader::{decode_chunk, decode_toc};
 pub use toc::{Chunk, EntryKind, Extent, Toc, TocEntry, Xattr};
 pub use verify::{read_toc, verify_layer, VerifyReport};

@@ -1,9 +1,11 @@
 //! The table of contents: everything a filesystem needs to serve a layer
 //! without reading its tar, and where each chunk of file content lives.
 
+use super::limits::{over, Limits};
 use super::FormatError;
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 
 /// The table of contents of one converted layer.
 ///
@@ -120,22 +122,44 @@ impl Toc {
         super::wire::encode(self)
     }
 
-    /// Parses what [`Toc::encode`] wrote (not yet validated).
-    pub fn decode(bytes: &[u8]) -> Result<Toc, FormatError> {
-        super::wire::decode(bytes)
+    /// Parses what [`Toc::encode`] wrote, within `limits` (not yet
+    /// validated: see [`Toc::validate`]).
+    pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Toc, FormatError> {
+        super::wire::decode(bytes, limits)
     }
 
     /// Checks the invariants a reader relies on, so a malformed or hostile
     /// TOC is refused before any path or offset in it is used.
     ///
     /// `data_end` is where the chunk frames end in the blob (the TOC offset).
-    pub fn validate(&self, data_end: u64) -> Result<(), FormatError> {
+    /// Besides each entry's and chunk's own checks: chunks must be in blob
+    /// order without overlap, one digest must not name two lengths, and no
+    /// path may appear twice.
+    pub fn validate(&self, data_end: u64, limits: &Limits) -> Result<(), FormatError> {
         let bad = |msg: String| Err(FormatError::MalformedToc(msg));
         if self.version != super::FORMAT_VERSION {
             return bad(format!("TOC version {} is not supported", self.version));
         }
+        self.check_counts(limits)?;
+        let mut lengths: HashMap<Digest, u32> = HashMap::with_capacity(self.chunks.len());
         let mut previous_end = 0u64;
         for (index, chunk) in self.chunks.iter().enumerate() {
+            if u64::from(chunk.compressed_len) > limits.max_frame_bytes() {
+                return Err(over(
+                    &format!("chunk {index}'s frame length"),
+                    u64::from(chunk.compressed_len),
+                    limits.max_frame_bytes(),
+                    "max_chunk_bytes",
+                ));
+            }
+            if let Some(other) = lengths.insert(chunk.digest, chunk.len) {
+                if other != chunk.len {
+                    return bad(format!(
+                        "chunk {index} has digest {} with length {}, an earlier chunk has it with length {other}",
+                        chunk.digest, chunk.len
+                    ));
+                }
+            }
             let end = chunk
                 .blob_offset
                 .checked_add(u64::from(chunk.compressed_len));
@@ -150,8 +174,13 @@ impl Toc {
             }
             previous_end = end.unwrap_or(u64::MAX);
         }
+        let mut paths: HashSet<&[u8]> = HashSet::with_capacity(self.entries.len());
         for entry in &self.entries {
             check_path(&entry.path)?;
+            if !paths.insert(&entry.path) {
+                return bad(format!("{:?} appears twice", entry.display_path()));
+            }
+            check_entry_limits(entry, limits)?;
             match (entry.kind, &entry.link) {
                 (EntryKind::Hardlink, Some(target)) => check_path(target)?,
                 (EntryKind::Hardlink | EntryKind::Symlink, None) => {
@@ -188,8 +217,104 @@ impl Toc {
     }
 }
 
-/// Refuses a path that is absolute or has `..` (or empty) components, so no
-/// path from a layer can name anything outside the layer root.
+impl Toc {
+    /// The counts a TOC built in memory (not decoded) must also keep to.
+    fn check_counts(&self, limits: &Limits) -> Result<(), FormatError> {
+        let extents: u64 = self.entries.iter().map(|e| e.extents.len() as u64).sum();
+        for (what, count, limit, key) in [
+            (
+                "the entry count",
+                self.entries.len() as u64,
+                limits.max_entries,
+                "max_entries",
+            ),
+            (
+                "the chunk count",
+                self.chunks.len() as u64,
+                limits.max_chunks,
+                "max_chunks",
+            ),
+            (
+                "the extent count",
+                extents,
+                limits.max_extents,
+                "max_extents",
+            ),
+        ] {
+            if count > limit {
+                return Err(over(what, count, limit, key));
+            }
+        }
+        if let Some((i, c)) = self
+            .chunks
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.len > limits.max_chunk_bytes)
+        {
+            return Err(over(
+                &format!("chunk {i}'s length"),
+                u64::from(c.len),
+                u64::from(limits.max_chunk_bytes),
+                "max_chunk_bytes",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An entry's path, link target and extended attributes against `limits`.
+fn check_entry_limits(entry: &TocEntry, limits: &Limits) -> Result<(), FormatError> {
+    let path = entry.display_path();
+    let max_path = u64::from(limits.max_path_bytes);
+    if entry.path.len() as u64 > max_path {
+        return Err(over(
+            &format!("the path length of {path:?}"),
+            entry.path.len() as u64,
+            max_path,
+            "max_path_bytes",
+        ));
+    }
+    if let Some(link) = &entry.link {
+        if link.len() as u64 > max_path {
+            return Err(over(
+                &format!("the link target length of {path:?}"),
+                link.len() as u64,
+                max_path,
+                "max_path_bytes",
+            ));
+        }
+    }
+    let max_xattrs = u64::from(limits.max_xattrs_per_entry);
+    if entry.xattrs.len() as u64 > max_xattrs {
+        return Err(over(
+            &format!("the xattr count of {path:?}"),
+            entry.xattrs.len() as u64,
+            max_xattrs,
+            "max_xattrs_per_entry",
+        ));
+    }
+    let max_value = u64::from(limits.max_xattr_value_bytes);
+    for xattr in &entry.xattrs {
+        if xattr.name.is_empty() || xattr.name.len() > 255 || xattr.name.contains('\0') {
+            return Err(FormatError::MalformedToc(format!(
+                "{path:?} has an xattr with a bad name"
+            )));
+        }
+        if xattr.value.len() as u64 > max_value {
+            return Err(over(
+                &format!("xattr {} of {path:?}", xattr.name),
+                xattr.value.len() as u64,
+                max_value,
+                "max_xattr_value_bytes",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a path that is absolute or has `..`, `.`, empty or NUL-holding
+/// components, so no path from a layer can name anything outside the layer
+/// root.
 pub(crate) fn check_path(path: &[u8]) -> Result<(), FormatError> {
     let unsafe_path = || FormatError::UnsafePath {
         path: String::from_utf8_lossy(path).into_owned(),
@@ -201,7 +326,8 @@ pub(crate) fn check_path(path: &[u8]) -> Result<(), FormatError> {
         return Err(unsafe_path());
     }
     for component in path.split(|&b| b == b'/') {
-        if component.is_empty() || component == b".." || component == b"." {
+        if component.is_empty() || component == b".." || component == b"." || component.contains(&0)
+        {
             return Err(unsafe_path());
         }
     }

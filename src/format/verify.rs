@@ -2,7 +2,7 @@
 //! against its sha256, and the whole decompressed stream against the
 //! layer's diff_id.
 
-use super::{decode_chunk, decode_toc, Footer, FormatError, Toc, FOOTER_SIZE};
+use super::{decode_chunk, decode_toc, Footer, FormatError, Limits, Toc, FOOTER_SIZE};
 use crate::digest::{Digest, Hasher};
 use std::io::{self, Read, Seek, SeekFrom};
 
@@ -19,21 +19,23 @@ pub struct VerifyReport {
     pub uncompressed_size: u64,
 }
 
-/// Reads the footer and TOC of a local blob of `blob_size` bytes.
+/// Reads the footer and TOC of a local blob of `blob_size` bytes, within
+/// the node's [`Limits`].
 pub fn read_toc<R: Read + Seek>(
     blob: &mut R,
     blob_size: u64,
     expected_toc: Option<&Digest>,
 ) -> Result<(Footer, Toc), FormatError> {
+    let limits = Limits::node();
     let tail_len = (FOOTER_SIZE as u64).min(blob_size);
     let mut tail = vec![0u8; tail_len as usize];
     blob.seek(SeekFrom::Start(blob_size - tail_len))?;
     blob.read_exact(&mut tail)?;
-    let footer = Footer::parse(&tail, blob_size)?;
+    let footer = Footer::parse(&tail, blob_size, limits)?;
     let mut frame = vec![0u8; footer.toc_length as usize];
     blob.seek(SeekFrom::Start(footer.toc_offset))?;
     blob.read_exact(&mut frame)?;
-    let toc = decode_toc(&frame, &footer, expected_toc)?;
+    let toc = decode_toc(&frame, &footer, expected_toc, limits)?;
     Ok((footer, toc))
 }
 

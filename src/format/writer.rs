@@ -9,8 +9,8 @@
 
 use super::toc::normalize_path;
 use super::{
-    annotations, skippable_frame, Chunk, EntryKind, Extent, Footer, FormatError, Toc, TocEntry,
-    Xattr, FORMAT_VERSION, SKIPPABLE_MAGIC_TOC,
+    annotations, skippable_frame, Chunk, EntryKind, Extent, Footer, FormatError, Limits, Toc,
+    TocEntry, Xattr, FORMAT_VERSION, SKIPPABLE_MAGIC_TOC,
 };
 use crate::digest::{Digest, Hasher, HashingWriter};
 use rayon::prelude::*;
@@ -145,10 +145,13 @@ fn finish_blob<W: Write>(
     diff_id: Digest,
     uncompressed_size: u64,
 ) -> Result<LayerSummary, FormatError> {
+    let toc_offset = out.written();
+    // A layer every reader would refuse (a path twice in its tar, a chunk
+    // over the limits) is refused here, naming what is wrong.
+    toc.validate(toc_offset, Limits::node())?;
     let encoded = toc.encode();
     let compressed = zstd::bulk::compress(&encoded, TOC_LEVEL)?;
     let frame = skippable_frame(SKIPPABLE_MAGIC_TOC, &compressed)?;
-    let toc_offset = out.written();
     out.write_all(&frame)?;
     let footer = Footer {
         version: FORMAT_VERSION,

@@ -2,7 +2,9 @@
 
 use super::{ImageRef, OciLayout};
 use crate::digest::Digest;
-use crate::registry::{Manifest, Reference, RegistryClient, RegistryError, RegistryOptions};
+use crate::registry::{
+    Manifest, Reference, RegistryClient, RegistryError, RegistryOptions, MAX_MANIFEST_BYTES,
+};
 use bytes::Bytes;
 use std::io::{Read, Seek, SeekFrom};
 use std::ops::Range;
@@ -97,7 +99,7 @@ impl ImageStore {
                 .get_manifest(&reference.repository, &digest.to_string())
                 .await?),
             ImageStore::Layout { .. } => {
-                let bytes = self.blob_bytes(digest).await?;
+                let bytes = self.blob_bytes(digest, MAX_MANIFEST_BYTES).await?;
                 let media_type = sniff_media_type(&bytes).ok_or_else(|| ImageError::Invalid {
                     what: format!("manifest {digest}"),
                     reason: "neither a manifest nor an index".into(),
@@ -111,15 +113,25 @@ impl ImageStore {
         }
     }
 
-    /// A small blob (config, manifest) whole, verified against its digest.
-    pub async fn blob_bytes(&self, digest: &Digest) -> Result<Bytes, ImageError> {
+    /// A small blob (config, manifest) whole, verified against its digest;
+    /// refused when it is over `max` bytes.
+    pub async fn blob_bytes(&self, digest: &Digest, max: u64) -> Result<Bytes, ImageError> {
         match self {
             ImageStore::Registry { client, reference } => {
-                Ok(client.get_blob(&reference.repository, digest).await?)
+                Ok(client.get_blob(&reference.repository, digest, max).await?)
             }
             ImageStore::Layout { layout, .. } => {
                 let path = layout.blob_path(digest);
-                let bytes = std::fs::read(&path).map_err(io_err(format!("blob {digest}")))?;
+                let mut bytes = Vec::new();
+                std::fs::File::open(&path)
+                    .and_then(|f| f.take(max.saturating_add(1)).read_to_end(&mut bytes))
+                    .map_err(io_err(format!("blob {digest}")))?;
+                if bytes.len() as u64 > max {
+                    return Err(ImageError::Invalid {
+                        what: format!("blob {}", path.display()),
+                        reason: format!("over the {max} bytes expected at most"),
+                    });
+                }
                 let actual = Digest::of(&bytes);
                 if actual != *digest {
                     return Err(RegistryError::DigestMismatch {

@@ -2,7 +2,7 @@
 //! the image manifest, found through the referrers API or, on registries
 //! without it (docker-registry 2.8), the `sha256-<hex>` tag fallback.
 
-use super::trace::Trace;
+use super::trace::{Trace, MAX_TRACE_BYTES};
 use crate::digest::Digest;
 use crate::image::media_types;
 use crate::registry::{Manifest, RegistryClient, RegistryError};
@@ -152,7 +152,7 @@ pub async fn fetch_trace(
         .ok_or_else(|| {
             PublishError::Invalid(format!("trace artifact {artifact} has no trace layer"))
         })?;
-    let bytes = client.get_blob(repo, &blob).await?;
+    let bytes = client.get_blob(repo, &blob, MAX_TRACE_BYTES).await?;
     Trace::decode(&bytes)
         .map(Some)
         .map_err(|e| PublishError::Invalid(format!("trace {blob}: {e}")))

@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 
 /// The trace format version this build reads and writes.
 pub const TRACE_VERSION: u32 = 1;
+/// Largest trace artifact read from a registry: a start that touches a
+/// million chunks stays well under it.
+pub const MAX_TRACE_BYTES: u64 = 64 << 20;
 
 /// The chunks an image's start read, in the order of first access.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

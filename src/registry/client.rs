@@ -1,7 +1,7 @@
 //! The distribution API over HTTP: manifests, blobs, uploads, ranges.
 
 use super::auth::{Challenge, Credentials, TokenCache};
-use super::{RegistryError, MANIFEST_ACCEPT};
+use super::{RegistryError, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, MAX_TOKEN_BYTES};
 use crate::digest::{Digest, Hasher};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -78,7 +78,6 @@ struct Inner {
     base: String,
     registry: String,
     opts: RegistryOptions,
-    credentials: Option<Credentials>,
     tokens: TokenCache,
 }
 
@@ -90,8 +89,9 @@ enum Retry {
 }
 
 impl RegistryClient {
-    /// A client for `registry` (host[:port]), with credentials from the
-    /// docker config if it has any for that host.
+    /// A client for `registry` (host[:port]). Credentials come from the
+    /// docker config (and its helpers) each time the registry asks for
+    /// them, so rotated credentials are picked up.
     pub fn new(registry: &str, opts: RegistryOptions) -> Result<RegistryClient, RegistryError> {
         let builder = || {
             reqwest::Client::builder()
@@ -119,7 +119,6 @@ impl RegistryClient {
                 redirects: Mutex::new(HashMap::new()),
                 base: format!("{scheme}://{registry}"),
                 registry: registry.to_string(),
-                credentials: Credentials::from_docker_config(registry),
                 tokens: TokenCache::default(),
                 opts,
             }),
@@ -152,7 +151,7 @@ impl RegistryClient {
             .await?;
         let resp = expect_status(resp, &what, &[StatusCode::OK]).await?;
         let header_type = content_type(resp.headers());
-        let bytes = resp.bytes().await.map_err(|e| network(&what, 1, e))?;
+        let bytes = read_limited(resp, &what, MAX_MANIFEST_BYTES).await?;
         let digest = Digest::of(&bytes);
         if let Ok(expected) = reference.parse::<Digest>() {
             if expected != digest {
@@ -205,7 +204,7 @@ impl RegistryClient {
             return Ok(None);
         }
         let resp = expect_status(resp, &what, &[StatusCode::OK]).await?;
-        Ok(Some(resp.bytes().await.map_err(|e| network(&what, 1, e))?))
+        Ok(Some(read_limited(resp, &what, MAX_MANIFEST_BYTES).await?))
     }
 
     /// Pushes a manifest under a tag or its digest.
@@ -266,11 +265,17 @@ impl RegistryClient {
         expect_status(resp, what, &[StatusCode::OK]).await
     }
 
-    /// Fetches a small blob (a config) whole, verified against its digest.
-    pub async fn get_blob(&self, repo: &str, digest: &Digest) -> Result<Bytes, RegistryError> {
+    /// Fetches a small blob (a config, a trace) whole, verified against its
+    /// digest; refused once it passes `max` bytes.
+    pub async fn get_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        max: u64,
+    ) -> Result<Bytes, RegistryError> {
         let what = format!("blob {repo}@{digest}");
         let resp = self.blob_request(Method::GET, repo, digest, &what).await?;
-        let bytes = resp.bytes().await.map_err(|e| network(&what, 1, e))?;
+        let bytes = read_limited(resp, &what, max).await?;
         let actual = Digest::of(&bytes);
         if actual != *digest {
             return Err(RegistryError::DigestMismatch {
@@ -620,7 +625,8 @@ impl RegistryClient {
                         return Err(RegistryError::Unauthorized {
                             what: what.to_string(),
                             status: status.as_u16(),
-                            hint: if self.inner.credentials.is_none() {
+                            hint: if Credentials::from_docker_config(&self.inner.registry).is_none()
+                            {
                                 format!(
                                     " (no credentials for {} in the docker config)",
                                     self.inner.registry
@@ -676,10 +682,11 @@ impl RegistryClient {
             .and_then(|v| v.to_str().ok())
             .and_then(Challenge::parse)
             .ok_or_else(|| unauthorized("no usable WWW-Authenticate challenge"))?;
+        // Looked up again on every challenge: a credential helper may have
+        // rotated them since the last one.
+        let credentials = Credentials::from_docker_config(&self.inner.registry);
         let header = match challenge {
-            Challenge::Basic => self
-                .inner
-                .credentials
+            Challenge::Basic => credentials
                 .as_ref()
                 .and_then(Credentials::basic_header)
                 .ok_or_else(|| {
@@ -693,8 +700,14 @@ impl RegistryClient {
                 let scope = challenge_scope.unwrap_or_else(|| scope.to_string());
                 format!(
                     "Bearer {}",
-                    self.fetch_token(&realm, service.as_deref(), &scope, what)
-                        .await?
+                    self.fetch_token(
+                        credentials.as_ref(),
+                        &realm,
+                        service.as_deref(),
+                        &scope,
+                        what
+                    )
+                    .await?
                 )
             }
         };
@@ -704,16 +717,24 @@ impl RegistryClient {
 
     async fn fetch_token(
         &self,
+        credentials: Option<&Credentials>,
         realm: &str,
         service: Option<&str>,
         scope: &str,
         what: &str,
     ) -> Result<String, RegistryError> {
+        check_realm(realm, &self.inner.registry, self.inner.opts.plain_http).map_err(|reason| {
+            RegistryError::Unauthorized {
+                what: what.to_string(),
+                status: 401,
+                hint: format!(" (token realm {realm:?} refused: {reason})"),
+            }
+        })?;
         let mut params = vec![("scope", scope.to_string())];
         if let Some(service) = service {
             params.push(("service", service.to_string()));
         }
-        let request = match &self.inner.credentials {
+        let request = match credentials {
             Some(Credentials::IdentityToken(token)) => {
                 params.push(("grant_type", "refresh_token".into()));
                 params.push(("refresh_token", token.clone()));
@@ -735,8 +756,9 @@ impl RegistryClient {
             .await
             .map_err(|e| network(&token_what, 1, e))?;
         let resp = expect_status(resp, &token_what, &[StatusCode::OK]).await?;
+        let body = read_limited(resp, &token_what, MAX_TOKEN_BYTES).await?;
         let body: serde_json::Value =
-            resp.json().await.map_err(|e| RegistryError::BadResponse {
+            serde_json::from_slice(&body).map_err(|e| RegistryError::BadResponse {
                 what: token_what.clone(),
                 reason: e.to_string(),
             })?;
@@ -751,9 +773,54 @@ impl RegistryClient {
     }
 }
 
+/// Whether a token realm the registry named may be asked for a token
+/// (with the node's credentials): over HTTPS, or over plain HTTP only on
+/// the registry's own host when the node reaches that registry over plain
+/// HTTP by configuration. A challenge, like any response, cannot lower the
+/// transport the node chose.
+fn check_realm(realm: &str, registry: &str, plain_http: bool) -> Result<(), String> {
+    let url = reqwest::Url::parse(realm).map_err(|e| format!("not a URL: {e}"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let registry_host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
+            if !plain_http {
+                Err("plain HTTP, for a registry reached over HTTPS".into())
+            } else if url.host_str() != Some(registry_host) {
+                Err(format!("plain HTTP on another host than {registry_host}"))
+            } else {
+                Ok(())
+            }
+        }
+        other => Err(format!("scheme {other:?}")),
+    }
+}
+
+/// Reads a response body of at most `max` bytes: refused as soon as its
+/// Content-Length or what arrives passes that, never buffered whole first.
+async fn read_limited(resp: Response, what: &str, max: u64) -> Result<Bytes, RegistryError> {
+    let too_large = |size: u64| RegistryError::BadResponse {
+        what: what.to_string(),
+        reason: format!("body of {size} bytes or more, over the {max} expected at most"),
+    };
+    if let Some(declared) = resp.content_length().filter(|&n| n > max) {
+        return Err(too_large(declared));
+    }
+    let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    let mut stream = resp.bytes_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece.map_err(|e| network(what, 1, e))?;
+        if (body.len() + piece.len()) as u64 > max {
+            return Err(too_large((body.len() + piece.len()) as u64));
+        }
+        body.extend_from_slice(&piece);
+    }
+    Ok(Bytes::from(body))
+}
+
 /// Reads a 206 body and checks it is as long as the range asked for.
 async fn read_range_body(resp: Response, what: &str, want: u64) -> Result<Bytes, RegistryError> {
-    let bytes = resp.bytes().await.map_err(|e| network(what, 1, e))?;
+    let bytes = read_limited(resp, what, want).await?;
     if bytes.len() as u64 != want {
         return Err(RegistryError::BadResponse {
             what: what.to_string(),
@@ -797,10 +864,44 @@ async fn unexpected(resp: Response, what: &str) -> RegistryError {
             what: what.to_string(),
         };
     }
-    let body = resp.text().await.unwrap_or_default();
+    let body = read_limited(resp, what, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     RegistryError::UnexpectedStatus {
         what: what.to_string(),
         status: status.as_u16(),
         body: body.chars().take(300).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_realm;
+
+    #[test]
+    fn a_bearer_realm_on_plain_http_is_refused_unless_the_node_chose_it() {
+        let cases = [
+            ("https://auth.example/token", "reg.example", false, true),
+            ("https://auth.example/token", "127.0.0.1:5000", true, true),
+            ("http://auth.example/token", "reg.example", false, false),
+            (
+                "http://127.0.0.1:5001/token",
+                "127.0.0.1:5000",
+                false,
+                false,
+            ),
+            ("http://127.0.0.1:5001/token", "127.0.0.1:5000", true, true),
+            ("http://evil.example/token", "127.0.0.1:5000", true, false),
+            ("file:///etc/passwd", "reg.example", true, false),
+            ("not a url", "reg.example", true, false),
+        ];
+        for (realm, registry, plain_http, allowed) in cases {
+            assert_eq!(
+                check_realm(realm, registry, plain_http).is_ok(),
+                allowed,
+                "realm {realm} for {registry} (plain HTTP configured: {plain_http})"
+            );
+        }
     }
 }

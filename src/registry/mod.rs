@@ -14,6 +14,14 @@ pub use client::{Manifest, RegistryClient, RegistryOptions};
 pub use error::RegistryError;
 pub use reference::{Reference, ReferenceError};
 
+/// Largest manifest or index read (containerd's limit too): a registry or
+/// an image cannot make a node buffer more for one.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// Largest image config read.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Largest token response read.
+pub const MAX_TOKEN_BYTES: u64 = 1 << 20;
+
 /// Media types a manifest GET accepts, most specific first.
 pub const MANIFEST_ACCEPT: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",

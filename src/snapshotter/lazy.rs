@@ -26,8 +26,6 @@ pub const TARGET_REF: &str = "containerd.io/snapshot.ref";
 pub const IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
 /// The layer's blob digest (set by the CRI plugin and `loci pull`).
 pub const LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
-/// Set to `true` by `loci pull --plain-http`: the registry speaks HTTP.
-pub const PLAIN_HTTP: &str = "containerd.io/snapshot/loci.plain-http";
 
 /// Why a layer could not be served lazily.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +67,6 @@ impl LazyRequest {
                 image_ref: get(IMAGE_REF)?,
                 layer_digest: get(LAYER_DIGEST)?,
                 toc_digest: get(annotations::TOC_DIGEST)?,
-                plain_http: get(PLAIN_HTTP).is_some_and(|v| v == "true"),
             },
             toc_offset: get(annotations::TOC_OFFSET).and_then(|v| v.parse().ok()),
         })
@@ -203,8 +200,11 @@ impl LazyLayers {
             .parse()
             .map_err(|e| label_err(annotations::TOC_DIGEST, format!("{e}")))?;
         let mut options = self.registry.clone();
+        // Plain HTTP is the node's decision alone: labels come from the
+        // image (containerd passes its annotations on), so nothing in them
+        // may lower the transport's security.
         if let ImageRef::Registry(r) = &image {
-            options.plain_http |= source.plain_http || self.plain_http_hosts.contains(&r.registry);
+            options.plain_http = self.plain_http_hosts.contains(&r.registry);
         }
         let store =
             ImageStore::open(&image, &options, false).map_err(|source| LazyError::Store {

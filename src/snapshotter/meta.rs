@@ -70,8 +70,6 @@ pub struct LazySource {
     pub layer_digest: String,
     /// The digest of the layer's TOC (`loci.toc-digest`).
     pub toc_digest: String,
-    /// Whether the registry is reached over plain HTTP.
-    pub plain_http: bool,
 }
 
 /// One snapshot, under its key.

@@ -42,6 +42,8 @@ thread_local! {
     /// Bytes the TOC being decoded on this thread may still allocate for
     /// its tables (see [`Column`]).
     static DECODE_BUDGET: Cell<u64> = const { Cell::new(0) };
+    /// Whether the TOC being decoded on this thread ran out of budget.
+    static EXHAUSTED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// A vector of the wire format whose decoding is charged, before it is
@@ -90,16 +92,16 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Column<T> {
     }
 }
 
-/// Takes `count` elements of `T` from the thread's decode budget.
+/// Takes `count` elements of `T` from the thread's decode budget. When it
+/// runs out, `EXHAUSTED` is set so the caller can report the limit:
+/// postcard keeps no custom error text.
 fn charge<T, E: serde::de::Error>(count: usize) -> Result<(), E> {
     let cost = (count as u64).saturating_mul(std::mem::size_of::<T>().max(1) as u64);
     DECODE_BUDGET.with(|budget| {
         let left = budget.get();
         if cost > left {
-            return Err(E::custom(format!(
-                "its tables need more than the {} bytes left of limits.max_decode_bytes",
-                left
-            )));
+            EXHAUSTED.with(|e| e.set(true));
+            return Err(E::custom("over limits.max_decode_bytes"));
         }
         budget.set(left - cost);
         Ok(())
@@ -185,9 +187,16 @@ pub(super) fn encode(toc: &Toc) -> Vec<u8> {
 /// different lengths refused.
 pub(super) fn decode(bytes: &[u8], limits: &Limits) -> Result<Toc, FormatError> {
     let malformed = |m: &str| FormatError::MalformedToc(m.to_string());
-    let previous_budget = DECODE_BUDGET.with(|b| b.replace(limits.max_decode_bytes));
+    DECODE_BUDGET.with(|b| b.set(limits.max_decode_bytes));
+    EXHAUSTED.with(|e| e.set(false));
     let decoded = postcard::from_bytes::<Wire>(bytes);
-    DECODE_BUDGET.with(|b| b.set(previous_budget));
+    DECODE_BUDGET.with(|b| b.set(0));
+    if EXHAUSTED.with(|e| e.replace(false)) {
+        return Err(FormatError::Limit(format!(
+            "the TOC's tables need more than {} bytes (limits.max_decode_bytes)",
+            limits.max_decode_bytes
+        )));
+    }
     let w = decoded.map_err(|e| FormatError::MalformedToc(format!("TOC does not decode: {e}")))?;
     let chunks = w.chunk_gaps.0.len();
     if [

@@ -81,6 +81,9 @@ pub struct Converter {
     pub progress: Progress,
     /// Directory for downloaded and converted blobs while they are in flight.
     pub scratch: PathBuf,
+    /// Signs each converted layer's (blob, TOC, diff_id), so nodes that
+    /// trust the key serve it lazily (see [`format::SigningKey`]).
+    pub sign_key: Option<format::SigningKey>,
 }
 
 fn invalid(what: impl std::fmt::Display, reason: impl std::fmt::Display) -> ConvertError {
@@ -312,7 +315,7 @@ impl Converter {
             "layer converted"
         );
         Ok((
-            converted_descriptor(&layer, &summary),
+            converted_descriptor(&layer, &summary, self.sign_key.as_ref()),
             LayerReport {
                 source: digest,
                 converted: summary.blob_digest,
@@ -326,9 +329,14 @@ impl Converter {
     }
 }
 
-/// The descriptor of a converted layer: the source's annotations plus
-/// loci's, the zstd media type, the new digest and size.
-fn converted_descriptor(source: &Descriptor, summary: &LayerSummary) -> Descriptor {
+/// The descriptor of a converted layer: the source's annotations (less
+/// any of loci's, which only the converter may write) plus loci's, signed
+/// when a key is given; the zstd media type, the new digest and size.
+fn converted_descriptor(
+    source: &Descriptor,
+    summary: &LayerSummary,
+    sign_key: Option<&format::SigningKey>,
+) -> Descriptor {
     let mut descriptor = Descriptor::new(
         MediaType::ImageLayerZstd,
         summary.blob_size,
@@ -339,7 +347,16 @@ fn converted_descriptor(source: &Descriptor, summary: &LayerSummary) -> Descript
             .expect("valid digest"),
     );
     let mut annotations: HashMap<String, String> = source.annotations().clone().unwrap_or_default();
+    annotations.retain(|k, _| !k.starts_with(annotations::LOCI_PREFIX));
     annotations.extend(summary.annotations());
+    if let Some(key) = sign_key {
+        let identity = format::LayerIdentity {
+            blob: summary.blob_digest,
+            toc: summary.toc_digest,
+            diff_id: summary.diff_id,
+        };
+        annotations.insert(annotations::SIGNATURE.into(), key.sign(&identity));
+    }
     descriptor.set_annotations(Some(annotations));
     descriptor
 }

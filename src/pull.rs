@@ -351,7 +351,7 @@ async fn unpack_layer(
         client
             .write_content(&layer.descriptor, blob, labels)
             .await?;
-        DiffClient::new(client.channel.clone())
+        let applied = DiffClient::new(client.channel.clone())
             .apply(client.request(ApplyRequest {
                 diff: Some(layer.descriptor.clone()),
                 mounts,
@@ -362,7 +362,22 @@ async fn unpack_layer(
             .map_err(containerd(format!(
                 "applying layer {}",
                 layer.descriptor.digest
-            )))?;
+            )))?
+            .into_inner()
+            .applied
+            .map(|d| d.digest)
+            .unwrap_or_default();
+        // As containerd's own unpacker does: the layer is committed under a
+        // chain ID made from its diff_id only if it is that diff_id.
+        if applied != layer.diff_id {
+            return Err(invalid(
+                format!("layer {}", layer.descriptor.digest),
+                format!(
+                    "it unpacks to {applied}, not the diff_id {} its image claims",
+                    layer.diff_id
+                ),
+            ));
+        }
         snapshots
             .commit(client.request(CommitSnapshotRequest {
                 snapshotter: SNAPSHOTTER.into(),

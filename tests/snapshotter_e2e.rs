@@ -35,6 +35,17 @@ fn socket(work: &Path) -> PathBuf {
     work.join("loci.sock")
 }
 
+/// The key the test's conversions sign with (made on first use); its
+/// public half, beside it with `.pub` appended, is what the snapshotter
+/// trusts.
+fn signing_key(work: &Path) -> PathBuf {
+    let key = work.join("sign.key");
+    if !key.exists() {
+        run(loci().args(["key", "generate", key.to_str().unwrap()]));
+    }
+    key
+}
+
 /// Starts `loci snapshotter` with its metrics on 127.0.0.1:`metrics_port`,
 /// reaching the registry at `registry` (host:port) over plain HTTP, as its
 /// node configuration says (never as an image's labels say).
@@ -45,7 +56,8 @@ fn start_snapshotter(work: &Path, metrics_port: u16, registry: &str) -> Daemon {
     write_config(&config, &work.join("cache"), 30);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
-        "\n[snapshotter]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\nplain_http_registries = [\"{registry}\"]\n"
+        "\n[snapshotter]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\nplain_http_registries = [\"{registry}\"]\ntrusted_keys = [{:?}]\n",
+        signing_key(work).with_extension("key.pub")
     ));
     std::fs::write(&config, text).unwrap();
     let mut cmd = loci();
@@ -81,9 +93,12 @@ impl Setup {
         build_fixture(&layout, "v1", &["--big-mib", "16"]);
         let registry = Registry::start();
         push_layout(&layout, "v1", &format!("{}/fixture:v1", registry.addr));
+        let key = signing_key(work.path());
         run(loci().args([
             "convert",
             "--plain-http",
+            "--sign-key",
+            key.to_str().unwrap(),
             &format!("{}/fixture:v1", registry.addr),
             &format!("{}/fixture:loci", registry.addr),
         ]));
@@ -486,4 +501,119 @@ fn remove_image_and_collect(setup: &Setup, image: &str, root: &Path) {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "orphaned snapshot dirs: {left:?}");
+}
+
+/// Writes `value` as a blob of the layout at `dir`; returns its digest.
+fn put_layout_json(dir: &Path, value: &serde_json::Value) -> (String, usize) {
+    let bytes = serde_json::to_vec(value).unwrap();
+    let digest = loci::digest::Digest::of(&bytes).to_string();
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    std::fs::write(dir.join("blobs/sha256").join(hex), &bytes).unwrap();
+    (digest, bytes.len())
+}
+
+/// Builds, in the layout at `dir` (a copy of the converted fixture under
+/// `tag`), the image `evil`: the fixture's second layer, its loci
+/// annotations and genuine signature included, claiming the diff_id of the
+/// fixture's first layer, so that it would be committed under that
+/// layer's chain ID.
+fn craft_diff_id_claim(dir: &Path, tag: &str) {
+    let read = |digest: &str| -> serde_json::Value {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap()
+        .clone();
+    let mut manifest = read(entry["digest"].as_str().unwrap());
+    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    let claimed = config["rootfs"]["diff_ids"][0].clone();
+    let mut layer = manifest["layers"][1].clone();
+    layer["annotations"]["containerd.io/snapshot/loci.uncompressed"] = claimed.clone();
+    assert!(
+        layer["annotations"]["containerd.io/snapshot/loci.signature"].is_string(),
+        "the fixture's layers are signed"
+    );
+    config["rootfs"]["diff_ids"] = serde_json::json!([claimed]);
+    config["history"] = serde_json::json!([]);
+    let (config_digest, config_size) = put_layout_json(dir, &config);
+    manifest["config"]["digest"] = config_digest.into();
+    manifest["config"]["size"] = config_size.into();
+    manifest["layers"] = serde_json::json!([layer]);
+    let (digest, size) = put_layout_json(dir, &manifest);
+    let mut evil = entry;
+    evil["digest"] = digest.into();
+    evil["size"] = size.into();
+    evil["annotations"]["org.opencontainers.image.ref.name"] = "evil".into();
+    index["manifests"].as_array_mut().unwrap().push(evil);
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// An image that claims another layer's diff_id (here a genuinely signed
+/// loci layer replayed under the diff_id of the fixture's base layer) is
+/// not served lazily under that layer's chain ID: the signature does not
+/// cover the claim, so the snapshotter leaves the layer to be unpacked, and
+/// unpacking finds the true diff_id and fails the pull. The image with the
+/// true layer, pulled after, sees its own files, and the daemon serves on.
+#[test]
+fn an_image_claiming_another_layers_diff_id_cannot_stand_in_for_it() {
+    let test = "an_image_claiming_another_layers_diff_id_cannot_stand_in_for_it";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    let setup = Setup::new();
+    let converted = format!("{}/fixture:loci", setup.registry.addr);
+    let evil = format!("{}/fixture:evil", setup.registry.addr);
+    let layout = setup.work.path().join("evil-layout");
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{converted}"))
+        .arg(format!("oci:{}:loci", layout.display())));
+    craft_diff_id_claim(&layout, "loci");
+    push_layout(&layout, "evil", &evil);
+
+    let out = loci()
+        .args(["pull", "--plain-http", "--address"])
+        .arg(&setup.containerd.socket)
+        .args(["--namespace", &setup.containerd.namespace, &evil])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the claiming image was pulled: {stderr}"
+    );
+    assert!(
+        stderr.contains("not the diff_id") && stderr.contains("its image claims"),
+        "{stderr}"
+    );
+    let log = setup.snapshotter.log_text();
+    assert!(
+        log.contains("not admitted for lazy service")
+            && log.contains("does not match this layer's blob, TOC and diff_id"),
+        "the snapshotter's log does not say why the layer was refused:\n{log}"
+    );
+    assert!(
+        setup.loci_snapshots().is_empty(),
+        "the refused layer left a snapshot: {:?}",
+        setup.loci_snapshots()
+    );
+
+    // The true image: served lazily, its base layer its own.
+    let pulled = setup.pull(&converted);
+    assert!(pulled.contains("4 layers lazy, 0 unpacked"), "{pulled}");
+    // /bin/busybox and /etc/group come from the base layer alone: the
+    // claiming layer (the fixture's second) has neither.
+    let group = setup.ctr_run(
+        &converted,
+        "true-image",
+        &["/bin/busybox", "cat", "/etc/group"],
+    );
+    assert_eq!(group, "root:x:0:\nuser:x:1000:\n");
 }

@@ -209,6 +209,14 @@ class Env:
         with urllib.request.urlopen(f"http://{self.addr}/v2/{repo}/blobs/{digest}") as r, open(path, "wb") as f:
             shutil.copyfileobj(r, f)
 
+    def signing_key(self):
+        """The key this run's conversions sign with and its snapshotter
+        trusts (made on first use)."""
+        key = os.path.join(self.work, "sign.key")
+        if not os.path.exists(key):
+            self.run(self.loci, "key", "generate", key)
+        return key
+
     def start_snapshotter(self, fresh_cache, prefetch=True):
         cache = os.path.join(self.work, "loci-cache")
         if fresh_cache:
@@ -217,7 +225,8 @@ class Env:
         with open(cfg, "w") as f:
             f.write(f'[cache]\ndir = "{cache}"\nmemory_bytes = 268435456\ndisk_bytes = 21474836480\n'
                     f'[prefetch]\nenabled = {"true" if prefetch else "false"}\n'
-                    f'[snapshotter]\nplain_http_registries = ["{self.addr}"]\n')
+                    f'[snapshotter]\nplain_http_registries = ["{self.addr}"]\n'
+                    f'trusted_keys = ["{self.signing_key()}.pub"]\n')
         self.snap_sock = os.path.join(self.work, "loci.sock")
         self.snapshotter = self.spawn([self.loci, "snapshotter", "--address", self.snap_sock,
                                        "--root", os.path.join(self.work, "loci-root"), "--config", cfg], "snapshotter")
@@ -348,7 +357,8 @@ class Image:
         env.run("skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
                 f"docker://{self.original}")
         t0 = time.perf_counter()
-        env.run(env.loci, "--log", "warn", "convert", "--plain-http", self.original, self.converted)
+        env.run(env.loci, "--log", "warn", "convert", "--plain-http", "--sign-key", env.signing_key(),
+                self.original, self.converted)
         self.convert_s = time.perf_counter() - t0
         self.command = image_command(name, read_command(env, self.original))
         self.traced = False

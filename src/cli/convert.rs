@@ -2,7 +2,9 @@
 
 use super::registry_args::RegistryArgs;
 use crate::convert::Converter;
-use crate::format::{ConvertOptions, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_PACK_SIZE};
+use crate::format::{
+    ConvertOptions, SigningKey, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_PACK_SIZE,
+};
 use crate::image::{ImageRef, ImageStore};
 use crate::progress::Progress;
 use anyhow::Context;
@@ -26,6 +28,11 @@ pub struct Args {
     /// zstd level of chunk frames.
     #[arg(long, default_value_t = DEFAULT_LEVEL)]
     level: i32,
+    /// Sign each converted layer with this private key (from `loci key
+    /// generate`): snapshotters serve lazily only layers signed by a key
+    /// they trust.
+    #[arg(long)]
+    sign_key: Option<std::path::PathBuf>,
     /// Layers converted at once.
     #[arg(long, default_value_t = 2)]
     parallel_layers: usize,
@@ -42,6 +49,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", args.src))?;
     let dst = ImageStore::open(&args.dst, &opts, true)
         .with_context(|| format!("opening {}", args.dst))?;
+    let sign_key = args
+        .sign_key
+        .as_deref()
+        .map(SigningKey::load)
+        .transpose()
+        .context("loading the signing key")?;
     let scratch = tempfile::Builder::new().prefix("loci-convert-").tempdir()?;
     let converter = Converter {
         options: ConvertOptions {
@@ -52,6 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         parallel_layers: args.parallel_layers,
         progress: Progress::new(),
         scratch: scratch.path().to_path_buf(),
+        sign_key,
     };
     let report = super::runtime()?
         .block_on(converter.convert(&src, &dst))

@@ -3,6 +3,7 @@
 
 mod convert;
 mod inspect;
+mod key;
 mod mount;
 mod pull;
 mod registry_args;
@@ -37,6 +38,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Mount a converted image read-only, fetching chunks lazily.
     Mount(mount::Args),
+    /// Generate the keys that sign converted layers.
+    Key(key::Args),
     /// Show or publish an image's start trace.
     Trace(trace::Args),
     /// Pull an image into containerd with the loci snapshotter, fetching
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Mount(args) => mount::run(args),
+        Command::Key(args) => key::run(args),
         Command::Trace(args) => trace::run(args),
         Command::Pull(args) => pull::run(args),
         Command::Scheduler(args) => scheduler::run(args),

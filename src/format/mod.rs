@@ -17,6 +17,7 @@ mod error;
 mod footer;
 mod limits;
 mod reader;
+mod signature;
 mod toc;
 mod verify;
 mod wire;
@@ -26,6 +27,7 @@ pub use error::FormatError;
 pub use footer::{Footer, FOOTER_SIZE, FORMAT_VERSION};
 pub use limits::Limits;
 pub use reader::{decode_chunk, decode_toc};
+pub use signature::{LayerIdentity, PublicKey, SignatureError, SigningKey, TrustedKeys};
 pub use toc::{Chunk, EntryKind, Extent, Toc, TocEntry, Xattr};
 pub use verify::{read_toc, verify_layer, VerifyReport};
 pub use writer::{
@@ -37,6 +39,8 @@ pub use writer::{
 /// `containerd.io/snapshot/` because containerd passes only that prefix on
 /// to remote snapshotters as labels.
 pub mod annotations {
+    /// What every loci annotation starts with.
+    pub const LOCI_PREFIX: &str = "containerd.io/snapshot/loci.";
     /// Digest of the TOC skippable frame (as stored in the blob).
     pub const TOC_DIGEST: &str = "containerd.io/snapshot/loci.toc-digest";
     /// Offset of the TOC skippable frame in the blob, so a reader can fetch
@@ -49,6 +53,9 @@ pub mod annotations {
     /// The uncompressed layer digest (diff_id), so the snapshotter can
     /// verify and name a layer without the image config.
     pub const UNCOMPRESSED: &str = "containerd.io/snapshot/loci.uncompressed";
+    /// A signature over (blob digest, TOC digest, diff_id) by the key that
+    /// converted the layer (see [`super::SigningKey`]).
+    pub const SIGNATURE: &str = "containerd.io/snapshot/loci.signature";
 }
 
 /// zstd skippable frame magic numbers are 0x184D2A50..=0x184D2A5F.

@@ -1,6 +1,7 @@
 //! The daemon: opens the cache and the snapshots, serves the gRPC API on a
 //! unix socket (mode 0600) and the metrics over HTTP, until SIGTERM/SIGINT.
 
+use super::admission::{Admission, Trust};
 use super::fdstore::FdStore;
 use super::lazy::LazyLayers;
 use super::metrics::Metrics;
@@ -8,6 +9,7 @@ use super::service::{Service, SnapshotsServer};
 use super::snapshots::{SnapshotError, Snapshots};
 use crate::cache::{CacheError, ChunkCache};
 use crate::config::Config;
+use crate::format::TrustedKeys;
 use crate::registry::RegistryOptions;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -26,6 +28,16 @@ pub struct SnapshotterConfig {
     pub plain_http_registries: Vec<String>,
     /// FUSE threads per lazily mounted layer.
     pub fuse_threads: usize,
+    /// Which converted layers are served lazily: `signed` (the default),
+    /// only layers signed by one of `trusted_keys`; `any`, every converted
+    /// layer, trusting each image's claim that its layer is the diff_id it
+    /// names (an explicit opt-out, for nodes that run only their own
+    /// images). The others are unpacked by containerd, which checks the
+    /// diff_id itself.
+    pub trust: Trust,
+    /// Public key files (`loci key generate`) whose signatures make a
+    /// layer servable lazily.
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 impl Default for SnapshotterConfig {
@@ -34,6 +46,8 @@ impl Default for SnapshotterConfig {
             metrics_address: None,
             plain_http_registries: Vec::new(),
             fuse_threads: 4,
+            trust: Trust::Signed,
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -58,6 +72,9 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// A trusted key could not be read.
+    #[error("loading [snapshotter] trusted_keys")]
+    Keys(#[from] crate::format::SignatureError),
     /// The gRPC server failed.
     #[error("serving the snapshots API")]
     Serve(#[from] tonic::transport::Error),
@@ -79,11 +96,19 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
     std::fs::create_dir_all(root).map_err(io_err(format!("creating {}", root.display())))?;
     let cache = ChunkCache::open(&config.cache)?;
     let metrics = Arc::new(Metrics::new(cache.clone()));
+    let admission = Admission {
+        trust: config.snapshotter.trust,
+        keys: TrustedKeys::load(&config.snapshotter.trusted_keys)?,
+    };
+    if admission.trust == Trust::Signed && config.snapshotter.trusted_keys.is_empty() {
+        tracing::warn!("no [snapshotter] trusted_keys: every layer is unpacked by containerd, none is served lazily");
+    }
     let lazy = LazyLayers::new(
         cache,
         config.fetch.clone(),
         RegistryOptions::default(),
         config.snapshotter.plain_http_registries.clone(),
+        admission,
         tokio::runtime::Handle::current(),
         config.snapshotter.fuse_threads,
         metrics.clone(),

@@ -2,6 +2,7 @@
 //! serve a layer, opening it from the registry (TOC only) and keeping its
 //! FUSE mount (an overlayfs lower dir) alive while its snapshot exists.
 
+use super::admission::Admission;
 use super::fdstore::FdStore;
 use super::meta::{LazySource, Usage};
 use super::metrics::Metrics;
@@ -54,6 +55,10 @@ pub struct LazyRequest {
     pub source: LazySource,
     /// Where the TOC starts in the blob, when annotated.
     pub toc_offset: Option<u64>,
+    /// The diff_id the image claims for the layer (`loci.uncompressed`).
+    pub diff_id: Option<String>,
+    /// The converter's signature (`loci.signature`), if it signed.
+    pub signature: Option<String>,
 }
 
 impl LazyRequest {
@@ -69,6 +74,8 @@ impl LazyRequest {
                 toc_digest: get(annotations::TOC_DIGEST)?,
             },
             toc_offset: get(annotations::TOC_OFFSET).and_then(|v| v.parse().ok()),
+            diff_id: get(annotations::UNCOMPRESSED),
+            signature: get(annotations::SIGNATURE),
         })
     }
 }
@@ -106,6 +113,7 @@ pub struct LazyLayers {
     fetch: FetchConfig,
     registry: RegistryOptions,
     plain_http_hosts: Vec<String>,
+    admission: Admission,
     runtime: tokio::runtime::Handle,
     threads: usize,
     metrics: Arc<Metrics>,
@@ -129,13 +137,15 @@ struct Mounted {
 impl LazyLayers {
     /// Layers served through `cache`, fetched per `fetch`, with `threads`
     /// FUSE threads each; registries in `plain_http_hosts` are reached
-    /// over HTTP; connections are kept across restarts by `held`.
+    /// over HTTP; only layers `admission` admits are served; connections
+    /// are kept across restarts by `held`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cache: Arc<ChunkCache>,
         fetch: FetchConfig,
         registry: RegistryOptions,
         plain_http_hosts: Vec<String>,
+        admission: Admission,
         runtime: tokio::runtime::Handle,
         threads: usize,
         metrics: Arc<Metrics>,
@@ -147,6 +157,7 @@ impl LazyLayers {
             fetch,
             registry,
             plain_http_hosts,
+            admission,
             runtime,
             threads,
             metrics,
@@ -174,6 +185,12 @@ impl LazyLayers {
         if let Err(e) = self.held.remove(id) {
             tracing::warn!(id, error = %e, "fd holder did not drop a connection");
         }
+    }
+
+    /// Whether `request` over `parent` may be served lazily (see
+    /// [`Admission`]); the reason if not.
+    pub fn admit(&self, request: &LazyRequest, parent: &str) -> Result<Option<String>, String> {
+        self.admission.admit(request, parent)
     }
 
     /// Reads the layer's TOC (blocking this thread): the copy kept when

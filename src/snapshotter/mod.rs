@@ -6,6 +6,7 @@
 //! layer lazily over FUSE and committing it at once (ALREADY_EXISTS), so
 //! containerd never downloads it. Metadata lives in RocksDB under the root.
 
+pub mod admission;
 mod daemon;
 pub mod fdstore;
 mod filter;

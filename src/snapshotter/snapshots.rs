@@ -238,6 +238,9 @@ impl Snapshots {
             }
             self.check_parent(&meta, parent)?;
         }
+        let signer = self.lazy.admit(request, parent).map_err(|reason| {
+            SnapshotError::FailedPrecondition(format!("not admitted for lazy service: {reason}"))
+        })?;
         let layer = self
             .lazy
             .open(&request.source, request.toc_offset, None)
@@ -272,7 +275,7 @@ impl Snapshots {
             let _ = std::fs::remove_dir_all(self.dir(id));
             return Err(e.into());
         }
-        tracing::info!(target = %target, layer = %request.source.layer_digest, id, "layer mounted lazily");
+        tracing::info!(target = %target, layer = %request.source.layer_digest, id, signed_by = ?signer, "layer mounted lazily");
         Ok(())
     }
 

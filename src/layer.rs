@@ -66,46 +66,58 @@ pub async fn image_layers(store: &ImageStore) -> Result<PlatformImage, LayerErro
     if manifest.media_type == media_types::OCI_INDEX
         || manifest.media_type == media_types::DOCKER_LIST
     {
-        let index = ImageIndex::from_reader(&manifest.bytes[..])
-            .map_err(|e| invalid(format!("index {}", manifest.digest), e))?;
-        let child = pick_platform(index.manifests()).ok_or_else(|| {
-            invalid(
-                format!("index {}", manifest.digest),
-                format!("no manifest for linux/{}", host_arch()),
-            )
-        })?;
-        let digest: Digest = child
-            .digest()
-            .to_string()
-            .parse()
-            .map_err(|e| invalid("index entry", e))?;
+        let digest = platform_manifest(&manifest.bytes)
+            .map_err(|reason| invalid(format!("index {}", manifest.digest), reason))?;
         manifest = store.manifest(&digest).await?;
     }
-    let what = format!("manifest {}", manifest.digest);
-    let parsed = ImageManifest::from_reader(&manifest.bytes[..]).map_err(|e| invalid(&what, e))?;
-    let config_digest: Digest = parsed
+    let config_digest = config_of(&manifest.bytes)
+        .map_err(|reason| invalid(format!("manifest {}", manifest.digest), reason))?;
+    let config_bytes = store.blob_bytes(&config_digest, MAX_CONFIG_BYTES).await?;
+    let layers = layers_of(&manifest.bytes, &config_bytes)
+        .map_err(|reason| invalid(format!("manifest {}", manifest.digest), reason))?;
+    Ok(PlatformImage { manifest, layers })
+}
+
+/// The digest of the host platform's manifest in an index, from the
+/// index's bytes as a registry served them.
+pub fn platform_manifest(index: &[u8]) -> Result<Digest, String> {
+    let index = ImageIndex::from_reader(index).map_err(|e| e.to_string())?;
+    let child = pick_platform(index.manifests())
+        .ok_or_else(|| format!("no manifest for linux/{}", host_arch()))?;
+    child
+        .digest()
+        .to_string()
+        .parse()
+        .map_err(|e| format!("{e}"))
+}
+
+/// The config digest a manifest names.
+pub fn config_of(manifest: &[u8]) -> Result<Digest, String> {
+    let parsed = ImageManifest::from_reader(manifest).map_err(|e| e.to_string())?;
+    parsed
         .config()
         .digest()
         .to_string()
         .parse()
-        .map_err(|e| invalid(&what, e))?;
-    let config_bytes = store.blob_bytes(&config_digest, MAX_CONFIG_BYTES).await?;
-    let config = ImageConfiguration::from_reader(&config_bytes[..])
-        .map_err(|e| invalid(format!("config {config_digest}"), e))?;
+        .map_err(|e| format!("{e}"))
+}
+
+/// A manifest's layers paired with its config's diff_ids, each layer's
+/// loci annotations parsed: everything a reader takes from an image's
+/// metadata, from the bytes as served. A count mismatch is refused.
+pub fn layers_of(manifest: &[u8], config: &[u8]) -> Result<Vec<ImageLayer>, String> {
+    let parsed = ImageManifest::from_reader(manifest).map_err(|e| e.to_string())?;
+    let config = ImageConfiguration::from_reader(config).map_err(|e| format!("config: {e}"))?;
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != parsed.layers().len() {
-        return Err(invalid(
-            &what,
-            "layer count differs from the config's diff_ids",
-        ));
+        return Err("layer count differs from the config's diff_ids".into());
     }
-    let layers = parsed
+    parsed
         .layers()
         .iter()
         .zip(diff_ids)
-        .map(|(layer, diff_id)| describe(layer, diff_id))
-        .collect::<Result<_, _>>()?;
-    Ok(PlatformImage { manifest, layers })
+        .map(|(layer, diff_id)| describe(layer, diff_id).map_err(|e| e.to_string()))
+        .collect()
 }
 
 fn describe(layer: &Descriptor, diff_id: &str) -> Result<ImageLayer, LayerError> {

@@ -20,6 +20,7 @@ use rocksdb::{
     ReadOptions, WriteBatch, DB,
 };
 use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Column family of chunk bytes, keyed by the digest's raw 32 bytes.
@@ -65,6 +66,9 @@ impl DiskTier {
             source,
         };
         std::fs::create_dir_all(&config.dir).map_err(|e| open_error(Arc::new(e)))?;
+        // Cached chunks are other people's image content: root's alone.
+        std::fs::set_permissions(&config.dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| open_error(Arc::new(e)))?;
         let (db_options, families) = rocksdb_options(config);
         let db = DB::open_cf_descriptors(&db_options, &config.dir, families)
             .map_err(|e| open_error(Arc::new(e)))?;

@@ -53,6 +53,15 @@ pub struct Args {
     /// Do not replay the image's trace even if the registry has one.
     #[arg(long)]
     no_prefetch: bool,
+    /// Honour the image's setuid and setgid bits (default: nosuid).
+    #[arg(long)]
+    suid: bool,
+    /// Honour the image's device nodes (default: nodev).
+    #[arg(long)]
+    dev: bool,
+    /// Let users other than root read the mount (default: root only).
+    #[arg(long)]
+    allow_other: bool,
     /// The converted image.
     image: ImageRef,
     /// Where to mount it.
@@ -127,6 +136,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &image,
         View::Merged,
         &args.dir,
+        fs::MountFlags {
+            suid: args.suid,
+            dev: args.dev,
+            allow_other: args.allow_other,
+        },
         fetcher.clone(),
         runtime.handle().clone(),
         args.threads,

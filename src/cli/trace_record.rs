@@ -71,6 +71,7 @@ pub fn run(args: Record, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()
         &image,
         View::Merged,
         &lower,
+        fs::MountFlags::CONTAINER_ROOT,
         fetcher,
         runtime.handle().clone(),
         8,

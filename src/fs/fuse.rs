@@ -135,6 +135,16 @@ fn reply_sized(reply: ReplyXattr, size: u32, data: &[u8]) {
     }
 }
 
+/// Runs a request's handler so that a panic (a bug, never an input: every
+/// input was validated when the layer was opened) fails that request with
+/// EIO, as dropping its unsent reply does, and leaves the FUSE thread
+/// serving the next one, with a log line naming the operation.
+fn guarded(op: &'static str, handler: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)).is_err() {
+        tracing::error!(op, "FUSE handler panicked; the request fails with EIO");
+    }
+}
+
 impl Filesystem for LociFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1 << 20);
@@ -149,40 +159,46 @@ impl Filesystem for LociFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.tree.lookup(parent.0, name.as_bytes()) {
-            Some(ino) => reply.entry(
-                &TTL,
-                &attr(ino, self.tree.get(ino).expect("child exists")),
-                Generation(0),
-            ),
-            None => reply.error(Errno::ENOENT),
-        }
+        guarded("lookup", move || {
+            match self.tree.lookup(parent.0, name.as_bytes()) {
+                Some(ino) => reply.entry(
+                    &TTL,
+                    &attr(ino, self.tree.get(ino).expect("child exists")),
+                    Generation(0),
+                ),
+                None => reply.error(Errno::ENOENT),
+            }
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino) {
+        guarded("getattr", move || match self.node(ino) {
             Ok(node) => reply.attr(&TTL, &attr(ino.0, node)),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.node(ino).map(|n| n.link.as_deref()) {
-            Ok(Some(target)) => reply.data(target),
-            Ok(None) => reply.error(Errno::EINVAL),
-            Err(e) => reply.error(e),
-        }
+        guarded("readlink", move || {
+            match self.node(ino).map(|n| n.link.as_deref()) {
+                Ok(Some(target)) => reply.data(target),
+                Ok(None) => reply.error(Errno::EINVAL),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != fuser::OpenAccMode::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
-        match self.node(ino) {
-            Ok(node) if node.kind == NodeKind::Dir => reply.error(Errno::EISDIR),
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(e),
-        }
+        guarded("open", move || {
+            if flags.acc_mode() != fuser::OpenAccMode::O_RDONLY {
+                return reply.error(Errno::EROFS);
+            }
+            match self.node(ino) {
+                Ok(node) if node.kind == NodeKind::Dir => reply.error(Errno::EISDIR),
+                Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn read(
@@ -196,36 +212,38 @@ impl Filesystem for LociFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let node = match self.node(ino) {
-            Ok(node) => node,
-            Err(e) => return reply.error(e),
-        };
-        let Some(content) = &node.content else {
-            return reply.data(&[]);
-        };
-        if offset >= node.size {
-            return reply.data(&[]);
-        }
-        let len = u64::from(size).min(node.size - offset);
-        let layer = &self.layers[content.layer];
-        if let Some(recorder) = &self.recorder {
-            let chunks: Vec<_> = content
-                .chunks_in(offset, offset + len)
-                .into_iter()
-                .map(|c| (c, layer.chunks[c as usize].digest))
-                .collect();
-            recorder.record(content.layer, &chunks, || {
-                String::from_utf8_lossy(&self.tree.path_of(ino.0)).into_owned()
-            });
-        }
-        let readahead = self.readahead(ino.0, offset, len);
-        match self.runtime.block_on(
-            self.fetcher
-                .read_file(layer, content, offset, len, readahead),
-        ) {
-            Ok(data) => reply.data(&data),
-            Err(_) => reply.error(Errno::EIO), // logged by the fetcher, naming the chunk
-        }
+        guarded("read", move || {
+            let node = match self.node(ino) {
+                Ok(node) => node,
+                Err(e) => return reply.error(e),
+            };
+            let Some(content) = &node.content else {
+                return reply.data(&[]);
+            };
+            if offset >= node.size {
+                return reply.data(&[]);
+            }
+            let len = u64::from(size).min(node.size - offset);
+            let layer = &self.layers[content.layer];
+            if let Some(recorder) = &self.recorder {
+                let chunks: Vec<_> = content
+                    .chunks_in(offset, offset + len)
+                    .into_iter()
+                    .map(|c| (c, layer.chunks[c as usize].digest))
+                    .collect();
+                recorder.record(content.layer, &chunks, || {
+                    String::from_utf8_lossy(&self.tree.path_of(ino.0)).into_owned()
+                });
+            }
+            let readahead = self.readahead(ino.0, offset, len);
+            match self.runtime.block_on(
+                self.fetcher
+                    .read_file(layer, content, offset, len, readahead),
+            ) {
+                Ok(data) => reply.data(&data),
+                Err(_) => reply.error(Errno::EIO), // logged by the fetcher, naming the chunk
+            }
+        });
     }
 
     fn flush(
@@ -258,24 +276,26 @@ impl Filesystem for LociFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let node = match self.node(ino) {
-            Ok(node) => node,
-            Err(e) => return reply.error(e),
-        };
-        for (i, (name, child, kind)) in dir_entries(&self.tree, ino.0, node)
-            .enumerate()
-            .skip(offset as usize)
-        {
-            if reply.add(
-                INodeNo(child),
-                i as u64 + 1,
-                file_type(kind),
-                OsStr::from_bytes(name),
-            ) {
-                break;
+        guarded("readdir", move || {
+            let node = match self.node(ino) {
+                Ok(node) => node,
+                Err(e) => return reply.error(e),
+            };
+            for (i, (name, child, kind)) in dir_entries(&self.tree, ino.0, node)
+                .enumerate()
+                .skip(offset as usize)
+            {
+                if reply.add(
+                    INodeNo(child),
+                    i as u64 + 1,
+                    file_type(kind),
+                    OsStr::from_bytes(name),
+                ) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn readdirplus(
@@ -286,28 +306,30 @@ impl Filesystem for LociFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let node = match self.node(ino) {
-            Ok(node) => node,
-            Err(e) => return reply.error(e),
-        };
-        for (i, (name, child, _)) in dir_entries(&self.tree, ino.0, node)
-            .enumerate()
-            .skip(offset as usize)
-        {
-            let child_node = self.tree.get(child).expect("entry exists");
-            let full = reply.add(
-                INodeNo(child),
-                i as u64 + 1,
-                OsStr::from_bytes(name),
-                &TTL,
-                &attr(child, child_node),
-                Generation(0),
-            );
-            if full {
-                break;
+        guarded("readdirplus", move || {
+            let node = match self.node(ino) {
+                Ok(node) => node,
+                Err(e) => return reply.error(e),
+            };
+            for (i, (name, child, _)) in dir_entries(&self.tree, ino.0, node)
+                .enumerate()
+                .skip(offset as usize)
+            {
+                let child_node = self.tree.get(child).expect("entry exists");
+                let full = reply.add(
+                    INodeNo(child),
+                    i as u64 + 1,
+                    OsStr::from_bytes(name),
+                    &TTL,
+                    &attr(child, child_node),
+                    Generation(0),
+                );
+                if full {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -316,15 +338,17 @@ impl Filesystem for LociFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.node(ino).map(|n| n.xattrs.get(name.as_bytes())) {
-            Ok(Some(value)) => reply_sized(reply, size, value),
-            Ok(None) => reply.error(Errno::NO_XATTR),
-            Err(e) => reply.error(e),
-        }
+        guarded("getxattr", move || {
+            match self.node(ino).map(|n| n.xattrs.get(name.as_bytes())) {
+                Ok(Some(value)) => reply_sized(reply, size, value),
+                Ok(None) => reply.error(Errno::NO_XATTR),
+                Err(e) => reply.error(e),
+            }
+        });
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.node(ino) {
+        guarded("listxattr", move || match self.node(ino) {
             Ok(node) => {
                 let mut names = Vec::new();
                 for name in node.xattrs.keys() {
@@ -334,7 +358,7 @@ impl Filesystem for LociFs {
                 reply_sized(reply, size, &names);
             }
             Err(e) => reply.error(e),
-        }
+        });
     }
 }
 

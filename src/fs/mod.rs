@@ -8,5 +8,6 @@ pub mod tree;
 
 pub use fuse::LociFs;
 pub use mount::{
-    mount, open_image, open_layer, open_layer_from, serve, Connection, MountError, OpenedImage,
+    mount, open_image, open_layer, open_layer_from, serve, Connection, MountError, MountFlags,
+    OpenedImage,
 };

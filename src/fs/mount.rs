@@ -122,13 +122,38 @@ fn one_layer(store: &ImageStore, digest: Digest, toc: Toc) -> OpenedImage {
     }
 }
 
+/// What a mount lets the image's files do on the host. An image's setuid
+/// bits and device nodes are its author's: a plain mount ignores them and
+/// is readable by root alone, unless asked otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MountFlags {
+    /// Honour setuid and setgid bits (`suid`; else `nosuid`).
+    pub suid: bool,
+    /// Honour device nodes (`dev`; else `nodev`).
+    pub dev: bool,
+    /// Let users other than the mounting one in (`allow_other`).
+    pub allow_other: bool,
+}
+
+impl MountFlags {
+    /// As a container's root needs them: setuid programs, device nodes
+    /// and every user of the container (as the snapshotter mounts layers).
+    pub const CONTAINER_ROOT: MountFlags = MountFlags {
+        suid: true,
+        dev: true,
+        allow_other: true,
+    };
+}
+
 /// Mounts `image` read-only at `dir` in `view`, served by `threads` FUSE
 /// threads, recording a trace of the chunks read when `recorder` is given.
 /// The mount lasts as long as the returned session.
+#[allow(clippy::too_many_arguments)]
 pub fn mount(
     image: &OpenedImage,
     view: View,
     dir: &Path,
+    flags: MountFlags,
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
     threads: usize,
@@ -143,9 +168,20 @@ pub fn mount(
         fuser::MountOption::RO,
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::Exec,
-        fuser::MountOption::Suid,
-        fuser::MountOption::Dev,
+        if flags.suid {
+            fuser::MountOption::Suid
+        } else {
+            fuser::MountOption::NoSuid
+        },
+        if flags.dev {
+            fuser::MountOption::Dev
+        } else {
+            fuser::MountOption::NoDev
+        },
     ];
+    if flags.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
     fuser::spawn_mount(fs, dir, &config).map_err(|source| MountError::Mount {
         dir: dir.to_path_buf(),
         source,

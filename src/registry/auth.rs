@@ -52,9 +52,11 @@ impl Credentials {
     }
 }
 
-/// A parsed `WWW-Authenticate` challenge.
+/// A parsed `WWW-Authenticate` challenge: what a registry asks before it
+/// serves a request. Public so that it can be fuzzed: it is parsed from
+/// whatever a registry sends.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Challenge {
+pub enum Challenge {
     /// Token auth: ask `realm` for a token for `service` and `scope`.
     Bearer {
         realm: String,
@@ -68,7 +70,7 @@ pub(super) enum Challenge {
 impl Challenge {
     /// Parses a header such as
     /// `Bearer realm="https://auth/token",service="registry",scope="repository:a:pull"`.
-    pub(super) fn parse(header: &str) -> Option<Challenge> {
+    pub fn parse(header: &str) -> Option<Challenge> {
         let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
         if scheme.eq_ignore_ascii_case("basic") {
             return Some(Challenge::Basic);

@@ -10,6 +10,7 @@ mod client;
 mod error;
 mod reference;
 
+pub use auth::Challenge;
 pub use client::{Manifest, RegistryClient, RegistryOptions};
 pub use error::RegistryError;
 pub use reference::{Reference, ReferenceError};

@@ -13,7 +13,6 @@ use crate::format::TrustedKeys;
 use crate::registry::RegistryOptions;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
@@ -153,10 +152,8 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err(format!("removing stale {}", address.display()))(e)),
     }
-    let listener = tokio::net::UnixListener::bind(address)
+    let listener = super::fdstore::bind_private(|| tokio::net::UnixListener::bind(address))
         .map_err(io_err(format!("binding {}", address.display())))?;
-    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_err(format!("chmod {}", address.display())))?;
     tracing::info!(address = %address.display(), root = %root.display(), "loci snapshotter serving");
 
     let shutdown = async {

@@ -229,8 +229,7 @@ pub fn run_holder(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    bind(listener.as_raw_fd(), &UnixAddr::new(path)?)?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    bind_private(|| Ok(bind(listener.as_raw_fd(), &UnixAddr::new(path)?)?))?;
     listen(&listener, Backlog::new(8)?)?;
     tracing::info!(socket = %path.display(), "fd holder listening");
     let mut held: BTreeMap<u64, OwnedFd> = BTreeMap::new();
@@ -323,6 +322,15 @@ fn serve_daemon(conn: &OwnedFd, held: &mut BTreeMap<u64, OwnedFd>) -> io::Result
         }
     }
     Ok(requests)
+}
+
+/// Runs `bind` with the umask at 0177, so the socket it creates is mode
+/// 0600 from the first instant, not chmod-ed after others could connect.
+pub(super) fn bind_private<T>(bind: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = bind();
+    nix::sys::stat::umask(old);
+    bound
 }
 
 #[cfg(test)]

@@ -1,0 +1,156 @@
+//! What each fuzz target feeds to loci, shared by the fuzz targets
+//! (`fuzz/fuzz_targets/*.rs`, run with `cargo fuzz`) and by the test that
+//! replays the committed corpora in CI (`tests/fuzz_corpus.rs`). Each
+//! function takes arbitrary bytes, as they would arrive from an image or a
+//! registry, and must return without panicking, whatever they are; where
+//! loci accepts the input, the invariants a reader relies on are checked.
+
+use loci::convert::Decompression;
+use loci::format::{self, ConvertOptions, Footer, Limits, Toc};
+use loci::layer;
+use loci::prefetch::Trace;
+use loci::registry::Challenge;
+use loci::snapshotter::admission::Admission;
+use loci::snapshotter::lazy::LazyRequest;
+use std::collections::BTreeMap;
+use std::io::{Cursor, Read};
+
+/// Limits small enough that a fuzzer's inputs reach them.
+fn small_limits() -> Limits {
+    Limits {
+        max_toc_frame_bytes: 1 << 20,
+        max_toc_bytes: 4 << 20,
+        max_decode_bytes: 16 << 20,
+        max_entries: 10_000,
+        max_chunks: 10_000,
+        max_extents: 100_000,
+        max_chunk_bytes: 1 << 20,
+        ..Limits::default()
+    }
+}
+
+/// The TOC's wire decoding and validation; an accepted TOC has no extent
+/// outside its chunks and re-encodes to something that decodes the same.
+pub fn toc(data: &[u8]) {
+    let limits = small_limits();
+    let Ok(toc) = Toc::decode(data, &limits) else {
+        return;
+    };
+    let data_end = toc.chunks.last().map_or(0, |c| {
+        c.blob_offset.saturating_add(u64::from(c.compressed_len))
+    });
+    if toc.validate(data_end, &limits).is_err() {
+        return;
+    }
+    for entry in &toc.entries {
+        for extent in &entry.extents {
+            let chunk = &toc.chunks[extent.chunk as usize];
+            assert!(u64::from(extent.offset) + u64::from(extent.len) <= u64::from(chunk.len));
+        }
+    }
+    let again = Toc::decode(&toc.encode(), &limits).expect("a valid TOC re-encodes");
+    assert_eq!(again, toc);
+}
+
+/// A blob's tail: the footer, then the TOC frame it locates.
+pub fn footer(data: &[u8]) {
+    let limits = small_limits();
+    let Ok(footer) = Footer::parse(data, data.len() as u64, &limits) else {
+        return;
+    };
+    let start = footer.toc_offset as usize;
+    let frame = &data[start..start + footer.toc_length as usize];
+    let _ = format::decode_toc(frame, &footer, None, &limits);
+}
+
+/// The converter on a layer of any compression (the first byte picks it);
+/// a layer it accepts must read back and verify against its own TOC and
+/// diff_id.
+pub fn convert(data: &[u8]) {
+    let Some((&kind, layer)) = data.split_first() else {
+        return;
+    };
+    let decompression = match kind % 3 {
+        0 => Decompression::None,
+        1 => Decompression::Gzip,
+        _ => Decompression::Zstd,
+    };
+    let Ok(reader) = decompression.reader(Cursor::new(layer)) else {
+        return;
+    };
+    // Fuzzed gzip and zstd can expand without bound: the converter reads
+    // what a real pull would, here capped for the fuzzer's sake.
+    let reader = reader.take(64 << 20);
+    let options = ConvertOptions {
+        chunk_size: 4096,
+        pack_size: 2048,
+        level: 1,
+    };
+    let mut blob = Vec::new();
+    let Ok(summary) = format::convert_layer(reader, &mut blob, &options, &|_| {}) else {
+        return;
+    };
+    let (toc, report) = format::verify_layer(
+        &mut Cursor::new(&blob),
+        blob.len() as u64,
+        Some(&summary.toc_digest),
+        Some(&summary.diff_id),
+    )
+    .expect("a converted layer verifies");
+    assert_eq!(toc.entries.len(), summary.entries);
+    assert_eq!(report.uncompressed_size, summary.uncompressed_size);
+}
+
+/// Manifests, indexes and configs as a registry serves them: the input is
+/// tried as each, and split at its first NUL as a manifest and its config.
+pub fn manifest(data: &[u8]) {
+    let _ = layer::platform_manifest(data);
+    let _ = layer::config_of(data);
+    let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+    let (manifest, config) = data.split_at(split);
+    let config = config.get(1..).unwrap_or_default();
+    if let Ok(layers) = layer::layers_of(manifest, config) {
+        for layer in layers {
+            let _ = layer.toc_digest.map(|d| d.to_string());
+        }
+    }
+}
+
+/// A `WWW-Authenticate` header.
+pub fn www_authenticate(data: &[u8]) {
+    if let Ok(header) = std::str::from_utf8(data) {
+        let _ = Challenge::parse(header);
+    }
+}
+
+/// Snapshot labels, one `key=value` a line (the last line the parent's
+/// chain ID), through the lazy request and the node's admission check.
+pub fn labels(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines: Vec<&str> = text.lines().collect();
+    let parent = lines.pop().unwrap_or_default();
+    let labels: BTreeMap<String, String> = lines
+        .iter()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    if let Some(request) = LazyRequest::from_labels(&labels) {
+        let _ = Admission::default().admit(&request, parent);
+    }
+}
+
+/// A start trace artifact.
+pub fn trace(data: &[u8]) {
+    let _ = Trace::decode(data);
+}
+
+/// Every target, by name, for the corpus replay.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("toc", toc),
+    ("footer", footer),
+    ("convert", convert),
+    ("manifest", manifest),
+    ("www_authenticate", www_authenticate),
+    ("labels", labels),
+    ("trace", trace),
+];

@@ -8,9 +8,13 @@
 //! loci's own encoder could not produce them without materialising them.
 
 use loci::digest::Digest;
-use loci::format::{decode_toc, EntryKind, Footer, FormatError, Limits, Xattr, FORMAT_VERSION};
+use loci::format::{
+    convert_layer, decode_toc, read_toc, verify_layer, ConvertOptions, EntryKind, Footer,
+    FormatError, Limits, Toc, Xattr, FORMAT_VERSION,
+};
 use serde::Serialize;
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Cursor;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -122,25 +126,30 @@ impl Wire {
 
     /// The TOC frame and the footer that locates it, as a blob's tail.
     fn frame(&self) -> (Vec<u8>, Footer) {
-        let encoded = postcard::to_stdvec(self).unwrap();
-        let compressed = zstd::bulk::compress(&encoded, 3).unwrap();
-        let mut frame = Vec::new();
-        frame.extend_from_slice(&0x184D_2A5Eu32.to_le_bytes());
-        frame.extend_from_slice(&(compressed.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&compressed);
-        let footer = Footer {
-            version: FORMAT_VERSION,
-            toc_offset: self.data_end(),
-            toc_length: frame.len() as u64,
-            toc_uncompressed_len: encoded.len() as u64,
-        };
-        (frame, footer)
+        toc_frame(&postcard::to_stdvec(self).unwrap(), self.data_end())
     }
 
-    fn decode(&self, limits: &Limits) -> Result<loci::format::Toc, FormatError> {
+    fn decode(&self, limits: &Limits) -> Result<Toc, FormatError> {
         let (frame, footer) = self.frame();
         decode_toc(&frame, &footer, None, limits)
     }
+}
+
+/// An encoded TOC in its skippable frame, and the footer that puts it at
+/// `data_end`.
+fn toc_frame(encoded: &[u8], data_end: u64) -> (Vec<u8>, Footer) {
+    let compressed = zstd::bulk::compress(encoded, 3).unwrap();
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&0x184D_2A5Eu32.to_le_bytes());
+    frame.extend_from_slice(&(compressed.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&compressed);
+    let footer = Footer {
+        version: FORMAT_VERSION,
+        toc_offset: data_end,
+        toc_length: frame.len() as u64,
+        toc_uncompressed_len: encoded.len() as u64,
+    };
+    (frame, footer)
 }
 
 fn limit_error(result: Result<loci::format::Toc, FormatError>) -> String {
@@ -406,4 +415,123 @@ fn a_well_formed_crafted_toc_is_accepted() {
         .unwrap();
     assert_eq!(toc.entries[0].extents.len(), 2);
     assert_eq!(toc.entries[0].extents[1].len, 6000 - 4096);
+}
+
+/// A converted layer of two 64 KiB files of random bytes (each in chunks
+/// of its own), a shell script and a directory.
+fn honest_layer() -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut seed = 1u64;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as u8
+            })
+            .collect()
+    };
+    let mut add = |path: &str, mode: u32, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(mode);
+        header.set_entry_type(if data.is_empty() && path.ends_with('/') {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
+        tar.append_data(&mut header, path, data).unwrap();
+    };
+    add("bin/", 0o755, b"");
+    add("bin/tool", 0o755, b"#!/bin/sh\necho hi\n");
+    add("a.bin", 0o644, &random(64 << 10));
+    add("b.bin", 0o644, &random(64 << 10));
+    let tar = tar.into_inner().unwrap();
+    let mut blob = Vec::new();
+    let options = ConvertOptions {
+        chunk_size: 16 << 10,
+        ..ConvertOptions::default()
+    };
+    convert_layer(&tar[..], &mut blob, &options, &|_| {}).unwrap();
+    blob
+}
+
+/// `blob` with its TOC replaced by what `edit` makes of it: the layer an
+/// attacker publishes, with the annotation (TOC digest) to match.
+fn with_edited_toc(blob: &[u8], edit: impl FnOnce(&mut Toc)) -> (Vec<u8>, Digest) {
+    let (footer, mut toc) = read_toc(&mut Cursor::new(blob), blob.len() as u64, None).unwrap();
+    edit(&mut toc);
+    let (frame, footer) = toc_frame(&toc.encode(), footer.toc_offset);
+    let mut lying = blob[..footer.toc_offset as usize].to_vec();
+    lying.extend_from_slice(&frame);
+    lying.extend_from_slice(&footer.to_bytes());
+    (lying, Digest::of(&frame))
+}
+
+fn verify(blob: &[u8], toc: &Digest) -> Result<(), FormatError> {
+    verify_layer(&mut Cursor::new(blob), blob.len() as u64, Some(toc), None).map(|_| ())
+}
+
+#[test]
+fn a_toc_that_lies_about_a_setuid_bit_is_refused_naming_the_entry() {
+    let blob = honest_layer();
+    let (honest, digest) = with_edited_toc(&blob, |_| {});
+    verify(&honest, &digest).expect("the control verifies");
+    let (lying, digest) = with_edited_toc(&blob, |toc| {
+        let tool = toc
+            .entries
+            .iter_mut()
+            .find(|e| e.path == b"bin/tool")
+            .unwrap();
+        tool.mode |= 0o4000;
+    });
+    let error = verify(&lying, &digest).unwrap_err().to_string();
+    assert!(
+        error.contains("\"bin/tool\"") && error.contains("mode: the TOC says 4755, the tar 755"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_toc_that_lies_about_a_files_bytes_is_refused_naming_the_entry() {
+    let blob = honest_layer();
+    // b.bin is said to be a.bin's bytes: every chunk still matches its
+    // digest, so only the tar can tell.
+    let (lying, digest) = with_edited_toc(&blob, |toc| {
+        let a = toc
+            .entries
+            .iter()
+            .find(|e| e.path == b"a.bin")
+            .unwrap()
+            .extents
+            .clone();
+        let b = toc.entries.iter_mut().find(|e| e.path == b"b.bin").unwrap();
+        b.extents = a;
+    });
+    let error = verify(&lying, &digest).unwrap_err().to_string();
+    assert!(
+        error.contains("\"b.bin\"") && error.contains("are not where the tar has them"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_toc_that_hides_or_adds_an_entry_is_refused() {
+    let blob = honest_layer();
+    let (lying, digest) = with_edited_toc(&blob, |toc| {
+        toc.entries.retain(|e| e.path != b"bin/tool");
+    });
+    let error = verify(&lying, &digest).unwrap_err().to_string();
+    assert!(error.contains("path: the TOC says"), "{error}");
+    let (lying, digest) = with_edited_toc(&blob, |toc| {
+        let mut extra = toc.entries[0].clone();
+        extra.path = b"etc".to_vec();
+        toc.entries.push(extra);
+    });
+    let error = verify(&lying, &digest).unwrap_err().to_string();
+    assert!(
+        error.contains("the TOC has 5 entries, the tar 4"),
+        "{error}"
+    );
 }

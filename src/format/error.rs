@@ -63,6 +63,9 @@ pub enum FormatError {
     /// A tar entry's path (or hardlink target) would escape the layer root.
     #[error("tar entry path {path:?} escapes the layer root")]
     UnsafePath { path: String },
+    /// The TOC says something the layer's tar does not.
+    #[error("the TOC disagrees with the tar at {path:?}: {what}")]
+    TocDisagrees { path: String, what: String },
     /// The decompressed layer does not hash to its diff_id.
     #[error("decompressed layer digest mismatch: expected {expected}, got {actual}")]
     DiffIdMismatch { expected: Digest, actual: Digest },

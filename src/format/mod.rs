@@ -15,6 +15,7 @@
 
 mod error;
 mod footer;
+mod frames;
 mod limits;
 mod reader;
 mod signature;

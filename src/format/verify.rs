@@ -2,8 +2,11 @@
 //! against its sha256, and the whole decompressed stream against the
 //! layer's diff_id.
 
-use super::{decode_chunk, decode_toc, Footer, FormatError, Limits, Toc, FOOTER_SIZE};
+use super::frames::FrameReader;
+use super::writer::toc_entry;
+use super::{decode_chunk, decode_toc, Footer, FormatError, Limits, Toc, TocEntry, FOOTER_SIZE};
 use crate::digest::{Digest, Hasher};
+use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom};
 
 /// What a successful verification checked.
@@ -41,6 +44,13 @@ pub fn read_toc<R: Read + Seek>(
 
 /// Verifies a whole converted blob. `expected_toc` and `expected_diff_id`
 /// come from the image (annotation, config) when known.
+///
+/// Besides every chunk against its sha256 and the whole stream against the
+/// diff_id, the TOC must say exactly what the tar says: the same entries in
+/// the same order with the same metadata (type, mode with its setuid bits,
+/// owner, size, time, link target, xattrs, device numbers), and each file's
+/// extents must lie where the tar has that file's bytes. A reader serves
+/// only what the TOC says, so a TOC that lies is refused, naming the entry.
 pub fn verify_layer<R: Read + Seek>(
     blob: &mut R,
     blob_size: u64,
@@ -58,17 +68,31 @@ pub fn verify_layer<R: Read + Seek>(
         chunks += 1;
     }
     blob.seek(SeekFrom::Start(0))?;
-    let data = blob.by_ref().take(footer.toc_offset);
-    let mut decoder = zstd::stream::read::Decoder::new(data)?;
-    let mut hashing = HashingSink::default();
-    if let Err(e) = io::copy(&mut decoder, &mut hashing) {
-        return Err(FormatError::StreamCorrupt {
-            offset: hashing.written,
-            reason: e.to_string(),
-        });
+    let frames = FrameReader::new(
+        blob.by_ref().take(footer.toc_offset),
+        footer.toc_offset,
+        Limits::node(),
+    );
+    let mut tap = HashingSink {
+        inner: frames,
+        hasher: Hasher::default(),
+    };
+    let stream_err = |offset: u64, e: io::Error| FormatError::StreamCorrupt {
+        offset,
+        reason: e.to_string(),
+    };
+    let mut seen = Vec::with_capacity(toc.entries.len());
+    let mut archive = tar::Archive::new(&mut tap);
+    for item in archive.entries().map_err(|e| stream_err(0, e))? {
+        let mut item = item.map_err(|e| stream_err(0, e))?;
+        if let Some(entry) = toc_entry(&mut item)? {
+            seen.push((entry, item.raw_file_position()));
+        }
     }
-    let uncompressed_size = hashing.written;
-    let diff_id = hashing.hasher.finish();
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_err(rest.inner.tar_offset(), e))?;
+    let uncompressed_size = tap.inner.tar_offset();
+    let diff_id = tap.hasher.finish();
     if let Some(expected) = expected_diff_id {
         if *expected != diff_id {
             return Err(FormatError::DiffIdMismatch {
@@ -77,6 +101,7 @@ pub fn verify_layer<R: Read + Seek>(
             });
         }
     }
+    check_toc_against_tar(&toc, &seen, &tap.inner.frames)?;
     let report = VerifyReport {
         entries: toc.entries.len(),
         chunks,
@@ -86,19 +111,110 @@ pub fn verify_layer<R: Read + Seek>(
     Ok((toc, report))
 }
 
-#[derive(Default)]
-struct HashingSink {
-    hasher: Hasher,
-    written: u64,
+/// The TOC's entries against the tar's (`seen`: each entry as the tar
+/// describes it, with where its data starts in the tar), and each file's
+/// extents against where its frames decode (`frames`: blob offset ->
+/// (tar offset, length)).
+fn check_toc_against_tar(
+    toc: &Toc,
+    seen: &[(TocEntry, u64)],
+    frames: &HashMap<u64, (u64, u64)>,
+) -> Result<(), FormatError> {
+    let disagree = |path: &[u8], what: String| FormatError::TocDisagrees {
+        path: String::from_utf8_lossy(path).into_owned(),
+        what,
+    };
+    for (claimed, (actual, data_at)) in toc.entries.iter().zip(seen) {
+        let fields: [(&str, String, String); 11] = [
+            (
+                "path",
+                format!("{:?}", claimed.display_path()),
+                format!("{:?}", actual.display_path()),
+            ),
+            (
+                "type",
+                format!("{:?}", claimed.kind),
+                format!("{:?}", actual.kind),
+            ),
+            (
+                "mode",
+                format!("{:o}", claimed.mode),
+                format!("{:o}", actual.mode),
+            ),
+            ("uid", claimed.uid.to_string(), actual.uid.to_string()),
+            ("gid", claimed.gid.to_string(), actual.gid.to_string()),
+            ("size", claimed.size.to_string(), actual.size.to_string()),
+            ("mtime", claimed.mtime.to_string(), actual.mtime.to_string()),
+            (
+                "link target",
+                format!("{:?}", claimed.link),
+                format!("{:?}", actual.link),
+            ),
+            (
+                "xattrs",
+                format!("{:?}", claimed.xattrs),
+                format!("{:?}", actual.xattrs),
+            ),
+            (
+                "device major",
+                claimed.dev_major.to_string(),
+                actual.dev_major.to_string(),
+            ),
+            (
+                "device minor",
+                claimed.dev_minor.to_string(),
+                actual.dev_minor.to_string(),
+            ),
+        ];
+        if let Some((field, toc_says, tar_says)) = fields.iter().find(|(_, a, b)| a != b) {
+            return Err(disagree(
+                &actual.path,
+                format!("{field}: the TOC says {toc_says}, the tar {tar_says}"),
+            ));
+        }
+        let mut covered = 0u64;
+        for extent in &claimed.extents {
+            let chunk = &toc.chunks[extent.chunk as usize];
+            let Some(&(frame_at, frame_len)) = frames.get(&chunk.blob_offset) else {
+                return Err(disagree(
+                    &claimed.path,
+                    format!("chunk {} is not a frame of the layer's data", extent.chunk),
+                ));
+            };
+            if frame_len != u64::from(chunk.len)
+                || frame_at + u64::from(extent.offset) != data_at + covered
+            {
+                return Err(disagree(
+                    &claimed.path,
+                    format!("its bytes from file offset {covered} are not where the tar has them"),
+                ));
+            }
+            covered += u64::from(extent.len);
+        }
+    }
+    if toc.entries.len() != seen.len() {
+        return Err(disagree(
+            b"",
+            format!(
+                "the TOC has {} entries, the tar {}",
+                toc.entries.len(),
+                seen.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
-impl io::Write for HashingSink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.hasher.update(buf);
-        self.written += buf.len() as u64;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+/// Passes the tar through while hashing it (the diff_id).
+struct HashingSink<R> {
+    inner: R,
+    hasher: Hasher,
+}
+
+impl<R: Read> Read for HashingSink<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
 }

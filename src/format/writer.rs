@@ -373,7 +373,9 @@ impl Cutter<'_> {
 
 /// Builds the TOC entry of one tar entry, or None for entry types that carry
 /// no filesystem object (global PAX headers, volume labels).
-fn toc_entry<R: Read>(item: &mut tar::Entry<'_, R>) -> Result<Option<TocEntry>, FormatError> {
+pub(super) fn toc_entry<R: Read>(
+    item: &mut tar::Entry<'_, R>,
+) -> Result<Option<TocEntry>, FormatError> {
     use tar::EntryType as T;
     let header = item.header().clone();
     let header_offset = item.raw_header_position();

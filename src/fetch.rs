@@ -9,6 +9,7 @@ use crate::fs::tree::Content;
 use crate::image::ImageStore;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +67,9 @@ pub enum FetchError {
     /// The read took longer than the configured deadline.
     #[error("layer {layer}: read not served within {after:?}")]
     Timeout { layer: Digest, after: Duration },
+    /// A chunk the read needs failed less than [`FAIL_FAST`] ago.
+    #[error("layer {layer}: chunk {chunk} failed less than {FAIL_FAST:?} ago")]
+    FailedLately { layer: Digest, chunk: Digest },
 }
 
 /// Counters of what was fetched, for `--stats` and metrics.
@@ -133,7 +137,16 @@ pub struct Fetcher {
     amplify_bytes: AtomicU64,
     /// What was fetched so far.
     pub stats: FetchStats,
+    /// Chunks whose read failed lately, and when: a read that needs one of
+    /// them within [`FAIL_FAST`] fails at once.
+    failed: std::sync::Mutex<HashMap<Digest, Instant>>,
 }
+
+/// How long a chunk whose read failed makes other reads of it fail at
+/// once. The kernel reads a page again, synchronously, right after its
+/// readahead failed: without this, one read() would wait out the deadline
+/// twice.
+pub const FAIL_FAST: Duration = Duration::from_secs(1);
 
 impl Fetcher {
     /// A fetcher over the node's cache.
@@ -144,6 +157,7 @@ impl Fetcher {
             config,
             demand: std::sync::atomic::AtomicUsize::new(0),
             stats: FetchStats::default(),
+            failed: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -177,6 +191,19 @@ impl Fetcher {
         readahead: u64,
     ) -> Result<Vec<u8>, FetchError> {
         let deadline = Duration::from_secs(self.config.read_timeout_secs);
+        let end = offset.saturating_add(len);
+        let digests: Vec<Digest> = content
+            .chunks_in(offset, end)
+            .iter()
+            .filter_map(|&i| layer.chunks.get(i as usize).map(|c| c.digest))
+            .collect();
+        if let Some(chunk) = self.failed_lately(&digests) {
+            self.stats.failed_reads.fetch_add(1, Ordering::Relaxed);
+            return Err(FetchError::FailedLately {
+                layer: layer.digest,
+                chunk,
+            });
+        }
         self.demand.fetch_add(1, Ordering::Relaxed);
         let _demand = DemandGuard(&self.demand);
         let result = tokio::time::timeout(
@@ -191,6 +218,12 @@ impl Fetcher {
         if let Err(e) = &result {
             self.stats.failed_reads.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, "read failed");
+            let now = Instant::now();
+            let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            failed.retain(|_, at| now.duration_since(*at) < FAIL_FAST);
+            for digest in digests.iter().filter(|d| !self.cache.contains(d)) {
+                failed.insert(*digest, now);
+            }
         }
         result
     }
@@ -226,6 +259,23 @@ impl Fetcher {
             out.extend_from_slice(&data[base + from as usize..base + to as usize]);
         }
         Ok(out)
+    }
+
+    /// The first of `digests` whose read failed within [`FAIL_FAST`].
+    fn failed_lately(&self, digests: &[Digest]) -> Option<Digest> {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if failed.is_empty() {
+            return None;
+        }
+        let now = Instant::now();
+        digests
+            .iter()
+            .find(|d| {
+                failed
+                    .get(d)
+                    .is_some_and(|at| now.duration_since(*at) < FAIL_FAST)
+            })
+            .copied()
     }
 
     /// When some of `indexes` (sorted) must be fetched: the uncached chunks

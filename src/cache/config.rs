@@ -21,6 +21,11 @@ pub struct CacheConfig {
     /// Bound of the disk tier, in bytes of chunk data (RocksDB's own
     /// overhead — WAL, index blocks, not-yet-compacted deletes — comes on top).
     pub disk_bytes: u64,
+    /// Free space the disk tier leaves on its filesystem: below it, chunks
+    /// are no longer written to disk (they are still served), so a full
+    /// disk never reaches RocksDB, which aborts the process on some write
+    /// errors.
+    pub disk_min_free_bytes: u64,
     /// RocksDB tuning for the disk tier.
     pub rocksdb: RocksDbOptions,
 }
@@ -31,6 +36,7 @@ impl Default for CacheConfig {
             dir: PathBuf::from("/var/lib/loci/cache"),
             memory_bytes: 512 * MIB,
             disk_bytes: 10 * GIB,
+            disk_min_free_bytes: 256 * MIB,
             rocksdb: RocksDbOptions::default(),
         }
     }

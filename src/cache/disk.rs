@@ -21,7 +21,9 @@ use rocksdb::{
 };
 use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 /// Column family of chunk bytes, keyed by the digest's raw 32 bytes.
 pub(crate) const CHUNKS_CF: &str = "chunks";
@@ -53,6 +55,17 @@ pub(crate) struct DiskTier {
     db: DB,
     bound: u64,
     state: Mutex<State>,
+    dir: std::path::PathBuf,
+    min_free: u64,
+    /// Set at the first failed write: RocksDB may abort the process on a
+    /// later write to a file whose write failed, so the tier stops writing
+    /// until the next start (reads go on).
+    broken: AtomicBool,
+    /// When free space was last checked (ms since open), and whether it
+    /// was enough.
+    space_checked: AtomicU64,
+    space_ok: AtomicBool,
+    opened: Instant,
 }
 
 impl DiskTier {
@@ -79,6 +92,12 @@ impl DiskTier {
                 recency: RecencyIndex::default(),
                 unsaved: HashSet::new(),
             }),
+            dir: config.dir.clone(),
+            min_free: config.disk_min_free_bytes,
+            broken: AtomicBool::new(false),
+            space_checked: AtomicU64::new(0),
+            space_ok: AtomicBool::new(true),
+            opened: Instant::now(),
         };
         tier.load_recency()?;
         tier.evict_to_bound()?;
@@ -137,9 +156,42 @@ impl DiskTier {
     }
 
     fn write(&self, batch: WriteBatch, context: &'static str) -> Result<(), CacheError> {
-        self.db
-            .write(batch)
-            .map_err(|source| CacheError::Db { context, source })
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(CacheError::DiskStopped { context });
+        }
+        // No write-ahead log: a cache loses nothing it cannot fetch again
+        // by losing its last writes in a crash (a chunk and its recency
+        // entry are in one batch, so they go together), and a WAL write
+        // failing on a full disk is where RocksDB aborts the process.
+        let mut options = rocksdb::WriteOptions::default();
+        options.disable_wal(true);
+        self.db.write_opt(batch, &options).map_err(|source| {
+            if !self.broken.swap(true, Ordering::Relaxed) {
+                tracing::error!(dir = %self.dir.display(), error = %source, "the disk cache failed a write and takes no more until loci restarts; chunks are served from memory and the registry");
+            }
+            CacheError::Db { context, source }
+        })
+    }
+
+    /// Whether the disk has room for more chunks: at least `min_free`
+    /// bytes free on the cache's filesystem, checked at most every 500 ms.
+    fn has_room(&self) -> bool {
+        let now = self.opened.elapsed().as_millis() as u64;
+        let checked = self.space_checked.load(Ordering::Relaxed);
+        if now.saturating_sub(checked) >= 500 || checked == 0 {
+            self.space_checked.store(now.max(1), Ordering::Relaxed);
+            let ok = nix::sys::statvfs::statvfs(&self.dir)
+                .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64 >= self.min_free)
+                .unwrap_or(false);
+            if self.space_ok.swap(ok, Ordering::Relaxed) != ok {
+                if ok {
+                    tracing::info!(dir = %self.dir.display(), "the disk cache has room again");
+                } else {
+                    tracing::warn!(dir = %self.dir.display(), min_free = self.min_free, "the disk cache's filesystem is nearly full; chunks are not written to disk until it has room");
+                }
+            }
+        }
+        self.space_ok.load(Ordering::Relaxed)
     }
 
     /// Whether the chunk is stored; answered from the bookkeeping, no I/O.
@@ -239,6 +291,10 @@ impl DiskTier {
     }
 
     fn save_recency_locked(&self, state: &mut State) {
+        if self.broken.load(Ordering::Relaxed) {
+            state.unsaved.clear();
+            return;
+        }
         let mut batch = WriteBatch::default();
         for digest in state.unsaved.drain() {
             if let Some(entry) = state.recency.get(&digest) {
@@ -274,6 +330,9 @@ impl DiskTier {
         }
         if size > self.bound {
             tracing::debug!(%digest, size, bound = self.bound, "chunk larger than the disk tier; not stored");
+            return Ok(0);
+        }
+        if !self.has_room() || self.broken.load(Ordering::Relaxed) {
             return Ok(0);
         }
         let entry = Entry { size, tick };

@@ -51,6 +51,9 @@ pub enum CacheError {
     /// The caller's fetch failed.
     #[error("fetching chunk {digest} failed: {reason}")]
     Fetch { digest: Digest, reason: String },
+    /// The disk tier stopped writing after an earlier failed write.
+    #[error("chunk cache database, {context}: the disk tier takes no writes after a failed one")]
+    DiskStopped { context: &'static str },
     /// RocksDB refused an operation.
     #[error("chunk cache database, {context}: {source}")]
     Db {

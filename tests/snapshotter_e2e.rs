@@ -50,13 +50,18 @@ fn signing_key(work: &Path) -> PathBuf {
 /// reaching the registry at `registry` (host:port) over plain HTTP, as its
 /// node configuration says (never as an image's labels say).
 fn start_snapshotter(work: &Path, metrics_port: u16, registry: &str) -> Daemon {
+    start_snapshotter_with(work, metrics_port, registry, "")
+}
+
+/// [`start_snapshotter`] with `extra` lines in its `[snapshotter]` table.
+fn start_snapshotter_with(work: &Path, metrics_port: u16, registry: &str, extra: &str) -> Daemon {
     let sock = socket(work);
     let _ = std::fs::remove_file(&sock);
     let config = work.join("loci.toml");
     write_config(&config, &work.join("cache"), 30);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
-        "\n[snapshotter]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\nplain_http_registries = [\"{registry}\"]\ntrusted_keys = [{:?}]\n",
+        "\n[snapshotter]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\nplain_http_registries = [\"{registry}\"]\ntrusted_keys = [{:?}]\n{extra}\n",
         signing_key(work).with_extension("key.pub")
     ));
     std::fs::write(&config, text).unwrap();
@@ -88,6 +93,12 @@ fn start_snapshotter(work: &Path, metrics_port: u16, registry: &str) -> Daemon {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::new_with("")
+    }
+
+    /// [`Setup::new`], the snapshotter's `[snapshotter]` table having
+    /// `extra` lines too.
+    fn new_with(extra: &str) -> Setup {
         let work = tempfile::tempdir().unwrap();
         let layout = work.path().join("fixture");
         build_fixture(&layout, "v1", &["--big-mib", "16"]);
@@ -103,7 +114,7 @@ impl Setup {
             &format!("{}/fixture:loci", registry.addr),
         ]));
         let metrics_port = free_port();
-        let snapshotter = start_snapshotter(work.path(), metrics_port, &registry.addr);
+        let snapshotter = start_snapshotter_with(work.path(), metrics_port, &registry.addr, extra);
         let containerd = Containerd::start(&format!(
             "[proxy_plugins.loci]\n  type = \"snapshot\"\n  address = \"{}\"\n",
             socket(work.path()).display()
@@ -616,4 +627,210 @@ fn an_image_claiming_another_layers_diff_id_cannot_stand_in_for_it() {
         &["/bin/busybox", "cat", "/etc/group"],
     );
     assert_eq!(group, "root:x:0:\nuser:x:1000:\n");
+}
+
+/// The pid of the fd holder of the snapshotter at `root`, if one runs.
+fn holder_pid(root: &Path) -> Option<u32> {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(format!(
+            "fd-holder --socket {}",
+            root.join("fuse-fds.sock").display()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+}
+
+fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(secs), "{what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The fd holder is SIGKILLed under a running container: the daemon hands
+/// the connections to a new holder, so a later crash of the daemon is
+/// survived as before. Then, the daemon stopped, `loci release` closes the
+/// mounts and the holder for good.
+#[test]
+fn a_dead_holder_is_replaced_and_release_closes_everything() {
+    let test = "a_dead_holder_is_replaced_and_release_closes_everything";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    let mut setup = Setup::new();
+    let root = setup.work.path().join("root");
+    let converted = format!("{}/fixture:loci", setup.registry.addr);
+    setup.pull(&converted);
+    run(setup.containerd.ctr().args([
+        "run",
+        "-d",
+        "--snapshotter",
+        "loci",
+        &converted,
+        "holder-bg",
+        "sleep",
+        "600",
+    ]));
+    let first = holder_pid(&root).expect("a holder runs");
+    run(Command::new("kill").args(["-KILL", &first.to_string()]));
+    wait_until("no new holder took the connections", 20, || {
+        setup
+            .snapshotter
+            .log_text()
+            .contains("a new fd holder keeps the FUSE connections")
+    });
+    let second = holder_pid(&root).expect("a new holder runs");
+    assert_ne!(first, second);
+    let log = strip_ansi(&setup.snapshotter.log_text());
+    assert!(log.contains("handed=4"), "{log}");
+
+    // The new holder does the old one's job: the daemon dies, the next
+    // one serves the same connections, the container reads.
+    setup.snapshotter.child.kill().unwrap();
+    setup.snapshotter.child.wait().unwrap();
+    setup.snapshotter =
+        start_snapshotter(setup.work.path(), setup.metrics_port, &setup.registry.addr);
+    let out = setup.exec("holder-bg", "read-1", &["sha256sum", "/big/huge.bin"]);
+    assert_eq!(
+        out.split_whitespace().next(),
+        Some(fixture_sha256s().0.as_str()),
+        "{out}"
+    );
+    let log = setup.snapshotter.log_text();
+    assert_eq!(
+        log.matches("serving a lazy layer again on its kept connection")
+            .count(),
+        4,
+        "{log}"
+    );
+
+    // Stopped for good: release refuses while the daemon runs, then
+    // closes every connection and mount.
+    let refused = loci()
+        .args(["release", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("stop it first"),
+        "{refused:?}"
+    );
+    setup.snapshotter.stop();
+    assert_eq!(
+        fuse_mounts_under(&root).len(),
+        4,
+        "SIGTERM leaves the mounts for the next daemon"
+    );
+    let out = run(loci().args(["release", "--root"]).arg(&root));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("held 4 connections; 4 FUSE mounts unmounted"),
+        "{said}"
+    );
+    assert!(
+        fuse_mounts_under(&root).is_empty(),
+        "{:?}",
+        fuse_mounts_under(&root)
+    );
+    wait_until("the holder did not exit", 10, || {
+        holder_pid(&root).is_none()
+    });
+    let _ = setup
+        .containerd
+        .ctr()
+        .args(["task", "kill", "-s", "KILL", "holder-bg"])
+        .output();
+    wait_for_task_exit(&setup, "holder-bg");
+}
+
+/// With no daemon to take them back, held connections are closed after
+/// `held_connection_timeout_secs`: a read in a container then fails at
+/// once instead of hanging.
+#[test]
+fn connections_nobody_serves_are_closed_after_the_timeout() {
+    let test = "connections_nobody_serves_are_closed_after_the_timeout";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    let mut setup = Setup::new_with("held_connection_timeout_secs = 2");
+    let root = setup.work.path().join("root");
+    let converted = format!("{}/fixture:loci", setup.registry.addr);
+    let pulled = loci()
+        .args(["pull", "--plain-http", "--address"])
+        .arg(&setup.containerd.socket)
+        .args(["--namespace", &setup.containerd.namespace, &converted])
+        .output()
+        .unwrap();
+    assert!(
+        pulled.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&pulled.stderr),
+        setup.snapshotter.log_text()
+    );
+    run(setup.containerd.ctr().args([
+        "run",
+        "-d",
+        "--snapshotter",
+        "loci",
+        &converted,
+        "orphan-bg",
+        "sleep",
+        "600",
+    ]));
+    setup.snapshotter.stop();
+    wait_until(
+        "the holder kept the connections past the timeout",
+        20,
+        || holder_pid(&root).is_none(),
+    );
+    let began = Instant::now();
+    let out = setup
+        .containerd
+        .ctr()
+        .args(["task", "exec", "--exec-id", "read-orphan", "orphan-bg"])
+        .args(["/bin/busybox", "timeout", "30", "cat", "/big/files/f20.bin"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the read succeeded: {out:?}");
+    assert!(
+        began.elapsed() < Duration::from_secs(20),
+        "the read waited {:?} (it should fail at once)",
+        began.elapsed()
+    );
+    let holder_log = std::fs::read_to_string(root.join("fd-holder.log")).unwrap_or_default();
+    assert!(
+        holder_log.contains("no daemon took the FUSE connections back"),
+        "{holder_log}"
+    );
+    let _ = setup
+        .containerd
+        .ctr()
+        .args(["task", "kill", "-s", "KILL", "orphan-bg"])
+        .output();
+    wait_for_task_exit(&setup, "orphan-bg");
+}
+
+/// A log without its colour codes.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

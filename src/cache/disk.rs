@@ -161,8 +161,10 @@ impl DiskTier {
         }
         // No write-ahead log: a cache loses nothing it cannot fetch again
         // by losing its last writes in a crash (a chunk and its recency
-        // entry are in one batch, so they go together), and a WAL write
-        // failing on a full disk is where RocksDB aborts the process.
+        // entry are in one batch, so they go together), and on a full disk
+        // a failed WAL write makes RocksDB abort the process (an assertion
+        // in Debian's build) instead of returning an error. Memtables are
+        // flushed at shutdown ([`DiskTier::flush`]) and when full.
         let mut options = rocksdb::WriteOptions::default();
         options.disable_wal(true);
         self.db.write_opt(batch, &options).map_err(|source| {
@@ -171,6 +173,22 @@ impl DiskTier {
             }
             CacheError::Db { context, source }
         })
+    }
+
+    /// Writes what is only in memory (the memtables, as writes skip the
+    /// WAL) to disk, so a restart finds it.
+    pub fn flush(&self) {
+        self.save_recency();
+        if self.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(error) = self
+            .db
+            .flush_cf(self.cf(CHUNKS_CF))
+            .and_then(|()| self.db.flush_cf(self.cf(RECENCY_CF)))
+        {
+            tracing::warn!(%error, "could not flush the disk cache; its last chunks are lost at exit");
+        }
     }
 
     /// Whether the disk has room for more chunks: at least `min_free`

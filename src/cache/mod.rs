@@ -165,15 +165,23 @@ impl Tiers {
     }
 }
 
-impl Drop for Tiers {
-    fn drop(&mut self) {
-        // Record what memory served since it was loaded, so the disk order
-        // after a restart reflects it (a crash skips this and only loses
-        // some recency, never data).
+impl Tiers {
+    /// Records what memory served since it was loaded, so the disk order
+    /// after a restart reflects it, and writes to disk what is only in
+    /// RocksDB's memtables. A crash skips this and loses the chunks stored
+    /// since the last memtable flush (they are fetched again), never
+    /// consistency.
+    fn persist(&self) {
         for chunk in self.memory.last_uses() {
             self.disk.touch(&chunk.digest, chunk.tick);
         }
-        self.disk.save_recency();
+        self.disk.flush();
+    }
+}
+
+impl Drop for Tiers {
+    fn drop(&mut self) {
+        self.persist();
     }
 }
 
@@ -195,6 +203,12 @@ pub struct ChunkCache {
 }
 
 impl ChunkCache {
+    /// Makes what the cache holds survive a restart: for a daemon's
+    /// shutdown, which may exit before the cache is dropped.
+    pub fn persist(&self) {
+        self.tiers.persist();
+    }
+
     /// Opens the cache described by `config`, recovering the disk tier's
     /// contents, sizes and eviction order from a previous run (clean exit
     /// or not).

@@ -51,6 +51,9 @@ enum Command {
     /// Run the containerd remote snapshotter: layers of converted images
     /// are mounted lazily instead of downloaded.
     Snapshotter(snapshotter::Args),
+    /// Release, for good, what a stopped snapshotter keeps for its next
+    /// start (lazy mounts and the fd holder): to drain a node or uninstall.
+    Release(snapshotter::ReleaseArgs),
     /// Hold the snapshotter's FUSE connections across its restarts.
     #[command(hide = true)]
     FdHolder(snapshotter::HolderArgs),
@@ -73,6 +76,7 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::run(args),
         Command::Scheduler(args) => scheduler::run(args),
         Command::Snapshotter(args) => snapshotter::run(args),
+        Command::Release(args) => snapshotter::run_release(args),
         Command::FdHolder(args) => snapshotter::run_holder(args),
         Command::Sim(args) => sim::run(args),
     };

@@ -177,6 +177,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     session.umount_and_join().context("unmounting")?;
+    fetcher.cache().persist();
     if let (Some(recorder), Some(path)) = (&recorder, &args.record_trace) {
         let trace = recorder.trace();
         std::fs::write(path, trace.encode())

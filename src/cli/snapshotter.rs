@@ -34,10 +34,37 @@ pub struct HolderArgs {
     /// The unix socket the snapshotter reaches the holder on.
     #[arg(long)]
     socket: PathBuf,
+    /// Close the held connections once no daemon has taken them back for
+    /// this long.
+    #[arg(long, default_value_t = 300)]
+    orphan_timeout_secs: u64,
 }
 
 /// Runs the fd holder until it holds nothing or its socket is removed.
 pub fn run_holder(args: HolderArgs) -> anyhow::Result<()> {
-    crate::snapshotter::fdstore::run_holder(&args.socket)
-        .with_context(|| format!("fd holder on {}", args.socket.display()))
+    crate::snapshotter::fdstore::run_holder(
+        &args.socket,
+        std::time::Duration::from_secs(args.orphan_timeout_secs),
+    )
+    .with_context(|| format!("fd holder on {}", args.socket.display()))
+}
+
+/// Release a stopped snapshotter's lazy mounts and fd holder for good.
+#[derive(clap::Args, Debug)]
+pub struct ReleaseArgs {
+    /// The stopped snapshotter's state directory.
+    #[arg(long, default_value = "/var/lib/loci/snapshotter")]
+    root: PathBuf,
+}
+
+/// Runs the release and says what it closed.
+pub fn run_release(args: ReleaseArgs) -> anyhow::Result<()> {
+    let released = crate::snapshotter::release(&args.root)?;
+    println!(
+        "released {}: the fd holder held {} connections; {} FUSE mounts unmounted",
+        args.root.display(),
+        released.held,
+        released.unmounted.len()
+    );
+    Ok(())
 }

@@ -37,6 +37,10 @@ pub struct SnapshotterConfig {
     /// Public key files (`loci key generate`) whose signatures make a
     /// layer servable lazily.
     pub trusted_keys: Vec<PathBuf>,
+    /// How long the fd holder keeps lazy layers' connections with no
+    /// daemon to serve them; then it closes them, and their readers get
+    /// an error instead of waiting forever.
+    pub held_connection_timeout_secs: u64,
 }
 
 impl Default for SnapshotterConfig {
@@ -47,6 +51,7 @@ impl Default for SnapshotterConfig {
             fuse_threads: 4,
             trust: Trust::Signed,
             trusted_keys: Vec::new(),
+            held_connection_timeout_secs: 300,
         }
     }
 }
@@ -94,6 +99,7 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
     });
     std::fs::create_dir_all(root).map_err(io_err(format!("creating {}", root.display())))?;
     let cache = ChunkCache::open(&config.cache)?;
+    let kept_cache = cache.clone();
     let metrics = Arc::new(Metrics::new(cache.clone()));
     let admission = Admission {
         trust: config.snapshotter.trust,
@@ -112,7 +118,11 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
         config.snapshotter.fuse_threads,
         metrics.clone(),
         config.prefetch.clone(),
-        FdStore::new(root.join("fuse-fds.sock"), root.join("fd-holder.log")),
+        FdStore::new(
+            root.join("fuse-fds.sock"),
+            root.join("fd-holder.log"),
+            std::time::Duration::from_secs(config.snapshotter.held_connection_timeout_secs),
+        ),
     );
     let root_owned = root.to_path_buf();
     let snapshots = tokio::task::spawn_blocking(move || Snapshots::open(&root_owned, lazy))
@@ -123,6 +133,17 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
             source,
         })?;
     let snapshots = Arc::new(snapshots);
+    {
+        let snapshots = snapshots.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+            loop {
+                every.tick().await;
+                let snapshots = snapshots.clone();
+                let _ = tokio::task::spawn_blocking(move || snapshots.check_holder()).await;
+            }
+        });
+    }
 
     if let Some(addr) = config.snapshotter.metrics_address {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -176,8 +197,11 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
         )
         .await?;
     let _ = std::fs::remove_file(address);
-    tokio::task::spawn_blocking(move || snapshots.shutdown())
-        .await
-        .expect("unmounting does not panic");
+    tokio::task::spawn_blocking(move || {
+        snapshots.shutdown();
+        kept_cache.persist();
+    })
+    .await
+    .expect("unmounting does not panic");
     Ok(())
 }

@@ -8,10 +8,14 @@
 //! The protocol is one text message per packet on a unix `SOCK_SEQPACKET`
 //! socket, fds attached as `SCM_RIGHTS`: `put ID` (with the fd), `del ID`,
 //! `list` (answered by one `fd ID` per connection, with the fd, then
-//! `end`); every other request is answered `ok` or `err REASON`. The
-//! holder serves one daemon at a time, drops connections that ended (their
-//! mounts gone), and exits when it holds nothing after its daemon goes, or
-//! when its socket is removed.
+//! `end`), `quit` (close every connection and exit: the node releases
+//! loci for good); every other request is answered `ok` or `err REASON`.
+//! The holder serves one daemon at a time, drops connections that ended
+//! (their mounts gone), and exits when it holds nothing after its daemon
+//! goes, or when its socket is removed. Connections no daemon takes back
+//! within the orphan timeout are closed, so their readers get an error
+//! (ENOTCONN) instead of waiting forever. A daemon whose holder died hands
+//! its connections to a new one ([`FdStore::holder_alive`]).
 
 use nix::sys::socket::{
     accept4, bind, connect, listen, recvmsg, sendmsg, socket, AddressFamily, Backlog,
@@ -30,18 +34,42 @@ use std::time::Duration;
 pub struct FdStore {
     socket: PathBuf,
     log: PathBuf,
+    orphan_timeout: Duration,
     conn: Mutex<Option<OwnedFd>>,
 }
 
 impl FdStore {
     /// The holder listening on `socket`, logging to `log` when this store
-    /// starts it.
-    pub fn new(socket: PathBuf, log: PathBuf) -> FdStore {
+    /// starts it, closing what it holds once no daemon has come back for
+    /// `orphan_timeout`.
+    pub fn new(socket: PathBuf, log: PathBuf, orphan_timeout: Duration) -> FdStore {
         FdStore {
             socket,
             log,
+            orphan_timeout,
             conn: Mutex::new(None),
         }
+    }
+
+    /// Whether the holder this store talks to is still there. False when
+    /// it died (its end of the connection hung up) or none runs; a later
+    /// [`put`](Self::put) starts a new one.
+    pub fn holder_alive(&self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = conn.as_ref() else {
+            return false;
+        };
+        let mut fds = [PollFd::new(c.as_fd(), PollFlags::POLLIN)];
+        let hung_up = match poll(&mut fds, PollTimeout::ZERO) {
+            // The holder never writes unasked: readable means closed.
+            Ok(n) => n > 0,
+            Err(_) => true,
+        };
+        if hung_up {
+            *conn = None;
+        }
+        !hung_up
     }
 
     /// Every connection the holder keeps, by snapshot id (still kept);
@@ -122,6 +150,8 @@ impl FdStore {
             .arg("fd-holder")
             .arg("--socket")
             .arg(&self.socket)
+            .arg("--orphan-timeout-secs")
+            .arg(self.orphan_timeout.as_secs().to_string())
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -214,10 +244,30 @@ fn recv(conn: &OwnedFd) -> io::Result<Option<(String, Option<OwnedFd>)>> {
     Ok(Some((text, fds.into_iter().next())))
 }
 
+/// Asks the holder on `socket`, if one runs, to close every connection it
+/// holds and exit; returns how many it held. For releasing a node for
+/// good, with the daemon stopped.
+pub fn quit_holder(socket: &Path) -> io::Result<usize> {
+    let Ok(conn) = connect_to(socket) else {
+        return Ok(0);
+    };
+    send(&conn, "list", None)?;
+    let mut held = 0;
+    while let Some((text, _fd)) = recv(&conn)? {
+        if text == "end" {
+            break;
+        }
+        held += 1;
+    }
+    request(&conn, "quit", None)?;
+    Ok(held)
+}
+
 /// Runs the holder on `socket` until it holds nothing after a daemon that
-/// used it disconnects, or the socket is removed (its state directory is
-/// gone).
-pub fn run_holder(path: &Path) -> io::Result<()> {
+/// used it disconnects, the socket is removed (its state directory is
+/// gone), a daemon says `quit`, or no daemon came back for
+/// `orphan_timeout` (then what it holds is closed).
+pub fn run_holder(path: &Path, orphan_timeout: Duration) -> io::Result<()> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let listener = socket(
         AddressFamily::Unix,
@@ -233,7 +283,19 @@ pub fn run_holder(path: &Path) -> io::Result<()> {
     listen(&listener, Backlog::new(8)?)?;
     tracing::info!(socket = %path.display(), "fd holder listening");
     let mut held: BTreeMap<u64, OwnedFd> = BTreeMap::new();
+    // Since when no daemon has been connected while connections are held.
+    let mut orphaned_since: Option<std::time::Instant> = None;
     loop {
+        if let Some(since) = orphaned_since.filter(|s| s.elapsed() >= orphan_timeout) {
+            tracing::error!(
+                held = held.len(),
+                waited_secs = since.elapsed().as_secs(),
+                "no daemon took the FUSE connections back; closing them, so their readers get an error instead of waiting"
+            );
+            held.clear();
+            let _ = std::fs::remove_file(path);
+            return Ok(());
+        }
         // The listener, and every held connection for its end: the kernel
         // reports POLLERR once a connection is gone (its mount unmounted
         // and unused), whatever events are asked for.
@@ -243,7 +305,7 @@ pub fn run_holder(path: &Path) -> io::Result<()> {
             held.values()
                 .map(|fd| PollFd::new(fd.as_fd(), PollFlags::empty())),
         );
-        let events = poll(&mut ready, PollTimeout::from(5000u16))?;
+        let events = poll(&mut ready, PollTimeout::from(1000u16))?;
         let ended = |fd: &PollFd| {
             fd.revents()
                 .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
@@ -280,24 +342,41 @@ pub fn run_holder(path: &Path) -> io::Result<()> {
         let raw = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
         // SAFETY: accept4 returned a new fd that nothing else owns.
         let conn = unsafe { OwnedFd::from_raw_fd(raw) };
-        let requests = serve_daemon(&conn, &mut held).unwrap_or_else(|e| {
+        let served = serve_daemon(&conn, &mut held).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "fd holder: daemon connection failed");
-            1
+            Served {
+                requests: 1,
+                quit: false,
+            }
         });
-        if held.is_empty() && requests > 0 {
+        if served.quit {
+            let _ = std::fs::remove_file(path);
+            tracing::info!("asked to quit; closed every held connection");
+            return Ok(());
+        }
+        if held.is_empty() && served.requests > 0 {
             let _ = std::fs::remove_file(path);
             tracing::info!("holding no connection; fd holder exiting");
             return Ok(());
         }
         tracing::info!(
             held = held.len(),
-            "daemon gone; holding its FUSE connections"
+            timeout_secs = orphan_timeout.as_secs(),
+            "daemon gone; holding its FUSE connections until one comes back or the timeout"
         );
+        orphaned_since = (!held.is_empty()).then(std::time::Instant::now);
     }
 }
 
-/// Answers one daemon's requests until it goes; returns how many it made.
-fn serve_daemon(conn: &OwnedFd, held: &mut BTreeMap<u64, OwnedFd>) -> io::Result<usize> {
+/// What one daemon connection did.
+struct Served {
+    requests: usize,
+    /// The daemon said `quit`.
+    quit: bool,
+}
+
+/// Answers one daemon's requests until it goes or says `quit`.
+fn serve_daemon(conn: &OwnedFd, held: &mut BTreeMap<u64, OwnedFd>) -> io::Result<Served> {
     let mut requests = 0;
     while let Some((text, fd)) = recv(conn)? {
         requests += 1;
@@ -318,10 +397,21 @@ fn serve_daemon(conn: &OwnedFd, held: &mut BTreeMap<u64, OwnedFd>) -> io::Result
                 }
                 send(conn, "end", None)?;
             }
+            ("quit", None, None) => {
+                held.clear();
+                send(conn, "ok", None)?;
+                return Ok(Served {
+                    requests,
+                    quit: true,
+                });
+            }
             _ => send(conn, &format!("err bad request {text:?}"), None)?,
         }
     }
-    Ok(requests)
+    Ok(Served {
+        requests,
+        quit: false,
+    })
 }
 
 /// Runs `bind` with the umask at 0177, so the socket it creates is mode
@@ -343,14 +433,18 @@ mod tests {
         let sock = dir.path().join("fds.sock");
         let holder = {
             let sock = sock.clone();
-            std::thread::spawn(move || run_holder(&sock))
+            std::thread::spawn(move || run_holder(&sock, Duration::from_secs(300)))
         };
         while connect_to(&sock).is_err() {
             std::thread::sleep(Duration::from_millis(10));
         }
         let file = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut &file, b"kept").unwrap();
-        let first = FdStore::new(sock.clone(), dir.path().join("log"));
+        let first = FdStore::new(
+            sock.clone(),
+            dir.path().join("log"),
+            Duration::from_secs(300),
+        );
         first.put(3, &OwnedFd::from(file)).unwrap();
         first
             .put(4, &OwnedFd::from(tempfile::tempfile().unwrap()))
@@ -358,7 +452,11 @@ mod tests {
         first.remove(4).unwrap();
         drop(first); // the daemon goes; the holder stays, holding fd 3
 
-        let second = FdStore::new(sock.clone(), dir.path().join("log"));
+        let second = FdStore::new(
+            sock.clone(),
+            dir.path().join("log"),
+            Duration::from_secs(300),
+        );
         let held = second.list().unwrap();
         assert_eq!(held.keys().collect::<Vec<_>>(), vec![&3]);
         let mut kept = std::fs::File::from(held.into_values().next().unwrap());
@@ -370,5 +468,58 @@ mod tests {
         drop(second); // holding nothing: the holder exits
         holder.join().unwrap().unwrap();
         assert!(!sock.exists());
+    }
+
+    fn holder(sock: &Path, orphan_timeout: Duration) -> std::thread::JoinHandle<io::Result<()>> {
+        let sock = sock.to_path_buf();
+        let path = sock.clone();
+        let handle = std::thread::spawn(move || run_holder(&path, orphan_timeout));
+        while connect_to(&sock).is_err() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        handle
+    }
+
+    #[test]
+    fn connections_no_daemon_takes_back_are_closed_after_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("fds.sock");
+        let holder = holder(&sock, Duration::from_secs(1));
+        let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let daemon = FdStore::new(sock.clone(), dir.path().join("log"), Duration::from_secs(1));
+        daemon.put(7, &OwnedFd::from(theirs)).unwrap();
+        drop(daemon);
+        // The holder keeps the other end open, then closes it.
+        let began = std::time::Instant::now();
+        let mut buf = [0u8; 1];
+        let read = std::io::Read::read(&mut &mine, &mut buf).unwrap();
+        assert_eq!(read, 0, "the held end was closed");
+        assert!(
+            began.elapsed() >= Duration::from_millis(900),
+            "closed too early"
+        );
+        assert!(began.elapsed() < Duration::from_secs(10), "closed too late");
+        holder.join().unwrap().unwrap();
+        assert!(!sock.exists());
+    }
+
+    #[test]
+    fn quit_closes_every_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("fds.sock");
+        let holder = holder(&sock, Duration::from_secs(300));
+        let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let daemon = FdStore::new(
+            sock.clone(),
+            dir.path().join("log"),
+            Duration::from_secs(300),
+        );
+        daemon.put(1, &OwnedFd::from(theirs)).unwrap();
+        assert!(daemon.holder_alive());
+        drop(daemon);
+        assert_eq!(quit_holder(&sock).unwrap(), 1);
+        holder.join().unwrap().unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut &mine, &mut buf).unwrap(), 0);
     }
 }

@@ -132,6 +132,9 @@ struct Mounted {
     layer: String,
     /// Whether the fd holder has its connection (so it outlives us).
     held: bool,
+    /// A duplicate of the connection, to hand a new holder if this one
+    /// dies.
+    connection: Option<OwnedFd>,
 }
 
 impl LazyLayers {
@@ -266,14 +269,16 @@ impl LazyLayers {
             source,
         };
         let fd = takeover::mount_fuse(dir).map_err(mount_err)?;
-        let held = match fd.try_clone().and_then(|dup| self.held.put(id, &dup)) {
-            Ok(()) => true,
-            Err(e) => {
+        let dup = fd.try_clone().ok();
+        let held = match dup.as_ref().map(|dup| self.held.put(id, dup)) {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
                 tracing::warn!(id, error = %e, "the fd holder does not keep this layer's FUSE connection: its containers lose uncached reads if the daemon restarts");
                 false
             }
+            None => false,
         };
-        let result = self.serve(id, layer, dir, Connection::New(fd), held);
+        let result = self.serve(id, layer, dir, Connection::New(fd), held, dup);
         if result.is_err() {
             let _ = nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH);
             let _ = self.held.remove(id);
@@ -291,7 +296,37 @@ impl LazyLayers {
         dir: &Path,
         connection: OwnedFd,
     ) -> Result<(), LazyError> {
-        self.serve(id, layer, dir, Connection::Resumed(connection), true)
+        let dup = connection.try_clone().ok();
+        self.serve(id, layer, dir, Connection::Resumed(connection), true, dup)
+    }
+
+    /// Checks that the fd holder is alive; if it died while layers are
+    /// mounted, hands their connections to a new holder (started by the
+    /// first `put`), so they survive the next restart again. Returns how
+    /// many were handed over.
+    pub fn check_holder(&self) -> usize {
+        let mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
+        if mounts.values().all(|m| !m.held) || self.held.holder_alive() {
+            return 0;
+        }
+        tracing::warn!(
+            layers = mounts.len(),
+            "the fd holder is gone; handing the FUSE connections to a new one"
+        );
+        let mut handed = 0;
+        for (id, mounted) in mounts.iter() {
+            let Some(fd) = &mounted.connection else {
+                continue;
+            };
+            match self.held.put(*id, fd) {
+                Ok(()) => handed += 1,
+                Err(e) => {
+                    tracing::error!(id, error = %e, "a new fd holder did not take a connection")
+                }
+            }
+        }
+        tracing::info!(handed, "a new fd holder keeps the FUSE connections");
+        handed
     }
 
     /// Serves a layer's connection; each layer has its own fetcher (over
@@ -303,6 +338,7 @@ impl LazyLayers {
         dir: &Path,
         connection: Connection,
         held: bool,
+        dup: Option<OwnedFd>,
     ) -> Result<(), LazyError> {
         let fetcher = Arc::new(Fetcher::new(self.cache.clone(), self.fetch.clone()));
         let image = layer.source.image_ref.clone();
@@ -340,6 +376,7 @@ impl LazyLayers {
                 image,
                 layer: digest,
                 held,
+                connection: dup,
             },
         );
         if let Some(old) = old {

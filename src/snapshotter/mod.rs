@@ -13,10 +13,12 @@ mod filter;
 pub mod lazy;
 mod meta;
 mod metrics;
+mod release;
 mod service;
 mod snapshots;
 
 pub use daemon::{run, DaemonError, SnapshotterConfig};
 pub use filter::{FilterError, Filters};
 pub use meta::{Kind, LazySource, Time, Usage};
+pub use release::{release, ReleaseError, Released};
 pub use snapshots::{Info, Mount, SnapshotError, Snapshots};

@@ -203,6 +203,12 @@ impl Snapshots {
         self.dir(id).join("fs")
     }
 
+    /// Makes sure the fd holder keeps the lazy layers' connections (a new
+    /// holder takes them if the old one died).
+    pub fn check_holder(&self) -> usize {
+        self.lazy.check_holder()
+    }
+
     /// Creates an active snapshot over `parent`, or, when the labels name
     /// a layer loci serves lazily, mounts that layer and commits it.
     pub fn prepare(

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod digest;
+pub mod error_chain;
 pub mod fetch;
 pub mod format;
 pub mod fs;

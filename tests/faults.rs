@@ -19,59 +19,6 @@ const NEEDS: &[&str] = &["docker-registry", "skopeo", "python3", "zstd"];
 /// The read deadline the mounts run with.
 const DEADLINE_SECS: u64 = 4;
 
-/// The fault proxy: a child process on a free port of 127.0.0.1.
-struct FaultProxy {
-    addr: String,
-    _daemon: Daemon,
-}
-
-impl FaultProxy {
-    fn start(target: &str, log: PathBuf) -> FaultProxy {
-        let port = free_port();
-        let mut cmd = Command::new("python3");
-        cmd.arg(repo_root().join("tools/fault-proxy.py"))
-            .arg(port.to_string())
-            .arg(target);
-        let daemon = Daemon::spawn(cmd, log);
-        let addr = format!("127.0.0.1:{port}");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "fault proxy did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        FaultProxy {
-            addr,
-            _daemon: daemon,
-        }
-    }
-
-    /// Sends a control request: POST a rule, or DELETE them all.
-    fn control(&self, method: &str, rule: &str) {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(&self.addr).unwrap();
-        write!(
-            conn,
-            "{method} /__fault HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{rule}",
-            rule.len()
-        )
-        .unwrap();
-        let mut answer = String::new();
-        conn.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    }
-
-    fn set(&self, rule: &str) {
-        self.control("POST", rule);
-    }
-
-    fn clear(&self) {
-        self.control("DELETE", "");
-    }
-}
-
 struct Setup {
     work: tempfile::TempDir,
     registry: Registry,
@@ -350,4 +297,47 @@ fn a_cache_on_a_full_filesystem_still_serves_the_right_bytes() {
             full.daemon.log_text()
         );
     }
+}
+
+/// A registry that asks for a token at a realm on plain HTTP on another
+/// host is refused (the node's credentials would go there in the clear);
+/// one on its own host (configured plain HTTP) is asked, and a token
+/// response over 1 MiB is refused before it is buffered.
+#[test]
+fn token_realms_and_bodies_from_a_hostile_registry_are_refused() {
+    let test = "token_realms_and_bodies_from_a_hostile_registry_are_refused";
+    if !require(test, NEEDS, false) {
+        return;
+    }
+    let setup = Setup::new();
+    let reference = format!("{}/fixture:loci", setup.proxy.addr);
+    let inspect = || {
+        let out = loci()
+            .args(["inspect", "--plain-http", &reference])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    setup.proxy.set(
+        r#"{"mode": "challenge", "path": "/v2/fixture/manifests/", "header": "Bearer realm=\"http://127.0.0.2:1/token\",service=\"registry\""}"#,
+    );
+    let stderr = inspect();
+    assert!(
+        stderr.contains("token realm \"http://127.0.0.2:1/token\" refused: plain HTTP on another host than 127.0.0.1"),
+        "{stderr}"
+    );
+    setup.proxy.clear();
+    let realm = format!("http://{}/token", setup.proxy.addr);
+    setup.proxy.set(&format!(
+        r#"{{"mode": "challenge", "path": "/v2/fixture/manifests/", "header": "Bearer realm=\"{realm}\""}}"#
+    ));
+    setup
+        .proxy
+        .set(r#"{"mode": "body", "path": "^/token", "bytes": 2000000}"#);
+    let stderr = inspect();
+    assert!(
+        stderr.contains("over the 1048576 expected at most"),
+        "{stderr}"
+    );
 }

@@ -834,3 +834,98 @@ fn strip_ansi(text: &str) -> String {
     }
     out
 }
+
+/// Adds, in the layout at `dir`, the image `new_tag`: the image `tag` with
+/// `key: value` among every layer's annotations.
+fn plant_annotation(dir: &Path, tag: &str, new_tag: &str, key: &str, value: &str) {
+    let read = |digest: &str| -> serde_json::Value {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
+    };
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap()
+        .clone();
+    let mut manifest = read(entry["digest"].as_str().unwrap());
+    for layer in manifest["layers"].as_array_mut().unwrap() {
+        layer["annotations"][key] = value.into();
+    }
+    let (digest, size) = put_layout_json(dir, &manifest);
+    let mut planted = entry;
+    planted["digest"] = digest.into();
+    planted["size"] = size.into();
+    planted["annotations"]["org.opencontainers.image.ref.name"] = new_tag.into();
+    index["manifests"].as_array_mut().unwrap().push(planted);
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// An image whose layers ask, by annotation (which containerd passes on
+/// as a snapshot label), for plain HTTP to a registry host the node does
+/// not reach over plain HTTP: the snapshotter does not lower the
+/// transport; the layers cannot be served lazily from that host over
+/// HTTPS, so they take the ordinary path. The same image from the host the
+/// node's configuration names is served lazily (the control).
+#[test]
+fn an_annotation_asking_for_plain_http_is_ignored() {
+    let test = "an_annotation_asking_for_plain_http_is_ignored";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    let setup = Setup::new();
+    // A second name for the same registry, not in plain_http_registries.
+    let other = FaultProxy::start(&setup.registry.addr, setup.work.path().join("proxy.log"));
+    let converted = format!("{}/fixture:loci", setup.registry.addr);
+    let layout = setup.work.path().join("planted-layout");
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{converted}"))
+        .arg(format!("oci:{}:loci", layout.display())));
+    plant_annotation(
+        &layout,
+        "loci",
+        "planted",
+        "containerd.io/snapshot/loci.plain-http",
+        "true",
+    );
+    push_layout(
+        &layout,
+        "planted",
+        &format!("{}/fixture:planted", setup.registry.addr),
+    );
+
+    let said = setup.pull(&format!("{}/fixture:planted", other.addr));
+    assert!(said.contains("0 layers lazy, 4 unpacked"), "{said}");
+    let log = setup.snapshotter.log_text();
+    assert!(
+        log.contains("cannot serve the layer lazily")
+            && log.contains(&format!("https://{}", other.addr)),
+        "the snapshotter did not try HTTPS to {}:\n{log}",
+        other.addr
+    );
+    let proxy_log = std::fs::read_to_string(setup.work.path().join("proxy.log")).unwrap();
+    assert!(proxy_log.contains("refused a TLS handshake"), "{proxy_log}");
+    // The control: from the configured host, the same layers are lazy.
+    let image = format!("{}/fixture:planted", setup.registry.addr);
+    run(setup.containerd.ctr().args([
+        "images",
+        "rm",
+        "--sync",
+        &format!("{}/fixture:planted", other.addr),
+    ]));
+    let start = Instant::now();
+    while !setup.loci_snapshots().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            setup.loci_snapshots()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let said = setup.pull(&image);
+    assert!(said.contains("4 layers lazy, 0 unpacked"), "{said}");
+}

@@ -15,6 +15,10 @@ answers instead with the fault:
   oversize    append 1 MiB to the body (Content-Length grown to match)
   corrupt     flip a byte in the middle of the body
   pad         pad a JSON body with spaces to `bytes` bytes
+  challenge   answer 401 with `WWW-Authenticate: <header>`, without asking
+              the registry
+  body        answer 200 with a JSON token body of `bytes` bytes, without
+              asking the registry (a token endpoint)
 
 Rules are set with `POST /__fault` (JSON: mode, path, method, count,
 code, seconds, bytes; count = how many matching requests it hits, -1 for
@@ -32,8 +36,8 @@ def read_json(body):
     return json.loads(body.decode() or "{}")
 
 
-async def read_head(reader):
-    head = await reader.readuntil(b"\r\n\r\n")
+async def read_head(reader, first=b""):
+    head = first + await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     start, headers = lines[0], {}
     for line in lines[1:]:
@@ -105,7 +109,13 @@ async def forward(target, start, headers, body):
 
 async def handle(reader, writer, target):
     try:
-        start, headers, _ = await read_head(reader)
+        first = await reader.readexactly(1)
+        if first == b"\x16":
+            # A TLS handshake: this proxy speaks plain HTTP only, as a plain
+            # registry does.
+            print("refused a TLS handshake", flush=True)
+            return
+        start, headers, _ = await read_head(reader, first)
         method, path, _ = start.split(" ", 2)
         body = await read_body(reader, headers)
         if path.startswith("/__fault"):
@@ -113,6 +123,16 @@ async def handle(reader, writer, target):
             return
         rule = matching_rule(method, path)
         mode = rule and rule["mode"]
+        if mode == "challenge":
+            head, out = response(401, "Unauthorized", {"www-authenticate": rule["header"]}, b"")
+            writer.write(head + out)
+            return
+        if mode == "body":
+            token = b'{"token": "' + b"t" * max(0, int(rule["bytes"]) - 13) + b'"}'
+            head, out = response(200, "OK", {"content-type": "application/json"}, token)
+            writer.write(head + out)
+            await writer.drain()
+            return
         if mode == "status":
             code = int(rule.get("code", 503))
             extra = {"retry-after": "1"} if code == 429 else {}

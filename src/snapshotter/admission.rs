@@ -35,10 +35,16 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Whether `request`, prepared over `parent` (the parent's chain ID, or
-    /// empty for a bottom layer), may be served lazily; the reason if not.
-    /// Returns the id of the key that signed it, when one did.
+    /// Whether `request`, prepared over `parent` (the parent snapshot's
+    /// name, empty for a bottom layer), may be served lazily; the reason if
+    /// not. Returns the id of the key that signed it, when one did.
+    ///
+    /// Committed layers are named by their chain ID, by containerd's
+    /// unpacker and by `loci pull`; containerd passes a snapshot that it
+    /// committed itself (not one loci committed) as `NAMESPACE/ID/NAME`, so
+    /// the parent's chain ID is its name's last component.
     pub fn admit(&self, request: &LazyRequest, parent: &str) -> Result<Option<String>, String> {
+        let parent = parent.rsplit('/').next().unwrap_or(parent);
         let parse = |label: &str, value: &str| {
             value
                 .parse::<Digest>()

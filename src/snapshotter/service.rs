@@ -50,11 +50,11 @@ impl Service {
                 let code = e.code();
                 self.metrics.operation(op, Some(code));
                 if code == tonic::Code::Internal {
-                    tracing::error!(op, error = %format!("{e:#}"), "snapshot operation failed");
+                    tracing::error!(op, error = %crate::error_chain::chain(&e), "snapshot operation failed");
                 } else {
                     tracing::debug!(op, error = %e, "snapshot operation refused");
                 }
-                Err(Status::new(code, format!("{e:#}")))
+                Err(Status::new(code, crate::error_chain::chain(&e)))
             }
         }
     }

@@ -250,7 +250,7 @@ impl Snapshots {
         let layer = self
             .lazy
             .open(&request.source, request.toc_offset, None)
-            .map_err(|e| SnapshotError::FailedPrecondition(format!("{e:#}")))?;
+            .map_err(|e| SnapshotError::FailedPrecondition(crate::error_chain::chain(&e)))?;
         let usage = layer.usage();
         let mut meta = self.lock();
         // Checked again: another Prepare of the same layer may have won.
@@ -263,7 +263,9 @@ impl Snapshots {
         mkdir(&fs, 0o755)?;
         if let Err(e) = self.lazy.mount(id, layer, &fs) {
             let _ = std::fs::remove_dir_all(self.dir(id));
-            return Err(SnapshotError::FailedPrecondition(format!("{e:#}")));
+            return Err(SnapshotError::FailedPrecondition(
+                crate::error_chain::chain(&e),
+            ));
         }
         let now = Time::now();
         let record = Record {

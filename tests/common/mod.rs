@@ -591,3 +591,57 @@ pub fn write_config(path: &Path, cache_dir: &Path, read_timeout_secs: u64) {
     )
     .unwrap();
 }
+
+/// `tools/fault-proxy.py` in front of a registry: a child process on a
+/// free port of 127.0.0.1, whose faults are set over HTTP.
+pub struct FaultProxy {
+    pub addr: String,
+    _daemon: Daemon,
+}
+
+impl FaultProxy {
+    pub fn start(target: &str, log: PathBuf) -> FaultProxy {
+        let port = free_port();
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo_root().join("tools/fault-proxy.py"))
+            .arg(port.to_string())
+            .arg(target);
+        let daemon = Daemon::spawn(cmd, log);
+        let addr = format!("127.0.0.1:{port}");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "fault proxy did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        FaultProxy {
+            addr,
+            _daemon: daemon,
+        }
+    }
+
+    /// Sends a control request: POST a rule, or DELETE them all.
+    pub fn control(&self, method: &str, rule: &str) {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&self.addr).unwrap();
+        write!(
+            conn,
+            "{method} /__fault HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{rule}",
+            rule.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    pub fn set(&self, rule: &str) {
+        self.control("POST", rule);
+    }
+
+    pub fn clear(&self) {
+        self.control("DELETE", "");
+    }
+}

@@ -238,7 +238,9 @@ impl Converter {
             .is_some_and(|a| a.contains_key(annotations::TOC_DIGEST));
         if already {
             if !dst.has_blob(&digest).await? {
-                let path = src.blob_file(&digest, scratch, &|_| {}).await?;
+                let path = src
+                    .blob_file(&digest, layer.size(), scratch, &|_| {})
+                    .await?;
                 dst.put_blob_file(&digest, &path, Some(src)).await?;
                 remove_scratch(scratch, &path);
             }
@@ -267,7 +269,7 @@ impl Converter {
         let short = &digest.hex()[..12];
         let download = self.progress.bytes(&format!("fetch {short}"), layer.size());
         let input = src
-            .blob_file(&digest, scratch, &|n| download.inc(n))
+            .blob_file(&digest, layer.size(), scratch, &|n| download.inc(n))
             .await?;
         download.finish("fetched");
         let output = scratch.join(format!("{}.loci", digest.hex()));

@@ -166,7 +166,7 @@ async fn remote_tocs(store: &ImageStore, verify: bool) -> anyhow::Result<Vec<Ins
         let (footer, toc) = fetch_toc(store, &layer).await?;
         if verify {
             let path = store
-                .blob_file(&layer.digest, scratch.path(), &|_| {})
+                .blob_file(&layer.digest, layer.size, scratch.path(), &|_| {})
                 .await?;
             let mut file = std::fs::File::open(&path)?;
             let (_, report) = format::verify_layer(

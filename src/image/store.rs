@@ -146,11 +146,14 @@ impl ImageStore {
         }
     }
 
-    /// A local file holding the blob: downloaded into `scratch` from a
-    /// registry (verified), or the layout's own file (no copy).
+    /// A local file holding the blob of `size` bytes (as its descriptor
+    /// says): downloaded into `scratch` from a registry (verified, and
+    /// refused once it passes that size), or the layout's own file (no
+    /// copy).
     pub async fn blob_file(
         &self,
         digest: &Digest,
+        size: u64,
         scratch: &Path,
         on_bytes: &(dyn Fn(u64) + Sync),
     ) -> Result<PathBuf, ImageError> {
@@ -158,7 +161,7 @@ impl ImageStore {
             ImageStore::Registry { client, reference } => {
                 let path = scratch.join(digest.hex());
                 client
-                    .get_blob_to_file(&reference.repository, digest, &path, on_bytes)
+                    .get_blob_to_file(&reference.repository, digest, size, &path, on_bytes)
                     .await?;
                 Ok(path)
             }

@@ -287,12 +287,14 @@ impl RegistryClient {
         Ok(bytes)
     }
 
-    /// Streams a blob into `path`, verifying its digest; `on_bytes` is
-    /// told of every piece received. Returns the size.
+    /// Streams a blob into `path`, verifying its digest and refusing it
+    /// once it passes `max` bytes; `on_bytes` is told of every piece
+    /// received. Returns the size.
     pub async fn get_blob_to_file(
         &self,
         repo: &str,
         digest: &Digest,
+        max: u64,
         path: &Path,
         on_bytes: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, RegistryError> {
@@ -310,6 +312,12 @@ impl RegistryClient {
             let piece = piece.map_err(|e| network(&what, 1, e))?;
             hasher.update(&piece);
             size += piece.len() as u64;
+            if size > max {
+                return Err(RegistryError::BadResponse {
+                    what,
+                    reason: format!("more than the {max} bytes its descriptor declares"),
+                });
+            }
             file.write_all(&piece).await.map_err(io)?;
             on_bytes(piece.len() as u64);
         }

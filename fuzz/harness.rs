@@ -7,7 +7,7 @@
 
 use loci::convert::Decompression;
 use loci::format::{self, ConvertOptions, Footer, Limits, Toc};
-use loci::layer;
+use loci::image;
 use loci::prefetch::Trace;
 use loci::registry::Challenge;
 use loci::snapshotter::admission::Admission;
@@ -104,14 +104,14 @@ pub fn convert(data: &[u8]) {
 /// Manifests, indexes and configs as a registry serves them: the input is
 /// tried as each, and split at its first NUL as a manifest and its config.
 pub fn manifest(data: &[u8]) {
-    let _ = layer::platform_manifest(data);
-    let _ = layer::config_of(data);
+    let _ = image::platform_manifest(data);
+    let _ = image::config_of(data);
     let split = data.iter().position(|&b| b == 0).unwrap_or(data.len());
     let (manifest, config) = data.split_at(split);
     let config = config.get(1..).unwrap_or_default();
-    if let Ok(layers) = layer::layers_of(manifest, config) {
+    if let Ok(layers) = image::layers_of(manifest, config) {
         for layer in layers {
-            let _ = layer.toc_digest.map(|d| d.to_string());
+            let _ = loci::fetch::toc_location(&layer);
         }
     }
 }

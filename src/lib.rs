@@ -16,7 +16,6 @@ pub mod fetch;
 pub mod format;
 pub mod fs;
 pub mod image;
-pub mod layer;
 pub mod node;
 pub mod prefetch;
 pub mod progress;

@@ -11,9 +11,11 @@
 //! keep its content and snapshots.
 
 use crate::digest::Digest;
-use crate::image::{media_types, ImageError, ImageRef, ImageStore};
+use crate::image::{
+    chain_id, platform_image, ImageError, ImageLayer, ImageRef, ImageStore, PlatformImage,
+};
 use crate::progress::Progress;
-use crate::registry::{RegistryOptions, MAX_CONFIG_BYTES};
+use crate::registry::RegistryOptions;
 use crate::snapshotter::lazy::{IMAGE_REF, LAYER_DIGEST, TARGET_REF};
 use bytes::Bytes;
 use containerd_client::services::v1::snapshots::{
@@ -26,7 +28,6 @@ use containerd_client::services::v1::{
     GetImageRequest, Image, InfoRequest, UpdateImageRequest, WriteAction, WriteContentRequest,
 };
 use containerd_client::types::Descriptor;
-use sha2::Digest as _;
 use std::collections::HashMap;
 use std::path::Path;
 use tonic::transport::Channel;
@@ -88,7 +89,21 @@ pub struct PullReport {
 /// A layer as the manifest describes it, with its diff_id.
 struct Layer {
     descriptor: Descriptor,
-    diff_id: String,
+    diff_id: Digest,
+}
+
+impl From<&ImageLayer> for Layer {
+    fn from(layer: &ImageLayer) -> Layer {
+        Layer {
+            descriptor: Descriptor {
+                media_type: layer.media_type.clone(),
+                digest: layer.digest.to_string(),
+                size: layer.size as i64,
+                annotations: layer.annotations.clone().into_iter().collect(),
+            },
+            diff_id: layer.diff_id,
+        }
+    }
 }
 
 /// Pulls `reference` into containerd at `address` in `namespace`.
@@ -155,56 +170,27 @@ async fn pull_leased(
     name: &str,
 ) -> Result<PullReport, PullError> {
     let progress = Progress::new();
-    let top = store.resolve().await?;
+    let image = platform_image(store).await?;
+    let layers: Vec<Layer> = image.layers.iter().map(Layer::from).collect();
+    let PlatformImage {
+        index,
+        manifest,
+        config,
+        ..
+    } = image;
+    let top = index.as_ref().unwrap_or(&manifest);
     let top_descriptor = Descriptor {
         media_type: top.media_type.clone(),
         digest: top.digest.to_string(),
         size: top.bytes.len() as i64,
         annotations: HashMap::new(),
     };
-    let (manifest, index) =
-        if top.media_type == media_types::OCI_INDEX || top.media_type == media_types::DOCKER_LIST {
-            let digest = pick_platform(&top.bytes)?;
-            (store.manifest(&digest).await?, Some(top))
-        } else {
-            (top, None)
-        };
-    let parsed: serde_json::Value = serde_json::from_slice(&manifest.bytes)
-        .map_err(|e| invalid(format!("manifest {}", manifest.digest), e))?;
-    let config_desc = descriptor(&parsed["config"])
-        .ok_or_else(|| invalid(format!("manifest {}", manifest.digest), "no config"))?;
-    let config_digest: Digest = config_desc
-        .digest
-        .parse()
-        .map_err(|e| invalid("config digest", e))?;
-    let config = store.blob_bytes(&config_digest, MAX_CONFIG_BYTES).await?;
-    let config_json: serde_json::Value =
-        serde_json::from_slice(&config).map_err(|e| invalid("image config", e))?;
-    let diff_ids: Vec<String> = config_json["rootfs"]["diff_ids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|d| d.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    let layers: Vec<Layer> = parsed["layers"]
-        .as_array()
-        .map(|a| a.iter().filter_map(descriptor).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .zip(diff_ids.iter())
-        .map(|(descriptor, diff_id)| Layer {
-            descriptor,
-            diff_id: diff_id.clone(),
-        })
-        .collect();
-    if layers.is_empty() || layers.len() != diff_ids.len() {
-        return Err(invalid(
-            format!("image {name}"),
-            "layers and diff_ids do not match",
-        ));
-    }
+    let config_desc = Descriptor {
+        media_type: config.media_type.clone(),
+        digest: config.digest.to_string(),
+        size: config.bytes.len() as i64,
+        annotations: HashMap::new(),
+    };
 
     let mut report = PullReport {
         name: name.to_string(),
@@ -213,14 +199,7 @@ async fn pull_leased(
     let mut parent = String::new();
     let mut chain = String::new();
     for layer in &layers {
-        chain = if chain.is_empty() {
-            layer.diff_id.clone()
-        } else {
-            format!(
-                "sha256:{}",
-                hex::encode(sha2::Sha256::digest(format!("{chain} {}", layer.diff_id)))
-            )
-        };
+        chain = chain_id(&chain, &layer.diff_id);
         let task = progress.bytes(
             &format!("layer {}", short(&layer.descriptor.digest)),
             layer.descriptor.size as u64,
@@ -246,7 +225,7 @@ async fn pull_leased(
     )]);
     config_labels.insert("containerd.io/distribution.source".into(), name.to_string());
     client
-        .write_content(&config_desc, config.clone(), config_labels)
+        .write_content(&config_desc, config.bytes.clone(), config_labels)
         .await?;
     let mut manifest_labels = HashMap::from([(
         "containerd.io/gc.ref.content.config".to_string(),
@@ -346,7 +325,7 @@ async fn unpack_layer(
         task.set(blob.len() as u64);
         let labels = HashMap::from([(
             "containerd.io/uncompressed".to_string(),
-            layer.diff_id.clone(),
+            layer.diff_id.to_string(),
         )]);
         client
             .write_content(&layer.descriptor, blob, labels)
@@ -369,7 +348,7 @@ async fn unpack_layer(
             .unwrap_or_default();
         // As containerd's own unpacker does: the layer is committed under a
         // chain ID made from its diff_id only if it is that diff_id.
-        if applied != layer.diff_id {
+        if applied != layer.diff_id.to_string() {
             return Err(invalid(
                 format!("layer {}", layer.descriptor.digest),
                 format!(
@@ -405,43 +384,6 @@ async fn unpack_layer(
 fn short(digest: &str) -> &str {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     &hex[..hex.len().min(12)]
-}
-
-fn descriptor(v: &serde_json::Value) -> Option<Descriptor> {
-    Some(Descriptor {
-        media_type: v["mediaType"].as_str()?.to_string(),
-        digest: v["digest"].as_str()?.to_string(),
-        size: v["size"].as_i64()?,
-        annotations: v["annotations"]
-            .as_object()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    })
-}
-
-/// The manifest of an index for this host's platform.
-fn pick_platform(index: &[u8]) -> Result<Digest, PullError> {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
-    let parsed: serde_json::Value =
-        serde_json::from_slice(index).map_err(|e| invalid("index", e))?;
-    parsed["manifests"]
-        .as_array()
-        .and_then(|m| {
-            m.iter()
-                .find(|d| d["platform"]["os"] == "linux" && d["platform"]["architecture"] == arch)
-        })
-        .and_then(|d| d["digest"].as_str())
-        .ok_or_else(|| invalid("index", format!("no manifest for linux/{arch}")))?
-        .parse()
-        .map_err(|e| invalid("index entry", e))
 }
 
 /// containerd's API with a namespace and, during the pull, a lease.

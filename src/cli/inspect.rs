@@ -2,9 +2,10 @@
 //! verification of converted layers.
 
 use super::registry_args::RegistryArgs;
+use crate::fetch::{fetch_toc, toc_location};
 use crate::format::{self, EntryKind, Toc, TocEntry};
+use crate::image::platform_image;
 use crate::image::{ImageRef, ImageStore};
-use crate::layer::{fetch_toc, image_layers};
 use anyhow::Context;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -158,11 +159,11 @@ struct Inspected {
 async fn remote_tocs(store: &ImageStore, verify: bool) -> anyhow::Result<Vec<Inspected>> {
     let scratch = tempfile::Builder::new().prefix("loci-inspect-").tempdir()?;
     let mut out = Vec::new();
-    for layer in image_layers(store).await?.layers {
-        if layer.toc_digest.is_none() {
+    for layer in platform_image(store).await?.layers {
+        let Some((toc_digest, _)) = toc_location(&layer)? else {
             eprintln!("{}: not a loci layer ({})", layer.digest, layer.media_type);
             continue;
-        }
+        };
         let (footer, toc) = fetch_toc(store, &layer).await?;
         if verify {
             let path = store
@@ -172,7 +173,7 @@ async fn remote_tocs(store: &ImageStore, verify: bool) -> anyhow::Result<Vec<Ins
             let (_, report) = format::verify_layer(
                 &mut file,
                 layer.size,
-                layer.toc_digest.as_ref(),
+                Some(&toc_digest),
                 Some(&layer.diff_id),
             )
             .with_context(|| format!("verifying layer {}", layer.digest))?;

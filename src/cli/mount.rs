@@ -6,7 +6,7 @@ use crate::cache::ChunkCache;
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::fetch::Fetcher;
-use crate::fs::OpenedImage;
+use crate::fetch::OpenedImage;
 use crate::fs::{self, tree::View};
 use crate::image::{ImageRef, ImageStore};
 use crate::node::{report_loop, ServedImage};
@@ -80,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let fetcher = Arc::new(Fetcher::new(cache, config.fetch.clone()));
     let started = Instant::now();
     let image = runtime
-        .block_on(fs::open_image(&store))
+        .block_on(crate::fetch::open_image(&store))
         .with_context(|| format!("opening {}", args.image))?;
     let toc_ms = started.elapsed().as_millis();
     let manifest = image

@@ -1,7 +1,7 @@
 //! `loci trace`: show and publish start traces kept with images.
 
 use super::registry_args::RegistryArgs;
-use crate::fs::open_image;
+use crate::fetch::open_image;
 use crate::image::{ImageRef, ImageStore};
 use crate::prefetch::{fetch_trace, push_trace, Trace};
 use anyhow::{bail, Context};

@@ -49,7 +49,7 @@ pub fn run(args: Record, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()
         config.fetch.clone(),
     ));
     let image = runtime
-        .block_on(fs::open_image(&store))
+        .block_on(crate::fetch::open_image(&store))
         .with_context(|| format!("opening {}", args.image))?;
     let manifest = image
         .manifest

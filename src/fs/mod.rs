@@ -7,7 +7,4 @@ pub mod takeover;
 pub mod tree;
 
 pub use fuse::LociFs;
-pub use mount::{
-    mount, open_image, open_layer, open_layer_from, serve, Connection, MountError, MountFlags,
-    OpenedImage,
-};
+pub use mount::{mount, serve, Connection, MountError, MountFlags};

@@ -1,15 +1,12 @@
-//! Opening an image's converted layers and mounting them.
+//! Mounting opened layers over FUSE: a new mount, or serving a connection
+//! mounted earlier (see [`super::takeover`]).
 
 use super::fuse::LociFs;
 use super::takeover;
 use super::tree::{Tree, TreeError, View};
-use crate::digest::Digest;
-use crate::fetch::{Fetcher, RemoteLayer};
+use crate::fetch::{Fetcher, LayerError, OpenedImage};
 use crate::format::Toc;
-use crate::image::ImageStore;
-use crate::layer::{decode_toc_tail, fetch_toc, fetch_toc_tail, image_layers, LayerError, TocTail};
 use crate::prefetch::TraceRecorder;
-use crate::registry::Manifest;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,9 +17,6 @@ pub enum MountError {
     /// Reading the image or a layer's TOC failed.
     #[error(transparent)]
     Layer(#[from] LayerError),
-    /// A layer is not in loci's format, so it cannot be read lazily.
-    #[error("layer {layer} is not a loci layer ({media_type}); convert the image first")]
-    NotConverted { layer: String, media_type: String },
     /// The layers do not form a consistent tree.
     #[error(transparent)]
     Tree(#[from] TreeError),
@@ -36,90 +30,6 @@ pub enum MountError {
     /// A FUSE connection could not be served.
     #[error("serving a FUSE connection")]
     Serve(#[source] std::io::Error),
-}
-
-/// An image's layers, ready to mount: their TOCs and where their chunks are.
-pub struct OpenedImage {
-    /// The platform manifest the layers come from (None for a single layer
-    /// opened without its image).
-    pub manifest: Option<Manifest>,
-    /// One entry per layer, bottom first.
-    pub layers: Arc<Vec<RemoteLayer>>,
-    /// The layers' TOCs, in the same order.
-    pub tocs: Vec<Toc>,
-}
-
-/// Resolves the image at `store` and fetches every layer's TOC (a range
-/// read each, verified against its annotated digest).
-pub async fn open_image(store: &ImageStore) -> Result<OpenedImage, MountError> {
-    let mut layers = Vec::new();
-    let mut tocs = Vec::new();
-    let image = image_layers(store).await?;
-    for layer in image.layers {
-        if layer.toc_digest.is_none() {
-            return Err(MountError::NotConverted {
-                layer: layer.digest.to_string(),
-                media_type: layer.media_type,
-            });
-        }
-        let (_, toc) = fetch_toc(store, &layer).await?;
-        layers.push(RemoteLayer {
-            store: store.clone(),
-            digest: layer.digest,
-            chunks: toc.chunks.clone().into(),
-        });
-        tocs.push(toc);
-    }
-    Ok(OpenedImage {
-        manifest: Some(image.manifest),
-        layers: Arc::new(layers),
-        tocs,
-    })
-}
-
-/// Opens one converted layer of the repository `store` points at, known
-/// by its blob digest and TOC digest (as a snapshotter learns them from
-/// snapshot labels, without the manifest): the blob's size from the
-/// registry, then its TOC, verified. The result mounts like a one-layer
-/// image, typically as [`View::OverlayLower`]; the TOC's bytes come with
-/// it, to open the layer again later without the registry
-/// ([`open_layer_from`]).
-pub async fn open_layer(
-    store: &ImageStore,
-    digest: Digest,
-    toc_digest: Digest,
-    toc_offset: Option<u64>,
-) -> Result<(OpenedImage, TocTail), MountError> {
-    let size = store
-        .blob_size(&digest)
-        .await
-        .map_err(|e| MountError::Layer(e.into()))?;
-    let (tail, _, toc) = fetch_toc_tail(store, &digest, size, &toc_digest, toc_offset).await?;
-    Ok((one_layer(store, digest, toc), tail))
-}
-
-/// [`open_layer`] from TOC bytes kept earlier: no request, and the TOC is
-/// verified against `toc_digest` as if it had just been fetched.
-pub fn open_layer_from(
-    store: &ImageStore,
-    digest: Digest,
-    toc_digest: Digest,
-    tail: &TocTail,
-) -> Result<OpenedImage, MountError> {
-    let (_, toc) = decode_toc_tail(&digest, tail, &toc_digest)?;
-    Ok(one_layer(store, digest, toc))
-}
-
-fn one_layer(store: &ImageStore, digest: Digest, toc: Toc) -> OpenedImage {
-    OpenedImage {
-        manifest: None,
-        layers: Arc::new(vec![RemoteLayer {
-            store: store.clone(),
-            digest,
-            chunks: toc.chunks.clone().into(),
-        }]),
-        tocs: vec![toc],
-    }
 }
 
 /// What a mount lets the image's files do on the host. An image's setuid

@@ -5,9 +5,9 @@
 //! directory (whiteouts presented the way overlayfs expects them). Inode
 //! numbers are positions in build order: stable for the same layers.
 
-use crate::format::{EntryKind, Extent, Toc, TocEntry};
+pub use crate::fetch::Content;
+use crate::format::{EntryKind, Toc, TocEntry};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// An inode number; the root is 1.
 pub type Ino = u64;
@@ -42,52 +42,6 @@ pub enum TreeError {
         path: String,
         target: String,
     },
-}
-
-/// Where a regular file's content is: a layer's chunk table and the
-/// file's extents, with their starting offsets for binary search.
-#[derive(Clone, Debug)]
-pub struct Content {
-    /// Index of the layer (bottom first) whose blob holds the content.
-    pub layer: usize,
-    /// The file's extents in file order.
-    pub extents: Arc<[Extent]>,
-    /// `starts[i]` is the file offset where `extents[i]` begins.
-    pub starts: Arc<[u64]>,
-}
-
-impl Content {
-    /// Indexes of the extents overlapping bytes `offset..end` of the file.
-    pub fn extents_in(&self, offset: u64, end: u64) -> std::ops::Range<usize> {
-        let first = self
-            .starts
-            .partition_point(|&s| s <= offset)
-            .saturating_sub(1);
-        let last = self.starts.partition_point(|&s| s < end);
-        let first = (first..last)
-            .find(|&i| self.starts[i] + u64::from(self.extents[i].len) > offset)
-            .unwrap_or(last);
-        first..last
-    }
-
-    /// The file's size: where its last extent ends.
-    pub fn size(&self) -> u64 {
-        match (self.starts.last(), self.extents.last()) {
-            (Some(start), Some(extent)) => start + u64::from(extent.len),
-            _ => 0,
-        }
-    }
-
-    /// The chunk indexes (sorted, unique) holding bytes `offset..end`.
-    pub fn chunks_in(&self, offset: u64, end: u64) -> Vec<u32> {
-        let mut chunks: Vec<u32> = self.extents[self.extents_in(offset, end)]
-            .iter()
-            .map(|e| e.chunk)
-            .collect();
-        chunks.sort_unstable();
-        chunks.dedup();
-        chunks
-    }
 }
 
 /// An inode's type.
@@ -554,29 +508,6 @@ mod tests {
         let mut dangling = entry("c", EntryKind::Hardlink);
         dangling.link = Some(b"missing".to_vec());
         assert!(Tree::build(&[&toc(vec![dangling])], View::Merged).is_err());
-    }
-
-    #[test]
-    fn extents_in_finds_the_extents_a_range_touches() {
-        let extents: Vec<Extent> = [(0, 10), (1, 20), (2, 5)]
-            .iter()
-            .map(|&(chunk, len)| Extent {
-                chunk,
-                offset: 0,
-                len,
-            })
-            .collect();
-        let content = Content {
-            layer: 0,
-            extents: extents.into(),
-            starts: vec![0, 10, 30].into(),
-        };
-        assert_eq!(content.extents_in(0, 1), 0..1);
-        assert_eq!(content.extents_in(9, 11), 0..2);
-        assert_eq!(content.extents_in(10, 30), 1..2);
-        assert_eq!(content.extents_in(29, 100), 1..3);
-        assert!(content.extents_in(35, 40).is_empty());
-        assert_eq!(content.chunks_in(5, 32), vec![0, 1, 2]);
     }
 
     #[test]

@@ -3,9 +3,14 @@
 //! care which.
 
 mod layout;
+mod platform;
 mod store;
 
 pub use layout::OciLayout;
+pub use platform::{
+    chain_id, config_of, host_arch, layers_of, platform_image, platform_manifest, ImageConfig,
+    ImageLayer, PlatformImage,
+};
 pub use store::{ImageError, ImageStore};
 
 use crate::registry::Reference;

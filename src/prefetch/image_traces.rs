@@ -6,8 +6,8 @@ use super::publish::fetch_trace;
 use super::replay::{prefetch, PrefetchConfig};
 use super::trace::Trace;
 use crate::fetch::{Fetcher, RemoteLayer};
+use crate::image::platform_image;
 use crate::image::ImageStore;
-use crate::layer::image_layers;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -92,7 +92,7 @@ async fn lookup(store: &ImageStore) -> anyhow::Result<Option<Trace>> {
     let ImageStore::Registry { client, reference } = store else {
         return Ok(None);
     };
-    let image = image_layers(store).await?;
+    let image = platform_image(store).await?;
     let Some(trace) = fetch_trace(client, &reference.repository, &image.manifest.digest).await?
     else {
         return Ok(None);

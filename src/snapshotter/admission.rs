@@ -12,6 +12,7 @@
 use super::lazy::LazyRequest;
 use crate::digest::Digest;
 use crate::format::{annotations, LayerIdentity, TrustedKeys};
+use crate::image::chain_id;
 use serde::{Deserialize, Serialize};
 
 /// Which layers a node serves lazily (`[snapshotter] trust`).
@@ -74,16 +75,6 @@ impl Admission {
             .verify(&identity, request.signature.as_deref())
             .map(Some)
             .map_err(|e| e.to_string())
-    }
-}
-
-/// The chain ID of a layer with `diff_id` over the layers whose chain ID
-/// is `parent` (OCI image spec: sha256 of "parent diff_id").
-pub fn chain_id(parent: &str, diff_id: &Digest) -> String {
-    if parent.is_empty() {
-        diff_id.to_string()
-    } else {
-        Digest::of(format!("{parent} {diff_id}").as_bytes()).to_string()
     }
 }
 

@@ -8,11 +8,11 @@ use super::meta::{LazySource, Usage};
 use super::metrics::Metrics;
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
+use crate::fetch::{self, OpenedImage, TocTail};
 use crate::fetch::{FetchConfig, Fetcher};
 use crate::format::{annotations, EntryKind, Toc};
-use crate::fs::{self, takeover, tree::View, Connection, MountError, OpenedImage};
+use crate::fs::{self, takeover, tree::View, Connection, MountError};
 use crate::image::{ImageRef, ImageStore};
-use crate::layer::TocTail;
 use crate::prefetch::{ImageTraces, PrefetchConfig};
 use crate::registry::RegistryOptions;
 use std::collections::{BTreeMap, HashMap};
@@ -41,7 +41,10 @@ pub enum LazyError {
         #[source]
         source: crate::image::ImageError,
     },
-    /// The layer's TOC could not be read, or the kernel refused the mount.
+    /// The layer's TOC could not be read.
+    #[error(transparent)]
+    Open(#[from] fetch::LayerError),
+    /// The kernel refused the mount.
     #[error(transparent)]
     Mount(#[from] MountError),
 }
@@ -233,7 +236,7 @@ impl LazyLayers {
             })?;
         if let Some(kept) = mounted_at.map(toc_file) {
             match read_toc_file(&kept) {
-                Ok(tail) => match fs::open_layer_from(&store, digest, toc_digest, &tail) {
+                Ok(tail) => match fetch::open_layer_from(&store, digest, toc_digest, &tail) {
                     Ok(image) => {
                         return Ok(OpenedLayer {
                             image,
@@ -253,7 +256,7 @@ impl LazyLayers {
         }
         let (image, tail) = self
             .runtime
-            .block_on(fs::open_layer(&store, digest, toc_digest, toc_offset))?;
+            .block_on(fetch::open_layer(&store, digest, toc_digest, toc_offset))?;
         Ok(OpenedLayer {
             image,
             source: source.clone(),

@@ -2,10 +2,18 @@
 //! with neighbouring missing chunks coalesced into one range request, every
 //! chunk verified before use, and a deadline on every read.
 
+mod content;
+mod open;
+
+pub use content::Content;
+pub use open::{
+    decode_toc_tail, fetch_toc, fetch_toc_tail, open_image, open_layer, open_layer_from,
+    toc_location, LayerError, OpenedImage, TocTail,
+};
+
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
 use crate::format::{decode_chunk, Chunk};
-use crate::fs::tree::Content;
 use crate::image::ImageStore;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,222 @@
+//! Opening a converted layer: finding it in an image, fetching its TOC
+//! (one range read, verified against the digest the image declares, within
+//! the node's limits) or reading a copy kept earlier, and making it a
+//! [`RemoteLayer`] the fetcher reads chunks of. Everything between an
+//! image in a registry and the chunks a filesystem serves, and nothing of
+//! FUSE.
+
+use super::RemoteLayer;
+use crate::digest::Digest;
+use crate::format::{self, annotations, Footer, FormatError, Limits, Toc, FOOTER_SIZE};
+use crate::image::{platform_image, ImageError, ImageLayer, ImageStore};
+use crate::registry::Manifest;
+use std::sync::Arc;
+
+/// Why a converted layer could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    /// Reading from the store failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A layer is not in loci's format, so it cannot be read lazily.
+    #[error("layer {layer} is not a loci layer ({media_type}); convert the image first")]
+    NotConverted { layer: Digest, media_type: String },
+    /// The layer's bytes were refused.
+    #[error("layer {layer}")]
+    Format {
+        layer: Digest,
+        #[source]
+        source: FormatError,
+    },
+    /// A manifest, config or annotation is not what it must be.
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+}
+
+fn invalid(what: impl std::fmt::Display, reason: impl std::fmt::Display) -> LayerError {
+    LayerError::Invalid {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Where a converted layer's TOC is, from its descriptor's annotations:
+/// the TOC frame's digest, and its offset when annotated. None for a layer
+/// that is not loci's.
+pub fn toc_location(layer: &ImageLayer) -> Result<Option<(Digest, Option<u64>)>, LayerError> {
+    let Some(digest) = layer.annotations.get(annotations::TOC_DIGEST) else {
+        return Ok(None);
+    };
+    let digest = digest
+        .parse()
+        .map_err(|e| invalid(format!("layer {} annotation", layer.digest), e))?;
+    let offset = layer
+        .annotations
+        .get(annotations::TOC_OFFSET)
+        .map(|o| o.parse::<u64>())
+        .transpose()
+        .map_err(|e| invalid(format!("layer {} TOC offset", layer.digest), e))?;
+    Ok(Some((digest, offset)))
+}
+
+/// Fetches and verifies a converted layer's footer and TOC: one range read
+/// of TOC and footer when the offset is annotated, else the footer first.
+pub async fn fetch_toc(
+    store: &ImageStore,
+    layer: &ImageLayer,
+) -> Result<(Footer, Toc), LayerError> {
+    let (expected, toc_offset) = toc_location(layer)?.ok_or_else(|| LayerError::NotConverted {
+        layer: layer.digest,
+        media_type: layer.media_type.clone(),
+    })?;
+    let (_, footer, toc) =
+        fetch_toc_tail(store, &layer.digest, layer.size, &expected, toc_offset).await?;
+    Ok((footer, toc))
+}
+
+/// The end of a converted blob from its TOC on (TOC frame and footer), as
+/// fetched and verified: what a node keeps to read the TOC again without
+/// the registry (see [`decode_toc_tail`]).
+#[derive(Clone, Debug)]
+pub struct TocTail {
+    /// The blob's size.
+    pub blob_size: u64,
+    /// Its bytes from the TOC's offset to the end.
+    pub bytes: Vec<u8>,
+}
+
+/// Fetches a converted layer's TOC frame and footer, verified against
+/// `expected`: one range read when the TOC offset is annotated, else the
+/// footer first. Returns the bytes with what they decode to.
+pub async fn fetch_toc_tail(
+    store: &ImageStore,
+    digest: &Digest,
+    size: u64,
+    expected: &Digest,
+    toc_offset: Option<u64>,
+) -> Result<(TocTail, Footer, Toc), LayerError> {
+    let format_err = |source| LayerError::Format {
+        layer: *digest,
+        source,
+    };
+    // The annotated offset is only a hint from the image: it is used when
+    // the tail it asks for is no longer than a TOC may be.
+    let most = Limits::node().max_toc_frame_bytes + FOOTER_SIZE as u64;
+    let start = match toc_offset {
+        Some(offset) if offset < size && size - offset <= most => offset,
+        _ => size.saturating_sub(FOOTER_SIZE as u64),
+    };
+    let mut base = start;
+    let mut tail = store.blob_range(digest, start..size).await?;
+    let footer = Footer::parse(&tail, size, Limits::node()).map_err(format_err)?;
+    if footer.toc_offset < base {
+        base = footer.toc_offset;
+        tail = store.blob_range(digest, base..size).await?;
+    }
+    let tail = TocTail {
+        blob_size: size,
+        bytes: tail[(footer.toc_offset - base) as usize..].to_vec(),
+    };
+    let (footer, toc) = decode_toc_tail(digest, &tail, expected)?;
+    Ok((tail, footer, toc))
+}
+
+/// Decodes the footer and TOC of a [`TocTail`], checking the TOC against
+/// `expected` (so a tail kept on disk is trusted no more than one fetched).
+pub fn decode_toc_tail(
+    digest: &Digest,
+    tail: &TocTail,
+    expected: &Digest,
+) -> Result<(Footer, Toc), LayerError> {
+    let format_err = |source| LayerError::Format {
+        layer: *digest,
+        source,
+    };
+    let footer = Footer::parse(&tail.bytes, tail.blob_size, Limits::node()).map_err(format_err)?;
+    let begin = tail.blob_size - tail.bytes.len() as u64;
+    if footer.toc_offset != begin {
+        return Err(format_err(FormatError::Truncated {
+            needed: tail.blob_size - footer.toc_offset,
+            actual: tail.bytes.len() as u64,
+        }));
+    }
+    let frame = &tail.bytes[..footer.toc_length.min(tail.bytes.len() as u64) as usize];
+    let toc =
+        format::decode_toc(frame, &footer, Some(expected), Limits::node()).map_err(format_err)?;
+    Ok((footer, toc))
+}
+
+/// An image's layers, ready to mount: their TOCs and where their chunks are.
+pub struct OpenedImage {
+    /// The platform manifest the layers come from (None for a single layer
+    /// opened without its image).
+    pub manifest: Option<Manifest>,
+    /// One entry per layer, bottom first.
+    pub layers: Arc<Vec<RemoteLayer>>,
+    /// The layers' TOCs, in the same order.
+    pub tocs: Vec<Toc>,
+}
+
+/// Resolves the image at `store` and fetches every layer's TOC (a range
+/// read each, verified against its annotated digest).
+pub async fn open_image(store: &ImageStore) -> Result<OpenedImage, LayerError> {
+    let mut layers = Vec::new();
+    let mut tocs = Vec::new();
+    let image = platform_image(store).await?;
+    for layer in image.layers {
+        let (_, toc) = fetch_toc(store, &layer).await?;
+        layers.push(RemoteLayer {
+            store: store.clone(),
+            digest: layer.digest,
+            chunks: toc.chunks.clone().into(),
+        });
+        tocs.push(toc);
+    }
+    Ok(OpenedImage {
+        manifest: Some(image.manifest),
+        layers: Arc::new(layers),
+        tocs,
+    })
+}
+
+/// Opens one converted layer of the repository `store` points at, known
+/// by its blob digest and TOC digest (as a snapshotter learns them from
+/// snapshot labels, without the manifest): the blob's size from the
+/// registry, then its TOC, verified. The result mounts like a one-layer
+/// image, typically as an overlayfs lower dir; the TOC's bytes come with
+/// it, to open the layer again later without the registry
+/// ([`open_layer_from`]).
+pub async fn open_layer(
+    store: &ImageStore,
+    digest: Digest,
+    toc_digest: Digest,
+    toc_offset: Option<u64>,
+) -> Result<(OpenedImage, TocTail), LayerError> {
+    let size = store.blob_size(&digest).await?;
+    let (tail, _, toc) = fetch_toc_tail(store, &digest, size, &toc_digest, toc_offset).await?;
+    Ok((one_layer(store, digest, toc), tail))
+}
+
+/// [`open_layer`] from TOC bytes kept earlier: no request, and the TOC is
+/// verified against `toc_digest` as if it had just been fetched.
+pub fn open_layer_from(
+    store: &ImageStore,
+    digest: Digest,
+    toc_digest: Digest,
+    tail: &TocTail,
+) -> Result<OpenedImage, LayerError> {
+    let (_, toc) = decode_toc_tail(&digest, tail, &toc_digest)?;
+    Ok(one_layer(store, digest, toc))
+}
+
+fn one_layer(store: &ImageStore, digest: Digest, toc: Toc) -> OpenedImage {
+    OpenedImage {
+        manifest: None,
+        layers: Arc::new(vec![RemoteLayer {
+            store: store.clone(),
+            digest,
+            chunks: toc.chunks.clone().into(),
+        }]),
+        tocs: vec![toc],
+    }
+}

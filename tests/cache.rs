@@ -292,7 +292,7 @@ async fn a_failed_fetch_is_not_cached_and_the_next_call_retries() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, CacheError::Fetch { digest: d, reason } if *d == digest && reason.contains("503")),
+        matches!(&err, CacheError::Fetch { digest: d, source } if *d == digest && source.to_string().contains("503")),
         "{err}"
     );
     assert!(!cache.contains(&digest));

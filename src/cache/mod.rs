@@ -49,8 +49,12 @@ pub enum CacheError {
     #[error("bytes for chunk {digest} hash to {actual} instead")]
     Corrupt { digest: Digest, actual: Digest },
     /// The caller's fetch failed.
-    #[error("fetching chunk {digest} failed: {reason}")]
-    Fetch { digest: Digest, reason: String },
+    #[error("fetching chunk {digest} failed")]
+    Fetch {
+        digest: Digest,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// The disk tier stopped writing after an earlier failed write.
     #[error("chunk cache database, {context}: the disk tier takes no writes after a failed one")]
     DiskStopped { context: &'static str },
@@ -247,7 +251,7 @@ impl ChunkCache {
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Bytes, E>> + Send,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.get_or_fetch_with(digest, fetch, Fetched::Unchecked)
             .await
@@ -265,7 +269,7 @@ impl ChunkCache {
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Bytes, E>> + Send,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.get_or_fetch_with(digest, fetch, Fetched::Verified)
             .await
@@ -280,7 +284,7 @@ impl ChunkCache {
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Bytes, E>> + Send,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let mut fetch = Some(fetch);
         loop {
@@ -316,7 +320,7 @@ impl ChunkCache {
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Bytes, E>> + Send,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let tiers = Arc::clone(&self.tiers);
         let key = *digest;
@@ -330,10 +334,11 @@ impl ChunkCache {
         counters.record_fetch_latency(started.elapsed());
         let data = fetched.map_err(|e| {
             Counters::bump(&counters.fetch_errors);
-            tracing::warn!(%digest, error = %e, "chunk fetch failed");
+            let source: Arc<dyn std::error::Error + Send + Sync> = Arc::from(e.into());
+            tracing::warn!(%digest, error = %crate::error_chain::chain(&*source), "chunk fetch failed");
             CacheError::Fetch {
                 digest: *digest,
-                reason: e.to_string(),
+                source,
             }
         })?;
         Counters::add(&counters.bytes_fetched, data.len() as u64);

@@ -66,11 +66,12 @@ pub struct RemoteLayer {
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The registry failed, or a chunk failed verification, or the cache.
-    #[error("layer {layer}: chunk {chunk}: {reason}")]
+    #[error("layer {layer}: chunk {chunk}")]
     Chunk {
         layer: Digest,
         chunk: Digest,
-        reason: String,
+        #[source]
+        source: crate::cache::CacheError,
     },
     /// The read took longer than the configured deadline.
     #[error("layer {layer}: read not served within {after:?}")]
@@ -225,7 +226,7 @@ impl Fetcher {
         }));
         if let Err(e) = &result {
             self.stats.failed_reads.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "read failed");
+            tracing::error!(error = %crate::error_chain::chain(e), "read failed");
             let now = Instant::now();
             let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
             failed.retain(|_, at| now.duration_since(*at) < FAIL_FAST);
@@ -378,7 +379,7 @@ impl Fetcher {
                 .store
                 .blob_range(&layer.digest, start..end)
                 .await
-                .map_err(|e| format!("{e:#}"))?;
+                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)?;
             self.record_request(bytes.len() as u64, began.elapsed());
             let mut leader_bytes = None;
             for &i in run {
@@ -391,7 +392,7 @@ impl Fetcher {
                         self.stats.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(layer = %layer.digest, chunk = %chunk.digest, error = %e, "registry served a corrupt chunk; not served");
                         if i == run[0] {
-                            return Err(e.to_string());
+                            return Err(Box::<dyn std::error::Error + Send + Sync>::from(e));
                         }
                         continue;
                     }
@@ -404,15 +405,17 @@ impl Fetcher {
                     self.cache.insert_verified(&chunk.digest, data);
                 }
             }
-            Ok::<Bytes, String>(leader_bytes.expect("leader decoded"))
+            Ok::<Bytes, Box<dyn std::error::Error + Send + Sync>>(
+                leader_bytes.expect("leader decoded"),
+            )
         };
         self.cache
             .get_or_fetch_verified(&leader.digest, fetch)
             .await
-            .map_err(|e| FetchError::Chunk {
+            .map_err(|source| FetchError::Chunk {
                 layer: layer.digest,
                 chunk: leader.digest,
-                reason: format!("{e:#}"),
+                source,
             })
     }
 
@@ -442,3 +445,6 @@ impl Drop for DemandGuard<'_> {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;

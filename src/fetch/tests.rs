@@ -1,0 +1,298 @@
+//! The middle of the read path without root, FUSE or a registry: a
+//! converted layer in an OCI layout in a temp dir (the store every test
+//! reads through, as stargz-snapshotter tests its blob reader with fake
+//! transports), table-driven: which runs missing chunks coalesce into,
+//! which neighbours a fetching read brings along, and that `read_file`
+//! returns the file's bytes with the requests the tables say.
+
+use super::*;
+use crate::cache::CacheConfig;
+use crate::format::{convert_layer, read_toc, ConvertOptions, EntryKind, Toc};
+use crate::image::OciLayout;
+
+/// Chunks of `len` compressed bytes each at the given blob offsets.
+fn chunk_table(layout: &[(u64, u32)]) -> Arc<[Chunk]> {
+    layout
+        .iter()
+        .enumerate()
+        .map(|(i, &(blob_offset, compressed_len))| Chunk {
+            blob_offset,
+            compressed_len,
+            len: compressed_len * 2,
+            digest: Digest::of(&(i as u64).to_le_bytes()),
+        })
+        .collect()
+}
+
+fn fetcher(dir: &std::path::Path, config: FetchConfig) -> Fetcher {
+    let cache = ChunkCache::open(&CacheConfig {
+        dir: dir.join("cache"),
+        memory_bytes: 64 << 20,
+        disk_bytes: 1 << 30,
+        disk_min_free_bytes: 0,
+        ..CacheConfig::default()
+    })
+    .unwrap();
+    Fetcher::new(cache, config)
+}
+
+fn layout_store(dir: &std::path::Path) -> ImageStore {
+    ImageStore::Layout {
+        layout: OciLayout::open(&dir.join("layout"), true).unwrap(),
+        tag: "t".into(),
+    }
+}
+
+#[test]
+fn missing_chunks_coalesce_into_runs_within_the_gap_and_size_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    // Chunks of 100 bytes: 0..100, 100..200, 250..350, 1000..1100, 1100..1200.
+    let layer = RemoteLayer {
+        store: layout_store(dir.path()),
+        digest: Digest::of(b"blob"),
+        chunks: chunk_table(&[(0, 100), (100, 100), (250, 100), (1000, 100), (1100, 100)]),
+    };
+    // (max_gap, max_request, missing, runs)
+    let cases: &[(u64, u64, &[u32], &[&[u32]])] = &[
+        (0, 1 << 20, &[0, 1, 2, 3, 4], &[&[0, 1], &[2], &[3, 4]]),
+        (50, 1 << 20, &[0, 1, 2, 3, 4], &[&[0, 1, 2], &[3, 4]]),
+        (1000, 1 << 20, &[0, 1, 2, 3, 4], &[&[0, 1, 2, 3, 4]]),
+        (1000, 300, &[0, 1, 2, 3, 4], &[&[0, 1], &[2], &[3, 4]]),
+        (1000, 1 << 20, &[0, 2, 4], &[&[0, 2, 4]]),
+        (0, 1 << 20, &[0, 4], &[&[0], &[4]]),
+        (0, 1 << 20, &[], &[]),
+    ];
+    for (gap, request, missing, runs) in cases {
+        let f = fetcher(
+            dir.path(),
+            FetchConfig {
+                max_gap_bytes: *gap,
+                max_request_bytes: *request,
+                ..FetchConfig::default()
+            },
+        );
+        let got = f.runs(&layer, missing);
+        let want: Vec<Vec<u32>> = runs.iter().map(|r| r.to_vec()).collect();
+        assert_eq!(
+            got, want,
+            "gap {gap}, request {request}, missing {missing:?}"
+        );
+    }
+}
+
+#[test]
+fn a_fetching_read_brings_the_uncached_chunks_after_it_within_the_amplification() {
+    let dir = tempfile::tempdir().unwrap();
+    let layer = RemoteLayer {
+        store: layout_store(dir.path()),
+        digest: Digest::of(b"blob"),
+        chunks: chunk_table(&[(0, 100), (100, 100), (200, 100), (300, 100), (400, 100)]),
+    };
+    // (amplify_bytes, chunks read, cached before, neighbours)
+    let cases: &[(u64, &[u32], &[u32], &[u32])] = &[
+        (0, &[0], &[], &[]),
+        (300, &[0], &[], &[1, 2]),
+        (1 << 20, &[0], &[], &[1, 2, 3, 4]),
+        (1 << 20, &[0], &[2], &[1, 3, 4]),
+        (300, &[1, 2], &[], &[3]),
+        // Nothing to fetch: no neighbours either.
+        (1 << 20, &[0], &[0], &[]),
+    ];
+    for (amplify, read, cached, neighbours) in cases {
+        let sub = tempfile::tempdir().unwrap();
+        let f = fetcher(
+            sub.path(),
+            FetchConfig {
+                amplify_bytes: *amplify,
+                ..FetchConfig::default()
+            },
+        );
+        for &i in *cached {
+            let data = Bytes::from(vec![i as u8; 10]);
+            let digest = Digest::of(&data);
+            f.cache.insert(&digest, data).unwrap();
+            // Stand the cached chunk in for chunk i.
+            let mut chunks = layer.chunks.to_vec();
+            chunks[i as usize].digest = digest;
+            let layer = RemoteLayer {
+                store: layer.store.clone(),
+                digest: layer.digest,
+                chunks: chunks.into(),
+            };
+            assert_eq!(
+                f.blob_neighbours(&layer, read),
+                neighbours.to_vec(),
+                "amplify {amplify}, read {read:?}, cached {cached:?}"
+            );
+        }
+        if cached.is_empty() {
+            assert_eq!(
+                f.blob_neighbours(&layer, read),
+                neighbours.to_vec(),
+                "amplify {amplify}, read {read:?}"
+            );
+        }
+    }
+}
+
+/// A converted layer of four files in a layout: two small (one pack
+/// chunk), two of 200 KiB (16 KiB chunks each).
+struct Converted {
+    _dir: tempfile::TempDir,
+    layer: RemoteLayer,
+    toc: Toc,
+    files: Vec<(&'static str, Vec<u8>)>,
+}
+
+fn converted() -> Converted {
+    let dir = tempfile::tempdir().unwrap();
+    let mut seed = 7u64;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as u8
+            })
+            .collect()
+    };
+    let files = vec![
+        ("a.txt", b"small file a\n".to_vec()),
+        ("b.txt", b"small file b\n".to_vec()),
+        ("big1.bin", random(200 << 10)),
+        ("big2.bin", random(200 << 10)),
+    ];
+    let mut tar = tar::Builder::new(Vec::new());
+    for (name, data) in &files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, name, &data[..]).unwrap();
+    }
+    let tar = tar.into_inner().unwrap();
+    let mut blob = Vec::new();
+    let options = ConvertOptions {
+        chunk_size: 16 << 10,
+        ..ConvertOptions::default()
+    };
+    let summary = convert_layer(&tar[..], &mut blob, &options, &|_| {}).unwrap();
+    let store = layout_store(dir.path());
+    let ImageStore::Layout { layout, .. } = &store else {
+        unreachable!()
+    };
+    layout.put_blob(&summary.blob_digest, &blob).unwrap();
+    let (_, toc) = read_toc(
+        &mut std::io::Cursor::new(&blob),
+        blob.len() as u64,
+        Some(&summary.toc_digest),
+    )
+    .unwrap();
+    Converted {
+        layer: RemoteLayer {
+            store,
+            digest: summary.blob_digest,
+            chunks: toc.chunks.clone().into(),
+        },
+        toc,
+        files,
+        _dir: dir,
+    }
+}
+
+fn content_of(toc: &Toc, path: &str) -> Content {
+    let entry = toc
+        .entries
+        .iter()
+        .find(|e| e.path == path.as_bytes() && e.kind == EntryKind::File)
+        .unwrap();
+    let mut at = 0;
+    let starts: Vec<u64> = entry
+        .extents
+        .iter()
+        .map(|e| {
+            let start = at;
+            at += u64::from(e.len);
+            start
+        })
+        .collect();
+    Content {
+        layer: 0,
+        extents: entry.extents.clone().into(),
+        starts: starts.into(),
+    }
+}
+
+#[test]
+fn read_file_returns_the_bytes_asked_with_the_requests_expected() {
+    let c = converted();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // (file, offset, len, amplify, requests for this read from a cold cache)
+    let cases: &[(&str, u64, u64, u64, u64)] = &[
+        ("a.txt", 0, 13, 0, 1),
+        ("a.txt", 5, 100, 0, 1),
+        ("big1.bin", 0, 4096, 0, 1),
+        ("big1.bin", 100_000, 60_000, 0, 1),
+        ("big1.bin", 0, 200 << 10, 0, 1),
+        ("big2.bin", 150_000, 1, 0, 1),
+        ("big1.bin", 204_799, 10, 0, 1),
+        ("b.txt", 13, 10, 0, 0),
+    ];
+    for (file, offset, len, amplify, requests) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fetcher(
+            dir.path(),
+            FetchConfig {
+                amplify_bytes: *amplify,
+                ..FetchConfig::default()
+            },
+        );
+        let content = content_of(&c.toc, file);
+        let got = runtime
+            .block_on(f.read_file(&c.layer, &content, *offset, *len, 0))
+            .unwrap();
+        let data = &c.files.iter().find(|(n, _)| n == file).unwrap().1;
+        let start = (*offset as usize).min(data.len());
+        let end = ((offset + len) as usize).min(data.len());
+        assert_eq!(got, data[start..end], "{file} {offset}+{len}");
+        assert_eq!(
+            f.stats.requests.load(Ordering::Relaxed),
+            *requests,
+            "{file} {offset}+{len}: range requests"
+        );
+    }
+}
+
+#[test]
+fn amplification_fetches_the_next_file_with_the_first() {
+    let c = converted();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (amplify, requests_for_both) in [(0u64, 2u64), (1 << 20, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fetcher(
+            dir.path(),
+            FetchConfig {
+                amplify_bytes: amplify,
+                ..FetchConfig::default()
+            },
+        );
+        for file in ["big1.bin", "big2.bin"] {
+            let content = content_of(&c.toc, file);
+            let got = runtime
+                .block_on(f.read_file(&c.layer, &content, 0, 200 << 10, 0))
+                .unwrap();
+            assert_eq!(got, c.files.iter().find(|(n, _)| *n == file).unwrap().1);
+        }
+        assert_eq!(
+            f.stats.requests.load(Ordering::Relaxed),
+            requests_for_both,
+            "amplify {amplify}"
+        );
+    }
+}

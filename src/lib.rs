@@ -22,5 +22,6 @@ pub mod progress;
 pub mod pull;
 pub mod registry;
 pub mod scheduler;
+pub mod serve;
 pub mod sim;
 pub mod snapshotter;

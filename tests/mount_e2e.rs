@@ -311,8 +311,10 @@ fn registry_faults_give_eio_in_bounded_time_and_corrupt_chunks_are_never_served(
         "EIO took {took:?} (deadline 5 s)"
     );
 
-    // Registry back (same storage, same address): the read works.
+    // Registry back (same storage, same address): the read works, once the
+    // second in which a chunk that just failed fails at once has passed.
     setup.registry.restart();
+    std::thread::sleep(loci::fetch::FAIL_FAST);
     let original_hash = sha256_file(&setup.layout_file("data/big-random.bin"));
     assert_eq!(
         sha256_file(&mount.dir.join("data/big-random.bin")),

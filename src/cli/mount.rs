@@ -2,19 +2,15 @@
 //! SIGINT/SIGTERM.
 
 use super::registry_args::RegistryArgs;
-use crate::cache::ChunkCache;
 use crate::config::Config;
-use crate::digest::Digest;
 use crate::fetch::Fetcher;
-use crate::fetch::OpenedImage;
-use crate::fs::{self, tree::View};
+use crate::fs::MountFlags;
 use crate::image::{ImageRef, ImageStore};
-use crate::node::{report_loop, ServedImage};
-use crate::prefetch::{fetch_trace, prefetch, push_trace, Trace, TraceRecorder};
+use crate::prefetch::push_trace;
+use crate::serve::{serve_image, ServeOptions};
 use anyhow::Context;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Mount a converted image read-only, fetching chunks as they are read.
@@ -76,80 +72,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let runtime = super::runtime()?;
     let store = ImageStore::open(&args.image, &args.registry.options(), false)?;
-    let cache = ChunkCache::open(&config.cache).context("opening the chunk cache")?;
-    let fetcher = Arc::new(Fetcher::new(cache, config.fetch.clone()));
-    let started = Instant::now();
-    let image = runtime
-        .block_on(crate::fetch::open_image(&store))
-        .with_context(|| format!("opening {}", args.image))?;
-    let toc_ms = started.elapsed().as_millis();
-    let manifest = image
-        .manifest
-        .clone()
-        .context("the image has no manifest")?;
-    let layers = image.layers.len();
-    let trace = if args.no_prefetch || !config.prefetch.enabled {
-        None
-    } else {
-        runtime.block_on(find_trace(&store, &manifest.digest, &image))
-    };
-    if let Some(trace) = &trace {
-        runtime.spawn(prefetch(
-            fetcher.clone(),
-            image.layers.clone(),
-            trace.clone(),
-            config.prefetch.clone(),
-        ));
-    }
-    let report_now = Arc::new(tokio::sync::Notify::new());
-    if let Some(url) = &args.scheduler {
-        let served = ServedImage {
-            image: match &args.image {
-                ImageRef::Registry(reference) => reference.to_string(),
-                other => other.to_string(),
-            },
-            chunks: image
-                .tocs
-                .iter()
-                .flat_map(|t| t.chunks.iter().map(|c| c.digest))
-                .collect(),
-            trace: trace
-                .as_ref()
-                .map(|t| t.accesses.iter().map(|a| a.digest).collect()),
-        };
-        let node_id = args.node_id.clone().unwrap_or_else(hostname);
-        runtime.spawn(report_loop(
-            url.clone(),
-            node_id,
-            fetcher.cache().clone(),
-            vec![served],
-            Duration::from_secs(args.report_interval_secs.max(1)),
-            report_now.clone(),
-        ));
-    }
-    let recorder = args.record_trace.as_ref().map(|_| {
-        Arc::new(TraceRecorder::new(
-            image.layers.iter().map(|l| l.digest).collect(),
-        ))
-    });
-    let session = fs::mount(
-        &image,
-        View::Merged,
-        &args.dir,
-        fs::MountFlags {
+    let options = ServeOptions {
+        flags: MountFlags {
             suid: args.suid,
             dev: args.dev,
             allow_other: args.allow_other,
         },
-        fetcher.clone(),
-        runtime.handle().clone(),
-        args.threads,
-        recorder.clone(),
-    )?;
+        threads: args.threads,
+        replay_trace: !args.no_prefetch,
+        record_trace: args.record_trace.is_some(),
+        scheduler: args.scheduler.clone().map(|url| {
+            (
+                url,
+                args.node_id.clone().unwrap_or_else(hostname),
+                Duration::from_secs(args.report_interval_secs),
+            )
+        }),
+    };
+    let served = serve_image(&runtime, &store, &args.image, &args.dir, &config, &options)?;
     eprintln!(
-        "mounted {} at {} ({layers} layers; TOCs in {toc_ms} ms); SIGINT or SIGTERM unmounts",
+        "mounted {} at {} ({} layers; TOCs in {} ms); SIGINT or SIGTERM unmounts",
         args.image,
-        args.dir.display()
+        args.dir.display(),
+        served.image.layers.len(),
+        served.toc_time.as_millis()
     );
     let print_stats = |fetcher: &Fetcher| {
         let stats = serde_json::json!({
@@ -167,19 +113,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = usr1.recv() => {
-                    report_now.notify_one();
+                    served.report_now.notify_one();
                     if args.stats {
-                        print_stats(&fetcher);
+                        print_stats(&served.fetcher);
                     }
                 }
             }
         }
         anyhow::Ok(())
     })?;
-    session.umount_and_join().context("unmounting")?;
-    fetcher.cache().persist();
-    if let (Some(recorder), Some(path)) = (&recorder, &args.record_trace) {
-        let trace = recorder.trace();
+    let fetcher = served.fetcher.clone();
+    let manifest = served.manifest.clone();
+    let trace = served.unmount().context("unmounting")?;
+    if let (Some(trace), Some(path)) = (&trace, &args.record_trace) {
         std::fs::write(path, trace.encode())
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!(
@@ -192,7 +138,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 anyhow::bail!("--publish-trace needs a registry image, not {}", args.image);
             };
             let digest =
-                runtime.block_on(push_trace(client, &reference.repository, &manifest, &trace))?;
+                runtime.block_on(push_trace(client, &reference.repository, &manifest, trace))?;
             eprintln!(
                 "trace published as {digest}, referring to {}",
                 manifest.digest
@@ -210,36 +156,4 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
-}
-
-/// The image's newest trace from the registry, if it has one that fits the
-/// layers; anything wrong with it is a warning, never a failure: the mount
-/// still serves lazily without it.
-async fn find_trace(store: &ImageStore, manifest: &Digest, image: &OpenedImage) -> Option<Trace> {
-    let ImageStore::Registry { client, reference } = store else {
-        return None;
-    };
-    match fetch_trace(client, &reference.repository, manifest).await {
-        Ok(Some(trace)) => match trace.validate(&image.layers) {
-            Ok(()) => {
-                tracing::info!(
-                    accesses = trace.accesses.len(),
-                    "replaying the image's start trace"
-                );
-                Some(trace)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "ignoring the image's trace");
-                None
-            }
-        },
-        Ok(None) => {
-            tracing::info!("no start trace for this image; serving lazily without prefetch");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "ignoring the image's trace");
-            None
-        }
-    }
 }

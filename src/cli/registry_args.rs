@@ -1,5 +1,6 @@
 //! Registry flags shared by every subcommand that talks to a registry.
 
+use crate::image::{ImageRef, ImageStore};
 use crate::registry::RegistryOptions;
 use std::time::Duration;
 
@@ -25,6 +26,20 @@ impl RegistryArgs {
             timeout: Duration::from_secs(self.timeout_secs),
             retries: self.retries,
             ..RegistryOptions::default()
+        }
+    }
+}
+
+/// The registry client and repository of an image kept in a registry;
+/// traces are kept nowhere else.
+pub(super) fn registry_of<'a>(
+    store: &'a ImageStore,
+    image: &ImageRef,
+) -> anyhow::Result<(&'a crate::registry::RegistryClient, &'a str)> {
+    match store {
+        ImageStore::Registry { client, reference } => Ok((client, reference.repository.as_str())),
+        ImageStore::Layout { .. } => {
+            anyhow::bail!("traces are kept in registries; {image} is a layout")
         }
     }
 }

@@ -1,6 +1,6 @@
 //! `loci trace`: show and publish start traces kept with images.
 
-use super::registry_args::RegistryArgs;
+use super::registry_args::{registry_of, RegistryArgs};
 use crate::fetch::open_image;
 use crate::image::{ImageRef, ImageStore};
 use crate::prefetch::{fetch_trace, push_trace, Trace};
@@ -19,7 +19,7 @@ enum TraceCommand {
     /// Run CMD in a container of the image through containerd, with the
     /// image's root served lazily by loci; record every chunk it reads and
     /// publish the trace with the image.
-    Record(RecordArgs),
+    Record(super::trace_record::Args),
     /// Print the trace the registry keeps for an image, as JSON.
     Show {
         #[command(flatten)]
@@ -42,43 +42,11 @@ enum TraceCommand {
     },
 }
 
-/// `loci trace record`.
-#[derive(clap::Args, Debug)]
-struct RecordArgs {
-    #[command(flatten)]
-    registry: RegistryArgs,
-    /// containerd's socket.
-    #[arg(long, default_value = "/run/containerd/containerd.sock")]
-    address: PathBuf,
-    /// containerd namespace to run the container in.
-    #[arg(long, default_value = "default")]
-    namespace: String,
-    /// Node configuration file (TOML: [cache], [fetch]).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Stop recording (and the container) after this many seconds.
-    #[arg(long, default_value_t = 300)]
-    run_timeout_secs: u64,
-    /// Also write the trace to this file.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Do not publish the trace to the registry.
-    #[arg(long)]
-    no_publish: bool,
-    /// The converted image.
-    image: ImageRef,
-    /// The start command to run in it.
-    #[arg(last = true, required = true)]
-    command: Vec<String>,
-}
-
 /// Runs the trace subcommand.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
     match args.command {
-        TraceCommand::Record(record_args) => {
-            super::trace_record::run(record_args.into(), &runtime)?
-        }
+        TraceCommand::Record(record_args) => super::trace_record::run(record_args, &runtime)?,
         TraceCommand::Show { registry, image } => {
             let store = ImageStore::open(&image, &registry.options(), false)?;
             let (client, repo) = registry_of(&store, &image)?;
@@ -139,30 +107,4 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-impl From<RecordArgs> for super::trace_record::Record {
-    fn from(a: RecordArgs) -> Self {
-        super::trace_record::Record {
-            registry: a.registry,
-            address: a.address,
-            namespace: a.namespace,
-            config: a.config,
-            run_timeout_secs: a.run_timeout_secs,
-            out: a.out,
-            publish: !a.no_publish,
-            image: a.image,
-            command: a.command,
-        }
-    }
-}
-
-pub(super) fn registry_of<'a>(
-    store: &'a ImageStore,
-    image: &ImageRef,
-) -> anyhow::Result<(&'a crate::registry::RegistryClient, &'a str)> {
-    match store {
-        ImageStore::Registry { client, reference } => Ok((client, reference.repository.as_str())),
-        ImageStore::Layout { .. } => bail!("traces are kept in registries; {image} is a layout"),
-    }
 }

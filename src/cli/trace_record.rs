@@ -5,8 +5,8 @@
 //! containerd runs CMD on it (`ctr run --rootfs`, runc underneath) until it
 //! exits or the timeout passes. The trace is then published with the image.
 
+use super::registry_args::registry_of;
 use super::registry_args::RegistryArgs;
-use super::trace::registry_of;
 use crate::cache::ChunkCache;
 use crate::config::Config;
 use crate::fetch::Fetcher;
@@ -19,21 +19,38 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What to record.
-pub struct Record {
+/// `loci trace record`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
     pub registry: RegistryArgs,
+    /// containerd's socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
     pub address: PathBuf,
+    /// containerd namespace to run the container in.
+    #[arg(long, default_value = "default")]
     pub namespace: String,
+    /// Node configuration file (TOML: [cache], [fetch]).
+    #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Stop recording (and the container) after this many seconds.
+    #[arg(long, default_value_t = 300)]
     pub run_timeout_secs: u64,
+    /// Also write the trace to this file.
+    #[arg(long)]
     pub out: Option<PathBuf>,
-    pub publish: bool,
+    /// Do not publish the trace to the registry.
+    #[arg(long)]
+    pub no_publish: bool,
+    /// The converted image.
     pub image: ImageRef,
+    /// The start command to run in it.
+    #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
 
 /// Records and publishes the trace of one start.
-pub fn run(args: Record, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+pub fn run(args: Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let config = match &args.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -103,7 +120,7 @@ pub fn run(args: Record, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()
         std::fs::write(path, trace.encode())
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if args.publish {
+    if !args.no_publish {
         let (client, repo) = registry_of(&store, &args.image)?;
         let digest = runtime.block_on(push_trace(client, repo, &manifest, &trace))?;
         println!("{digest}");
@@ -113,7 +130,7 @@ pub fn run(args: Record, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()
 
 /// Runs the command in a container on `rootfs` through containerd, killing
 /// it at the timeout.
-fn run_container(args: &Record, rootfs: &Path) -> anyhow::Result<()> {
+fn run_container(args: &Args, rootfs: &Path) -> anyhow::Result<()> {
     let id = format!("loci-trace-{}", std::process::id());
     let mut child = Command::new("ctr")
         .arg("--address")

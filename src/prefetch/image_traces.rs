@@ -2,7 +2,7 @@
 //! each image's trace is looked up once, and each lazily mounted layer
 //! replays the part of it that reads that layer.
 
-use super::publish::fetch_trace;
+use super::lookup::find_trace;
 use super::replay::{prefetch, PrefetchConfig};
 use super::trace::Trace;
 use crate::fetch::{Fetcher, RemoteLayer};
@@ -58,51 +58,25 @@ impl ImageTraces {
         prefetch(fetcher, layers, sub, config).await;
     }
 
-    /// The image's trace, looked up once per image: it must list exactly
-    /// the image's layers; anything wrong is a warning and no trace.
+    /// The image's trace, looked up once per image (see [`find_trace`]).
     async fn trace_of(&self, image: &str, store: &ImageStore) -> Option<Arc<Trace>> {
         let mut known = self.known.lock().await;
         if let Some(found) = known.get(image) {
             return found.clone();
         }
-        let found = match lookup(store).await {
-            Ok(Some(trace)) => {
-                tracing::info!(
-                    image,
-                    accesses = trace.accesses.len(),
-                    "replaying the image's start trace"
-                );
-                Some(Arc::new(trace))
-            }
-            Ok(None) => {
-                tracing::info!(image, "no start trace for this image");
-                None
+        let found = match platform_image(store).await {
+            Ok(platform) => {
+                let layers: Vec<_> = platform.layers.iter().map(|l| l.digest).collect();
+                find_trace(store, &platform.manifest.digest, &layers)
+                    .await
+                    .map(Arc::new)
             }
             Err(e) => {
-                tracing::warn!(image, error = %e, "ignoring the image's trace");
+                tracing::warn!(image, error = %crate::error_chain::chain(&e), "no trace: the image's manifest did not read");
                 None
             }
         };
         known.insert(image.to_string(), found.clone());
         found
     }
-}
-
-async fn lookup(store: &ImageStore) -> anyhow::Result<Option<Trace>> {
-    let ImageStore::Registry { client, reference } = store else {
-        return Ok(None);
-    };
-    let image = platform_image(store).await?;
-    let Some(trace) = fetch_trace(client, &reference.repository, &image.manifest.digest).await?
-    else {
-        return Ok(None);
-    };
-    let layers: Vec<_> = image.layers.iter().map(|l| l.digest).collect();
-    if trace.layers != layers {
-        anyhow::bail!(
-            "trace is for layers {:?}, the image has {layers:?}",
-            trace.layers
-        );
-    }
-    Ok(Some(trace))
 }

@@ -3,12 +3,14 @@
 //! the next cold start ahead of the reads that need them.
 
 mod image_traces;
+mod lookup;
 mod publish;
 mod recorder;
 mod replay;
 mod trace;
 
 pub use image_traces::ImageTraces;
+pub use lookup::find_trace;
 pub use publish::{fetch_trace, push_raw_trace, push_trace, PublishError, TRACE_ARTIFACT_TYPE};
 pub use recorder::TraceRecorder;
 pub use replay::{prefetch, PrefetchConfig, PrefetchReport};

@@ -1,10 +1,13 @@
 //! loci — lazy OCI.
 //!
-//! Data flows one way through the modules:
-//! `registry`/`image` (where blobs come from) → `format` (TOC, chunks;
-//! `convert` turns ordinary layers into it) → `cache` (chunks on this node)
-//! → `fetch` (chunks of a layer, through the cache) → `fs` (FUSE) →
-//! `node` (reports to the `scheduler`) → `cli`.
+//! Data flows one way through the modules, and nothing imports from a
+//! module further along: `registry` (distribution client, auth) → `image`
+//! (stores, platforms, layers) → `format` (TOC, chunks; `convert` turns
+//! ordinary layers into it) → `cache` (chunks on this node) and `fetch`
+//! (opening layers, chunk reads through the cache) → `fs` (FUSE only) →
+//! `serve` (one image at a directory) and `snapshotter` (containerd);
+//! `prefetch` (start traces), `node` (reports), `scheduler` and `sim`
+//! beside; `cli` parses and wires.
 
 pub mod cache;
 pub mod cli;

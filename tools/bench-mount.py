@@ -17,7 +17,7 @@ import argparse, json, os, random, shutil, signal, socket, subprocess, sys, temp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from harness import drop_caches, free_port  # noqa: E402
+from harness import drop_caches, free_port, start_registry  # noqa: E402
 
 
 def seq_read(path):
@@ -79,13 +79,8 @@ def main():
         subprocess.run([sys.executable, os.path.join(ROOT, "tools/make-fixture-image.py"), layout,
                         "--tag", "v1", "--big-mib", str(args.mib + 8)], check=True, stdout=log)
         addr = f"127.0.0.1:{free_port()}"
-        with open(os.path.join(ROOT, "fixtures/registry.yml")) as f:
-            cfg = f.read().replace("@ROOT@", os.path.join(work, "storage")).replace("@ADDR@", addr)
-        with open(os.path.join(work, "registry.yml"), "w") as f:
-            f.write(cfg)
-        reg = subprocess.Popen(["docker-registry", "serve", os.path.join(work, "registry.yml")], stdout=log, stderr=log)
-        while socket.socket().connect_ex(tuple([addr.split(":")[0], int(addr.split(":")[1])])) != 0:
-            time.sleep(0.05)
+        reg = start_registry(work, addr, os.path.join(work, "storage"),
+                             lambda cmd: subprocess.Popen(cmd, stdout=log, stderr=log))
         subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:v1",
                         f"docker://{addr}/bench:v1"], check=True)
         ref = f"{addr}/bench:loci"

@@ -51,7 +51,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from harness import drop_caches, free_port, wait_for  # noqa: E402
+from harness import drop_caches, free_port, start_registry, wait_for  # noqa: E402
 
 ALL_MODES = ["overlayfs", "loci", "loci-trace", "loci-warm", "loci-fs", "nydus-fs"]
 PYTHON_PACKAGES = "python3,python3-numpy,python3-pandas,python3-scipy,python3-matplotlib,python3-sklearn"
@@ -168,16 +168,10 @@ class Env:
             self.addr, listen = self.shaped_link(self.args.link)
         else:
             self.addr = listen = f"127.0.0.1:{free_port()}"
-        with open(os.path.join(ROOT, "fixtures/registry.yml")) as f:
-            cfg = f.read().replace("@ROOT@", os.path.join(self.work, "registry")).replace("@ADDR@", listen)
-        path = os.path.join(self.work, "registry.yml")
-        with open(path, "w") as f:
-            f.write(cfg)
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        self.registry = self.spawn(prefix + ["docker-registry", "serve", path], "registry")
+        self.registry = start_registry(self.work, listen, os.path.join(self.work, "registry"),
+                                       lambda cmd: self.spawn(cmd, "registry"), prefix, reach=self.addr)
         self.registry_log = os.path.join(self.work, f"registry-{len(self.procs) - 1}.log")
-        host, port = self.addr.split(":")
-        wait_for(lambda: socket.socket().connect_ex((host, int(port))) == 0, "registry")
 
     def registry_bytes(self, since):
         """Bytes of blob GETs in the registry log after offset `since`."""

@@ -1,6 +1,9 @@
-"""Small helpers the benchmark tools share: a free port, dropping the page
-cache, waiting for a daemon to come up."""
-import socket, subprocess, time
+"""What the tools share: a free port, dropping the page cache, waiting for a
+daemon to come up, and the private docker-registry they start (its config
+from fixtures/registry.yml, the same the Rust tests use)."""
+import os, socket, subprocess, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def free_port():
@@ -24,3 +27,32 @@ def wait_for(cond, what, timeout=60):
         if time.time() > deadline:
             raise RuntimeError(f"{what} not ready after {timeout}s")
         time.sleep(0.05)
+
+
+def listening(addr):
+    """Whether something accepts connections at HOST:PORT."""
+    host, port = addr.rsplit(":", 1)
+    with socket.socket() as s:
+        return s.connect_ex((host, int(port))) == 0
+
+
+def registry_config(work, listen, storage):
+    """Writes a docker-registry config serving on `listen` with its storage
+    under `storage`; returns its path."""
+    with open(os.path.join(ROOT, "fixtures/registry.yml")) as f:
+        cfg = f.read().replace("@ROOT@", storage).replace("@ADDR@", listen)
+    path = os.path.join(work, "registry.yml")
+    with open(path, "w") as f:
+        f.write(cfg)
+    return path
+
+
+def start_registry(work, listen, storage, spawn, prefix=(), reach=None):
+    """Starts docker-registry on `listen` (inside a namespace when `prefix`
+    is `ip netns exec NS`), through `spawn(cmd)`, and waits until `reach`
+    (the address clients use; `listen` by default) accepts connections.
+    Returns what `spawn` returned."""
+    path = registry_config(work, listen, storage)
+    proc = spawn(list(prefix) + ["docker-registry", "serve", path])
+    wait_for(lambda: listening(reach or listen), "registry")
+    return proc

@@ -1,5 +1,6 @@
-//! The node report: the public contract between a loci node daemon (the
-//! snapshotter) and `loci scheduler`.
+//! The node report: the public contract between a loci node daemon (today
+//! `loci mount --scheduler`; the snapshotter does not report yet) and
+//! `loci scheduler`.
 //!
 //! A daemon sends a [`NodeReport`] to `POST {scheduler}/v1/reports`
 //! periodically and whenever its cache changes much; [`report_to`] does that.

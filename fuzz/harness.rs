@@ -144,8 +144,11 @@ pub fn trace(data: &[u8]) {
     let _ = Trace::decode(data);
 }
 
+/// A target's name and its function.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Every target, by name, for the corpus replay.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[Target] = &[
     ("toc", toc),
     ("footer", footer),
     ("convert", convert),

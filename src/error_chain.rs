@@ -24,7 +24,7 @@ mod tests {
     #[test]
     fn every_cause_is_said_once() {
         let io = std::io::Error::other("connection refused");
-        let outer = std::io::Error::new(std::io::ErrorKind::Other, io);
+        let outer = std::io::Error::other(io);
         assert_eq!(super::chain(&outer), "connection refused");
         #[derive(Debug, thiserror::Error)]
         #[error("fetching the TOC")]

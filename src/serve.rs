@@ -43,14 +43,14 @@ pub enum ServeError {
     Open {
         image: String,
         #[source]
-        source: LayerError,
+        source: Box<LayerError>,
     },
     /// The image has no manifest to name it by.
     #[error("{0} has no manifest")]
     NoManifest(String),
     /// The mount failed.
     #[error(transparent)]
-    Mount(#[from] MountError),
+    Mount(Box<MountError>),
 }
 
 /// An image being served at a directory; unmounted by [`Served::unmount`].
@@ -90,7 +90,7 @@ pub fn serve_image(
         .block_on(open_image(store))
         .map_err(|source| ServeError::Open {
             image: image.to_string(),
-            source,
+            source: Box::new(source),
         })?;
     let toc_time = started.elapsed();
     let manifest = opened
@@ -157,8 +157,11 @@ pub fn serve_image(
         fetcher.clone(),
         runtime.handle().clone(),
         options.threads,
-        recorder.clone(),
-    )?;
+        recorder
+            .clone()
+            .map(|r| r as Arc<dyn crate::fs::ReadRecorder>),
+    )
+    .map_err(|e| ServeError::Mount(Box::new(e)))?;
     Ok(Served {
         image: opened,
         manifest,

@@ -199,7 +199,7 @@ impl DiskTier {
         if now.saturating_sub(checked) >= 500 || checked == 0 {
             self.space_checked.store(now.max(1), Ordering::Relaxed);
             let ok = nix::sys::statvfs::statvfs(&self.dir)
-                .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64 >= self.min_free)
+                .map(|s| s.blocks_available() * s.fragment_size() >= self.min_free)
                 .unwrap_or(false);
             if self.space_ok.swap(ok, Ordering::Relaxed) != ok {
                 if ok {

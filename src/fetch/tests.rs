@@ -53,7 +53,8 @@ fn missing_chunks_coalesce_into_runs_within_the_gap_and_size_bounds() {
         chunks: chunk_table(&[(0, 100), (100, 100), (250, 100), (1000, 100), (1100, 100)]),
     };
     // (max_gap, max_request, missing, runs)
-    let cases: &[(u64, u64, &[u32], &[&[u32]])] = &[
+    type Case<'a> = (u64, u64, &'a [u32], &'a [&'a [u32]]);
+    let cases: &[Case] = &[
         (0, 1 << 20, &[0, 1, 2, 3, 4], &[&[0, 1], &[2], &[3, 4]]),
         (50, 1 << 20, &[0, 1, 2, 3, 4], &[&[0, 1, 2], &[3, 4]]),
         (1000, 1 << 20, &[0, 1, 2, 3, 4], &[&[0, 1, 2, 3, 4]]),
@@ -89,7 +90,8 @@ fn a_fetching_read_brings_the_uncached_chunks_after_it_within_the_amplification(
         chunks: chunk_table(&[(0, 100), (100, 100), (200, 100), (300, 100), (400, 100)]),
     };
     // (amplify_bytes, chunks read, cached before, neighbours)
-    let cases: &[(u64, &[u32], &[u32], &[u32])] = &[
+    type Case<'a> = (u64, &'a [u32], &'a [u32], &'a [u32]);
+    let cases: &[Case] = &[
         (0, &[0], &[], &[]),
         (300, &[0], &[], &[1, 2]),
         (1 << 20, &[0], &[], &[1, 2, 3, 4]),

@@ -4,7 +4,6 @@
 
 use super::tree::{Ino, Node, NodeKind, Tree, ROOT};
 use crate::fetch::{Fetcher, RemoteLayer};
-use crate::prefetch::TraceRecorder;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
@@ -30,7 +29,7 @@ pub struct LociFs {
     layers: Arc<Vec<RemoteLayer>>,
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
-    recorder: Option<Arc<TraceRecorder>>,
+    recorder: Option<Arc<dyn super::ReadRecorder>>,
     /// Per inode: where the next sequential read would start, and the
     /// current read-ahead window.
     sequential: std::sync::Mutex<std::collections::HashMap<Ino, (u64, u64)>>,
@@ -45,7 +44,7 @@ impl LociFs {
         layers: Arc<Vec<RemoteLayer>>,
         fetcher: Arc<Fetcher>,
         runtime: tokio::runtime::Handle,
-        recorder: Option<Arc<TraceRecorder>>,
+        recorder: Option<Arc<dyn super::ReadRecorder>>,
     ) -> LociFs {
         LociFs {
             tree,
@@ -231,7 +230,7 @@ impl Filesystem for LociFs {
                     .into_iter()
                     .map(|c| (c, layer.chunks[c as usize].digest))
                     .collect();
-                recorder.record(content.layer, &chunks, || {
+                recorder.record(content.layer, &chunks, &mut || {
                     String::from_utf8_lossy(&self.tree.path_of(ino.0)).into_owned()
                 });
             }

@@ -7,4 +7,19 @@ pub mod takeover;
 pub mod tree;
 
 pub use fuse::LociFs;
+
+/// Told of the chunks every read touches, in order, with the path of the
+/// file read (asked only when needed): what a start trace is recorded
+/// from. Implemented by `prefetch::TraceRecorder`; `fs` knows nothing of
+/// traces.
+pub trait ReadRecorder: Send + Sync {
+    /// `chunks` (index and digest) of layer `layer` were read for the file
+    /// `path()` names.
+    fn record(
+        &self,
+        layer: usize,
+        chunks: &[(u32, crate::digest::Digest)],
+        path: &mut dyn FnMut() -> String,
+    );
+}
 pub use mount::{mount, serve, Connection, MountError, MountFlags};

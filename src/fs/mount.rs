@@ -4,9 +4,9 @@
 use super::fuse::LociFs;
 use super::takeover;
 use super::tree::{Tree, TreeError, View};
+use super::ReadRecorder;
 use crate::fetch::{Fetcher, LayerError, OpenedImage};
 use crate::format::Toc;
-use crate::prefetch::TraceRecorder;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -67,7 +67,7 @@ pub fn mount(
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
     threads: usize,
-    recorder: Option<Arc<TraceRecorder>>,
+    recorder: Option<Arc<dyn ReadRecorder>>,
 ) -> Result<fuser::BackgroundSession, MountError> {
     let fs = filesystem(image, view, fetcher, runtime, recorder)?;
     tracing::info!(dir = %dir.display(), layers = image.tocs.len(), "mounting");
@@ -138,7 +138,7 @@ fn filesystem(
     view: View,
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
-    recorder: Option<Arc<TraceRecorder>>,
+    recorder: Option<Arc<dyn ReadRecorder>>,
 ) -> Result<LociFs, MountError> {
     let tocs: Vec<&Toc> = image.tocs.iter().collect();
     let tree = Tree::build(&tocs, view)?;

@@ -61,3 +61,9 @@ impl TraceRecorder {
         }
     }
 }
+
+impl crate::fs::ReadRecorder for TraceRecorder {
+    fn record(&self, layer: usize, chunks: &[(u32, Digest)], path: &mut dyn FnMut() -> String) {
+        TraceRecorder::record(self, layer, chunks, path)
+    }
+}

@@ -158,24 +158,8 @@ fn converted_image_unpacks_and_runs_in_plain_containerd() {
 
 /// The uncompressed tar of every layer of an image in an OCI layout.
 fn layer_tars(dir: &std::path::Path, tag: &str) -> Vec<Vec<u8>> {
-    let read = |digest: &str| {
-        std::fs::read(
-            dir.join("blobs/sha256")
-                .join(digest.strip_prefix("sha256:").unwrap()),
-        )
-        .unwrap()
-    };
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let desc = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap()
-        .clone();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&read(desc["digest"].as_str().unwrap())).unwrap();
+    let read = |digest: &str| layout_blob(dir, digest);
+    let (_, _, manifest) = layout_manifest(dir, tag);
     manifest["layers"]
         .as_array()
         .unwrap()

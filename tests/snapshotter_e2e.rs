@@ -514,36 +514,14 @@ fn remove_image_and_collect(setup: &Setup, image: &str, root: &Path) {
     assert!(left.is_empty(), "orphaned snapshot dirs: {left:?}");
 }
 
-/// Writes `value` as a blob of the layout at `dir`; returns its digest.
-fn put_layout_json(dir: &Path, value: &serde_json::Value) -> (String, usize) {
-    let bytes = serde_json::to_vec(value).unwrap();
-    let digest = loci::digest::Digest::of(&bytes).to_string();
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    std::fs::write(dir.join("blobs/sha256").join(hex), &bytes).unwrap();
-    (digest, bytes.len())
-}
-
 /// Builds, in the layout at `dir` (a copy of the converted fixture under
 /// `tag`), the image `evil`: the fixture's second layer, its loci
 /// annotations and genuine signature included, claiming the diff_id of the
 /// fixture's first layer, so that it would be committed under that
 /// layer's chain ID.
 fn craft_diff_id_claim(dir: &Path, tag: &str) {
-    let read = |digest: &str| -> serde_json::Value {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
-    };
-    let mut index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let entry = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap()
-        .clone();
-    let mut manifest = read(entry["digest"].as_str().unwrap());
-    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    let (_, entry, mut manifest) = layout_manifest(dir, tag);
+    let mut config = layout_json(dir, manifest["config"]["digest"].as_str().unwrap());
     let claimed = config["rootfs"]["diff_ids"][0].clone();
     let mut layer = manifest["layers"][1].clone();
     layer["annotations"]["containerd.io/snapshot/loci.uncompressed"] = claimed.clone();
@@ -557,13 +535,7 @@ fn craft_diff_id_claim(dir: &Path, tag: &str) {
     manifest["config"]["digest"] = config_digest.into();
     manifest["config"]["size"] = config_size.into();
     manifest["layers"] = serde_json::json!([layer]);
-    let (digest, size) = put_layout_json(dir, &manifest);
-    let mut evil = entry;
-    evil["digest"] = digest.into();
-    evil["size"] = size.into();
-    evil["annotations"]["org.opencontainers.image.ref.name"] = "evil".into();
-    index["manifests"].as_array_mut().unwrap().push(evil);
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    tag_layout_manifest(dir, &entry, &manifest, "evil");
 }
 
 /// An image that claims another layer's diff_id (here a genuinely signed
@@ -838,30 +810,11 @@ fn strip_ansi(text: &str) -> String {
 /// Adds, in the layout at `dir`, the image `new_tag`: the image `tag` with
 /// `key: value` among every layer's annotations.
 fn plant_annotation(dir: &Path, tag: &str, new_tag: &str, key: &str, value: &str) {
-    let read = |digest: &str| -> serde_json::Value {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
-    };
-    let mut index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let entry = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap()
-        .clone();
-    let mut manifest = read(entry["digest"].as_str().unwrap());
+    let (_, entry, mut manifest) = layout_manifest(dir, tag);
     for layer in manifest["layers"].as_array_mut().unwrap() {
         layer["annotations"][key] = value.into();
     }
-    let (digest, size) = put_layout_json(dir, &manifest);
-    let mut planted = entry;
-    planted["digest"] = digest.into();
-    planted["size"] = size.into();
-    planted["annotations"]["org.opencontainers.image.ref.name"] = new_tag.into();
-    index["manifests"].as_array_mut().unwrap().push(planted);
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    tag_layout_manifest(dir, &entry, &manifest, new_tag);
 }
 
 /// An image whose layers ask, by annotation (which containerd passes on

@@ -13,7 +13,7 @@
 //! tables decoded from it (charged before each table is allocated), then
 //! `max_entries` entries and `max_extents` extents for the result.
 
-use super::FormatError;
+use super::{Chunk, FormatError};
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
@@ -109,6 +109,23 @@ impl Limits {
     pub fn max_frame_bytes(&self) -> u64 {
         let len = u64::from(self.max_chunk_bytes);
         len + len / 128 + 1024
+    }
+}
+
+/// Refuses the first chunk longer than `limits.max_chunk_bytes`.
+pub(super) fn check_chunk_lengths(chunks: &[Chunk], limits: &Limits) -> Result<(), FormatError> {
+    match chunks
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.len > limits.max_chunk_bytes)
+    {
+        Some((i, c)) => Err(over(
+            &format!("chunk {i}'s length"),
+            u64::from(c.len),
+            u64::from(limits.max_chunk_bytes),
+            "max_chunk_bytes",
+        )),
+        None => Ok(()),
     }
 }
 

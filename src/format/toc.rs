@@ -1,7 +1,7 @@
 //! The table of contents: everything a filesystem needs to serve a layer
 //! without reading its tar, and where each chunk of file content lives.
 
-use super::limits::{over, Limits};
+use super::limits::{check_chunk_lengths, over, Limits};
 use super::FormatError;
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
@@ -245,20 +245,7 @@ impl Toc {
                 return Err(over(what, count, limit, key));
             }
         }
-        if let Some((i, c)) = self
-            .chunks
-            .iter()
-            .enumerate()
-            .find(|(_, c)| c.len > limits.max_chunk_bytes)
-        {
-            return Err(over(
-                &format!("chunk {i}'s length"),
-                u64::from(c.len),
-                u64::from(limits.max_chunk_bytes),
-                "max_chunk_bytes",
-            ));
-        }
-        Ok(())
+        check_chunk_lengths(&self.chunks, limits)
     }
 }
 

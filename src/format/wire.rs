@@ -6,7 +6,7 @@
 //! consecutive chunks from an offset in the first, so the first chunk (as
 //! a delta from the previous file's) and that offset are enough.
 
-use super::limits::{over, Limits};
+use super::limits::{check_chunk_lengths, over, Limits};
 use super::{Chunk, EntryKind, Extent, FormatError, Toc, TocEntry, Xattr};
 use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
@@ -255,18 +255,7 @@ pub(super) fn decode(bytes: &[u8], limits: &Limits) -> Result<Toc, FormatError> 
     }
     // Chunk lengths are checked here, not only in validation: extents are
     // derived from them.
-    if let Some((i, c)) = toc_chunks
-        .iter()
-        .enumerate()
-        .find(|(_, c)| c.len > limits.max_chunk_bytes)
-    {
-        return Err(over(
-            &format!("chunk {i}'s length"),
-            u64::from(c.len),
-            u64::from(limits.max_chunk_bytes),
-            "max_chunk_bytes",
-        ));
-    }
+    check_chunk_lengths(&toc_chunks, limits)?;
     let mut toc_entries: Vec<TocEntry> = Vec::with_capacity(entries);
     let mut previous: Vec<u8> = Vec::new();
     if w.content_chunk_delta.0.len() != w.content_offset.0.len() {

@@ -3,7 +3,7 @@
 //! trace, never a failure: the image is still served lazily without it.
 
 use super::publish::fetch_trace;
-use super::trace::Trace;
+use super::trace::{Trace, TraceError};
 use crate::digest::Digest;
 use crate::image::ImageStore;
 
@@ -26,7 +26,11 @@ pub async fn find_trace(store: &ImageStore, manifest: &Digest, layers: &[Digest]
             Some(trace)
         }
         Ok(Some(trace)) => {
-            tracing::warn!(image, trace_layers = ?trace.layers, image_layers = ?layers, "ignoring the image's trace: it is for other layers");
+            let e = TraceError::OtherImage {
+                trace: trace.layers,
+                image: layers.to_vec(),
+            };
+            tracing::warn!(image, error = %e, "ignoring the image's trace");
             None
         }
         Ok(None) => {

@@ -356,22 +356,69 @@ pub fn chain_id(diff_ids: &[String]) -> String {
     chain
 }
 
-/// The diff_ids of the image tagged `tag` in an OCI layout.
-pub fn layout_diff_ids(dir: &Path, tag: &str) -> Vec<String> {
-    let read = |digest: &str| -> serde_json::Value {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        serde_json::from_slice(&std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
-    };
+/// A blob of an OCI layout, whole.
+pub fn layout_blob(dir: &Path, digest: &str) -> Vec<u8> {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    std::fs::read(dir.join("blobs/sha256").join(hex)).unwrap()
+}
+
+/// A JSON blob (manifest, config) of an OCI layout.
+pub fn layout_json(dir: &Path, digest: &str) -> serde_json::Value {
+    serde_json::from_slice(&layout_blob(dir, digest)).unwrap()
+}
+
+/// An OCI layout's index, the index entry of the image tagged `tag`, and
+/// that image's manifest.
+pub fn layout_manifest(
+    dir: &Path,
+    tag: &str,
+) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let manifest = index["manifests"]
+    let entry = index["manifests"]
         .as_array()
         .unwrap()
         .iter()
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap();
-    let manifest = read(manifest["digest"].as_str().unwrap());
-    let config = read(manifest["config"]["digest"].as_str().unwrap());
+        .unwrap()
+        .clone();
+    let manifest = layout_json(dir, entry["digest"].as_str().unwrap());
+    (index, entry, manifest)
+}
+
+/// Writes `value` as a blob of the layout at `dir`; returns its digest and
+/// size.
+pub fn put_layout_json(dir: &Path, value: &serde_json::Value) -> (String, usize) {
+    let bytes = serde_json::to_vec(value).unwrap();
+    let digest = loci::digest::Digest::of(&bytes).to_string();
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    std::fs::write(dir.join("blobs/sha256").join(hex), &bytes).unwrap();
+    (digest, bytes.len())
+}
+
+/// Adds `manifest` to the layout at `dir` under `tag`, its index entry
+/// made from `like` (another image's entry).
+pub fn tag_layout_manifest(
+    dir: &Path,
+    like: &serde_json::Value,
+    manifest: &serde_json::Value,
+    tag: &str,
+) {
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let (digest, size) = put_layout_json(dir, manifest);
+    let mut entry = like.clone();
+    entry["digest"] = digest.into();
+    entry["size"] = size.into();
+    entry["annotations"]["org.opencontainers.image.ref.name"] = tag.into();
+    index["manifests"].as_array_mut().unwrap().push(entry);
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// The diff_ids of the image tagged `tag` in an OCI layout.
+pub fn layout_diff_ids(dir: &Path, tag: &str) -> Vec<String> {
+    let (_, _, manifest) = layout_manifest(dir, tag);
+    let config = layout_json(dir, manifest["config"]["digest"].as_str().unwrap());
     config["rootfs"]["diff_ids"]
         .as_array()
         .unwrap()

@@ -25,6 +25,31 @@ pub struct Config {
     pub limits: Limits,
 }
 
+impl Config {
+    /// Values that parse but cannot work: a section's count of 0 where
+    /// at least one is needed. The error names the key.
+    fn check_counts(&self) -> Result<(), String> {
+        let counts = [
+            ("fetch.read_timeout_secs", self.fetch.read_timeout_secs),
+            ("fetch.max_request_bytes", self.fetch.max_request_bytes),
+            ("prefetch.max_in_flight", self.prefetch.max_in_flight as u64),
+            ("prefetch.window", self.prefetch.window as u64),
+            (
+                "snapshotter.fuse_threads",
+                self.snapshotter.fuse_threads as u64,
+            ),
+            (
+                "snapshotter.held_connection_timeout_secs",
+                self.snapshotter.held_connection_timeout_secs,
+            ),
+        ];
+        match counts.iter().find(|(_, v)| *v == 0) {
+            Some((key, _)) => Err(format!("{key} must be at least 1")),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Why the configuration file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -63,7 +88,42 @@ impl Config {
             .limits
             .validate()
             .map_err(|e| invalid(format!("[limits] {e}")))?;
+        config.check_counts().map_err(invalid)?;
         Limits::install(config.limits.clone()).map_err(|e| invalid(e.to_string()))?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_section_is_validated_and_the_key_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "[cache.rocksdb]\nmax_background_jobs = 0\n",
+                "[cache] rocksdb.max_background_jobs",
+            ),
+            ("[limits]\nmax_entries = 0\n", "[limits] limits.max_entries"),
+            (
+                "[fetch]\nread_timeout_secs = 0\n",
+                "fetch.read_timeout_secs must be at least 1",
+            ),
+            ("[prefetch]\nmax_in_flight = 0\n", "prefetch.max_in_flight"),
+            (
+                "[snapshotter]\nfuse_threads = 0\n",
+                "snapshotter.fuse_threads",
+            ),
+            ("[snapshotter]\ntrust = \"maybe\"\n", "unknown variant"),
+            ("[fetch]\nmax_gap = 1\n", "unknown field"),
+        ];
+        for (text, says) in cases {
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(&path).unwrap_err().to_string();
+            assert!(err.contains(says), "{text:?}: {err}");
+        }
     }
 }

@@ -30,7 +30,8 @@ pub struct Args {
     /// containerd namespace to run the container in.
     #[arg(long, default_value = "default")]
     pub namespace: String,
-    /// Node configuration file (TOML: [cache], [fetch]).
+    /// Node configuration file (TOML: [cache] (its dir is replaced by
+    /// the recording's own), [fetch], [limits]).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Stop recording (and the container) after this many seconds.

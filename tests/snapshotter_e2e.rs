@@ -864,21 +864,11 @@ fn an_annotation_asking_for_plain_http_is_ignored() {
     assert!(proxy_log.contains("refused a TLS handshake"), "{proxy_log}");
     // The control: from the configured host, the same layers are lazy.
     let image = format!("{}/fixture:planted", setup.registry.addr);
-    run(setup.containerd.ctr().args([
-        "images",
-        "rm",
-        "--sync",
+    remove_image_and_collect(
+        &setup,
         &format!("{}/fixture:planted", other.addr),
-    ]));
-    let start = Instant::now();
-    while !setup.loci_snapshots().is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{:?}",
-            setup.loci_snapshots()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        &setup.work.path().join("root"),
+    );
     let said = setup.pull(&image);
     assert!(said.contains("4 layers lazy, 0 unpacked"), "{said}");
 }

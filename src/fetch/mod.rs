@@ -149,6 +149,10 @@ pub struct Fetcher {
     /// Chunks whose read failed lately, and when: a read that needs one of
     /// them within [`FAIL_FAST`] fails at once.
     failed: std::sync::Mutex<HashMap<Digest, Instant>>,
+    /// When a read last failed ([`Fetcher::clock_ms`]; 0: never), so reads
+    /// skip `failed` when none did lately.
+    last_failure_ms: AtomicU64,
+    started: Instant,
 }
 
 /// How long a chunk whose read failed makes other reads of it fail at
@@ -167,6 +171,8 @@ impl Fetcher {
             demand: std::sync::atomic::AtomicUsize::new(0),
             stats: FetchStats::default(),
             failed: std::sync::Mutex::new(HashMap::new()),
+            last_failure_ms: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 
@@ -200,13 +206,8 @@ impl Fetcher {
         readahead: u64,
     ) -> Result<Vec<u8>, FetchError> {
         let deadline = Duration::from_secs(self.config.read_timeout_secs);
-        let end = offset.saturating_add(len);
-        let digests: Vec<Digest> = content
-            .chunks_in(offset, end)
-            .iter()
-            .filter_map(|&i| layer.chunks.get(i as usize).map(|c| c.digest))
-            .collect();
-        if let Some(chunk) = self.failed_lately(&digests) {
+        let indexes = content.chunks_in(offset, offset.saturating_add(len));
+        if let Some(chunk) = self.failed_lately(layer, &indexes) {
             self.stats.failed_reads.fetch_add(1, Ordering::Relaxed);
             return Err(FetchError::FailedLately {
                 layer: layer.digest,
@@ -217,7 +218,7 @@ impl Fetcher {
         let _demand = DemandGuard(&self.demand);
         let result = tokio::time::timeout(
             deadline,
-            self.read_file_inner(layer, content, offset, len, readahead),
+            self.read_file_inner(layer, content, offset, len, &indexes, readahead),
         )
         .await;
         let result = result.unwrap_or(Err(FetchError::Timeout {
@@ -227,12 +228,7 @@ impl Fetcher {
         if let Err(e) = &result {
             self.stats.failed_reads.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %crate::error_chain::chain(e), "read failed");
-            let now = Instant::now();
-            let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-            failed.retain(|_, at| now.duration_since(*at) < FAIL_FAST);
-            for digest in digests.iter().filter(|d| !self.cache.contains(d)) {
-                failed.insert(*digest, now);
-            }
+            self.remember_failure(layer, &indexes);
         }
         result
     }
@@ -243,20 +239,20 @@ impl Fetcher {
         content: &Content,
         offset: u64,
         len: u64,
+        indexes: &[u32],
         readahead: u64,
     ) -> Result<Vec<u8>, FetchError> {
         let end = offset.saturating_add(len);
         let needed = content.extents_in(offset, end);
-        let indexes = content.chunks_in(offset, end);
         let mut ahead = if readahead > 0 {
             content.chunks_in(end, end.saturating_add(readahead).min(content.size()))
         } else {
             Vec::new()
         };
-        ahead.extend(self.blob_neighbours(layer, &indexes));
+        ahead.extend(self.blob_neighbours(layer, indexes));
         ahead.sort_unstable();
         ahead.dedup();
-        let chunks = self.chunks(layer, &indexes, &ahead).await?;
+        let chunks = self.chunks(layer, indexes, &ahead).await?;
         let mut out = Vec::with_capacity(len.min(64 << 20) as usize);
         for i in needed {
             let extent = &content.extents[i];
@@ -270,21 +266,44 @@ impl Fetcher {
         Ok(out)
     }
 
-    /// The first of `digests` whose read failed within [`FAIL_FAST`].
-    fn failed_lately(&self, digests: &[Digest]) -> Option<Digest> {
-        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-        if failed.is_empty() {
+    /// The first of the chunks at `indexes` whose read failed within
+    /// [`FAIL_FAST`]. Reads take no lock unless a read failed lately.
+    fn failed_lately(&self, layer: &RemoteLayer, indexes: &[u32]) -> Option<Digest> {
+        let now_ms = self.clock_ms();
+        let last = self.last_failure_ms.load(Ordering::Relaxed);
+        if last == 0 || now_ms.saturating_sub(last) >= FAIL_FAST.as_millis() as u64 {
             return None;
         }
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        digests
+        indexes
             .iter()
+            .filter_map(|&i| layer.chunks.get(i as usize))
+            .map(|c| c.digest)
             .find(|d| {
                 failed
                     .get(d)
                     .is_some_and(|at| now.duration_since(*at) < FAIL_FAST)
             })
-            .copied()
+    }
+
+    /// Records that the uncached chunks at `indexes` failed a read now.
+    fn remember_failure(&self, layer: &RemoteLayer, indexes: &[u32]) {
+        let now = Instant::now();
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.retain(|_, at| now.duration_since(*at) < FAIL_FAST);
+        for chunk in indexes.iter().filter_map(|&i| layer.chunks.get(i as usize)) {
+            if !self.cache.contains(&chunk.digest) {
+                failed.insert(chunk.digest, now);
+            }
+        }
+        self.last_failure_ms
+            .store(self.clock_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since this fetcher was made.
+    fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// When some of `indexes` (sorted) must be fetched: the uncached chunks

@@ -3,7 +3,7 @@
 //! a TOC's chunks to the tar: a chunk's bytes are the tar's bytes at the
 //! offset where its frame decodes.
 
-use super::{FormatError, Limits};
+use super::{decode_chunk, Chunk, FormatError, Limits};
 use std::collections::HashMap;
 use std::io::{self, Read};
 
@@ -32,11 +32,20 @@ pub(super) struct FrameReader<R> {
     pub(super) frames: HashMap<u64, (u64, u64)>,
     /// Bytes read ahead of the current frame.
     lookahead: Vec<u8>,
+    /// The TOC's chunks by blob offset: their frames are checked against
+    /// them (length, sha256) as they are decoded.
+    chunks: HashMap<u64, Chunk>,
+    /// Chunks whose frame was decoded and checked.
+    pub(super) chunks_checked: usize,
+    /// Why the stream stopped, when a chunk was refused (the io::Error the
+    /// reader returns carries it only as text).
+    pub(super) refused: Option<FormatError>,
 }
 
 impl<R: Read> FrameReader<R> {
-    /// Reads frames from `blob`, positioned at its start, up to `data_end`.
-    pub(super) fn new(blob: R, data_end: u64, limits: &Limits) -> FrameReader<R> {
+    /// Reads frames from `blob`, positioned at its start, up to `data_end`,
+    /// checking those that are `chunks` against them.
+    pub(super) fn new(blob: R, data_end: u64, chunks: &[Chunk], limits: &Limits) -> FrameReader<R> {
         FrameReader {
             blob,
             blob_offset: 0,
@@ -47,6 +56,9 @@ impl<R: Read> FrameReader<R> {
             tar_offset: 0,
             frames: HashMap::new(),
             lookahead: Vec::new(),
+            chunks: chunks.iter().map(|c| (c.blob_offset, *c)).collect(),
+            chunks_checked: 0,
+            refused: None,
         }
     }
 
@@ -110,6 +122,22 @@ impl<R: Read> FrameReader<R> {
             }
             if magic != ZSTD_MAGIC {
                 return Err(self.corrupt("not a zstd frame"));
+            }
+            if let Some(chunk) = self.chunks.get(&start) {
+                let data = match decode_chunk(&frame, chunk) {
+                    Ok(data) => data,
+                    Err(e) => {
+                        let error = self.corrupt(e.to_string());
+                        self.refused = Some(e);
+                        return Err(error);
+                    }
+                };
+                self.chunks_checked += 1;
+                self.frames
+                    .insert(start, (self.tar_offset, data.len() as u64));
+                self.pending = data;
+                self.pending_at = 0;
+                return Ok(true);
             }
             let declared = match zstd::zstd_safe::get_frame_content_size(&frame) {
                 Ok(Some(n)) if n <= self.max_frame => n,

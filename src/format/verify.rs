@@ -4,7 +4,7 @@
 
 use super::frames::FrameReader;
 use super::writer::toc_entry;
-use super::{decode_chunk, decode_toc, Footer, FormatError, Limits, Toc, TocEntry, FOOTER_SIZE};
+use super::{decode_toc, Footer, FormatError, Limits, Toc, TocEntry, FOOTER_SIZE};
 use crate::digest::{Digest, Hasher};
 use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -58,39 +58,23 @@ pub fn verify_layer<R: Read + Seek>(
     expected_diff_id: Option<&Digest>,
 ) -> Result<(Toc, VerifyReport), FormatError> {
     let (footer, toc) = read_toc(blob, blob_size, expected_toc)?;
-    let mut chunks = 0;
-    let mut frame = Vec::new();
-    for chunk in &toc.chunks {
-        frame.resize(chunk.compressed_len as usize, 0);
-        blob.seek(SeekFrom::Start(chunk.blob_offset))?;
-        blob.read_exact(&mut frame)?;
-        decode_chunk(&frame, chunk)?;
-        chunks += 1;
-    }
     blob.seek(SeekFrom::Start(0))?;
+    // One pass: each frame is decompressed once, a chunk's checked against
+    // the TOC (length, sha256) as it is.
     let frames = FrameReader::new(
         blob.by_ref().take(footer.toc_offset),
         footer.toc_offset,
+        &toc.chunks,
         Limits::node(),
     );
     let mut tap = HashingSink {
         inner: frames,
         hasher: Hasher::default(),
     };
-    let stream_err = |offset: u64, e: io::Error| FormatError::StreamCorrupt {
-        offset,
-        reason: e.to_string(),
-    };
-    let mut seen = Vec::with_capacity(toc.entries.len());
-    let mut archive = tar::Archive::new(&mut tap);
-    for item in archive.entries().map_err(|e| stream_err(0, e))? {
-        let mut item = item.map_err(|e| stream_err(0, e))?;
-        if let Some(entry) = toc_entry(&mut item)? {
-            seen.push((entry, item.raw_file_position()));
-        }
-    }
-    let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_err(rest.inner.tar_offset(), e))?;
+    let seen = read_tar(&mut tap).map_err(|e| match tap.inner.refused.take() {
+        Some(refused) => refused,
+        None => e,
+    })?;
     let uncompressed_size = tap.inner.tar_offset();
     let diff_id = tap.hasher.finish();
     if let Some(expected) = expected_diff_id {
@@ -101,14 +85,46 @@ pub fn verify_layer<R: Read + Seek>(
             });
         }
     }
+    if tap.inner.chunks_checked != toc.chunks.len() {
+        let missing = toc
+            .chunks
+            .iter()
+            .find(|c| !tap.inner.frames.contains_key(&c.blob_offset))
+            .copied()
+            .unwrap_or(toc.chunks[0]);
+        return Err(FormatError::ChunkCorrupt {
+            blob_offset: missing.blob_offset,
+            digest: missing.digest,
+            reason: "no frame of the layer's data starts there".into(),
+        });
+    }
     check_toc_against_tar(&toc, &seen, &tap.inner.frames)?;
     let report = VerifyReport {
         entries: toc.entries.len(),
-        chunks,
+        chunks: tap.inner.chunks_checked,
         diff_id,
         uncompressed_size,
     };
     Ok((toc, report))
+}
+
+/// Every entry of the tar `stream` (as a TOC entry would say it) with
+/// where its data starts, read to the stream's end.
+fn read_tar<R: Read>(stream: &mut R) -> Result<Vec<(TocEntry, u64)>, FormatError> {
+    let mut seen = Vec::new();
+    let mut archive = tar::Archive::new(stream);
+    let stream_err = |e: io::Error| FormatError::StreamCorrupt {
+        offset: 0,
+        reason: e.to_string(),
+    };
+    for item in archive.entries().map_err(stream_err)? {
+        let mut item = item.map_err(stream_err)?;
+        if let Some(entry) = toc_entry(&mut item)? {
+            seen.push((entry, item.raw_file_position()));
+        }
+    }
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(stream_err)?;
+    Ok(seen)
 }
 
 /// The TOC's entries against the tar's (`seen`: each entry as the tar

@@ -605,3 +605,57 @@ fn json_twin(node: &serde_json::Value) -> serde_json::Value {
         "images": [],
     })
 }
+
+/// A plain `loci mount` does not hand the image's author the host:
+/// `nosuid,nodev`, and only root (its owner) may read it; `--allow-other`
+/// lets other users in.
+#[test]
+fn a_plain_mount_is_nosuid_nodev_and_roots_alone() {
+    let test = "a_plain_mount_is_nosuid_nodev_and_roots_alone";
+    let mut needs = NEEDS.to_vec();
+    needs.push("setpriv");
+    if !require(test, &needs, true) || !require_fuse(test) {
+        return;
+    }
+    let setup = Setup::new(&[]);
+    // The work dir must be traversable for the other user to get as far
+    // as the mount.
+    std::fs::set_permissions(
+        setup.work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let as_nobody = |dir: &Path| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(dir.join("etc/hello.txt"))
+            .output()
+            .unwrap()
+    };
+    for (extra, others_read) in [(None, false), (Some("--allow-other"), true)] {
+        let dir = setup.path(if others_read { "open" } else { "plain" });
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = loci();
+        cmd.args(["mount", "--plain-http", "--config"])
+            .arg(setup.config(if others_read { "open" } else { "plain" }, 30));
+        cmd.args(extra).arg(setup.converted()).arg(&dir);
+        let mut mount = LociMount::start_with(cmd, &dir, &setup.path("mount.log"));
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let options = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(dir.to_str().unwrap()))
+            .and_then(|l| l.split(' ').nth(3))
+            .unwrap()
+            .to_string();
+        assert!(
+            options.contains("nosuid") && options.contains("nodev"),
+            "{options}"
+        );
+        assert!(!std::fs::read_to_string(dir.join("etc/hello.txt"))
+            .unwrap()
+            .is_empty());
+        let out = as_nobody(&dir);
+        assert_eq!(out.status.success(), others_read, "{extra:?}: {out:?}");
+        mount.stop();
+    }
+}

@@ -89,9 +89,13 @@ pub fn mount(
             fuser::MountOption::NoDev
         },
     ];
-    if flags.allow_other {
-        config.acl = fuser::SessionACL::All;
-    }
+    // fuse_config lets everyone in (a container's users); a plain mount
+    // is its owner's (root's) alone unless asked.
+    config.acl = if flags.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
     fuser::spawn_mount(fs, dir, &config).map_err(|source| MountError::Mount {
         dir: dir.to_path_buf(),
         source,

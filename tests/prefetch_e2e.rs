@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const NEEDS: &[&str] = &["docker-registry", "skopeo", "python3", "zstd"];
@@ -27,9 +27,14 @@ impl Setup {
         let work = tempfile::tempdir().unwrap();
         let layout = work.path().join("fixture");
         build_fixture(&layout, "v1", &["--big-mib", big_mib]);
+        Setup::from_layout(work, &layout, "v1", repos)
+    }
+
+    /// The image `tag` of `layout` converted into each of `repos`.
+    fn from_layout(work: tempfile::TempDir, layout: &Path, tag: &str, repos: &[&str]) -> Setup {
         let registry = Registry::start();
         let source = format!("{}/source:v1", registry.addr);
-        push_layout(&layout, "v1", &source);
+        push_layout(layout, tag, &source);
         for repo in repos {
             run(loci().args([
                 "convert",
@@ -316,5 +321,108 @@ fn trace_record_runs_the_start_through_containerd_and_publishes_it() {
     assert!(
         !paths.contains(&"data/big-text.txt"),
         "a file the command never read is in the trace"
+    );
+}
+
+/// Runs `command` chrooted into a mount, as root, and checks it succeeds.
+fn run_in(root: &Path, command: &str) {
+    run(std::process::Command::new("chroot")
+        .arg(root)
+        .args(["/bin/sh", "-c", command]));
+}
+
+/// A new user's first trace: a Debian image (debootstrap, merged /usr)
+/// whose config sets User and WorkingDir, recorded with a bare command
+/// name. The run is the image's (its PATH finds `python3`, it runs as
+/// `nobody` in /tmp); failed and timed-out runs publish nothing; the trace
+/// that is published makes the next cold start fetch less than an
+/// untraced one.
+#[test]
+fn trace_record_runs_a_debian_images_bare_command_and_its_trace_pays_off() {
+    let test = "trace_record_runs_a_debian_images_bare_command_and_its_trace_pays_off";
+    if !ready(test)
+        || !require(test, &["containerd", "ctr", "runc", "chroot"], true)
+        || !require(test, DEBIAN_IMAGE_NEEDS, true)
+    {
+        return;
+    }
+    let layout = debian_image(
+        "py3-nobody",
+        "python3",
+        &[
+            "--cmd",
+            "python3 -c 'import json'",
+            "--user",
+            "nobody",
+            "--workdir",
+            "/tmp",
+        ],
+    );
+    let setup = Setup::from_layout(tempfile::tempdir().unwrap(), &layout, "py3-nobody", &["py"]);
+    let containerd = Containerd::start("");
+    let start =
+        "import os, json, email.parser, http.client; print('as', os.getuid(), 'in', os.getcwd())";
+    let record = |extra: &[&str], command: &[&str]| {
+        loci()
+            .args(["trace", "record", "--plain-http", "--address"])
+            .arg(&containerd.socket)
+            .args(["--namespace", "rec"])
+            .args(extra)
+            .arg(setup.image("py"))
+            .arg("--")
+            .args(command)
+            .output()
+            .unwrap()
+    };
+    let no_trace = || {
+        let shown = loci()
+            .args(["trace", "show", "--plain-http", &setup.image("py")])
+            .output()
+            .unwrap();
+        !shown.status.success()
+            && String::from_utf8_lossy(&shown.stderr).contains("no trace refers to")
+    };
+
+    // Runs that fail leave no trace.
+    let failed = record(&[], &["python3", "-c", "import sys; sys.exit(3)"]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("exited with 3") && stderr.contains("not kept"),
+        "{stderr}"
+    );
+    let timed_out = record(&["--run-timeout-secs", "2"], &["sleep", "60"]);
+    let stderr = String::from_utf8_lossy(&timed_out.stderr);
+    assert!(!timed_out.status.success(), "{stderr}");
+    assert!(stderr.contains("killed at the timeout"), "{stderr}");
+    assert!(no_trace(), "a failed run published a trace");
+
+    // An untraced cold start, for comparison.
+    let layers = layer_digests(&setup, "py");
+    let from = setup.registry.daemon.log_text().len();
+    let mut cold = setup.mount("py", "untraced", &[]);
+    run_in(&cold.dir, &format!("cd /tmp && python3 -c \"{start}\""));
+    let (untraced_requests, untraced_bytes) = image_traffic(&setup, &layers, from);
+    cold.stop();
+
+    // The bare name is found on the image's PATH, as the image's user, in
+    // its working directory.
+    let recorded = record(&[], &["python3", "-c", start]);
+    let stderr = String::from_utf8_lossy(&recorded.stderr);
+    assert!(recorded.status.success(), "{stderr}");
+    assert!(stderr.contains("as 65534 in /tmp"), "{stderr}");
+    assert!(!no_trace(), "the trace was not published");
+
+    let from = setup.registry.daemon.log_text().len();
+    let traced = setup.mount("py", "traced", &[]);
+    wait_for_prefetch(&traced);
+    run_in(&traced.dir, &format!("cd /tmp && python3 -c \"{start}\""));
+    let (traced_requests, traced_bytes) = image_traffic(&setup, &layers, from);
+    eprintln!(
+        "untraced: {untraced_requests} requests, {untraced_bytes} B; traced: {traced_requests} requests, {traced_bytes} B"
+    );
+    assert!(
+        traced_bytes < untraced_bytes,
+        "with the trace the start fetched {traced_bytes} B, without it {untraced_bytes} B"
     );
 }

@@ -4,10 +4,13 @@
 # layout with umoci, then optionally pushed to a registry with skopeo.
 #
 # Usage: tools/make-debian-image.sh OUT_DIR TAG [PACKAGES] [--push REF] [--cmd CMD] [--add DIR]
+#                                   [--user USER] [--workdir DIR]
 #   PACKAGES  comma-separated (default: a Python data-science set, ~1 GB)
 #   --push    copy the image to docker://REF (plain HTTP allowed)
 #   --cmd     the image's start command (default: a numpy/pandas import)
 #   --add     copy DIR's contents into the image's root as well
+#   --user    the image config's User (default: unset, root)
+#   --workdir the image config's WorkingDir (default: unset, /)
 # The rootfs is cached in OUT_DIR/rootfs-KEY.tar by package list, and the
 # image in OUT_DIR/layout by everything that makes it, so a rerun with the
 # same inputs is quick.
@@ -20,12 +23,16 @@ packages="python3,python3-numpy,python3-pandas,python3-scipy,python3-matplotlib,
 if [[ $# -gt 0 && $1 != --* ]]; then packages=$1; shift; fi
 push=""
 add=""
+user=""
+workdir=""
 cmd="python3 -c 'import numpy, pandas, scipy.stats; print(numpy.arange(10).sum())'"
 while [[ $# -gt 0 ]]; do
   case $1 in
     --push) push=$2; shift 2 ;;
     --cmd) cmd=$2; shift 2 ;;
     --add) add=$2; shift 2 ;;
+    --user) user=$2; shift 2 ;;
+    --workdir) workdir=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -61,7 +68,7 @@ fi
 layout="$out/layout"
 added=""
 [[ -z $add ]] || added=$(cd "$add" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
-image_key=$(printf 'sorted\n%s\n%s\n%s\n' "$key" "$cmd" "$added" | sha256sum | cut -c1-16)
+image_key=$(printf 'sorted\n%s\n%s\n%s\n%s\n%s\n' "$key" "$cmd" "$added" "$user" "$workdir" | sha256sum | cut -c1-16)
 if [[ -f $out/layout-$tag.key && $(cat "$out/layout-$tag.key") == "$image_key" ]]; then
   echo "reusing oci:$layout:$tag" >&2
 else
@@ -79,7 +86,8 @@ else
   fi
   umoci config --image "$layout:$tag" --os linux --architecture amd64 \
     --config.env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-    --config.cmd /bin/sh --config.cmd -c --config.cmd "$cmd"
+    --config.cmd /bin/sh --config.cmd -c --config.cmd "$cmd" \
+    ${user:+--config.user "$user"} ${workdir:+--config.workingdir "$workdir"}
   umoci gc --layout "$layout"
   echo "$image_key" > "$out/layout-$tag.key"
   echo "built oci:$layout:$tag" >&2

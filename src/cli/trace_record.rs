@@ -2,8 +2,10 @@
 //!
 //! The image's layers are mounted merged with loci's FUSE code, recording
 //! every chunk read; an overlay gives the container a writable root on top;
-//! containerd runs CMD on it (`ctr run --rootfs`, runc underneath) until it
-//! exits or the timeout passes. The trace is then published with the image.
+//! containerd runs the image's process on it (its Env, WorkingDir and User,
+//! the command given or its Entrypoint and Cmd) until it exits or the
+//! timeout passes. The trace of a start that succeeded is then published
+//! with the image.
 
 use super::registry_args::registry_of;
 use super::registry_args::RegistryArgs;
@@ -11,10 +13,10 @@ use crate::cache::ChunkCache;
 use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::fs::{self, tree::View};
-use crate::image::{ImageRef, ImageStore};
-use crate::prefetch::{push_trace, TraceRecorder};
+use crate::image::{ImageRef, ImageStore, RunConfig};
+use crate::prefetch::{push_trace, ContainerRun, TraceRecorder};
 use anyhow::{bail, Context};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,10 +45,17 @@ pub struct Args {
     /// Do not publish the trace to the registry.
     #[arg(long)]
     pub no_publish: bool,
+    /// Publish (and write) the trace even when the command exits
+    /// non-zero or is killed at the timeout: by default such a run leaves
+    /// no trace, as a start that failed early would mislead every later
+    /// start.
+    #[arg(long)]
+    pub allow_failure: bool,
     /// The converted image.
     pub image: ImageRef,
-    /// The start command to run in it.
-    #[arg(last = true, required = true)]
+    /// The start command (it replaces the image's Entrypoint and Cmd, as
+    /// a Kubernetes `command` does); the image's own when none is given.
+    #[arg(last = true)]
     pub command: Vec<String>,
 }
 
@@ -73,6 +82,13 @@ pub fn run(args: Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         .manifest
         .clone()
         .context("the image has no manifest")?;
+    let run_config = RunConfig::parse(
+        &image
+            .config
+            .as_ref()
+            .context("the image has no config")?
+            .bytes,
+    )?;
     let recorder = Arc::new(TraceRecorder::new(
         image.layers.iter().map(|l| l.digest).collect(),
     ));
@@ -105,18 +121,40 @@ pub fn run(args: Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         .args(["-t", "overlay", "overlay", "-o", &options])
         .arg(&rootfs))?;
     let started = Instant::now();
-    let outcome = run_container(&args, &rootfs);
+    // The user is looked up in the image's own account files, through the
+    // lazy root: containerd reads them the same way on a real start.
+    let outcome = run_config
+        .process(&args.command, &lower)
+        .context("the image's process")
+        .and_then(|process| {
+            let id = format!("loci-trace-{}", std::process::id());
+            let run = ContainerRun {
+                address: &args.address,
+                namespace: &args.namespace,
+                id: &id,
+                rootfs: &rootfs,
+                work: work.path(),
+                timeout: Duration::from_secs(args.run_timeout_secs),
+            };
+            eprintln!(
+                "running {:?} as {}:{}",
+                process.args, process.uid, process.gid
+            );
+            Ok(run.run(&process)?)
+        });
     let elapsed = started.elapsed();
     let _ = sh(Command::new("umount").arg(&rootfs));
     session.umount_and_join().context("unmounting the image")?;
-    outcome?;
+    let outcome = outcome?;
     let trace = recorder.trace();
     eprintln!(
-        "recorded {} chunk reads in {:.1} s of {}",
+        "recorded {} chunk reads in {:.1} s; the start {outcome}",
         trace.accesses.len(),
         elapsed.as_secs_f64(),
-        args.command.join(" ")
     );
+    if !outcome.succeeded() && !args.allow_failure {
+        bail!("the start {outcome}: its trace is not kept (--allow-failure keeps it)");
+    }
     if let Some(path) = &args.out {
         std::fs::write(path, trace.encode())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -127,55 +165,6 @@ pub fn run(args: Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         println!("{digest}");
     }
     Ok(())
-}
-
-/// Runs the command in a container on `rootfs` through containerd, killing
-/// it at the timeout.
-fn run_container(args: &Args, rootfs: &Path) -> anyhow::Result<()> {
-    let id = format!("loci-trace-{}", std::process::id());
-    let mut child = Command::new("ctr")
-        .arg("--address")
-        .arg(&args.address)
-        .args(["--namespace", &args.namespace, "run", "--rm", "--rootfs"])
-        .arg(rootfs)
-        .arg(&id)
-        .args(&args.command)
-        .stdin(std::process::Stdio::null())
-        // The command's output goes to stderr: stdout is for the trace's digest.
-        .stdout(std::io::stderr())
-        .spawn()
-        .context("starting ctr (containerd's client) to run the container")?;
-    let deadline = Instant::now() + Duration::from_secs(args.run_timeout_secs);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            if !status.success() {
-                eprintln!("warning: the command exited with {status}; its reads are recorded all the same");
-            }
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            eprintln!(
-                "timeout: stopping the container after {} s",
-                args.run_timeout_secs
-            );
-            let _ = Command::new("ctr")
-                .arg("--address")
-                .arg(&args.address)
-                .args([
-                    "--namespace",
-                    &args.namespace,
-                    "tasks",
-                    "kill",
-                    "-s",
-                    "SIGKILL",
-                    &id,
-                ])
-                .status();
-            child.wait()?;
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn sh(cmd: &mut Command) -> anyhow::Result<()> {

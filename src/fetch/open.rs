@@ -8,7 +8,7 @@
 use super::RemoteLayer;
 use crate::digest::Digest;
 use crate::format::{self, annotations, Footer, FormatError, Limits, Toc, FOOTER_SIZE};
-use crate::image::{platform_image, ImageError, ImageLayer, ImageStore};
+use crate::image::{platform_image, ImageConfig, ImageError, ImageLayer, ImageStore};
 use crate::registry::Manifest;
 use std::sync::Arc;
 
@@ -151,6 +151,9 @@ pub struct OpenedImage {
     /// The platform manifest the layers come from (None for a single layer
     /// opened without its image).
     pub manifest: Option<Manifest>,
+    /// The image config (None for a single layer opened without its
+    /// image).
+    pub config: Option<ImageConfig>,
     /// One entry per layer, bottom first.
     pub layers: Arc<Vec<RemoteLayer>>,
     /// The layers' TOCs, in the same order.
@@ -174,6 +177,7 @@ pub async fn open_image(store: &ImageStore) -> Result<OpenedImage, LayerError> {
     }
     Ok(OpenedImage {
         manifest: Some(image.manifest),
+        config: Some(image.config),
         layers: Arc::new(layers),
         tocs,
     })
@@ -212,6 +216,7 @@ pub fn open_layer_from(
 fn one_layer(store: &ImageStore, digest: Digest, toc: Toc) -> OpenedImage {
     OpenedImage {
         manifest: None,
+        config: None,
         layers: Arc::new(vec![RemoteLayer {
             store: store.clone(),
             digest,

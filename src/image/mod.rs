@@ -4,6 +4,7 @@
 
 mod layout;
 mod platform;
+mod process;
 mod store;
 
 pub use layout::OciLayout;
@@ -11,6 +12,7 @@ pub use platform::{
     chain_id, config_of, host_arch, layers_of, platform_image, platform_manifest, ImageConfig,
     ImageLayer, PlatformImage,
 };
+pub use process::{resolve_user, Process, ResolvedUser, RunConfig, DEFAULT_PATH};
 pub use store::{ImageError, ImageStore};
 
 use crate::registry::Reference;

@@ -2,6 +2,7 @@
 //! kept with the image in the registry, and fetched in the background on
 //! the next cold start ahead of the reads that need them.
 
+mod container;
 mod image_traces;
 mod lookup;
 mod publish;
@@ -9,6 +10,7 @@ mod recorder;
 mod replay;
 mod trace;
 
+pub use container::{ContainerError, ContainerRun, RunOutcome};
 pub use image_traces::ImageTraces;
 pub use lookup::find_trace;
 pub use publish::{fetch_trace, push_raw_trace, push_trace, PublishError, TRACE_ARTIFACT_TYPE};

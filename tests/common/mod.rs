@@ -217,6 +217,36 @@ pub fn build_fixture(dir: &Path, tag: &str, extra: &[&str]) {
         .args(extra));
 }
 
+/// Tools a realistic (debootstrap-built) image needs.
+pub const DEBIAN_IMAGE_NEEDS: &[&str] = &["debootstrap", "umoci", "skopeo", "tar"];
+
+/// A realistic image: Debian bookworm (minbase, merged /usr) with
+/// `packages`, built by tools/make-debian-image.sh with its `extra`
+/// arguments (`--cmd`, `--user`, `--workdir`). Returns the OCI layout
+/// holding it as `tag`. Built once per machine: the rootfs and the image
+/// are cached in `LOCI_TEST_IMAGE_CACHE` (default /var/tmp/loci-test-images),
+/// keyed by everything that makes them.
+pub fn debian_image(tag: &str, packages: &str, extra: &[&str]) -> PathBuf {
+    let cache = std::env::var_os("LOCI_TEST_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/loci-test-images"));
+    // One build at a time: tests share the cache's layout.
+    std::fs::create_dir_all(&cache).unwrap();
+    let lock = std::fs::File::create(cache.join(".lock")).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&lock);
+    assert_eq!(unsafe { flock(fd, 2) }, 0, "locking {}", cache.display());
+    run(Command::new(repo_root().join("tools/make-debian-image.sh"))
+        .arg(&cache)
+        .arg(tag)
+        .arg(packages)
+        .args(extra));
+    cache.join("layout")
+}
+
+extern "C" {
+    fn flock(fd: i32, operation: i32) -> i32;
+}
+
 /// Copies an OCI layout image into the registry with skopeo.
 pub fn push_layout(dir: &Path, tag: &str, reference: &str) {
     run(Command::new("skopeo")

@@ -167,6 +167,61 @@ fn a_published_trace_is_replayed_on_the_next_mount() {
     );
 }
 
+/// A trace that foresaw almost nothing of a start (here: one small file)
+/// must not make the start fetch in more requests than no trace: reads it
+/// did not foresee keep the untraced policy (neighbours fetched along), are
+/// counted, and the mount warns that the trace covers little.
+#[test]
+fn a_trace_that_covers_little_is_no_slower_than_none_and_says_so() {
+    let test = "a_trace_that_covers_little_is_no_slower_than_none_and_says_so";
+    if !ready(test) {
+        return;
+    }
+    let setup = Setup::new("32", &["app"]);
+    let layers = layer_digests(&setup, "app");
+    let read_the_start = |mount: &LociMount| {
+        for i in 0..64 {
+            std::fs::read(mount.dir.join(format!("big/files/f{i:02}.bin"))).unwrap();
+        }
+        use std::io::Read;
+        let mut head = vec![0; 8 << 20];
+        std::fs::File::open(mount.dir.join("big/huge.bin"))
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
+    };
+    let before = setup.registry.daemon.log_text().len();
+    let mut untraced = setup.mount("app", "untraced", &["--no-prefetch"]);
+    read_the_start(&untraced);
+    let (untraced_requests, untraced_bytes) = image_traffic(&setup, &layers, before);
+    untraced.stop();
+
+    setup.record("app", &["etc/hello.txt"]);
+    let before = setup.registry.daemon.log_text().len();
+    let mut traced = setup.mount("app", "traced", &["--stats"]);
+    wait_for_prefetch(&traced);
+    read_the_start(&traced);
+    let (traced_requests, traced_bytes) = image_traffic(&setup, &layers, before);
+    traced.stop();
+    eprintln!("untraced: {untraced_requests} requests, {untraced_bytes} B; with a trace of one file: {traced_requests} requests, {traced_bytes} B");
+    // The trace's own prefetch is one more request.
+    assert!(
+        traced_requests <= untraced_requests + 1,
+        "the poor trace made the start send {traced_requests} requests against {untraced_requests}"
+    );
+    let log = traced.daemon.log_text();
+    assert!(log.contains("the start reads beyond its trace"), "{log}");
+    let stats: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .last()
+        .unwrap_or_else(|| panic!("no --stats line:\n{log}"));
+    assert!(
+        stats["fetch"]["untraced_demand_chunks"].as_u64().unwrap() >= 16,
+        "{stats}"
+    );
+}
+
 #[test]
 fn traces_that_do_not_fit_are_ignored_with_a_warning() {
     let test = "traces_that_do_not_fit_are_ignored_with_a_warning";

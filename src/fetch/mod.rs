@@ -17,8 +17,8 @@ use crate::format::{decode_chunk, Chunk};
 use crate::image::ImageStore;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,13 @@ pub struct FetchStats {
     pub latency_us_sum: AtomicU64,
     /// Largest request latency, in microseconds.
     pub latency_us_max: AtomicU64,
+    /// Chunks on-demand reads fetched (with their neighbours and
+    /// readahead) that a followed start trace holds: the prefetch had not
+    /// brought them yet.
+    pub traced_demand_chunks: AtomicU64,
+    /// Chunks on-demand reads fetched that no followed trace holds: many
+    /// of them say the trace covers little of this start.
+    pub untraced_demand_chunks: AtomicU64,
 }
 
 /// A point-in-time copy of [`FetchStats`].
@@ -117,6 +124,10 @@ pub struct FetchStatsSnapshot {
     pub mean_latency_us: u64,
     /// Largest request latency, in microseconds.
     pub max_latency_us: u64,
+    /// See [`FetchStats::traced_demand_chunks`].
+    pub traced_demand_chunks: u64,
+    /// See [`FetchStats::untraced_demand_chunks`].
+    pub untraced_demand_chunks: u64,
 }
 
 impl FetchStats {
@@ -131,6 +142,8 @@ impl FetchStats {
             failed_reads: self.failed_reads.load(Ordering::Relaxed),
             mean_latency_us: self.latency_us_sum.load(Ordering::Relaxed) / requests.max(1),
             max_latency_us: self.latency_us_max.load(Ordering::Relaxed),
+            traced_demand_chunks: self.traced_demand_chunks.load(Ordering::Relaxed),
+            untraced_demand_chunks: self.untraced_demand_chunks.load(Ordering::Relaxed),
         }
     }
 }
@@ -141,9 +154,14 @@ pub struct Fetcher {
     config: FetchConfig,
     /// On-demand reads being served now; prefetch backs off while any is.
     demand: std::sync::atomic::AtomicUsize,
-    /// The amplification in force: `config.amplify_bytes` until a trace
-    /// is replayed, 0 after.
-    amplify_bytes: AtomicU64,
+    /// The chunks of the start traces being followed (bounded by
+    /// [`MAX_TRACED_CHUNKS`]); `following` says whether there are any, so
+    /// reads without a trace take no lock.
+    traced: std::sync::RwLock<HashSet<Digest>>,
+    following: AtomicBool,
+    /// Untraced on-demand chunks at which the next "trace covers little"
+    /// warning is logged (doubling each time; 0: none logged yet).
+    next_coverage_warning: AtomicU64,
     /// What was fetched so far.
     pub stats: FetchStats,
     /// Chunks whose read failed lately, and when: a read that needs one of
@@ -161,12 +179,23 @@ pub struct Fetcher {
 /// twice.
 pub const FAIL_FAST: Duration = Duration::from_secs(1);
 
+/// Traced chunks a fetcher remembers (32 bytes each); chunks of traces
+/// past it are read as untraced ones are.
+pub const MAX_TRACED_CHUNKS: usize = 1 << 20;
+
+/// Untraced chunks fetched on demand, while a trace is followed, before the
+/// first warning that the trace covers little of the start (or as many as
+/// the traces hold, if more).
+const FIRST_COVERAGE_WARNING: u64 = 16;
+
 impl Fetcher {
     /// A fetcher over the node's cache.
     pub fn new(cache: Arc<ChunkCache>, config: FetchConfig) -> Fetcher {
         Fetcher {
             cache,
-            amplify_bytes: AtomicU64::new(config.amplify_bytes),
+            traced: std::sync::RwLock::new(HashSet::new()),
+            following: AtomicBool::new(false),
+            next_coverage_warning: AtomicU64::new(0),
             config,
             demand: std::sync::atomic::AtomicUsize::new(0),
             stats: FetchStats::default(),
@@ -176,11 +205,25 @@ impl Fetcher {
         }
     }
 
-    /// A start trace is being replayed for these layers: it says which
-    /// chunks the start reads, so reads stop fetching their blob
-    /// neighbours on a guess (bytes a slow link would rather not carry).
-    pub fn follow_trace(&self) {
-        self.amplify_bytes.store(0, Ordering::Relaxed);
+    /// A start trace holding these chunks is being replayed: it says what
+    /// the start reads next, so a read of a traced chunk does not fetch its
+    /// blob neighbours on a guess (bytes a slow link would rather not
+    /// carry). A read the trace did not foresee keeps the untraced policy,
+    /// amplification and all, so a trace never makes a start slower than
+    /// no trace.
+    pub fn follow_trace(&self, chunks: impl IntoIterator<Item = Digest>) {
+        let mut traced = self.traced.write().unwrap_or_else(|e| e.into_inner());
+        for digest in chunks {
+            if traced.len() >= MAX_TRACED_CHUNKS {
+                tracing::warn!(
+                    max = MAX_TRACED_CHUNKS,
+                    "too many traced chunks to remember: reads of the rest are amplified as untraced ones"
+                );
+                break;
+            }
+            traced.insert(digest);
+        }
+        self.following.store(!traced.is_empty(), Ordering::Relaxed);
     }
 
     /// On-demand reads in flight now.
@@ -307,23 +350,85 @@ impl Fetcher {
     }
 
     /// When some of `indexes` (sorted) must be fetched: the uncached chunks
-    /// after the last of them in blob order, within `amplify_bytes` of the
-    /// first missing one (see [`FetchConfig::amplify_bytes`]).
+    /// after the last of them in blob order, within the amplification of
+    /// the first missing one (see [`FetchConfig::amplify_bytes`] and
+    /// [`Fetcher::follow_trace`]).
     fn blob_neighbours(&self, layer: &RemoteLayer, indexes: &[u32]) -> Vec<u32> {
         let cached = |i: u32| self.cache.contains(&layer.chunks[i as usize].digest);
-        let (Some(&first), Some(&last)) = (indexes.iter().find(|&&i| !cached(i)), indexes.last())
-        else {
+        let missing: Vec<u32> = indexes.iter().copied().filter(|&i| !cached(i)).collect();
+        let (Some(&first), Some(&last)) = (missing.first(), indexes.last()) else {
             return Vec::new();
         };
+        let amplify = self.amplification(layer, &missing);
         let start = layer.chunks[first as usize].blob_offset;
         (last + 1..layer.chunks.len() as u32)
             .take_while(|&i| {
                 let c = &layer.chunks[i as usize];
-                c.blob_offset + u64::from(c.compressed_len) - start
-                    <= self.amplify_bytes.load(Ordering::Relaxed)
+                c.blob_offset + u64::from(c.compressed_len) - start <= amplify
             })
             .filter(|&i| !cached(i))
             .collect()
+    }
+
+    /// The amplification of an on-demand read that must fetch `missing`:
+    /// none when a followed trace holds every one of them, the configured
+    /// one otherwise.
+    fn amplification(&self, layer: &RemoteLayer, missing: &[u32]) -> u64 {
+        if !self.following.load(Ordering::Relaxed) {
+            return self.config.amplify_bytes;
+        }
+        let traced = self.traced.read().unwrap_or_else(|e| e.into_inner());
+        if missing
+            .iter()
+            .all(|&i| traced.contains(&layer.chunks[i as usize].digest))
+        {
+            0
+        } else {
+            self.config.amplify_bytes
+        }
+    }
+
+    /// Counts the chunks an on-demand read fetches (`missing`: the read's,
+    /// its neighbours' and its readahead's) in or outside the followed
+    /// traces, and warns, at doubling counts, when the traces cover little
+    /// of what the start reads.
+    fn count_demand(&self, layer: &RemoteLayer, missing: &[u32]) {
+        if !self.following.load(Ordering::Relaxed) || missing.is_empty() {
+            return;
+        }
+        let (outside, traced_len) = {
+            let traced = self.traced.read().unwrap_or_else(|e| e.into_inner());
+            let outside = missing
+                .iter()
+                .filter(|&&i| !traced.contains(&layer.chunks[i as usize].digest))
+                .count() as u64;
+            (outside, traced.len())
+        };
+        self.stats
+            .traced_demand_chunks
+            .fetch_add(missing.len() as u64 - outside, Ordering::Relaxed);
+        if outside == 0 {
+            return;
+        }
+        let untraced = self
+            .stats
+            .untraced_demand_chunks
+            .fetch_add(outside, Ordering::Relaxed)
+            + outside;
+        let next = self.next_coverage_warning.load(Ordering::Relaxed);
+        if untraced >= next.max(FIRST_COVERAGE_WARNING.max(traced_len as u64))
+            && self
+                .next_coverage_warning
+                .compare_exchange(next, untraced * 2, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                layer = %layer.digest,
+                untraced_chunks = untraced,
+                traced_chunks = traced_len,
+                "the start reads beyond its trace: chunks no trace holds were fetched on demand (read as without a trace); record the trace again from a start like this one"
+            );
+        }
     }
 
     /// The chunks at these (sorted, unique) indexes of the layer's chunk
@@ -344,6 +449,7 @@ impl Fetcher {
             .collect();
         missing.sort_unstable();
         missing.dedup();
+        self.count_demand(layer, &missing);
         let runs = self.runs(layer, &missing);
         let leaders =
             futures::future::try_join_all(runs.iter().map(|run| self.fetch_run(layer, run)))

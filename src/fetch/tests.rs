@@ -137,6 +137,48 @@ fn a_fetching_read_brings_the_uncached_chunks_after_it_within_the_amplification(
     }
 }
 
+#[test]
+fn a_followed_trace_spares_neighbours_only_for_the_reads_it_foresaw() {
+    let dir = tempfile::tempdir().unwrap();
+    let layer = RemoteLayer {
+        store: layout_store(dir.path()),
+        digest: Digest::of(b"blob"),
+        chunks: chunk_table(&[(0, 100), (100, 100), (200, 100), (300, 100), (400, 100)]),
+    };
+    let f = fetcher(
+        dir.path(),
+        FetchConfig {
+            amplify_bytes: 300,
+            ..FetchConfig::default()
+        },
+    );
+    f.follow_trace([0, 1].map(|i| layer.chunks[i].digest));
+    // (chunks read, neighbours)
+    type Case<'a> = (&'a [u32], &'a [u32]);
+    let cases: &[Case] = &[
+        // Foreseen by the trace: its next reads are prefetched, no guess.
+        (&[0], &[]),
+        (&[0, 1], &[]),
+        // Not foreseen: read as without a trace.
+        (&[2], &[3, 4]),
+        // Partly foreseen: amplified from the first missing chunk.
+        (&[1, 2], &[3]),
+    ];
+    for (read, neighbours) in cases {
+        assert_eq!(
+            f.blob_neighbours(&layer, read),
+            neighbours.to_vec(),
+            "read {read:?}"
+        );
+    }
+    f.count_demand(&layer, &[0, 2, 3, 4]);
+    let stats = f.stats.snapshot();
+    assert_eq!(
+        (stats.traced_demand_chunks, stats.untraced_demand_chunks),
+        (1, 3)
+    );
+}
+
 /// A converted layer of four files in a layout: two small (one pack
 /// chunk), two of 200 KiB (16 KiB chunks each).
 struct Converted {

@@ -58,7 +58,12 @@ pub async fn prefetch(
     config: PrefetchConfig,
 ) -> PrefetchReport {
     let started = Instant::now();
-    fetcher.follow_trace();
+    fetcher.follow_trace(
+        trace
+            .accesses
+            .iter()
+            .map(|a| layers[a.layer as usize].chunks[a.chunk as usize].digest),
+    );
     let mut report = PrefetchReport {
         traced: trace.accesses.len(),
         ..PrefetchReport::default()

@@ -113,6 +113,7 @@ struct FetchCollector {
 
 const LAYER_BYTES: &str = "loci_layer_fetched_bytes_total";
 const LAYER_REQUESTS: &str = "loci_layer_fetch_requests_total";
+const TRACE_COVERED: &str = "loci_layer_demand_chunks_total";
 const CACHE_HITS: &str = "loci_cache_hits_total";
 const CACHE_MISSES: &str = "loci_cache_misses_total";
 const FETCH_LATENCY: &str = "loci_fetch_latency_seconds";
@@ -134,6 +135,7 @@ impl FetchCollector {
             descs: vec![
                 desc(LAYER_BYTES, "Bytes fetched from the registry, per image and layer.", &["image", "layer"]),
                 desc(LAYER_REQUESTS, "Range requests sent to the registry, per image and layer.", &["image", "layer"]),
+                desc(TRACE_COVERED, "Chunks on-demand reads fetched while a start trace was followed, per image and layer, by whether the trace held them (traced=\"false\" in numbers says the trace covers little of the start).", &["image", "layer", "traced"]),
                 desc(CACHE_HITS, "Chunk reads served by the cache, per tier.", &["tier"]),
                 desc(CACHE_MISSES, "Chunk reads the cache could not serve.", &[]),
                 desc(FETCH_LATENCY, "Latency of chunk fetches on a cache miss (the sum counts registry request time).", &[]),
@@ -178,12 +180,24 @@ impl Collector for FetchCollector {
         let layers = self.layers.lock().expect("metrics lock").clone();
         let mut bytes = Vec::new();
         let mut requests = Vec::new();
+        let mut demand = Vec::new();
         let mut latency_sum_us = 0u64;
         for ((image, layer), fetcher) in &layers {
             let s = fetcher.stats.snapshot();
             let labels = [("image", image.as_str()), ("layer", layer.as_str())];
             bytes.push(counter(&labels, s.bytes_fetched as f64));
             requests.push(counter(&labels, s.requests as f64));
+            for (traced, count) in [
+                ("true", s.traced_demand_chunks),
+                ("false", s.untraced_demand_chunks),
+            ] {
+                let labels = [
+                    ("image", image.as_str()),
+                    ("layer", layer.as_str()),
+                    ("traced", traced),
+                ];
+                demand.push(counter(&labels, count as f64));
+            }
             latency_sum_us += fetcher.stats.latency_us_sum.load(Ordering::Relaxed);
         }
         let cache = self.cache.stats();
@@ -218,6 +232,12 @@ impl Collector for FetchCollector {
                 &help(LAYER_REQUESTS),
                 MetricType::COUNTER,
                 requests,
+            ),
+            family(
+                TRACE_COVERED,
+                &help(TRACE_COVERED),
+                MetricType::COUNTER,
+                demand,
             ),
             family(
                 CACHE_HITS,

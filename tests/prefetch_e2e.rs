@@ -213,8 +213,8 @@ fn a_trace_that_covers_little_is_no_slower_than_none_and_says_so() {
     assert!(log.contains("the start reads beyond its trace"), "{log}");
     let stats: serde_json::Value = log
         .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .last()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no --stats line:\n{log}"));
     assert!(
         stats["fetch"]["untraced_demand_chunks"].as_u64().unwrap() >= 16,

@@ -35,6 +35,10 @@ impl Config {
             ("prefetch.max_in_flight", self.prefetch.max_in_flight as u64),
             ("prefetch.window", self.prefetch.window as u64),
             (
+                "prefetch.record_window_secs",
+                self.prefetch.record_window_secs,
+            ),
+            (
                 "snapshotter.fuse_threads",
                 self.snapshotter.fuse_threads as u64,
             ),

@@ -872,3 +872,48 @@ fn an_annotation_asking_for_plain_http_is_ignored() {
     let said = setup.pull(&image);
     assert!(said.contains("4 layers lazy, 0 unpacked"), "{said}");
 }
+
+/// A node set to record starts (`[prefetch] record_starts`) publishes the
+/// first start of an image that has no trace: what the container read,
+/// through the lazily served layers, in the image's layer order.
+#[test]
+fn a_node_records_a_real_start_and_publishes_it_as_the_trace() {
+    let test = "a_node_records_a_real_start_and_publishes_it_as_the_trace";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    let setup = Setup::new_with("[prefetch]\nrecord_starts = true\nrecord_window_secs = 3");
+    let image = format!("{}/fixture:loci", setup.registry.addr);
+    setup.pull(&image);
+    let out = setup.ctr_run(
+        &image,
+        "recorded",
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /etc/hello.txt; sha256sum /data/big-random.bin",
+        ],
+    );
+    assert!(out.contains("hello again from layer 3"), "{out}");
+    wait_until("the recorded start is published", 30, || {
+        setup.snapshotter.log_text().contains("trace published")
+    });
+    let shown = run(loci().args(["trace", "show", "--plain-http", &image]));
+    let trace: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let paths: Vec<&str> = trace["accesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    for expected in ["bin/busybox", "etc/hello.txt", "data/big-random.bin"] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} not in the trace: {paths:?}"
+        );
+    }
+    assert!(
+        !paths.contains(&"data/big-text.txt"),
+        "a file the start never read is in the trace"
+    );
+}

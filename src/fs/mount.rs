@@ -122,8 +122,9 @@ pub fn serve(
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
     threads: usize,
+    recorder: Option<Arc<dyn ReadRecorder>>,
 ) -> Result<fuser::BackgroundSession, MountError> {
-    let fs = filesystem(image, view, fetcher, runtime, None)?;
+    let fs = filesystem(image, view, fetcher, runtime, recorder)?;
     let mut config = fuse_config(threads);
     // Every thread reads the connection's own fd, never a clone: requests a
     // clone had read when the process died would be failed by the kernel

@@ -5,6 +5,7 @@
 mod container;
 mod image_traces;
 mod lookup;
+mod node_recordings;
 mod publish;
 mod recorder;
 mod replay;
@@ -13,6 +14,7 @@ mod trace;
 pub use container::{ContainerError, ContainerRun, RunOutcome};
 pub use image_traces::ImageTraces;
 pub use lookup::find_trace;
+pub use node_recordings::NodeRecordings;
 pub use publish::{fetch_trace, push_raw_trace, push_trace, PublishError, TRACE_ARTIFACT_TYPE};
 pub use recorder::TraceRecorder;
 pub use replay::{prefetch, PrefetchConfig, PrefetchReport};

@@ -21,6 +21,13 @@ pub struct PrefetchConfig {
     /// Trace accesses planned together: their chunks are sorted and
     /// coalesced per layer, so a window becomes a few large requests.
     pub window: usize,
+    /// The snapshotter records the first start of each image on this node
+    /// (its lazily served layers' reads) and publishes it as the image's
+    /// trace if it has none: traces from production starts, without a
+    /// separate recording run. Needs push rights to the registry.
+    pub record_starts: bool,
+    /// How long a recorded start lasts, from its first read.
+    pub record_window_secs: u64,
 }
 
 impl Default for PrefetchConfig {
@@ -29,6 +36,8 @@ impl Default for PrefetchConfig {
             enabled: true,
             max_in_flight: 8,
             window: 256,
+            record_starts: false,
+            record_window_secs: 30,
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::fetch::{FetchConfig, Fetcher};
 use crate::format::{annotations, EntryKind, Toc};
 use crate::fs::{self, takeover, tree::View, Connection, MountError};
 use crate::image::{ImageRef, ImageStore};
-use crate::prefetch::{ImageTraces, PrefetchConfig};
+use crate::prefetch::{ImageTraces, NodeRecordings, PrefetchConfig};
 use crate::registry::RegistryOptions;
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -124,6 +124,8 @@ pub struct LazyLayers {
     /// Start traces, replayed for each layer as it is mounted.
     traces: Arc<ImageTraces>,
     prefetch: PrefetchConfig,
+    /// Starts recorded as traces (`[prefetch] record_starts`).
+    recordings: Option<NodeRecordings>,
     /// Keeps each mount's FUSE connection for the next daemon.
     held: FdStore,
 }
@@ -164,11 +166,17 @@ impl LazyLayers {
             registry,
             plain_http_hosts,
             admission,
-            runtime,
             threads,
             metrics,
             mounts: Mutex::new(HashMap::new()),
             traces: Arc::new(ImageTraces::default()),
+            recordings: prefetch.record_starts.then(|| {
+                NodeRecordings::new(
+                    std::time::Duration::from_secs(prefetch.record_window_secs),
+                    runtime.clone(),
+                )
+            }),
+            runtime,
             prefetch,
             held,
         }
@@ -351,6 +359,10 @@ impl LazyLayers {
                 tracing::warn!(layer = %digest, error = %e, "could not keep the TOC; a restart will fetch it again");
             }
         }
+        let recorder = self.recordings.as_ref().and_then(|r| {
+            let layer_digest = layer.image.layers[0].digest;
+            r.layer_recorder(&image, &layer.image.layers[0].store, layer_digest)
+        });
         let session = fs::serve(
             &layer.image,
             View::OverlayLower,
@@ -358,6 +370,7 @@ impl LazyLayers {
             fetcher.clone(),
             self.runtime.clone(),
             self.threads,
+            recorder,
         )?;
         if self.prefetch.enabled {
             let traces = self.traces.clone();

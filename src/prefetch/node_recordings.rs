@@ -1,0 +1,223 @@
+//! Traces recorded from real starts on a node, so a platform gets traces
+//! from its production starts without a separate recording run (the
+//! snapshotter with `[prefetch] record_starts`): the reads of an image's
+//! lazily served layers, from the first one for `record_window_secs`, are
+//! published as the image's trace unless it has one by then. One recording
+//! per image per daemon.
+
+use super::publish::{fetch_trace, push_trace};
+use super::recorder::TraceRecorder;
+use super::trace::{Access, Trace, TRACE_VERSION};
+use crate::digest::Digest;
+use crate::fs::ReadRecorder;
+use crate::image::{platform_image, ImageStore};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The node's recordings, by image reference.
+pub struct NodeRecordings {
+    window: Duration,
+    runtime: tokio::runtime::Handle,
+    images: Mutex<HashMap<String, Arc<Recording>>>,
+}
+
+/// One image's recording: its layers in the order they were mounted (the
+/// image's order is known only when it is published).
+struct Recording {
+    image: String,
+    store: ImageStore,
+    recorder: TraceRecorder,
+    layers: Mutex<Vec<Digest>>,
+    started: AtomicBool,
+    closed: AtomicBool,
+}
+
+impl NodeRecordings {
+    /// Recordings `window` long, published from `runtime`.
+    pub fn new(window: Duration, runtime: tokio::runtime::Handle) -> NodeRecordings {
+        NodeRecordings {
+            window,
+            runtime,
+            images: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The recorder for a lazily served `layer` of `image` (read through
+    /// `store`), or None when this image's recording is over.
+    pub fn layer_recorder(
+        &self,
+        image: &str,
+        store: &ImageStore,
+        layer: Digest,
+    ) -> Option<Arc<dyn ReadRecorder>> {
+        let recording = self
+            .images
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(image.to_string())
+            .or_insert_with(|| {
+                Arc::new(Recording {
+                    image: image.to_string(),
+                    store: store.clone(),
+                    recorder: TraceRecorder::new(Vec::new()),
+                    layers: Mutex::new(Vec::new()),
+                    started: AtomicBool::new(false),
+                    closed: AtomicBool::new(false),
+                })
+            })
+            .clone();
+        if recording.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let index = {
+            let mut layers = recording.layers.lock().unwrap_or_else(|e| e.into_inner());
+            match layers.iter().position(|d| *d == layer) {
+                Some(i) => i,
+                None => {
+                    layers.push(layer);
+                    layers.len() - 1
+                }
+            }
+        };
+        Some(Arc::new(LayerRecorder {
+            recording,
+            index,
+            window: self.window,
+            runtime: self.runtime.clone(),
+        }))
+    }
+}
+
+/// Records one mounted layer's reads into its image's recording, and
+/// starts the recording's window at the image's first read.
+struct LayerRecorder {
+    recording: Arc<Recording>,
+    index: usize,
+    window: Duration,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ReadRecorder for LayerRecorder {
+    fn record(&self, _layer: usize, chunks: &[(u32, Digest)], path: &mut dyn FnMut() -> String) {
+        let recording = &self.recording;
+        if recording.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        recording.recorder.record(self.index, chunks, path);
+        if !recording.started.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                image = recording.image,
+                secs = self.window.as_secs(),
+                "recording the image's start"
+            );
+            let (recording, window) = (recording.clone(), self.window);
+            self.runtime.spawn(async move {
+                tokio::time::sleep(window).await;
+                recording.closed.store(true, Ordering::Relaxed);
+                recording.publish().await;
+            });
+        }
+    }
+}
+
+impl Recording {
+    /// Publishes what was recorded as the image's trace, in the image's
+    /// layer order, unless the image has a trace already.
+    async fn publish(&self) {
+        let image = self.image.as_str();
+        let ImageStore::Registry { client, reference } = &self.store else {
+            return;
+        };
+        let platform = match platform_image(&self.store).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(image, error = %crate::error_chain::chain(&e), "the recorded start is not published: the image's manifest did not read");
+                return;
+            }
+        };
+        let order: Vec<Digest> = platform.layers.iter().map(|l| l.digest).collect();
+        let mounted = self
+            .layers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(trace) = in_image_order(&self.recorder.trace().accesses, &mounted, order) else {
+            tracing::warn!(
+                image,
+                "the recorded start is not published: it read layers the image does not have"
+            );
+            return;
+        };
+        if trace.accesses.is_empty() {
+            return;
+        }
+        let repo = &reference.repository;
+        match fetch_trace(client, repo, &platform.manifest.digest).await {
+            Ok(Some(_)) => {
+                tracing::info!(
+                    image,
+                    "the image has a trace already; the recorded start is not published"
+                );
+                return;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(image, error = %crate::error_chain::chain(&e), "the recorded start is not published: looking for the image's trace failed");
+                return;
+            }
+        }
+        if let Err(e) = push_trace(client, repo, &platform.manifest, &trace).await {
+            tracing::warn!(image, error = %crate::error_chain::chain(&e), "publishing the recorded start failed");
+        }
+    }
+}
+
+/// The accesses recorded against `mounted` (layer digests by recording
+/// index) as a trace of the image whose layers are `order`; None if a
+/// recorded layer is not the image's.
+fn in_image_order(accesses: &[Access], mounted: &[Digest], order: Vec<Digest>) -> Option<Trace> {
+    let index: Vec<u32> = mounted
+        .iter()
+        .map(|d| order.iter().position(|o| o == d).map(|i| i as u32))
+        .collect::<Option<_>>()?;
+    Some(Trace {
+        version: TRACE_VERSION,
+        accesses: accesses
+            .iter()
+            .map(|a| Access {
+                layer: index[a.layer as usize],
+                ..a.clone()
+            })
+            .collect(),
+        layers: order,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(layer: u32, chunk: u32) -> Access {
+        Access {
+            layer,
+            chunk,
+            digest: Digest::of(&[layer as u8, chunk as u8]),
+            at_ms: 0,
+            path: format!("f{layer}-{chunk}"),
+        }
+    }
+
+    #[test]
+    fn layers_recorded_in_mount_order_are_put_in_the_images_order() {
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        // Mounted top first: c, then a (b was unpacked, not lazy).
+        let recorded = [access(0, 5), access(1, 2), access(0, 6)];
+        let trace = in_image_order(&recorded, &[c, a], vec![a, b, c]).unwrap();
+        assert_eq!(trace.layers, [a, b, c]);
+        let got: Vec<(u32, u32)> = trace.accesses.iter().map(|x| (x.layer, x.chunk)).collect();
+        assert_eq!(got, [(2, 5), (0, 2), (2, 6)]);
+        assert!(in_image_order(&recorded, &[c, Digest::of(b"z")], vec![a, b, c]).is_none());
+    }
+}

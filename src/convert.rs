@@ -69,6 +69,13 @@ pub struct LayerReport {
     pub convert_secs: f64,
     /// The layer was already in loci's format and was copied as is.
     pub passed_through: bool,
+    /// The source layer's diff_id.
+    pub source_diff_id: Digest,
+    /// The converted layer's diff_id: the source's, unless the layer was
+    /// reordered for a start trace.
+    pub diff_id: Digest,
+    /// What reordering for a start trace did, if the layer was reordered.
+    pub reordered: Option<format::ReorderSummary>,
 }
 
 /// Converts images from one store to another.
@@ -84,6 +91,10 @@ pub struct Converter {
     /// Signs each converted layer's (blob, TOC, diff_id), so nodes that
     /// trust the key serve it lazily (see [`format::SigningKey`]).
     pub sign_key: Option<format::SigningKey>,
+    /// Files a start reads, in first-read order, by the diff_id of the
+    /// source layer holding them: those layers are written trace-ordered
+    /// ([`format::reorder_tar`]), with new diff_ids in a rewritten config.
+    pub read_order: HashMap<Digest, Vec<Vec<u8>>>,
 }
 
 fn invalid(what: impl std::fmt::Display, reason: impl std::fmt::Display) -> ConvertError {
@@ -203,12 +214,22 @@ impl Converter {
             .buffered(self.parallel_layers.max(1))
             .try_collect()
             .await?;
-        dst.put_blob_bytes(&config_digest, config_bytes, Some(src))
-            .await?;
         let (descriptors, reports): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+        let mut config_descriptor = manifest.config().clone();
+        if reports.iter().any(|r| r.diff_id != r.source_diff_id) {
+            let diff_ids: Vec<Digest> = reports.iter().map(|r| r.diff_id).collect();
+            let bytes = with_diff_ids(&config_bytes, &diff_ids)
+                .map_err(|e| invalid(format!("config {config_digest}"), e))?;
+            let digest = Digest::of(&bytes);
+            config_descriptor.set_size(bytes.len() as u64);
+            config_descriptor.set_digest(digest.to_string().parse().expect("valid digest"));
+            dst.put_blob_bytes(&digest, bytes, None).await?;
+        } else {
+            dst.put_blob_bytes(&config_digest, config_bytes, Some(src))
+                .await?;
+        }
         manifest.set_layers(descriptors);
         manifest.set_media_type(Some(MediaType::ImageManifest));
-        let mut config_descriptor = manifest.config().clone();
         config_descriptor.set_media_type(MediaType::ImageConfig);
         manifest.set_config(config_descriptor);
         let bytes = canonical_json(&manifest);
@@ -232,10 +253,16 @@ impl Converter {
     ) -> Result<(Descriptor, LayerReport), ConvertError> {
         let digest = oci_digest(layer.digest())?;
         let scratch = &self.scratch;
-        let already = layer
-            .annotations()
-            .as_ref()
-            .is_some_and(|a| a.contains_key(annotations::TOC_DIGEST));
+        // A layer already in loci's format is copied as it is, unless it
+        // is to be written trace-ordered.
+        let reorder = diff_id
+            .parse::<Digest>()
+            .is_ok_and(|d| self.read_order.contains_key(&d));
+        let already = !reorder
+            && layer
+                .annotations()
+                .as_ref()
+                .is_some_and(|a| a.contains_key(annotations::TOC_DIGEST));
         if already {
             if !dst.has_blob(&digest).await? {
                 let path = src
@@ -253,6 +280,13 @@ impl Converter {
                 toc_size: 0,
                 convert_secs: 0.0,
                 passed_through: true,
+                source_diff_id: diff_id
+                    .parse()
+                    .map_err(|e| invalid(format!("config diff_id of layer {digest}"), e))?,
+                diff_id: diff_id
+                    .parse()
+                    .map_err(|e| invalid(format!("config diff_id of layer {digest}"), e))?,
+                reordered: None,
             };
             return Ok((layer, report));
         }
@@ -275,11 +309,24 @@ impl Converter {
         let output = scratch.join(format!("{}.loci", digest.hex()));
         let task = std::sync::Arc::new(self.progress.bytes(&format!("convert {short}"), 0));
         let started = Instant::now();
-        let summary = {
+        let order = self.read_order.get(&expected_diff_id).cloned();
+        let (summary, reordered) = {
             let (input, output, options) = (input.clone(), output.clone(), self.options.clone());
             let task = task.clone();
-            tokio::task::spawn_blocking(move || {
-                convert_file(&input, &output, decompression, &options, &|n| task.set(n))
+            let scratch = scratch.clone();
+            tokio::task::spawn_blocking(move || match order {
+                None => convert_file(&input, &output, decompression, &options, &|n| task.set(n))
+                    .map(|summary| (summary, None)),
+                Some(order) => convert_reordered(
+                    &input,
+                    &output,
+                    &scratch,
+                    decompression,
+                    &order,
+                    &expected_diff_id,
+                    &options,
+                    &|n| task.set(n),
+                ),
             })
             .await
             .expect("conversion thread panicked")
@@ -293,7 +340,7 @@ impl Converter {
         })?;
         let convert_secs = started.elapsed().as_secs_f64();
         task.finish("converted");
-        if summary.diff_id != expected_diff_id {
+        if reordered.is_none() && summary.diff_id != expected_diff_id {
             return Err(ConvertError::Layer {
                 layer: digest,
                 source: FormatError::DiffIdMismatch {
@@ -314,6 +361,7 @@ impl Converter {
             entries = summary.entries,
             chunks = summary.chunks,
             secs = format!("{convert_secs:.2}"),
+            reordered_files = reordered.as_ref().map_or(0, |r| r.moved_files),
             "layer converted"
         );
         Ok((
@@ -326,6 +374,9 @@ impl Converter {
                 toc_size: summary.toc_length,
                 convert_secs,
                 passed_through: false,
+                source_diff_id: expected_diff_id,
+                diff_id: summary.diff_id,
+                reordered,
             },
         ))
     }
@@ -437,4 +488,78 @@ fn convert_file(
         std::fs::File::create(output).map_err(|e| LocalError::Scratch(output.to_path_buf(), e))?;
     let out = std::io::BufWriter::with_capacity(1 << 20, out);
     format::convert_layer(tar, out, options, progress).map_err(LocalError::Format)
+}
+
+/// The config with `diff_ids` as its `rootfs.diff_ids`, everything else as
+/// it was (keys sorted, as [`canonical_json`] writes them).
+fn with_diff_ids(config: &[u8], diff_ids: &[Digest]) -> Result<Bytes, String> {
+    let mut value: serde_json::Value = serde_json::from_slice(config).map_err(|e| e.to_string())?;
+    let rootfs = value
+        .get_mut("rootfs")
+        .and_then(|r| r.as_object_mut())
+        .ok_or("no rootfs")?;
+    rootfs.insert(
+        "diff_ids".into(),
+        serde_json::Value::from(diff_ids.iter().map(|d| d.to_string()).collect::<Vec<_>>()),
+    );
+    Ok(Bytes::from(
+        serde_json::to_vec(&value).map_err(|e| e.to_string())?,
+    ))
+}
+
+/// [`convert_file`] for a layer written trace-ordered: the source is
+/// decompressed to scratch and checked against its diff_id, reordered
+/// ([`format::reorder_tar`]) and converted.
+#[allow(clippy::too_many_arguments)]
+fn convert_reordered(
+    input: &Path,
+    output: &Path,
+    scratch: &Path,
+    decompression: Decompression,
+    order: &[Vec<u8>],
+    expected_diff_id: &Digest,
+    options: &ConvertOptions,
+    progress: &dyn Fn(u64),
+) -> Result<(LayerSummary, Option<format::ReorderSummary>), LocalError> {
+    let name = output.file_name().unwrap_or_default().to_string_lossy();
+    let (tar_path, ordered_path) = (
+        scratch.join(format!("{name}.tar")),
+        scratch.join(format!("{name}.ordered.tar")),
+    );
+    let scratch_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e| LocalError::Scratch(path, e)
+    };
+    let result = (|| {
+        let file = std::fs::File::open(input).map_err(scratch_err(input))?;
+        let mut tar = decompression
+            .reader(file)
+            .map_err(|e| LocalError::Format(FormatError::Io(e)))?;
+        let out = std::fs::File::create(&tar_path).map_err(scratch_err(&tar_path))?;
+        let mut out = crate::digest::HashingWriter::new(std::io::BufWriter::new(out));
+        std::io::copy(&mut tar, &mut out).map_err(|e| LocalError::Format(FormatError::Io(e)))?;
+        let (mut out, diff_id, _) = out.finish();
+        std::io::Write::flush(&mut out).map_err(scratch_err(&tar_path))?;
+        if diff_id != *expected_diff_id {
+            return Err(LocalError::Format(FormatError::DiffIdMismatch {
+                expected: *expected_diff_id,
+                actual: diff_id,
+            }));
+        }
+        let mut tar = std::fs::File::open(&tar_path).map_err(scratch_err(&tar_path))?;
+        let ordered = std::fs::File::create(&ordered_path).map_err(scratch_err(&ordered_path))?;
+        let reordered = format::reorder_tar(&mut tar, std::io::BufWriter::new(ordered), order)
+            .map_err(LocalError::Format)?;
+        let summary = convert_file(
+            &ordered_path,
+            output,
+            Decompression::None,
+            options,
+            progress,
+        )?;
+        Ok((summary, Some(reordered)))
+    })();
+    let _ = std::fs::remove_file(&tar_path);
+    let _ = std::fs::remove_file(&ordered_path);
+    result
 }

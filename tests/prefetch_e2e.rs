@@ -481,3 +481,102 @@ fn trace_record_runs_a_debian_images_bare_command_and_its_trace_pays_off() {
         "with the trace the start fetched {traced_bytes} B, without it {untraced_bytes} B"
     );
 }
+
+/// `loci convert --trace-of`: the files a published trace read move to
+/// the front of their layers, in the order they were read; the new image
+/// is still an ordinary valid image (containerd's own unpacker checks its
+/// new diff_ids), it carries a trace of its own, and replaying that trace
+/// takes fewer requests than replaying the original on the original.
+#[test]
+fn a_trace_ordered_image_replays_its_trace_in_fewer_requests() {
+    let test = "a_trace_ordered_image_replays_its_trace_in_fewer_requests";
+    if !ready(test) || !require(test, &["containerd", "ctr", "runc"], true) {
+        return;
+    }
+    let setup = Setup::new("32", &["app"]);
+    let traced = [
+        "etc/hello.txt",
+        "big/files/f40.bin",
+        "big/files/f03.bin",
+        "data/big-text.txt",
+        "big/files/f22.bin",
+        "big/small.txt",
+    ];
+    setup.record("app", &traced);
+    let source = format!("{}/source:v1", setup.registry.addr);
+    let ordered = format!("{}/ordered:loci", setup.registry.addr);
+    let out = run(loci().args([
+        "convert",
+        "--plain-http",
+        "--trace-of",
+        &setup.image("app"),
+        &source,
+        &ordered,
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("traced files") && stderr.contains("published with"),
+        "{stderr}"
+    );
+    run(loci().args(["inspect", "--plain-http", "--verify", &ordered]));
+
+    // Any runtime can pull it the old way: containerd checks each layer
+    // it unpacks against the config's (rewritten) diff_ids.
+    let containerd = Containerd::start("");
+    containerd.pull(&ordered, "overlayfs");
+    let hello = run(containerd.ctr().args([
+        "run",
+        "--rm",
+        &ordered,
+        "plain-run",
+        "cat",
+        "/etc/hello.txt",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&hello.stdout),
+        "hello again from layer 3\n"
+    );
+
+    // Replays: the original trace on the original image, the new on the new.
+    let replay = |reference: &str, name: &str| {
+        let repo = reference
+            .split('/')
+            .nth(1)
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap();
+        let out = run(loci().args(["inspect", "--plain-http", "--json", reference]));
+        let layers: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+            .unwrap()
+            .iter()
+            .map(|l| l["layer"].as_str().unwrap().to_string())
+            .collect();
+        let before = setup.registry.daemon.log_text().len();
+        let mount = setup.mount(repo, name, &[]);
+        wait_for_prefetch(&mount);
+        let prefetched = image_traffic(&setup, &layers, before);
+        let before = setup.registry.daemon.log_text().len();
+        let contents: Vec<Vec<u8>> = traced
+            .iter()
+            .map(|f| std::fs::read(mount.dir.join(f)).unwrap())
+            .collect();
+        assert_eq!(
+            image_traffic(&setup, &layers, before),
+            (0, 0),
+            "{name}: traced reads went to the registry"
+        );
+        (prefetched, contents)
+    };
+    let ((original_requests, original_bytes), original) = replay(&setup.image("app"), "original");
+    let ((ordered_requests, ordered_bytes), reordered) = replay(&ordered, "ordered");
+    eprintln!("prefetch: original {original_requests} requests, {original_bytes} B; trace-ordered {ordered_requests} requests, {ordered_bytes} B");
+    assert_eq!(
+        original, reordered,
+        "the trace-ordered image serves other bytes"
+    );
+    assert!(
+        ordered_requests < original_requests,
+        "trace-ordered: {ordered_requests} requests, original: {original_requests}"
+    );
+}

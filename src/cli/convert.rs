@@ -6,6 +6,7 @@ use crate::format::{
     ConvertOptions, SigningKey, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_PACK_SIZE,
 };
 use crate::image::{ImageRef, ImageStore};
+use crate::prefetch;
 use crate::progress::Progress;
 use anyhow::Context;
 
@@ -36,6 +37,13 @@ pub struct Args {
     /// Layers converted at once.
     #[arg(long, default_value_t = 2)]
     parallel_layers: usize,
+    /// Write each layer trace-ordered for the start trace published with
+    /// this loci image (of the same source layers): the files the start
+    /// reads first, in the order it reads them. The reordered layers get
+    /// new diff_ids (the config is rewritten), and the destination gets
+    /// the trace that replays the same reads.
+    #[arg(long, value_name = "REF")]
+    trace_of: Option<ImageRef>,
     /// Source image: docker://host/repo:tag, oci:DIR:TAG, or host/repo:tag.
     src: ImageRef,
     /// Destination image, in the same forms.
@@ -56,6 +64,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .transpose()
         .context("loading the signing key")?;
     let scratch = tempfile::Builder::new().prefix("loci-convert-").tempdir()?;
+    let runtime = super::runtime()?;
+    let orders = match &args.trace_of {
+        Some(traced) => {
+            let store = ImageStore::open(traced, &opts, false)
+                .with_context(|| format!("opening {traced}"))?;
+            runtime
+                .block_on(prefetch::read_orders_of(&store))
+                .with_context(|| format!("reading the start trace of {traced}"))?
+        }
+        None => Default::default(),
+    };
     let converter = Converter {
         options: ConvertOptions {
             chunk_size: args.chunk_size_kib.saturating_mul(1024),
@@ -66,8 +85,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         progress: Progress::new(),
         scratch: scratch.path().to_path_buf(),
         sign_key,
+        read_order: orders
+            .iter()
+            .map(|(diff_id, files)| (*diff_id, files.iter().map(|f| f.path.clone()).collect()))
+            .collect(),
     };
-    let report = super::runtime()?
+    let report = runtime
         .block_on(converter.convert(&src, &dst))
         .with_context(|| format!("converting {} to {}", args.src, args.dst))?;
     for layer in &report.layers {
@@ -84,6 +107,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             layer.uncompressed_size as f64 / 1e6 / layer.convert_secs.max(1e-9),
             layer.toc_size,
         );
+    }
+    if !orders.is_empty() {
+        // The same reads, by the reordered layers' diff_ids.
+        let by_new: prefetch::ReadOrders = report
+            .layers
+            .iter()
+            .filter_map(|l| Some((l.diff_id, orders.get(&l.source_diff_id)?.clone())))
+            .collect();
+        for layer in report
+            .layers
+            .iter()
+            .filter_map(|l| l.reordered.as_ref().map(|r| (l, r)))
+        {
+            let (l, r) = layer;
+            eprintln!(
+                "{}: {} traced files and {} directories first ({:.1} MB of tar), {} traced paths not in it",
+                l.converted,
+                r.moved_files,
+                r.moved_dirs,
+                r.moved_bytes as f64 / 1e6,
+                r.not_found
+            );
+        }
+        if matches!(dst, ImageStore::Registry { .. }) {
+            let (digest, accesses) = runtime
+                .block_on(prefetch::publish_trace_for(&dst, &by_new))
+                .with_context(|| format!("publishing the start trace of {}", args.dst))?;
+            eprintln!(
+                "trace {digest} ({accesses} chunks) published with {}",
+                args.dst
+            );
+        } else {
+            eprintln!(
+                "warning: {} is not in a registry: its start trace is not published",
+                args.dst
+            );
+        }
     }
     println!("{} {}", args.dst, report.digest);
     Ok(())

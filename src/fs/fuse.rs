@@ -230,7 +230,7 @@ impl Filesystem for LociFs {
                     .into_iter()
                     .map(|c| (c, layer.chunks[c as usize].digest))
                     .collect();
-                recorder.record(content.layer, &chunks, &mut || {
+                recorder.record(content.layer, ino.0, &chunks, &mut || {
                     String::from_utf8_lossy(&self.tree.path_of(ino.0)).into_owned()
                 });
             }

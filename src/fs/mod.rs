@@ -8,16 +8,17 @@ pub mod tree;
 
 pub use fuse::LociFs;
 
-/// Told of the chunks every read touches, in order, with the path of the
-/// file read (asked only when needed): what a start trace is recorded
-/// from. Implemented by `prefetch::TraceRecorder`; `fs` knows nothing of
-/// traces.
+/// Told of the chunks every read touches, in order, with the file read
+/// (its inode, and its path, asked only when needed): what a start trace
+/// is recorded from. Implemented by `prefetch::TraceRecorder`; `fs` knows
+/// nothing of traces.
 pub trait ReadRecorder: Send + Sync {
     /// `chunks` (index and digest) of layer `layer` were read for the file
-    /// `path()` names.
+    /// `file` (an inode number of this mount), which `path()` names.
     fn record(
         &self,
         layer: usize,
+        file: u64,
         chunks: &[(u32, crate::digest::Digest)],
         path: &mut dyn FnMut() -> String,
     );

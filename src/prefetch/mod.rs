@@ -10,6 +10,7 @@ mod publish;
 mod recorder;
 mod replay;
 mod trace;
+mod trace_layout;
 
 pub use container::{ContainerError, ContainerRun, RunOutcome};
 pub use image_traces::ImageTraces;
@@ -19,3 +20,7 @@ pub use publish::{fetch_trace, push_raw_trace, push_trace, PublishError, TRACE_A
 pub use recorder::TraceRecorder;
 pub use replay::{prefetch, PrefetchConfig, PrefetchReport};
 pub use trace::{Access, Trace, TraceError, TRACE_VERSION};
+pub use trace_layout::{
+    publish_trace_for, read_orders, read_orders_of, trace_for, ReadOrders, TraceLayoutError,
+    TracedFile,
+};

@@ -100,12 +100,18 @@ struct LayerRecorder {
 }
 
 impl ReadRecorder for LayerRecorder {
-    fn record(&self, _layer: usize, chunks: &[(u32, Digest)], path: &mut dyn FnMut() -> String) {
+    fn record(
+        &self,
+        _layer: usize,
+        file: u64,
+        chunks: &[(u32, Digest)],
+        path: &mut dyn FnMut() -> String,
+    ) {
         let recording = &self.recording;
         if recording.closed.load(Ordering::Relaxed) {
             return;
         }
-        recording.recorder.record(self.index, chunks, path);
+        recording.recorder.record(self.index, file, chunks, path);
         if !recording.started.swap(true, Ordering::Relaxed) {
             tracing::info!(
                 image = recording.image,

@@ -6,15 +6,18 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// Collects first accesses of chunks while a mount serves reads.
+/// Collects first accesses of chunks by files while a mount serves reads:
+/// a chunk shared by several files read (a pack of small files) is
+/// recorded once per file, so the trace names every file the start read
+/// (what a trace-ordered layout moves to the front).
 pub struct TraceRecorder {
     started: Instant,
     layers: Vec<Digest>,
     state: Mutex<Recorded>,
 }
 
-/// The (layer, chunk) pairs seen so far, and their first accesses in order.
-type Recorded = (HashSet<(u32, u32)>, Vec<Access>);
+/// The (layer, chunk, file) seen so far, and their first accesses in order.
+type Recorded = (HashSet<(u32, u32, u64)>, Vec<Access>);
 
 impl TraceRecorder {
     /// A recorder for a mount of these layers (bottom first).
@@ -26,16 +29,23 @@ impl TraceRecorder {
         }
     }
 
-    /// Notes that a read of the file `path` names touched these chunks of
-    /// `layer` (`path` is only called when a chunk is new).
-    pub fn record(&self, layer: usize, chunks: &[(u32, Digest)], path: impl FnOnce() -> String) {
+    /// Notes that a read of `file` (an inode, named by `path`) touched
+    /// these chunks of `layer` (`path` is only called when a chunk is new
+    /// for the file).
+    pub fn record(
+        &self,
+        layer: usize,
+        file: u64,
+        chunks: &[(u32, Digest)],
+        path: impl FnOnce() -> String,
+    ) {
         let at_ms = self.started.elapsed().as_millis() as u64;
         let mut state = self.state.lock().unwrap();
         let (seen, accesses) = &mut *state;
         let mut path = Some(path);
         let mut name = String::new();
         for &(chunk, digest) in chunks {
-            if seen.insert((layer as u32, chunk)) {
+            if seen.insert((layer as u32, chunk, file)) {
                 accesses.push(Access {
                     layer: layer as u32,
                     chunk,
@@ -63,7 +73,13 @@ impl TraceRecorder {
 }
 
 impl crate::fs::ReadRecorder for TraceRecorder {
-    fn record(&self, layer: usize, chunks: &[(u32, Digest)], path: &mut dyn FnMut() -> String) {
-        TraceRecorder::record(self, layer, chunks, path)
+    fn record(
+        &self,
+        layer: usize,
+        file: u64,
+        chunks: &[(u32, Digest)],
+        path: &mut dyn FnMut() -> String,
+    ) {
+        TraceRecorder::record(self, layer, file, chunks, path)
     }
 }

@@ -1,0 +1,337 @@
+//! From a start trace to a trace-ordered image and back: which files (and
+//! which bytes of them) a start read, per layer, in first-read order (what
+//! `loci convert --trace-of` moves to the front of each layer), and the
+//! trace of the reordered image that replays those same reads, now a few
+//! large range requests.
+
+use super::lookup::find_trace;
+use super::publish::{push_trace, PublishError};
+use super::trace::{Access, Trace, TRACE_VERSION};
+use crate::digest::Digest;
+use crate::fetch::{fetch_toc, LayerError};
+use crate::format::Toc;
+use crate::image::{platform_image, ImageError, ImageStore};
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+
+/// One file a start read: where, which bytes (chunk-granular, merged), and
+/// when first (its first access's position in the trace).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TracedFile {
+    /// The file's path in its layer (as in the TOC).
+    pub path: Vec<u8>,
+    /// Byte ranges of the file the start read.
+    pub ranges: Vec<Range<u64>>,
+    /// Position of its first access in the trace.
+    pub first: usize,
+}
+
+/// Traced files in first-read order, by the diff_id of the layer holding
+/// them.
+pub type ReadOrders = HashMap<Digest, Vec<TracedFile>>;
+
+/// Why an image's reads could not be taken from its trace, or the new
+/// trace not published.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceLayoutError {
+    /// The image, its manifest or config did not read.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// A layer's TOC did not read.
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    /// The image has no trace that fits it.
+    #[error("{0} has no start trace that fits it")]
+    NoTrace(String),
+    /// Publishing the new trace failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// The reads of `trace`, whose layers are `layers` (diff_id and TOC each,
+/// in the trace's layer order), per layer diff_id. Accesses naming a path
+/// the TOC has no file at, or a chunk the file does not use, are skipped.
+pub fn read_orders(trace: &Trace, layers: &[(Digest, &Toc)]) -> ReadOrders {
+    let by_path: Vec<HashMap<String, usize>> = layers
+        .iter()
+        .map(|(_, toc)| {
+            toc.entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.display_path(), i))
+                .collect()
+        })
+        .collect();
+    let mut files: Vec<Vec<TracedFile>> = vec![Vec::new(); layers.len()];
+    let mut slot: Vec<HashMap<usize, usize>> = vec![HashMap::new(); layers.len()];
+    for (position, access) in trace.accesses.iter().enumerate() {
+        let layer = access.layer as usize;
+        let Some((_, toc)) = layers.get(layer) else {
+            continue;
+        };
+        let Some(&entry_index) = by_path[layer].get(&access.path) else {
+            continue;
+        };
+        let entry = &toc.entries[entry_index];
+        let mut at = 0u64;
+        let mut ranges = Vec::new();
+        for extent in &entry.extents {
+            let len = u64::from(extent.len);
+            if extent.chunk == access.chunk {
+                ranges.push(at..at + len);
+            }
+            at += len;
+        }
+        if ranges.is_empty() {
+            continue;
+        }
+        let file = *slot[layer].entry(entry_index).or_insert_with(|| {
+            files[layer].push(TracedFile {
+                path: entry.path.clone(),
+                ranges: Vec::new(),
+                first: position,
+            });
+            files[layer].len() - 1
+        });
+        files[layer][file].ranges.extend(ranges);
+    }
+    layers
+        .iter()
+        .zip(files)
+        .filter(|(_, files)| !files.is_empty())
+        .map(|((diff_id, _), mut files)| {
+            for file in &mut files {
+                file.ranges = merged(std::mem::take(&mut file.ranges));
+            }
+            (*diff_id, files)
+        })
+        .collect()
+}
+
+fn merged(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
+    ranges.sort_by_key(|r| r.start);
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// A trace of the image whose layers are `layers` (blob digest, diff_id,
+/// TOC each, bottom first) that replays `orders` (by those diff_ids): the
+/// chunks holding each traced range, files in their first-read order
+/// across layers.
+pub fn trace_for(orders: &ReadOrders, layers: &[(Digest, Digest, &Toc)]) -> Trace {
+    let mut files: Vec<(usize, usize, &TracedFile)> = Vec::new();
+    for (layer, (_, diff_id, _)) in layers.iter().enumerate() {
+        if let Some(traced) = orders.get(diff_id) {
+            files.extend(traced.iter().map(|f| (f.first, layer, f)));
+        }
+    }
+    files.sort_by_key(|&(first, layer, _)| (first, layer));
+    let by_path: Vec<HashMap<&[u8], usize>> = layers
+        .iter()
+        .map(|(_, _, toc)| {
+            toc.entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.path.as_slice(), i))
+                .collect()
+        })
+        .collect();
+    // Once per (chunk, file), as a recording names every file read.
+    let mut seen: HashSet<(usize, u32, usize)> = HashSet::new();
+    let mut accesses = Vec::new();
+    for (first, layer, file) in files {
+        let toc = layers[layer].2;
+        let Some(&entry_index) = by_path[layer].get(file.path.as_slice()) else {
+            continue;
+        };
+        let entry = &toc.entries[entry_index];
+        let mut at = 0u64;
+        for extent in &entry.extents {
+            let span = at..at + u64::from(extent.len);
+            at = span.end;
+            let read = file
+                .ranges
+                .iter()
+                .any(|r| r.start < span.end && span.start < r.end);
+            if read && seen.insert((layer, extent.chunk, entry_index)) {
+                accesses.push(Access {
+                    layer: layer as u32,
+                    chunk: extent.chunk,
+                    digest: toc.chunks[extent.chunk as usize].digest,
+                    at_ms: first as u64,
+                    path: entry.display_path(),
+                });
+            }
+        }
+    }
+    Trace {
+        version: TRACE_VERSION,
+        layers: layers.iter().map(|(digest, _, _)| *digest).collect(),
+        accesses,
+    }
+}
+
+/// The reads of the start trace published with the loci image at `store`
+/// (for this host's platform), per layer diff_id.
+pub async fn read_orders_of(store: &ImageStore) -> Result<ReadOrders, TraceLayoutError> {
+    let image = platform_image(store).await?;
+    let digests: Vec<Digest> = image.layers.iter().map(|l| l.digest).collect();
+    let trace = find_trace(store, &image.manifest.digest, &digests)
+        .await
+        .ok_or_else(|| TraceLayoutError::NoTrace(store.to_string()))?;
+    let mut tocs = Vec::new();
+    for layer in &image.layers {
+        tocs.push(fetch_toc(store, layer).await?.1);
+    }
+    let layers: Vec<(Digest, &Toc)> = image
+        .layers
+        .iter()
+        .zip(&tocs)
+        .map(|(l, toc)| (l.diff_id, toc))
+        .collect();
+    Ok(read_orders(&trace, &layers))
+}
+
+/// Publishes, with the image at `store`, the trace that replays `orders`
+/// (by the diff_ids of its layers). Returns the trace's digest and its
+/// number of accesses.
+pub async fn publish_trace_for(
+    store: &ImageStore,
+    orders: &ReadOrders,
+) -> Result<(Digest, usize), TraceLayoutError> {
+    let image = platform_image(store).await?;
+    let mut tocs = Vec::new();
+    for layer in &image.layers {
+        tocs.push(fetch_toc(store, layer).await?.1);
+    }
+    let layers: Vec<(Digest, Digest, &Toc)> = image
+        .layers
+        .iter()
+        .zip(&tocs)
+        .map(|(l, toc)| (l.digest, l.diff_id, toc))
+        .collect();
+    let trace = trace_for(orders, &layers);
+    let ImageStore::Registry { client, reference } = store else {
+        return Err(TraceLayoutError::NoTrace(format!(
+            "{store} (traces are published to registries only)"
+        )));
+    };
+    let digest = push_trace(client, &reference.repository, &image.manifest, &trace).await?;
+    Ok((digest, trace.accesses.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Chunk, EntryKind, Extent, TocEntry};
+
+    fn chunk(i: u8) -> Chunk {
+        Chunk {
+            blob_offset: u64::from(i) * 100,
+            compressed_len: 100,
+            len: 1000,
+            digest: Digest::of(&[i]),
+        }
+    }
+
+    fn file(path: &str, extents: &[(u32, u32, u32)]) -> TocEntry {
+        TocEntry {
+            path: path.as_bytes().to_vec(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size: extents.iter().map(|e| u64::from(e.2)).sum(),
+            mtime: 0,
+            link: None,
+            xattrs: Vec::new(),
+            dev_major: 0,
+            dev_minor: 0,
+            extents: extents
+                .iter()
+                .map(|&(chunk, offset, len)| Extent { chunk, offset, len })
+                .collect(),
+        }
+    }
+
+    fn access(layer: u32, chunk: u32, path: &str) -> Access {
+        Access {
+            layer,
+            chunk,
+            digest: Digest::of(&[chunk as u8]),
+            at_ms: 0,
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn reads_become_file_ranges_and_come_back_as_the_new_layouts_chunks() {
+        // Old layer: big.so in chunks 0..3 (1000 bytes each), a pack (chunk
+        // 3) holding a.py and b.py.
+        let old = Toc {
+            version: 1,
+            chunks: (0..4).map(chunk).collect(),
+            entries: vec![
+                file(
+                    "usr/lib/big.so",
+                    &[(0, 0, 1000), (1, 0, 1000), (2, 0, 1000)],
+                ),
+                file("app/a.py", &[(3, 0, 10)]),
+                file("app/b.py", &[(3, 500, 20)]),
+            ],
+        };
+        let (old_diff, new_diff, blob) = (Digest::of(b"d0"), Digest::of(b"d1"), Digest::of(b"b1"));
+        let trace = Trace {
+            version: TRACE_VERSION,
+            layers: vec![Digest::of(b"old")],
+            accesses: vec![
+                access(0, 3, "app/b.py"),
+                access(0, 2, "usr/lib/big.so"),
+                access(0, 0, "usr/lib/big.so"),
+                access(0, 9, "no/such/file"),
+            ],
+        };
+        let orders = read_orders(&trace, &[(old_diff, &old)]);
+        assert_eq!(
+            orders[&old_diff],
+            [
+                TracedFile {
+                    path: b"app/b.py".to_vec(),
+                    ranges: [0..20].to_vec(),
+                    first: 0
+                },
+                TracedFile {
+                    path: b"usr/lib/big.so".to_vec(),
+                    ranges: vec![0..1000, 2000..3000],
+                    first: 1
+                },
+            ]
+        );
+        // The reordered layer: b.py packed first (chunk 0), big.so after in
+        // chunks 1..4.
+        let new = Toc {
+            version: 1,
+            chunks: (0..5).map(chunk).collect(),
+            entries: vec![
+                file("app/b.py", &[(0, 0, 20)]),
+                file(
+                    "usr/lib/big.so",
+                    &[(1, 0, 1000), (2, 0, 1000), (3, 0, 1000)],
+                ),
+                file("app/a.py", &[(4, 0, 10)]),
+            ],
+        };
+        let orders = HashMap::from([(new_diff, orders[&old_diff].clone())]);
+        let trace = trace_for(&orders, &[(blob, new_diff, &new)]);
+        assert_eq!(trace.layers, [blob]);
+        let got: Vec<(u32, u32)> = trace.accesses.iter().map(|a| (a.layer, a.chunk)).collect();
+        assert_eq!(got, [(0, 0), (0, 1), (0, 3)]);
+        assert_eq!(trace.accesses[1].digest, new.chunks[1].digest);
+    }
+}

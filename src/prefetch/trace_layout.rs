@@ -303,7 +303,7 @@ mod tests {
             [
                 TracedFile {
                     path: b"app/b.py".to_vec(),
-                    ranges: [0..20].to_vec(),
+                    ranges: vec![Range { start: 0, end: 20 }],
                     first: 0
                 },
                 TracedFile {

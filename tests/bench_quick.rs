@@ -23,6 +23,7 @@ const MODES: &[&str] = &[
     "overlayfs",
     "loci",
     "loci-trace",
+    "loci-ordered",
     "loci-warm",
     "loci-fs",
     "nydus-fs",
@@ -105,6 +106,21 @@ fn quick_bench_runs_every_mode_and_writes_json_and_png() {
                 (ratio - total / num_of(row("overlayfs"), "total_s")).abs() < 1e-6,
                 "{r}"
             );
+            let to_warm = num("ratio_to_warm");
+            assert!(
+                (to_warm - total / num_of(row("loci-warm"), "total_s")).abs() < 1e-6,
+                "{r}"
+            );
+            if mode.starts_with("loci") {
+                // The least the start can fetch, from its trace and TOCs.
+                let least = num("opened_compressed_bytes");
+                assert!(least > 0.0, "{r}");
+                let to_opened = num("fetched_to_opened");
+                assert!(
+                    (to_opened - r["bytes_fetched"].as_f64().unwrap() / least).abs() < 1e-6,
+                    "{r}"
+                );
+            }
         }
         let bytes = |mode: &str| row(mode)["bytes_fetched"].as_u64().unwrap();
         assert!(bytes("overlayfs") > 0);
@@ -126,6 +142,15 @@ fn quick_bench_runs_every_mode_and_writes_json_and_png() {
             .unwrap()
     };
     assert!(fixture("loci") < fixture("overlayfs") / 2);
+
+    // Both conversions are measured per CPU-second, on the same image.
+    for image in images {
+        let c = &runs["conversions"][image];
+        assert!(c["loci_mb_per_cpu_s"].as_f64().unwrap() > 0.0, "{c}");
+        if nydus_found {
+            assert!(c["nydus_mb_per_cpu_s"].as_f64().unwrap() > 0.0, "{c}");
+        }
+    }
 
     let png = std::fs::read(out.path().join("bench.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);

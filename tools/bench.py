@@ -12,7 +12,9 @@ chunk caches emptied, page cache dropped):
   overlayfs   ctr images pull + ctr run              (containerd's default)
   loci        loci pull + ctr run --snapshotter loci, empty chunk cache
   loci-trace  the same with the image's start trace published (recorded by
-              a first run over `loci mount --record-trace`) and replayed
+              a first run through `loci trace record`) and replayed
+  loci-ordered  the same with the trace-ordered image (`loci convert
+              --trace-of`: the traced files first in each layer) and its trace
   loci-warm   loci again with the chunk cache of the previous loci run
   loci-fs     at the filesystem level: `loci mount` of the converted image,
               the command run in a chroot on an overlay over the mount
@@ -31,8 +33,12 @@ sklearn: ~1.3 GB), nginx (started and probed over HTTP), jre
 (loci's multi-layer test image). --quick is busybox and fixture, once.
 
 Output in --out DIR: bench.json (one row per image and mode: image, mode,
-pull_s, start_s, total_s, bytes_fetched, ratio_to_overlayfs, with runs,
-spread and the link; medians over --runs), bench-runs.json (every run) and
+pull_s, start_s, total_s, bytes_fetched, ratio_to_overlayfs, ratio_to_warm
+(total against loci-warm's), fetched_to_opened (bytes fetched against what
+the files the start reads take compressed, from the trace and the TOCs:
+the least a start can fetch), with runs, spread and the link; medians over
+--runs), bench-runs.json (every run, the opened sizes and the conversions:
+loci's and nydus-image's MB of tar per CPU-second on the same image) and
 bench.png (bars of total time per image and mode). Bytes fetched are read
 from the registry's access log.
 
@@ -53,7 +59,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 from harness import drop_caches, free_port, start_registry, wait_for  # noqa: E402
 
-ALL_MODES = ["overlayfs", "loci", "loci-trace", "loci-warm", "loci-fs", "nydus-fs"]
+ALL_MODES = ["overlayfs", "loci", "loci-trace", "loci-ordered", "loci-warm", "loci-fs", "nydus-fs"]
 PYTHON_PACKAGES = "python3,python3-numpy,python3-pandas,python3-scipy,python3-matplotlib,python3-sklearn"
 
 # What each image is built from and the work its start does (to its exit).
@@ -350,12 +356,16 @@ class Image:
         self.converted = f"{env.addr}/{name}:loci"
         env.run("skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
                 f"docker://{self.original}")
-        t0 = time.perf_counter()
-        env.run(env.loci, "--log", "warn", "convert", "--plain-http", "--sign-key", env.signing_key(),
-                self.original, self.converted)
-        self.convert_s = time.perf_counter() - t0
+        self.ordered = f"{env.addr}/{name}:ordered"
+        t0, c0 = time.perf_counter(), children_cpu()
+        out = subprocess.run([env.loci, "--log", "warn", "convert", "--plain-http", "--sign-key",
+                              env.signing_key(), self.original, self.converted],
+                             check=True, stdout=subprocess.PIPE, stderr=env.log, text=True).stdout
+        self.convert_s, self.convert_cpu_s = time.perf_counter() - t0, children_cpu() - c0
+        self.tar_bytes = sum(float(m.group(1)) * 1e6 for m in re.finditer(r"([0-9.]+) MB tar", out))
         self.command = image_command(name, read_command(env, self.original))
         self.traced = False
+        self.opened = {}
         if "nydus-fs" in modes:
             self.nydus = nydus_convert(env, name, layout, tag)
 
@@ -374,15 +384,22 @@ def nydus_convert(env, name, layout, tag):
     # From the unpacked tree: nydus-image 2.2.0's tar-rafs blobs fail in
     # nydusd's registry backend here (a panic with RAFS v6, short reads
     # with v5), its directory path works.
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu()
     env.run(nydus_image, "create", "--fs-version", "6", "--blob-dir", blobs, "--bootstrap", bootstrap,
             "--log-level", "warn", rootfs)
-    convert_s = time.perf_counter() - t0
+    convert_s, convert_cpu_s = time.perf_counter() - t0, children_cpu() - c0
     shutil.rmtree(rootfs)
     repo = f"nydus/{name}"
     for blob in os.listdir(blobs):
         env.push_blob(repo, os.path.join(blobs, blob))
-    return {"repo": repo, "bootstrap": env.push_blob(repo, bootstrap), "convert_s": convert_s}
+    return {"repo": repo, "bootstrap": env.push_blob(repo, bootstrap), "convert_s": convert_s,
+            "convert_cpu_s": convert_cpu_s}
+
+
+def children_cpu():
+    """CPU seconds (user + system) used by this script's finished children."""
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 def flatten(env, layout, tag, rootfs):
@@ -469,19 +486,25 @@ def stop(p, mnt):
 
 
 def record_trace(env, image):
-    """Runs the start command once over `loci mount`, recording and
-    publishing its trace; returns the number of chunk reads."""
+    """Runs the start command once through `loci trace record` (containerd
+    over a lazy root), publishing its trace; then converts the trace-ordered
+    image with its own trace. Returns the number of chunk reads recorded."""
     trace = os.path.join(env.work, f"trace-{image.name}.json")
-    p, mnt = loci_mount(env, image, f"rec-{image.name}", record=trace)
-    try:
-        in_chroot(env, mnt, f"rec-{image.name}", image.command)
-    finally:
-        stop(p, mnt)
+    env.run(env.loci, "--log", "warn", "trace", "record", "--plain-http", "--address", env.sock,
+            "--namespace", f"rec-{image.name}", "--out", trace, image.converted, "--", *image.command)
+    t0, c0 = time.perf_counter(), children_cpu()
+    env.run(env.loci, "--log", "warn", "convert", "--plain-http", "--sign-key", env.signing_key(),
+            "--trace-of", image.converted, image.original, image.ordered)
+    image.ordered_convert_s, image.ordered_convert_cpu_s = time.perf_counter() - t0, children_cpu() - c0
+    for ref in (image.converted, image.ordered):
+        out = subprocess.run([env.loci, "--log", "warn", "trace", "show", "--opened", "--plain-http", ref],
+                             check=True, stdout=subprocess.PIPE, stderr=env.log).stdout
+        image.opened[ref] = json.loads(out)
     return len(json.load(open(trace))["accesses"])
 
 
 def timed_containerd(env, image, mode, ns, run_index):
-    ref = image.original if mode == "overlayfs" else image.converted
+    ref = {"overlayfs": image.original, "loci-ordered": image.ordered}.get(mode, image.converted)
     drop_caches()
     since = env.registry_log_size()
     t0 = time.perf_counter()
@@ -551,15 +574,15 @@ def timed_nydus_fs(env, image, run_index):
 
 def measure(env, image, mode, run_index):
     """One cold start of `image` in `mode`: (pull_s, start_s, bytes)."""
-    if mode == "loci-trace" and not image.traced:
+    if mode in ("loci-trace", "loci-ordered") and not image.traced:
         accesses = record_trace(env, image)
         print(f"{image.name}: recorded and published a trace of {accesses} chunk reads", file=sys.stderr)
         image.traced = True
-    if mode in ("loci", "loci-trace"):
+    if mode in ("loci", "loci-trace", "loci-ordered"):
         # Once a trace is published the snapshotter would replay it: the
         # no-trace mode turns replay off.
         env.stop_snapshotter()
-        env.start_snapshotter(fresh_cache=True, prefetch=mode == "loci-trace")
+        env.start_snapshotter(fresh_cache=True, prefetch=mode != "loci")
     elif mode == "loci-warm":
         env.stop_snapshotter()
         env.start_snapshotter(fresh_cache=False)
@@ -570,18 +593,27 @@ def measure(env, image, mode, run_index):
     return timed_containerd(env, image, mode, f"{image.name}-{mode}-{run_index}", run_index)
 
 
-def summarize(rows, images, modes, link):
+def summarize(rows, images, modes, link, opened):
+    """Medians per image and mode, with ratios to overlayfs, to the warm
+    start and (for modes with a trace) to the opened files' compressed
+    size. `opened`: image -> mode -> that size in bytes."""
     summary = []
     for name in images:
-        base_rows = [r["total_s"] for r in rows if r["image"] == name and r["mode"] == "overlayfs"]
-        base = statistics.median(base_rows) if base_rows else None
+        def median_total(mode):
+            totals = [r["total_s"] for r in rows if r["image"] == name and r["mode"] == mode]
+            return statistics.median(totals) if totals else None
+        base, warm = median_total("overlayfs"), median_total("loci-warm")
         for mode in modes:
             rs = [r for r in rows if r["image"] == name and r["mode"] == mode]
             if not rs:
                 continue
             med = {k: statistics.median(r[k] for r in rs) for k in ("pull_s", "start_s", "total_s", "bytes_fetched")}
+            least = opened.get(name, {}).get(mode)
             summary.append({"image": name, "mode": mode, **med,
                             "ratio_to_overlayfs": med["total_s"] / base if base else None,
+                            "ratio_to_warm": med["total_s"] / warm if warm else None,
+                            "opened_compressed_bytes": least,
+                            "fetched_to_opened": med["bytes_fetched"] / least if least else None,
                             "runs": len(rs),
                             "total_min_s": min(r["total_s"] for r in rs),
                             "total_max_s": max(r["total_s"] for r in rs),
@@ -590,13 +622,16 @@ def summarize(rows, images, modes, link):
 
 
 def print_table(summary, out=sys.stdout):
-    print(f"{'image':8} {'mode':10} {'pull s':>8} {'start s':>8} {'total s':>8} {'spread s':>9} "
-          f"{'MB fetched':>11} {'x overlayfs':>12}", file=out)
+    print(f"{'image':8} {'mode':12} {'pull s':>8} {'start s':>8} {'total s':>8} {'spread s':>9} "
+          f"{'MB fetched':>11} {'x overlayfs':>12} {'x warm':>7} {'x opened':>9}", file=out)
+
+    def ratio(value, width):
+        return f"{value:{width}.2f}" if value is not None else f"{'-':>{width}}"
     for s in summary:
-        ratio = f"{s['ratio_to_overlayfs']:12.2f}" if s["ratio_to_overlayfs"] is not None else f"{'-':>12}"
         spread = s["total_max_s"] - s["total_min_s"]
-        print(f"{s['image']:8} {s['mode']:10} {s['pull_s']:8.2f} {s['start_s']:8.2f} {s['total_s']:8.2f} "
-              f"{spread:9.2f} {s['bytes_fetched'] / 1e6:11.1f} {ratio}", file=out)
+        print(f"{s['image']:8} {s['mode']:12} {s['pull_s']:8.2f} {s['start_s']:8.2f} {s['total_s']:8.2f} "
+              f"{spread:9.2f} {s['bytes_fetched'] / 1e6:11.1f} {ratio(s['ratio_to_overlayfs'], 12)} "
+              f"{ratio(s['ratio_to_warm'], 7)} {ratio(s['fetched_to_opened'], 9)}", file=out)
 
 
 def plot(summary, images, modes, link, path):
@@ -660,7 +695,7 @@ def main():
         print(f"peer {peer}: " + (found.get("version", "found") if found["found"] else f"skipped: {found['why']}"),
               file=sys.stderr)
     rows = []
-    converts = {}
+    images_done = {}
     started = time.time()
     try:
         env.start_registry()
@@ -668,8 +703,7 @@ def main():
         env.start_containerd()
         for name in images:
             image = Image(env, name, modes)
-            converts[name] = {"loci_s": image.convert_s,
-                              "nydus_s": image.nydus["convert_s"] if "nydus-fs" in modes else None}
+            images_done[name] = image
             for run in range(runs):
                 for mode in modes:
                     pull_s, start_s, fetched = measure(env, image, mode, run)
@@ -679,13 +713,35 @@ def main():
                           f"total {pull_s + start_s:6.2f}s fetched {fetched / 1e6:8.1f} MB", file=sys.stderr)
     finally:
         env.close()
-    summary = summarize(rows, images, modes, env.link_note)
+    converts, opened = {}, {}
+    for name, image in images_done.items():
+        mb = image.tar_bytes / 1e6
+        converts[name] = {"tar_mb": mb, "loci_s": image.convert_s, "loci_cpu_s": image.convert_cpu_s,
+                          "loci_mb_per_cpu_s": mb / image.convert_cpu_s if image.convert_cpu_s else None}
+        if hasattr(image, "nydus"):
+            n = image.nydus
+            converts[name].update({"nydus_s": n["convert_s"], "nydus_cpu_s": n["convert_cpu_s"],
+                                   "nydus_mb_per_cpu_s": mb / n["convert_cpu_s"] if n["convert_cpu_s"] else None})
+        if image.traced:
+            converts[name]["loci_ordered_s"] = image.ordered_convert_s
+            converts[name]["loci_ordered_cpu_s"] = image.ordered_convert_cpu_s
+            least = {m: image.opened[image.converted]["compressed_bytes"]
+                     for m in ("loci", "loci-trace", "loci-warm", "loci-fs")}
+            least["loci-ordered"] = image.opened[image.ordered]["compressed_bytes"]
+            opened[name] = least
+        c = converts[name]
+        print(f"{name}: conversion {mb:.0f} MB of tar: loci {c['loci_cpu_s']:.1f} CPU-s "
+              f"({c['loci_mb_per_cpu_s'] or 0:.0f} MB/CPU-s)" +
+              (f", nydus-image {c['nydus_cpu_s']:.1f} CPU-s ({c['nydus_mb_per_cpu_s'] or 0:.0f} MB/CPU-s)"
+               if "nydus_cpu_s" in c else ""), file=sys.stderr)
+    summary = summarize(rows, images, modes, env.link_note, opened)
     print_table(summary)
     with open(os.path.join(args.out, "bench.json"), "w") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(args.out, "bench-runs.json"), "w") as f:
         json.dump({"modes": modes, "images": images, "runs": runs, "link": env.link_note, "peers": env.peers,
-                   "convert_s": converts, "elapsed_s": time.time() - started, "rows": rows}, f, indent=2)
+                   "conversions": converts, "opened_compressed_bytes": opened,
+                   "elapsed_s": time.time() - started, "rows": rows}, f, indent=2)
     plot(summary, images, modes, env.link_note, os.path.join(args.out, "bench.png"))
     print(f"wrote {args.out}/bench.json, bench-runs.json and bench.png", file=sys.stderr)
 

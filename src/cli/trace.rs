@@ -3,7 +3,7 @@
 use super::registry_args::{registry_of, RegistryArgs};
 use crate::fetch::open_image;
 use crate::image::{ImageRef, ImageStore};
-use crate::prefetch::{fetch_trace, push_trace, Trace};
+use crate::prefetch::{fetch_trace, opened_size, push_trace, Trace};
 use anyhow::{bail, Context};
 use std::path::PathBuf;
 
@@ -24,6 +24,10 @@ enum TraceCommand {
     Show {
         #[command(flatten)]
         registry: RegistryArgs,
+        /// Print instead what the files the trace read take (files, bytes,
+        /// compressed bytes): the least a start that opens them fetches.
+        #[arg(long)]
+        opened: bool,
         /// The converted image.
         image: ImageRef,
     },
@@ -47,7 +51,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
     match args.command {
         TraceCommand::Record(record_args) => super::trace_record::run(record_args, &runtime)?,
-        TraceCommand::Show { registry, image } => {
+        TraceCommand::Show {
+            registry,
+            opened: opened_only,
+            image,
+        } => {
             let store = ImageStore::open(&image, &registry.options(), false)?;
             let (client, repo) = registry_of(&store, &image)?;
             let opened = runtime.block_on(open_image(&store))?;
@@ -60,7 +68,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     if let Err(e) = trace.validate(&opened.layers) {
                         eprintln!("warning: {e}");
                     }
-                    println!("{}", serde_json::to_string_pretty(&trace)?);
+                    if opened_only {
+                        let size = opened_size(&trace, &opened.tocs);
+                        println!("{}", serde_json::to_string(&size)?);
+                    } else {
+                        println!("{}", serde_json::to_string_pretty(&trace)?);
+                    }
                 }
                 None => bail!("no trace refers to {image} ({})", manifest.digest),
             }

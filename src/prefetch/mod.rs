@@ -21,6 +21,6 @@ pub use recorder::TraceRecorder;
 pub use replay::{prefetch, PrefetchConfig, PrefetchReport};
 pub use trace::{Access, Trace, TraceError, TRACE_VERSION};
 pub use trace_layout::{
-    publish_trace_for, read_orders, read_orders_of, trace_for, ReadOrders, TraceLayoutError,
-    TracedFile,
+    opened_size, publish_trace_for, read_orders, read_orders_of, trace_for, OpenedSize, ReadOrders,
+    TraceLayoutError, TracedFile,
 };

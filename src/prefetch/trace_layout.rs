@@ -177,6 +177,56 @@ pub fn trace_for(orders: &ReadOrders, layers: &[(Digest, Digest, &Toc)]) -> Trac
     }
 }
 
+/// How much the files a trace read take: what a start must at least move.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OpenedSize {
+    /// Files the trace read (each once).
+    pub files: usize,
+    /// Their sizes, uncompressed.
+    pub bytes: u64,
+    /// Their share of the compressed chunks holding them (a chunk shared
+    /// by several files counted by the bytes of it each uses).
+    pub compressed_bytes: u64,
+}
+
+/// The files `trace` (of layers with these TOCs) read, whole, and what
+/// they take compressed: the least a start that opens them can fetch.
+pub fn opened_size(trace: &Trace, tocs: &[Toc]) -> OpenedSize {
+    let by_path: Vec<HashMap<String, usize>> = tocs
+        .iter()
+        .map(|toc| {
+            toc.entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.display_path(), i))
+                .collect()
+        })
+        .collect();
+    let mut seen: HashSet<(usize, usize)> = HashSet::new();
+    let mut size = OpenedSize::default();
+    for access in &trace.accesses {
+        let layer = access.layer as usize;
+        let Some(&entry) = by_path.get(layer).and_then(|m| m.get(&access.path)) else {
+            continue;
+        };
+        if !seen.insert((layer, entry)) {
+            continue;
+        }
+        let toc = &tocs[layer];
+        let entry = &toc.entries[entry];
+        size.files += 1;
+        size.bytes += entry.size;
+        for extent in &entry.extents {
+            let Some(chunk) = toc.chunks.get(extent.chunk as usize) else {
+                continue;
+            };
+            size.compressed_bytes += u64::from(extent.len) * u64::from(chunk.compressed_len)
+                / u64::from(chunk.len.max(1));
+        }
+    }
+    size
+}
+
 /// The reads of the start trace published with the loci image at `store`
 /// (for this host's platform), per layer diff_id.
 pub async fn read_orders_of(store: &ImageStore) -> Result<ReadOrders, TraceLayoutError> {
@@ -329,6 +379,16 @@ mod tests {
         };
         let orders = HashMap::from([(new_diff, orders[&old_diff].clone())]);
         let trace = trace_for(&orders, &[(blob, new_diff, &new)]);
+        // b.py (20 of chunk 0's 1000 bytes, 100 compressed) and big.so
+        // (three whole chunks).
+        assert_eq!(
+            opened_size(&trace, std::slice::from_ref(&new)),
+            OpenedSize {
+                files: 2,
+                bytes: 3020,
+                compressed_bytes: 2 + 300
+            }
+        );
         assert_eq!(trace.layers, [blob]);
         let got: Vec<(u32, u32)> = trace.accesses.iter().map(|a| (a.layer, a.chunk)).collect();
         assert_eq!(got, [(0, 0), (0, 1), (0, 3)]);

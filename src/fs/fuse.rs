@@ -17,6 +17,8 @@ use std::time::{Duration, UNIX_EPOCH};
 /// How long the kernel may trust entries and attributes: content is
 /// immutable for the life of the mount.
 const TTL: Duration = Duration::from_secs(24 * 3600);
+/// See [`LociFs::init`].
+const MAX_BACKGROUND: u16 = 64;
 /// Read-ahead for sequential readers starts here and doubles per
 /// sequential read up to MAX_READAHEAD.
 const MIN_READAHEAD: u64 = 512 << 10;
@@ -147,6 +149,10 @@ fn guarded(op: &'static str, handler: impl FnOnce()) {
 impl Filesystem for LociFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(1 << 20);
+        // Readahead requests the kernel keeps in flight at once: more than
+        // the default lets a cold start's page faults across many files
+        // wait on the registry together instead of in turn.
+        let _ = config.set_max_background(MAX_BACKGROUND);
         let _ = config.add_capabilities(
             fuser::InitFlags::FUSE_DO_READDIRPLUS
                 | fuser::InitFlags::FUSE_READDIRPLUS_AUTO

@@ -35,6 +35,10 @@ impl Config {
             ("prefetch.max_in_flight", self.prefetch.max_in_flight as u64),
             ("prefetch.window", self.prefetch.window as u64),
             (
+                "prefetch.max_request_bytes",
+                self.prefetch.max_request_bytes,
+            ),
+            (
                 "prefetch.record_window_secs",
                 self.prefetch.record_window_secs,
             ),

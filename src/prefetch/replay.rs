@@ -21,6 +21,12 @@ pub struct PrefetchConfig {
     /// Trace accesses planned together: their chunks are sorted and
     /// coalesced per layer, so a window becomes a few large requests.
     pub window: usize,
+    /// Largest prefetch request. Requests in flight share the link, so a
+    /// request's first bytes arrive only as fast as all of them: smaller
+    /// ones deliver what the start reads first, first (a trace-ordered
+    /// layer would otherwise be a few 8 MiB requests that all end
+    /// together, near the end of the replay).
+    pub max_request_bytes: u64,
     /// The snapshotter records the first start of each image on this node
     /// (its lazily served layers' reads) and publishes it as the image's
     /// trace if it has none: traces from production starts, without a
@@ -36,6 +42,7 @@ impl Default for PrefetchConfig {
             enabled: true,
             max_in_flight: 8,
             window: 256,
+            max_request_bytes: 1 << 20,
             record_starts: false,
             record_window_secs: 30,
         }
@@ -57,6 +64,25 @@ pub struct PrefetchReport {
     pub stopped_cache_full: bool,
     /// Wall time.
     pub elapsed: Duration,
+}
+
+/// `run` (chunk indexes in blob order) cut into runs spanning at most
+/// `max_bytes` of the blob each (a chunk larger than that alone).
+fn split_run(layer: &RemoteLayer, run: Vec<u32>, max_bytes: u64) -> Vec<Vec<u32>> {
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    let mut start = 0u64;
+    for i in run {
+        let chunk = &layer.chunks[i as usize];
+        let end = chunk.blob_offset + u64::from(chunk.compressed_len);
+        match out.last_mut() {
+            Some(current) if end - start <= max_bytes => current.push(i),
+            _ => {
+                start = chunk.blob_offset;
+                out.push(vec![i]);
+            }
+        }
+    }
+    out
 }
 
 /// Replays `trace` (already validated against `layers`) into the cache.
@@ -100,6 +126,7 @@ pub async fn prefetch(
                 fetcher
                     .runs(layer, &chunks)
                     .into_iter()
+                    .flat_map(|run| split_run(layer, run, config.max_request_bytes))
                     .map(|run| (layer_index, run)),
             );
         }
@@ -150,4 +177,52 @@ pub async fn prefetch(
         "prefetch finished"
     );
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::format::Chunk;
+
+    #[test]
+    fn runs_are_cut_at_the_request_size_without_splitting_a_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks: Vec<Chunk> = [
+            (0u64, 400u32),
+            (400, 400),
+            (800, 400),
+            (1200, 2000),
+            (3200, 100),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, &(blob_offset, compressed_len))| Chunk {
+            blob_offset,
+            compressed_len,
+            len: compressed_len,
+            digest: Digest::of(&[i as u8]),
+        })
+        .collect();
+        let layer = RemoteLayer {
+            store: crate::image::ImageStore::Layout {
+                layout: crate::image::OciLayout::open(dir.path(), true).unwrap(),
+                tag: "t".into(),
+            },
+            digest: Digest::of(b"blob"),
+            chunks: chunks.into(),
+        };
+        // (cap, runs)
+        let cases: &[(u64, &[&[u32]])] = &[
+            (1 << 20, &[&[0, 1, 2, 3, 4]]),
+            (1000, &[&[0, 1], &[2], &[3], &[4]]),
+            (1200, &[&[0, 1, 2], &[3], &[4]]),
+            (100, &[&[0], &[1], &[2], &[3], &[4]]),
+        ];
+        for (cap, want) in cases {
+            let got = split_run(&layer, vec![0, 1, 2, 3, 4], *cap);
+            let want: Vec<Vec<u32>> = want.iter().map(|r| r.to_vec()).collect();
+            assert_eq!(got, want, "cap {cap}");
+        }
+    }
 }

@@ -28,7 +28,9 @@ pub struct NodeRecordings {
 struct Recording {
     image: String,
     store: ImageStore,
-    recorder: TraceRecorder,
+    /// Taken when the recording is published: a node keeps no accesses
+    /// of images it recorded.
+    recorder: Mutex<Option<TraceRecorder>>,
     layers: Mutex<Vec<Digest>>,
     started: AtomicBool,
     closed: AtomicBool,
@@ -61,7 +63,7 @@ impl NodeRecordings {
                 Arc::new(Recording {
                     image: image.to_string(),
                     store: store.clone(),
-                    recorder: TraceRecorder::new(Vec::new()),
+                    recorder: Mutex::new(Some(TraceRecorder::new(Vec::new()))),
                     layers: Mutex::new(Vec::new()),
                     started: AtomicBool::new(false),
                     closed: AtomicBool::new(false),
@@ -111,7 +113,9 @@ impl ReadRecorder for LayerRecorder {
         if recording.closed.load(Ordering::Relaxed) {
             return;
         }
-        recording.recorder.record(self.index, file, chunks, path);
+        if let Some(recorder) = &*recording.recorder.lock().unwrap_or_else(|e| e.into_inner()) {
+            recorder.record(self.index, file, chunks, path);
+        }
         if !recording.started.swap(true, Ordering::Relaxed) {
             tracing::info!(
                 image = recording.image,
@@ -133,6 +137,9 @@ impl Recording {
     /// layer order, unless the image has a trace already.
     async fn publish(&self) {
         let image = self.image.as_str();
+        let Some(recorder) = self.recorder.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
         let ImageStore::Registry { client, reference } = &self.store else {
             return;
         };
@@ -149,7 +156,7 @@ impl Recording {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let Some(trace) = in_image_order(&self.recorder.trace().accesses, &mounted, order) else {
+        let Some(trace) = in_image_order(&recorder.trace().accesses, &mounted, order) else {
             tracing::warn!(
                 image,
                 "the recorded start is not published: it read layers the image does not have"

@@ -347,3 +347,49 @@ fn verify_refuses_a_chunk_whose_bytes_do_not_match_its_digest() {
         "is corrupt",
     );
 }
+
+/// `loci inspect --json | head -c 1`: the listing ends quietly when its
+/// reader goes (killed by SIGPIPE, as Unix tools are), never a panic.
+#[test]
+fn inspect_ends_quietly_when_its_reader_goes() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    // A listing far larger than a pipe's buffer: 3000 entries.
+    let mut builder = tar::Builder::new(Vec::new());
+    for i in 0..3000 {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(4);
+        builder
+            .append_data(&mut h, format!("many/file-{i:05}.txt"), &b"data"[..])
+            .unwrap();
+    }
+    let tar = builder.into_inner().unwrap();
+    let mut blob = Vec::new();
+    let summary = convert_layer(&tar[..], &mut blob, &ConvertOptions::default(), &|_| {}).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    layout_with_layer(
+        work.path(),
+        &blob,
+        "application/vnd.oci.image.layer.v1.tar+zstd",
+        &summary.annotations(),
+        &summary.diff_id,
+    );
+    let mut child = loci()
+        .args(["inspect", "--json"])
+        .arg(format!("oci:{}:t", work.path().display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap(); // and closes it
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(13),
+        "{:?}: {stderr}",
+        out.status
+    );
+}

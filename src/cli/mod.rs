@@ -67,6 +67,9 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json);
+    if matches!(cli.command, Command::Inspect(_) | Command::Sim(_)) {
+        end_quietly_when_the_reader_goes();
+    }
     let result = match cli.command {
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
@@ -86,6 +89,18 @@ pub fn main() -> ExitCode {
             eprintln!("loci: error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Reports read through a pipe (`loci inspect --json | head`) end when the
+/// reader goes, as Unix tools do, instead of panicking on a closed stdout.
+/// Only for those: daemons keep SIGPIPE ignored, so a peer that goes away
+/// is an error to handle, not the end of the process.
+fn end_quietly_when_the_reader_goes() {
+    // SAFETY: restores the default disposition of one signal, before any
+    // thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -137,7 +137,12 @@ impl Recording {
     /// layer order, unless the image has a trace already.
     async fn publish(&self) {
         let image = self.image.as_str();
-        let Some(recorder) = self.recorder.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some(recorder) = self
+            .recorder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
             return;
         };
         let ImageStore::Registry { client, reference } = &self.store else {

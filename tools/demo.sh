@@ -9,6 +9,7 @@
 #   loci        loci pull + ctr run --snapshotter loci (lazy, empty cache)
 #   loci-trace  the same with the image's start trace published
 #   loci-warm   loci with the node's chunk cache warm
+#   loci-ordered  the trace-ordered image (loci convert --trace-of) and its trace
 # Run as root on Debian after tools/install-deps.sh. Extra arguments go to
 # tools/bench.py, e.g. `tools/demo.sh --images fixture` (the small test
 # image: seconds) or `--link 200mbit,10ms`.
@@ -17,4 +18,4 @@ cd "$(dirname "$0")/.."
 [[ $(id -u) == 0 ]] || { echo "demo.sh: run as root (containerd, FUSE, mounts)" >&2; exit 1; }
 cargo build --release --locked
 exec /usr/bin/python3 tools/bench.py --loci target/release/loci --out demo-out \
-  --images python --runs 1 --modes overlayfs,loci,loci-trace,loci-warm "$@"
+  --images python --runs 1 --modes overlayfs,loci,loci-trace,loci-warm,loci-ordered "$@"

@@ -52,16 +52,7 @@ pub enum TraceLayoutError {
 /// in the trace's layer order), per layer diff_id. Accesses naming a path
 /// the TOC has no file at, or a chunk the file does not use, are skipped.
 pub fn read_orders(trace: &Trace, layers: &[(Digest, &Toc)]) -> ReadOrders {
-    let by_path: Vec<HashMap<String, usize>> = layers
-        .iter()
-        .map(|(_, toc)| {
-            toc.entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (e.display_path(), i))
-                .collect()
-        })
-        .collect();
+    let by_path: Vec<_> = layers.iter().map(|(_, toc)| entries_by_path(toc)).collect();
     let mut files: Vec<Vec<TracedFile>> = vec![Vec::new(); layers.len()];
     let mut slot: Vec<HashMap<usize, usize>> = vec![HashMap::new(); layers.len()];
     for (position, access) in trace.accesses.iter().enumerate() {
@@ -105,6 +96,15 @@ pub fn read_orders(trace: &Trace, layers: &[(Digest, &Toc)]) -> ReadOrders {
             }
             (*diff_id, files)
         })
+        .collect()
+}
+
+/// A TOC's entries by the path a trace names them with.
+fn entries_by_path(toc: &Toc) -> HashMap<String, usize> {
+    toc.entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.display_path(), i))
         .collect()
 }
 
@@ -192,16 +192,7 @@ pub struct OpenedSize {
 /// The files `trace` (of layers with these TOCs) read, whole, and what
 /// they take compressed: the least a start that opens them can fetch.
 pub fn opened_size(trace: &Trace, tocs: &[Toc]) -> OpenedSize {
-    let by_path: Vec<HashMap<String, usize>> = tocs
-        .iter()
-        .map(|toc| {
-            toc.entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (e.display_path(), i))
-                .collect()
-        })
-        .collect();
+    let by_path: Vec<_> = tocs.iter().map(entries_by_path).collect();
     let mut seen: HashSet<(usize, usize)> = HashSet::new();
     let mut size = OpenedSize::default();
     for access in &trace.accesses {

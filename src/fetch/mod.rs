@@ -53,6 +53,7 @@ impl Default for FetchConfig {
 }
 
 /// One converted layer to read from: where its blob is, and its chunks.
+#[derive(Clone)]
 pub struct RemoteLayer {
     /// The registry (or layout) holding the blob.
     pub store: ImageStore,
@@ -171,6 +172,29 @@ pub struct Fetcher {
     /// skip `failed` when none did lately.
     last_failure_ms: AtomicU64,
     started: Instant,
+    /// Chunks being fetched now as members (not the first) of a run: the
+    /// cache's single flight covers only a run's first chunk, so a read of
+    /// a later one waits for the run here instead of asking the registry
+    /// for the same bytes again (over a link the prefetch already fills).
+    run_members: std::sync::Mutex<HashMap<Digest, tokio::sync::watch::Receiver<()>>>,
+}
+
+/// A run's members in [`Fetcher::run_members`] while its request is in
+/// flight; dropping it (the run done, failed or cancelled) releases their
+/// waiters, who then find the chunks in the cache or fetch them.
+struct RunMembers<'a> {
+    fetcher: &'a Fetcher,
+    digests: Vec<Digest>,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for RunMembers<'_> {
+    fn drop(&mut self) {
+        let mut members = self.fetcher.members();
+        for digest in &self.digests {
+            members.remove(digest);
+        }
+    }
 }
 
 /// How long a chunk whose read failed makes other reads of it fail at
@@ -202,6 +226,7 @@ impl Fetcher {
             failed: std::sync::Mutex::new(HashMap::new()),
             last_failure_ms: AtomicU64::new(0),
             started: Instant::now(),
+            run_members: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -241,7 +266,7 @@ impl Fetcher {
     /// `readahead` bytes past the read are fetched too if missing (in the
     /// same coalesced requests), for sequential readers.
     pub async fn read_file(
-        &self,
+        self: &Arc<Self>,
         layer: &RemoteLayer,
         content: &Content,
         offset: u64,
@@ -259,11 +284,23 @@ impl Fetcher {
         }
         self.demand.fetch_add(1, Ordering::Relaxed);
         let _demand = DemandGuard(&self.demand);
+        let began = Instant::now();
         let result = tokio::time::timeout(
             deadline,
             self.read_file_inner(layer, content, offset, len, &indexes, readahead),
         )
         .await;
+        let waited = began.elapsed();
+        if waited >= Duration::from_millis(1) && tracing::enabled!(tracing::Level::DEBUG) {
+            let traced = {
+                let traced = self.traced.read().unwrap_or_else(|e| e.into_inner());
+                indexes
+                    .iter()
+                    .filter(|&&i| traced.contains(&layer.chunks[i as usize].digest))
+                    .count()
+            };
+            tracing::debug!(layer = %layer.digest, offset, len, chunks = indexes.len(), traced, first_chunk = indexes.first().copied().unwrap_or(0), waited_us = waited.as_micros() as u64, at_ms = self.clock_ms(), "a read waited (for the registry or the disk tier)");
+        }
         let result = result.unwrap_or(Err(FetchError::Timeout {
             layer: layer.digest,
             after: deadline,
@@ -277,7 +314,7 @@ impl Fetcher {
     }
 
     async fn read_file_inner(
-        &self,
+        self: &Arc<Self>,
         layer: &RemoteLayer,
         content: &Content,
         offset: u64,
@@ -436,7 +473,7 @@ impl Fetcher {
     /// The `ahead` chunks (sorted, after `indexes`) are fetched into the
     /// cache in the same requests when missing, but not returned.
     pub async fn chunks(
-        &self,
+        self: &Arc<Self>,
         layer: &RemoteLayer,
         indexes: &[u32],
         ahead: &[u32],
@@ -445,12 +482,32 @@ impl Fetcher {
             .iter()
             .chain(ahead)
             .copied()
-            .filter(|&i| !self.cache.contains(&layer.chunks[i as usize].digest))
+            .filter(|&i| {
+                let digest = &layer.chunks[i as usize].digest;
+                !self.cache.contains(digest) && !self.members().contains_key(digest)
+            })
             .collect();
         missing.sort_unstable();
         missing.dedup();
         self.count_demand(layer, &missing);
-        let runs = self.runs(layer, &missing);
+        // A read waits for the runs holding its chunks; runs of read-ahead
+        // alone (the rest of a file whose start the prefetch brought) are
+        // fetched behind it.
+        let (runs, ahead_only): (Vec<Vec<u32>>, Vec<Vec<u32>>) = self
+            .runs(layer, &missing)
+            .into_iter()
+            .partition(|run| run.iter().any(|i| indexes.binary_search(i).is_ok()));
+        if !ahead_only.is_empty() {
+            let fetcher = Arc::clone(self);
+            let layer = layer.clone();
+            tokio::spawn(async move {
+                // Failures were logged by the cache; a reader fetches again.
+                let _ = futures::future::join_all(
+                    ahead_only.iter().map(|run| fetcher.fetch_run(&layer, run)),
+                )
+                .await;
+            });
+        }
         let leaders =
             futures::future::try_join_all(runs.iter().map(|run| self.fetch_run(layer, run)))
                 .await?;
@@ -491,10 +548,43 @@ impl Fetcher {
 
     /// Fetches a run of chunks with one range request into the cache and
     /// returns the first. The first chunk goes through the cache's single
-    /// flight, so concurrent readers of it wait on this request.
+    /// flight, so concurrent readers of it wait on this request. If the
+    /// first chunk came from the cache or another caller's request (an
+    /// on-demand read of the chunk a prefetch run starts at, say), the
+    /// rest of the run is still fetched: those are the bytes read next.
     pub async fn fetch_run(&self, layer: &RemoteLayer, run: &[u32]) -> Result<Bytes, FetchError> {
+        let (first, rest_unfetched) = self.fetch_run_led(layer, run).await?;
+        if rest_unfetched {
+            let rest: Vec<u32> = run[1..]
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let digest = &layer.chunks[i as usize].digest;
+                    !self.cache.contains(digest) && !self.members().contains_key(digest)
+                })
+                .collect();
+            if !rest.is_empty() {
+                // Its errors were logged by the cache; readers of these
+                // chunks fetch them again.
+                let _ = Box::pin(self.fetch_run(layer, &rest)).await;
+            }
+        }
+        Ok(first)
+    }
+
+    /// [`fetch_run`](Self::fetch_run)'s request, led by the run's first
+    /// chunk; also says whether that chunk came without it (the rest of
+    /// the run then unfetched).
+    async fn fetch_run_led(
+        &self,
+        layer: &RemoteLayer,
+        run: &[u32],
+    ) -> Result<(Bytes, bool), FetchError> {
         let leader = &layer.chunks[run[0] as usize];
+        let _members = self.register_members(layer, &run[1..]);
+        let requested = AtomicBool::new(false);
         let fetch = || async {
+            requested.store(true, Ordering::Relaxed);
             let first = &layer.chunks[run[0] as usize];
             let last = &layer.chunks[*run.last().unwrap() as usize];
             let start = first.blob_offset;
@@ -537,6 +627,7 @@ impl Fetcher {
         self.cache
             .get_or_fetch_verified(&leader.digest, fetch)
             .await
+            .map(|bytes| (bytes, run.len() > 1 && !requested.load(Ordering::Relaxed)))
             .map_err(|source| FetchError::Chunk {
                 layer: layer.digest,
                 chunk: leader.digest,
@@ -544,13 +635,55 @@ impl Fetcher {
             })
     }
 
-    /// One chunk: from the cache, or fetched alone.
+    /// One chunk: from the cache, or from the run fetching it now, or
+    /// fetched alone.
     async fn chunk(&self, layer: &RemoteLayer, index: u32) -> Result<Bytes, FetchError> {
         let chunk = &layer.chunks[index as usize];
         if let Some(bytes) = self.cache.get(&chunk.digest) {
             return Ok(bytes);
         }
+        let run = self.members().get(&chunk.digest).cloned();
+        if let Some(mut run) = run {
+            // Err: the run is over (its sender dropped), whatever it brought.
+            let _ = run.changed().await;
+            if let Some(bytes) = self.cache.get(&chunk.digest) {
+                return Ok(bytes);
+            }
+        }
         self.fetch_run(layer, &[index]).await
+    }
+
+    fn members(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Digest, tokio::sync::watch::Receiver<()>>> {
+        // Only inserts and removes happen under the lock.
+        self.run_members
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks a run's later chunks as in flight until the guard drops
+    /// (those another run already holds stay that run's).
+    fn register_members(&self, layer: &RemoteLayer, members: &[u32]) -> Option<RunMembers<'_>> {
+        if members.is_empty() {
+            return None;
+        }
+        let (done, receiver) = tokio::sync::watch::channel(());
+        let mut registered = Vec::with_capacity(members.len());
+        let mut map = self.members();
+        for &i in members {
+            let digest = layer.chunks[i as usize].digest;
+            if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(digest) {
+                slot.insert(receiver.clone());
+                registered.push(digest);
+            }
+        }
+        drop(map);
+        Some(RunMembers {
+            fetcher: self,
+            digests: registered,
+            _done: done,
+        })
     }
 
     fn record_request(&self, bytes: u64, latency: Duration) {

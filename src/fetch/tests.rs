@@ -24,7 +24,7 @@ fn chunk_table(layout: &[(u64, u32)]) -> Arc<[Chunk]> {
         .collect()
 }
 
-fn fetcher(dir: &std::path::Path, config: FetchConfig) -> Fetcher {
+fn fetcher(dir: &std::path::Path, config: FetchConfig) -> Arc<Fetcher> {
     let cache = ChunkCache::open(&CacheConfig {
         dir: dir.join("cache"),
         memory_bytes: 64 << 20,
@@ -33,7 +33,7 @@ fn fetcher(dir: &std::path::Path, config: FetchConfig) -> Fetcher {
         ..CacheConfig::default()
     })
     .unwrap();
-    Fetcher::new(cache, config)
+    Arc::new(Fetcher::new(cache, config))
 }
 
 fn layout_store(dir: &std::path::Path) -> ImageStore {
@@ -339,4 +339,102 @@ fn amplification_fetches_the_next_file_with_the_first() {
             "amplify {amplify}"
         );
     }
+}
+
+#[test]
+fn a_read_of_a_chunk_a_run_is_fetching_waits_for_that_run() {
+    let c = converted();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = fetcher(
+        dir.path(),
+        FetchConfig {
+            amplify_bytes: 0,
+            ..FetchConfig::default()
+        },
+    );
+    let content = content_of(&c.toc, "big1.bin");
+    let run: Vec<u32> = content.extents.iter().take(4).map(|e| e.chunk).collect();
+    // A read inside the run's third chunk, started while the run (say, the
+    // prefetch's) is in flight: its chunk is no run's first, so the cache's
+    // single flight alone would not see it.
+    let offset = content.starts[2] + 10;
+    let (fetched, read) = runtime.block_on(async {
+        tokio::join!(
+            f.fetch_run(&c.layer, &run),
+            f.read_file(&c.layer, &content, offset, 100, 0)
+        )
+    });
+    fetched.unwrap();
+    let data = &c.files.iter().find(|(n, _)| *n == "big1.bin").unwrap().1;
+    assert_eq!(read.unwrap(), data[offset as usize..offset as usize + 100]);
+    assert_eq!(
+        f.stats.requests.load(Ordering::Relaxed),
+        1,
+        "one request for both"
+    );
+    assert!(f.members().is_empty(), "the run's members are released");
+}
+
+#[test]
+fn a_run_whose_first_chunk_came_otherwise_still_fetches_the_rest() {
+    let c = converted();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = fetcher(dir.path(), FetchConfig::default());
+    let content = content_of(&c.toc, "big1.bin");
+    let run: Vec<u32> = content.extents.iter().take(4).map(|e| e.chunk).collect();
+    // An on-demand read brought the run's first chunk (as when a start
+    // reads the chunk a prefetch run begins at, just before the run).
+    runtime.block_on(f.fetch_run(&c.layer, &run[..1])).unwrap();
+    runtime.block_on(f.fetch_run(&c.layer, &run)).unwrap();
+    for &i in &run {
+        assert!(
+            f.cache().contains(&c.layer.chunks[i as usize].digest),
+            "chunk {i} of the run is cached"
+        );
+    }
+    assert_eq!(f.stats.requests.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_read_of_cached_chunks_does_not_wait_for_its_read_ahead() {
+    let c = converted();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = fetcher(dir.path(), FetchConfig::default());
+    let content = content_of(&c.toc, "big1.bin");
+    let first = content.extents[0].chunk;
+    runtime.block_on(f.fetch_run(&c.layer, &[first])).unwrap();
+    let len = u64::from(content.extents[0].len);
+    let got = runtime
+        .block_on(f.read_file(&c.layer, &content, 0, len, 64 << 10))
+        .unwrap();
+    let data = &c.files.iter().find(|(n, _)| *n == "big1.bin").unwrap().1;
+    assert_eq!(got, data[..len as usize]);
+    // The read returned without a request: the read-ahead goes behind it.
+    assert_eq!(f.stats.requests.load(Ordering::Relaxed), 1);
+    let next = &c.layer.chunks[content.extents[1].chunk as usize].digest;
+    runtime.block_on(async {
+        for _ in 0..500 {
+            if f.cache().contains(next) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    assert!(
+        f.cache().contains(next),
+        "the read-ahead arrived behind the read"
+    );
+    assert_eq!(f.stats.requests.load(Ordering::Relaxed), 2);
 }

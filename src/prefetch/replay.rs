@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 pub struct PrefetchConfig {
     /// Replay traces found for mounted images.
     pub enabled: bool,
-    /// Prefetch requests in flight while no on-demand read waits; while
-    /// one does, prefetch keeps half as many in flight.
+    /// Requests in flight, prefetch and on-demand together: prefetch
+    /// keeps this many less the on-demand reads waiting (at least one).
     pub max_in_flight: usize,
     /// Trace accesses planned together: their chunks are sorted and
     /// coalesced per layer, so a window becomes a few large requests.
@@ -85,6 +85,46 @@ fn split_run(layer: &RemoteLayer, run: Vec<u32>, max_bytes: u64) -> Vec<Vec<u32>
     out
 }
 
+/// A window of the trace as requests: per layer, its chunks not cached
+/// in blob order, grouped into runs of one request each, in the order the
+/// window first needs them.
+fn plan_window(
+    fetcher: &Fetcher,
+    layers: &[RemoteLayer],
+    window: &[super::trace::Access],
+    config: &PrefetchConfig,
+    report: &mut PrefetchReport,
+) -> Vec<(usize, Vec<u32>)> {
+    let mut runs = Vec::new();
+    for (layer_index, layer) in layers.iter().enumerate() {
+        let mut chunks: Vec<u32> = window
+            .iter()
+            .filter(|a| a.layer as usize == layer_index)
+            .map(|a| a.chunk)
+            .collect();
+        chunks.sort_unstable();
+        chunks.dedup();
+        let before = chunks.len();
+        chunks.retain(|&c| !fetcher.cache().contains(&layer.chunks[c as usize].digest));
+        report.already_cached += before - chunks.len();
+        runs.extend(
+            fetcher
+                .runs(layer, &chunks)
+                .into_iter()
+                .flat_map(|run| split_run(layer, run, config.max_request_bytes))
+                .map(|run| (layer_index, run)),
+        );
+    }
+    let first_use = |&(layer, ref run): &(usize, Vec<u32>)| {
+        window
+            .iter()
+            .position(|a| a.layer as usize == layer && run.contains(&a.chunk))
+            .unwrap_or(usize::MAX)
+    };
+    runs.sort_by_key(first_use);
+    runs
+}
+
 /// Replays `trace` (already validated against `layers`) into the cache.
 pub async fn prefetch(
     fetcher: Arc<Fetcher>,
@@ -103,67 +143,69 @@ pub async fn prefetch(
         traced: trace.accesses.len(),
         ..PrefetchReport::default()
     };
-    for window in trace.accesses.chunks(config.window.max(1)) {
-        if fetcher.cache().disk_full() {
-            report.stopped_cache_full = true;
+    // One pipeline across windows: the next window is planned when the
+    // last one's requests are all sent, not when they have all arrived, so
+    // the link never idles at a window's end.
+    let mut windows = trace.accesses.chunks(config.window.max(1));
+    let mut pending = Vec::new().into_iter();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    loop {
+        // On-demand reads go first: each one waiting takes a prefetch
+        // request's place on the link, down to one prefetch request (one
+        // alone would leave the link idle for a round trip each time).
+        let limit = config
+            .max_in_flight
+            .saturating_sub(fetcher.demand_in_flight())
+            .max(1);
+        while in_flight.len() < limit {
+            let (layer, mut run) = match pending.next() {
+                Some(next) => next,
+                None => {
+                    if report.stopped_cache_full {
+                        break;
+                    }
+                    let Some(window) = windows.next() else {
+                        break;
+                    };
+                    if fetcher.cache().disk_full() {
+                        report.stopped_cache_full = true;
+                        break;
+                    }
+                    pending =
+                        plan_window(&fetcher, &layers, window, &config, &mut report).into_iter();
+                    continue;
+                }
+            };
+            // On-demand reads since the window was planned may have
+            // brought some of the run (its first chunk above all: the
+            // run would then end at the cache, its other chunks unfetched).
+            let before = run.len();
+            run.retain(|&c| {
+                !fetcher
+                    .cache()
+                    .contains(&layers[layer].chunks[c as usize].digest)
+            });
+            report.already_cached += before - run.len();
+            if run.is_empty() {
+                continue;
+            }
+            let fetcher = fetcher.clone();
+            let layers = layers.clone();
+            report.requests += 1;
+            tracing::debug!(
+                first = run[0],
+                last = run[run.len() - 1],
+                chunks = run.len(),
+                "prefetch request"
+            );
+            in_flight.push(async move { fetcher.fetch_run(&layers[layer], &run).await });
+        }
+        if in_flight.is_empty() {
             break;
         }
-        // Plan: per layer, the window's missing chunks in blob order,
-        // grouped into runs one request each.
-        let mut runs = Vec::new();
-        for (layer_index, layer) in layers.iter().enumerate() {
-            let mut chunks: Vec<u32> = window
-                .iter()
-                .filter(|a| a.layer as usize == layer_index)
-                .map(|a| a.chunk)
-                .collect();
-            chunks.sort_unstable();
-            chunks.dedup();
-            let before = chunks.len();
-            chunks.retain(|&c| !fetcher.cache().contains(&layer.chunks[c as usize].digest));
-            report.already_cached += before - chunks.len();
-            runs.extend(
-                fetcher
-                    .runs(layer, &chunks)
-                    .into_iter()
-                    .flat_map(|run| split_run(layer, run, config.max_request_bytes))
-                    .map(|run| (layer_index, run)),
-            );
-        }
-        // Runs in the order the trace first needs them.
-        let first_use = |&(layer, ref run): &(usize, Vec<u32>)| {
-            window
-                .iter()
-                .position(|a| a.layer as usize == layer && run.contains(&a.chunk))
-                .unwrap_or(usize::MAX)
-        };
-        runs.sort_by_key(first_use);
-        let mut pending = runs.into_iter();
-        let mut in_flight = futures::stream::FuturesUnordered::new();
-        loop {
-            // On-demand reads go first: while one waits, half as many
-            // requests (one alone leaves a link with a round trip idle).
-            let limit = if fetcher.demand_in_flight() > 0 {
-                (config.max_in_flight / 2).max(1)
-            } else {
-                config.max_in_flight.max(1)
-            };
-            while in_flight.len() < limit {
-                let Some((layer, run)) = pending.next() else {
-                    break;
-                };
-                let fetcher = fetcher.clone();
-                let layers = layers.clone();
-                report.requests += 1;
-                in_flight.push(async move { fetcher.fetch_run(&layers[layer], &run).await });
-            }
-            if in_flight.is_empty() {
-                break;
-            }
-            if let Some(Err(e)) = in_flight.next().await {
-                report.failed += 1;
-                tracing::warn!(error = %e, "prefetch request failed; on-demand reads will fetch those chunks");
-            }
+        if let Some(Err(e)) = in_flight.next().await {
+            report.failed += 1;
+            tracing::warn!(error = %e, "prefetch request failed; on-demand reads will fetch those chunks");
         }
     }
     report.elapsed = started.elapsed();

@@ -2,7 +2,7 @@
 //! replay, the snapshotter daemon, and the limits layer metadata is held to.
 
 use crate::cache::CacheConfig;
-use crate::fetch::FetchConfig;
+use crate::fetch::{CompletionConfig, FetchConfig};
 use crate::format::Limits;
 use crate::prefetch::PrefetchConfig;
 use crate::snapshotter::SnapshotterConfig;
@@ -19,6 +19,8 @@ pub struct Config {
     pub fetch: FetchConfig,
     /// Trace replay.
     pub prefetch: PrefetchConfig,
+    /// Background completion of lazily served layers.
+    pub completion: CompletionConfig,
     /// The containerd snapshotter daemon.
     pub snapshotter: SnapshotterConfig,
     /// Bounds on what a layer's TOC may declare.
@@ -34,6 +36,7 @@ impl Config {
             ("fetch.max_request_bytes", self.fetch.max_request_bytes),
             ("prefetch.max_in_flight", self.prefetch.max_in_flight as u64),
             ("prefetch.window", self.prefetch.window as u64),
+            ("completion.request_bytes", self.completion.request_bytes),
             (
                 "prefetch.max_request_bytes",
                 self.prefetch.max_request_bytes,

@@ -50,8 +50,12 @@ fn signing_key(work: &Path) -> PathBuf {
 /// reaching the registry at `registry` (host:port) over plain HTTP, as its
 /// node configuration says (never as an image's labels say).
 fn start_snapshotter(work: &Path, metrics_port: u16, registry: &str) -> Daemon {
-    start_snapshotter_with(work, metrics_port, registry, "")
+    start_snapshotter_with(work, metrics_port, registry, NO_COMPLETION)
 }
+
+/// The tests of laziness count what reads fetch: background completion
+/// (tested where a test asks for it) would fetch the rest.
+const NO_COMPLETION: &str = "[completion]\nenabled = false\n";
 
 /// [`start_snapshotter`] with `extra` lines in its `[snapshotter]` table.
 fn start_snapshotter_with(work: &Path, metrics_port: u16, registry: &str, extra: &str) -> Daemon {
@@ -93,7 +97,7 @@ fn start_snapshotter_with(work: &Path, metrics_port: u16, registry: &str, extra:
 
 impl Setup {
     fn new() -> Setup {
-        Setup::new_with("")
+        Setup::new_with(NO_COMPLETION)
     }
 
     /// [`Setup::new`], the snapshotter's `[snapshotter]` table having
@@ -731,7 +735,8 @@ fn connections_nobody_serves_are_closed_after_the_timeout() {
     if !require(test, NEEDS, true) || !require_fuse(test) {
         return;
     }
-    let mut setup = Setup::new_with("held_connection_timeout_secs = 2");
+    let mut setup =
+        Setup::new_with("held_connection_timeout_secs = 2\n[completion]\nenabled = false");
     let root = setup.work.path().join("root");
     let converted = format!("{}/fixture:loci", setup.registry.addr);
     let pulled = loci()
@@ -882,7 +887,9 @@ fn a_node_records_a_real_start_and_publishes_it_as_the_trace() {
     if !require(test, NEEDS, true) || !require_fuse(test) {
         return;
     }
-    let setup = Setup::new_with("[prefetch]\nrecord_starts = true\nrecord_window_secs = 3");
+    let setup = Setup::new_with(
+        "[prefetch]\nrecord_starts = true\nrecord_window_secs = 3\n[completion]\nenabled = false",
+    );
     let image = format!("{}/fixture:loci", setup.registry.addr);
     setup.pull(&image);
     let out = setup.ctr_run(
@@ -916,4 +923,87 @@ fn a_node_records_a_real_start_and_publishes_it_as_the_trace() {
         !paths.contains(&"data/big-text.txt"),
         "a file the start never read is in the trace"
     );
+}
+
+/// A converted image whose top layer claims a diff_id its content does not
+/// have, on a node that trusts images' claims (`trust = "any"`, so no
+/// signature stops it at admission): the layer is served lazily until its
+/// background completion has the whole blob, finds the stream is not that
+/// diff_id, and takes the layer out of service. The log names the layer,
+/// the metric counts it, and reads of its files fail from then on rather
+/// than serve content the image lied about.
+#[test]
+fn a_layer_whose_content_contradicts_its_diff_id_is_taken_out_of_service() {
+    let test = "a_layer_whose_content_contradicts_its_diff_id_is_taken_out_of_service";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    let setup = Setup::new_with("trust = \"any\"\n[completion]\nquiet_secs = 1\n");
+    let converted = format!("{}/fixture:loci", setup.registry.addr);
+    let liar = format!("{}/fixture:liar", setup.registry.addr);
+    let layout = setup.work.path().join("liar-layout");
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{converted}"))
+        .arg(format!("oci:{}:loci", layout.display())));
+    let (_, entry, mut manifest) = layout_manifest(&layout, "loci");
+    let mut config = layout_json(&layout, manifest["config"]["digest"].as_str().unwrap());
+    let top = manifest["layers"].as_array().unwrap().len() - 1;
+    let layer_digest = manifest["layers"][top]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fake = format!("sha256:{}", "5a".repeat(32));
+    manifest["layers"][top]["annotations"]["containerd.io/snapshot/loci.uncompressed"] =
+        fake.clone().into();
+    config["rootfs"]["diff_ids"][top] = fake.into();
+    let (config_digest, config_size) = put_layout_json(&layout, &config);
+    manifest["config"]["digest"] = config_digest.into();
+    manifest["config"]["size"] = config_size.into();
+    tag_layout_manifest(&layout, &entry, &manifest, "liar");
+    push_layout(&layout, "liar", &liar);
+
+    let pulled = setup.pull(&liar);
+    assert!(pulled.contains("4 layers lazy"), "{pulled}");
+    wait_until("the lying layer's completion", 60, || {
+        setup
+            .snapshotter
+            .log_text()
+            .contains("layer taken out of service")
+    });
+    let log = strip_ansi(&setup.snapshotter.log_text());
+    let line = log
+        .lines()
+        .find(|l| l.contains("layer taken out of service"))
+        .unwrap();
+    assert!(
+        line.contains(&layer_digest) && line.contains("diff_id"),
+        "the error does not name the layer and the diff_id: {line}"
+    );
+    assert_eq!(
+        setup.metrics().get("loci_layers_refused_total"),
+        Some(&1.0),
+        "{:?}",
+        setup.metrics()
+    );
+    // Its files are no longer served; the layers below still are.
+    let out = setup
+        .containerd
+        .ctr()
+        .args(["run", "--rm", "--snapshotter", "loci", &liar, "liar-read"])
+        .args(["/bin/busybox", "cat", "/big/small.txt"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a refused layer's file was read: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Input/output error"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let group = setup.ctr_run(&liar, "liar-base", &["/bin/busybox", "cat", "/etc/group"]);
+    assert_eq!(group, "root:x:0:\nuser:x:1000:\n");
 }

@@ -226,6 +226,9 @@ class Env:
         with open(cfg, "w") as f:
             f.write(f'[cache]\ndir = "{cache}"\nmemory_bytes = 268435456\ndisk_bytes = 21474836480\n'
                     f'[prefetch]\nenabled = {"true" if prefetch else "false"}\n'
+                    # Starts only: completion waits for a start to be over,
+                    # and its download is not a start's.
+                    f'[completion]\nenabled = false\n'
                     f'[snapshotter]\nplain_http_registries = ["{self.addr}"]\n'
                     f'trusted_keys = ["{self.signing_key()}.pub"]\n')
         self.snap_sock = os.path.join(self.work, "loci.sock")

@@ -2,9 +2,11 @@
 //! with neighbouring missing chunks coalesced into one range request, every
 //! chunk verified before use, and a deadline on every read.
 
+mod complete;
 mod content;
 mod open;
 
+pub use complete::{partial_path, CompletionConfig, CompletionError, CompletionReport};
 pub use content::Content;
 pub use open::{
     decode_toc_tail, fetch_toc, fetch_toc_tail, open_image, open_layer, open_layer_from,
@@ -77,6 +79,10 @@ pub enum FetchError {
     /// The read took longer than the configured deadline.
     #[error("layer {layer}: read not served within {after:?}")]
     Timeout { layer: Digest, after: Duration },
+    /// The layer's content contradicts what its image claims (found when
+    /// it was completed): it is out of service.
+    #[error("layer {layer} is out of service: {reason}")]
+    Refused { layer: Digest, reason: String },
     /// A chunk the read needs failed less than [`FAIL_FAST`] ago.
     #[error("layer {layer}: chunk {chunk} failed less than {FAIL_FAST:?} ago")]
     FailedLately { layer: Digest, chunk: Digest },
@@ -106,6 +112,11 @@ pub struct FetchStats {
     /// Chunks on-demand reads fetched that no followed trace holds: many
     /// of them say the trace covers little of this start.
     pub untraced_demand_chunks: AtomicU64,
+    /// Bytes fetched by the layer's background completion.
+    pub completion_bytes: AtomicU64,
+    /// 1 once the layer's completion found its content is not what the
+    /// image claims (the layer is out of service).
+    pub refused: AtomicU64,
 }
 
 /// A point-in-time copy of [`FetchStats`].
@@ -129,6 +140,10 @@ pub struct FetchStatsSnapshot {
     pub traced_demand_chunks: u64,
     /// See [`FetchStats::untraced_demand_chunks`].
     pub untraced_demand_chunks: u64,
+    /// See [`FetchStats::completion_bytes`].
+    pub completion_bytes: u64,
+    /// See [`FetchStats::refused`].
+    pub refused: u64,
 }
 
 impl FetchStats {
@@ -145,6 +160,8 @@ impl FetchStats {
             max_latency_us: self.latency_us_max.load(Ordering::Relaxed),
             traced_demand_chunks: self.traced_demand_chunks.load(Ordering::Relaxed),
             untraced_demand_chunks: self.untraced_demand_chunks.load(Ordering::Relaxed),
+            completion_bytes: self.completion_bytes.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 }
@@ -177,6 +194,14 @@ pub struct Fetcher {
     /// a later one waits for the run here instead of asking the registry
     /// for the same bytes again (over a link the prefetch already fills).
     run_members: std::sync::Mutex<HashMap<Digest, tokio::sync::watch::Receiver<()>>>,
+    /// The layer's blob, complete and verified on local disk: reads come
+    /// from it instead of the registry.
+    local: std::sync::OnceLock<Arc<std::fs::File>>,
+    /// Why the layer is out of service, once its completion found it lies.
+    refused: std::sync::OnceLock<String>,
+    /// When ([`Fetcher::clock_ms`]) a read last had to fetch: completion
+    /// waits for the start to be over.
+    last_fetching_read_ms: AtomicU64,
 }
 
 /// A run's members in [`Fetcher::run_members`] while its request is in
@@ -227,6 +252,9 @@ impl Fetcher {
             last_failure_ms: AtomicU64::new(0),
             started: Instant::now(),
             run_members: std::sync::Mutex::new(HashMap::new()),
+            local: std::sync::OnceLock::new(),
+            refused: std::sync::OnceLock::new(),
+            last_fetching_read_ms: AtomicU64::new(0),
         }
     }
 
@@ -274,6 +302,10 @@ impl Fetcher {
         readahead: u64,
     ) -> Result<Vec<u8>, FetchError> {
         let deadline = Duration::from_secs(self.config.read_timeout_secs);
+        if let Some(refused) = self.refusal(layer) {
+            self.stats.failed_reads.fetch_add(1, Ordering::Relaxed);
+            return Err(refused);
+        }
         let indexes = content.chunks_in(offset, offset.saturating_add(len));
         if let Some(chunk) = self.failed_lately(layer, &indexes) {
             self.stats.failed_reads.fetch_add(1, Ordering::Relaxed);
@@ -489,6 +521,10 @@ impl Fetcher {
             .collect();
         missing.sort_unstable();
         missing.dedup();
+        if !missing.is_empty() {
+            self.last_fetching_read_ms
+                .store(self.clock_ms(), Ordering::Relaxed);
+        }
         self.count_demand(layer, &missing);
         // A read waits for the runs holding its chunks; runs of read-ahead
         // alone (the rest of a file whose start the prefetch brought) are
@@ -589,13 +625,19 @@ impl Fetcher {
             let last = &layer.chunks[*run.last().unwrap() as usize];
             let start = first.blob_offset;
             let end = last.blob_offset + u64::from(last.compressed_len);
-            let began = Instant::now();
-            let bytes = layer
-                .store
-                .blob_range(&layer.digest, start..end)
-                .await
-                .map_err(Box::<dyn std::error::Error + Send + Sync>::from)?;
-            self.record_request(bytes.len() as u64, began.elapsed());
+            let bytes = match self.local_range(start..end).await {
+                Some(local) => local.map_err(Box::<dyn std::error::Error + Send + Sync>::from)?,
+                None => {
+                    let began = Instant::now();
+                    let bytes = layer
+                        .store
+                        .blob_range(&layer.digest, start..end)
+                        .await
+                        .map_err(Box::<dyn std::error::Error + Send + Sync>::from)?;
+                    self.record_request(bytes.len() as u64, began.elapsed());
+                    bytes
+                }
+            };
             let mut leader_bytes = None;
             for &i in run {
                 let chunk = &layer.chunks[i as usize];

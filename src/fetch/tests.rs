@@ -186,6 +186,7 @@ struct Converted {
     layer: RemoteLayer,
     toc: Toc,
     files: Vec<(&'static str, Vec<u8>)>,
+    summary: crate::format::LayerSummary,
 }
 
 fn converted() -> Converted {
@@ -240,6 +241,7 @@ fn converted() -> Converted {
         },
         toc,
         files,
+        summary,
         _dir: dir,
     }
 }
@@ -437,4 +439,93 @@ fn a_read_of_cached_chunks_does_not_wait_for_its_read_ahead() {
         "the read-ahead arrived behind the read"
     );
     assert_eq!(f.stats.requests.load(Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_completed_layer_is_verified_and_read_locally_and_one_that_lies_is_refused() {
+    let c = converted();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = CompletionConfig {
+        request_bytes: 100 << 10,
+        ..CompletionConfig::default()
+    };
+    let content = content_of(&c.toc, "big2.bin");
+    let data = &c.files.iter().find(|(n, _)| *n == "big2.bin").unwrap().1;
+    // (claimed diff_id, refused)
+    let cases = [
+        (c.summary.diff_id, false),
+        (Digest::of(b"another tar"), true),
+    ];
+    for (diff_id, refused) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fetcher(dir.path(), FetchConfig::default());
+        let path = dir.path().join("blob");
+        let result = runtime.block_on(f.complete(
+            &c.layer,
+            c.summary.blob_size,
+            c.summary.toc_digest,
+            diff_id,
+            &path,
+            &config,
+        ));
+        let requests = f.stats.requests.load(Ordering::Relaxed);
+        let read = runtime.block_on(f.read_file(&c.layer, &content, 0, 1000, 0));
+        if refused {
+            let e = result.unwrap_err();
+            assert!(matches!(e, CompletionError::Refused { .. }), "{e:?}");
+            assert!(e.to_string().contains(&c.layer.digest.to_string()), "{e}");
+            assert!(!f.is_complete() && !path.exists() && !partial_path(&path).exists());
+            let e = read.unwrap_err();
+            assert!(matches!(e, FetchError::Refused { .. }), "{e:?}");
+            assert!(e.to_string().contains(&c.layer.digest.to_string()), "{e}");
+            assert_eq!(f.stats.refused.load(Ordering::Relaxed), 1);
+        } else {
+            let report = result.unwrap();
+            assert_eq!(report.fetched_bytes, c.summary.blob_size);
+            assert!(f.is_complete() && path.exists());
+            assert_eq!(read.unwrap(), data[..1000]);
+            assert_eq!(
+                f.stats.requests.load(Ordering::Relaxed),
+                requests,
+                "a complete layer is read from its local blob"
+            );
+            // A later fetcher for the same mount (a restart) uses it at once.
+            let again = fetcher(&dir.path().join("again"), FetchConfig::default());
+            assert!(again.use_completed(&path, c.summary.blob_size));
+        }
+    }
+}
+
+#[test]
+fn a_completion_resumes_what_an_earlier_one_left() {
+    let c = converted();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blob");
+    let ImageStore::Layout { layout, .. } = &c.layer.store else {
+        unreachable!()
+    };
+    let blob = std::fs::read(layout.blob_path(&c.layer.digest)).unwrap();
+    let kept = blob.len() / 3;
+    std::fs::write(partial_path(&path), &blob[..kept]).unwrap();
+    let f = fetcher(dir.path(), FetchConfig::default());
+    let report = runtime
+        .block_on(f.complete(
+            &c.layer,
+            c.summary.blob_size,
+            c.summary.toc_digest,
+            c.summary.diff_id,
+            &path,
+            &CompletionConfig::default(),
+        ))
+        .unwrap();
+    assert_eq!(report.resumed_bytes, kept as u64);
+    assert_eq!(report.fetched_bytes, (blob.len() - kept) as u64);
+    assert_eq!(std::fs::read(&path).unwrap(), blob);
 }

@@ -51,10 +51,10 @@ impl Admission {
                 .parse::<Digest>()
                 .map_err(|e| format!("label {label}: {e}"))
         };
-        let diff_id = request
-            .diff_id
-            .as_deref()
-            .ok_or_else(|| format!("no {} label naming its diff_id", annotations::UNCOMPRESSED))?;
+        let diff_id =
+            request.source.diff_id.as_deref().ok_or_else(|| {
+                format!("no {} label naming its diff_id", annotations::UNCOMPRESSED)
+            })?;
         let diff_id = parse(annotations::UNCOMPRESSED, diff_id)?;
         let expected = chain_id(parent, &diff_id);
         if request.target != expected {
@@ -91,9 +91,9 @@ mod tests {
                 image_ref: "127.0.0.1:5000/app:v1".into(),
                 layer_digest: Digest::of(b"blob").to_string(),
                 toc_digest: Digest::of(b"toc").to_string(),
+                diff_id: Some(diff_id.to_string()),
             },
             toc_offset: None,
-            diff_id: Some(diff_id.to_string()),
             signature,
         }
     }
@@ -189,7 +189,7 @@ mod tests {
             }
         }
         let mut no_diff_id = request(&own, &diff_id, Some(good));
-        no_diff_id.diff_id = None;
+        no_diff_id.source.diff_id = None;
         assert!(any.admit(&no_diff_id, &parent).is_err());
     }
 }

@@ -118,6 +118,7 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
         config.snapshotter.fuse_threads,
         metrics.clone(),
         config.prefetch.clone(),
+        config.completion.clone(),
         FdStore::new(
             root.join("fuse-fds.sock"),
             root.join("fd-holder.log"),

@@ -9,7 +9,7 @@ use super::metrics::Metrics;
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
 use crate::fetch::{self, OpenedImage, TocTail};
-use crate::fetch::{FetchConfig, Fetcher};
+use crate::fetch::{CompletionConfig, CompletionError, FetchConfig, Fetcher};
 use crate::format::{annotations, EntryKind, Toc};
 use crate::fs::{self, takeover, tree::View, Connection, MountError};
 use crate::image::{ImageRef, ImageStore};
@@ -58,8 +58,6 @@ pub struct LazyRequest {
     pub source: LazySource,
     /// Where the TOC starts in the blob, when annotated.
     pub toc_offset: Option<u64>,
-    /// The diff_id the image claims for the layer (`loci.uncompressed`).
-    pub diff_id: Option<String>,
     /// The converter's signature (`loci.signature`), if it signed.
     pub signature: Option<String>,
 }
@@ -75,9 +73,9 @@ impl LazyRequest {
                 image_ref: get(IMAGE_REF)?,
                 layer_digest: get(LAYER_DIGEST)?,
                 toc_digest: get(annotations::TOC_DIGEST)?,
+                diff_id: get(annotations::UNCOMPRESSED),
             },
             toc_offset: get(annotations::TOC_OFFSET).and_then(|v| v.parse().ok()),
-            diff_id: get(annotations::UNCOMPRESSED),
             signature: get(annotations::SIGNATURE),
         })
     }
@@ -87,6 +85,8 @@ impl LazyRequest {
 pub struct OpenedLayer {
     image: OpenedImage,
     source: LazySource,
+    /// The blob's size, for its completion.
+    blob_size: u64,
     /// The TOC's bytes as just fetched, to keep next to the mount.
     fetched_toc: Option<TocTail>,
 }
@@ -124,6 +124,7 @@ pub struct LazyLayers {
     /// Start traces, replayed for each layer as it is mounted.
     traces: Arc<ImageTraces>,
     prefetch: PrefetchConfig,
+    completion: CompletionConfig,
     /// Starts recorded as traces (`[prefetch] record_starts`).
     recordings: Option<NodeRecordings>,
     /// Keeps each mount's FUSE connection for the next daemon.
@@ -137,6 +138,8 @@ struct Mounted {
     layer: String,
     /// Whether the fd holder has its connection (so it outlives us).
     held: bool,
+    /// The layer's background completion, stopped with the mount.
+    completion: Option<tokio::task::JoinHandle<()>>,
     /// A duplicate of the connection, to hand a new holder if this one
     /// dies.
     connection: Option<OwnedFd>,
@@ -158,6 +161,7 @@ impl LazyLayers {
         threads: usize,
         metrics: Arc<Metrics>,
         prefetch: PrefetchConfig,
+        completion: CompletionConfig,
         held: FdStore,
     ) -> LazyLayers {
         LazyLayers {
@@ -178,6 +182,7 @@ impl LazyLayers {
             }),
             runtime,
             prefetch,
+            completion,
             held,
         }
     }
@@ -249,6 +254,7 @@ impl LazyLayers {
                         return Ok(OpenedLayer {
                             image,
                             source: source.clone(),
+                            blob_size: tail.blob_size,
                             fetched_toc: None,
                         })
                     }
@@ -268,6 +274,7 @@ impl LazyLayers {
         Ok(OpenedLayer {
             image,
             source: source.clone(),
+            blob_size: tail.blob_size,
             fetched_toc: Some(tail),
         })
     }
@@ -383,6 +390,7 @@ impl LazyLayers {
                     .await;
             });
         }
+        let completion = self.complete_in_background(&layer, &fetcher, dir);
         self.metrics.layer_mounted(&image, &digest, fetcher);
         let old = self.mounts.lock().expect("lazy mounts lock").insert(
             id,
@@ -392,6 +400,7 @@ impl LazyLayers {
                 image,
                 layer: digest,
                 held,
+                completion,
                 connection: dup,
             },
         );
@@ -399,6 +408,58 @@ impl LazyLayers {
             self.finish(id, old);
         }
         Ok(())
+    }
+
+    /// Serves the layer from its completed blob if an earlier daemon left
+    /// one (next to the mount at `dir`), else completes it once its start
+    /// is over (see [`CompletionConfig`]); the task is the mount's.
+    fn complete_in_background(
+        &self,
+        layer: &OpenedLayer,
+        fetcher: &Arc<Fetcher>,
+        dir: &Path,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let path = blob_file(dir);
+        if fetcher.use_completed(&path, layer.blob_size) {
+            tracing::info!(layer = %layer.source.layer_digest, "layer served from its completed blob");
+            return None;
+        }
+        if !self.completion.enabled {
+            return None;
+        }
+        let parse = |v: Option<&String>| v.and_then(|v| v.parse::<Digest>().ok());
+        let (Some(toc), Some(diff_id)) = (
+            parse(Some(&layer.source.toc_digest)),
+            parse(layer.source.diff_id.as_ref()),
+        ) else {
+            tracing::info!(layer = %layer.source.layer_digest, "layer not completed: its record names no diff_id to verify it against");
+            return None;
+        };
+        let (fetcher, config) = (fetcher.clone(), self.completion.clone());
+        let (remote, blob_size) = (layer.image.layers[0].clone(), layer.blob_size);
+        let metrics = self.metrics.clone();
+        Some(self.runtime.spawn(async move {
+            fetcher.wait_until_quiet(&config).await;
+            tracing::info!(layer = %remote.digest, "completing the layer in the background");
+            let began = std::time::Instant::now();
+            match fetcher
+                .complete(&remote, blob_size, toc, diff_id, &path, &config)
+                .await
+            {
+                Ok(report) => tracing::info!(
+                    layer = %remote.digest,
+                    fetched_bytes = report.fetched_bytes,
+                    resumed_bytes = report.resumed_bytes,
+                    secs = format!("{:.2}", began.elapsed().as_secs_f64()),
+                    "layer complete and verified; its reads are local from now on"
+                ),
+                Err(e @ CompletionError::Refused { .. }) => {
+                    metrics.layer_refused();
+                    tracing::error!(error = %crate::error_chain::chain(&e), "layer taken out of service: its reads fail from now on");
+                }
+                Err(e) => tracing::warn!(error = %crate::error_chain::chain(&e), "layer completion stopped; the next mount tries again"),
+            }
+        }))
     }
 
     /// Unmounts snapshot `id`'s layer, if it is mounted.
@@ -436,6 +497,9 @@ impl LazyLayers {
     }
 
     fn finish(&self, id: u64, mounted: Mounted) {
+        if let Some(completion) = &mounted.completion {
+            completion.abort();
+        }
         self.metrics.layer_unmounted(&mounted.image, &mounted.layer);
         if let Err(e) = takeover::unmount(&mounted.dir, mounted.session) {
             tracing::warn!(id, layer = %mounted.layer, error = %e, "unmounting a lazy layer");
@@ -446,6 +510,12 @@ impl LazyLayers {
             }
         }
     }
+}
+
+/// Where the completed blob of the layer mounted at `dir` is kept: next
+/// to it, in the snapshot's directory (removed with the snapshot).
+fn blob_file(dir: &Path) -> PathBuf {
+    dir.with_file_name("blob")
 }
 
 /// Where the TOC of the layer mounted at `dir` is kept: next to it, in the

@@ -70,6 +70,11 @@ pub struct LazySource {
     pub layer_digest: String,
     /// The digest of the layer's TOC (`loci.toc-digest`).
     pub toc_digest: String,
+    /// The diff_id the image claims for the layer (`loci.uncompressed`),
+    /// which its completion verifies (absent in records of older loci:
+    /// such layers are not completed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
 }
 
 /// One snapshot, under its key.

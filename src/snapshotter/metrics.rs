@@ -7,7 +7,7 @@ use crate::cache::ChunkCache;
 use crate::fetch::Fetcher;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -21,6 +21,7 @@ pub struct Metrics {
     ops: IntCounterVec,
     errors: IntCounterVec,
     mounts: IntGauge,
+    refused: IntCounter,
     layers: LayerFetchers,
 }
 
@@ -49,12 +50,18 @@ impl Metrics {
             "Lazily served layers mounted now.",
         )
         .expect("valid metric");
+        let refused = IntCounter::new(
+            "loci_layers_refused_total",
+            "Layers taken out of service because their completed content contradicts their TOC or diff_id.",
+        )
+        .expect("valid metric");
         let layers = Arc::new(Mutex::new(BTreeMap::new()));
         let fetch = FetchCollector::new(cache, layers.clone());
         for c in [
             Box::new(ops.clone()) as Box<dyn Collector>,
             Box::new(errors.clone()),
             Box::new(mounts.clone()),
+            Box::new(refused.clone()),
             Box::new(fetch),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -64,8 +71,15 @@ impl Metrics {
             ops,
             errors,
             mounts,
+            refused,
             layers,
         }
+    }
+
+    /// A layer's completion found its content is not what its image
+    /// claims; the layer is out of service.
+    pub fn layer_refused(&self) {
+        self.refused.inc();
     }
 
     /// Counts one call of `op`, failed with `code` if it failed.
@@ -113,6 +127,7 @@ struct FetchCollector {
 
 const LAYER_BYTES: &str = "loci_layer_fetched_bytes_total";
 const LAYER_REQUESTS: &str = "loci_layer_fetch_requests_total";
+const LAYER_COMPLETION: &str = "loci_layer_completion_bytes_total";
 const TRACE_COVERED: &str = "loci_layer_demand_chunks_total";
 const CACHE_HITS: &str = "loci_cache_hits_total";
 const CACHE_MISSES: &str = "loci_cache_misses_total";
@@ -135,6 +150,7 @@ impl FetchCollector {
             descs: vec![
                 desc(LAYER_BYTES, "Bytes fetched from the registry, per image and layer.", &["image", "layer"]),
                 desc(LAYER_REQUESTS, "Range requests sent to the registry, per image and layer.", &["image", "layer"]),
+                desc(LAYER_COMPLETION, "Bytes fetched by background completion, per image and layer.", &["image", "layer"]),
                 desc(TRACE_COVERED, "Chunks on-demand reads fetched while a start trace was followed, per image and layer, by whether the trace held them (traced=\"false\" in numbers says the trace covers little of the start).", &["image", "layer", "traced"]),
                 desc(CACHE_HITS, "Chunk reads served by the cache, per tier.", &["tier"]),
                 desc(CACHE_MISSES, "Chunk reads the cache could not serve.", &[]),
@@ -180,6 +196,7 @@ impl Collector for FetchCollector {
         let layers = self.layers.lock().expect("metrics lock").clone();
         let mut bytes = Vec::new();
         let mut requests = Vec::new();
+        let mut completion = Vec::new();
         let mut demand = Vec::new();
         let mut latency_sum_us = 0u64;
         for ((image, layer), fetcher) in &layers {
@@ -187,6 +204,7 @@ impl Collector for FetchCollector {
             let labels = [("image", image.as_str()), ("layer", layer.as_str())];
             bytes.push(counter(&labels, s.bytes_fetched as f64));
             requests.push(counter(&labels, s.requests as f64));
+            completion.push(counter(&labels, s.completion_bytes as f64));
             for (traced, count) in [
                 ("true", s.traced_demand_chunks),
                 ("false", s.untraced_demand_chunks),
@@ -232,6 +250,12 @@ impl Collector for FetchCollector {
                 &help(LAYER_REQUESTS),
                 MetricType::COUNTER,
                 requests,
+            ),
+            family(
+                LAYER_COMPLETION,
+                &help(LAYER_COMPLETION),
+                MetricType::COUNTER,
+                completion,
             ),
             family(
                 TRACE_COVERED,

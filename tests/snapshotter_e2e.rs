@@ -1007,3 +1007,103 @@ fn a_layer_whose_content_contradicts_its_diff_id_is_taken_out_of_service() {
     let group = setup.ctr_run(&liar, "liar-base", &["/bin/busybox", "cat", "/etc/group"]);
     assert_eq!(group, "root:x:0:\nuser:x:1000:\n");
 }
+
+/// A container started lazily keeps running and reading the right bytes
+/// while its layers complete in the background: the daemon is restarted
+/// while the big layer is half fetched (completion capped at 4 MB/s), the
+/// next daemon resumes that completion rather than starting over, every
+/// layer ends complete and verified, and from then on the container's
+/// reads of files nothing had read are served from the local blobs (no
+/// registry request) with the fixture's own bytes.
+#[test]
+fn a_running_container_reads_correctly_while_its_layers_complete_across_a_restart() {
+    let test = "a_running_container_reads_correctly_while_its_layers_complete_across_a_restart";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    const COMPLETING: &str = "[completion]\nquiet_secs = 1\nmax_bytes_per_sec = 4000000\n";
+    let mut setup = Setup::new_with(COMPLETING);
+    let converted = format!("{}/fixture:loci", setup.registry.addr);
+    let said = setup.pull(&converted);
+    assert!(said.contains("4 layers lazy, 0 unpacked"), "{said}");
+    run(setup.containerd.ctr().args([
+        "run",
+        "-d",
+        "--snapshotter",
+        "loci",
+        &converted,
+        "completing",
+        "sleep",
+        "600",
+    ]));
+    let out = setup.exec("completing", "read-1", &["cat", "/big/small.txt"]);
+    assert_eq!(out, "a small file in a big layer\n");
+    // Restart in the middle of the big layer's completion.
+    wait_until("the big layer's completion to be under way", 60, || {
+        setup
+            .metrics()
+            .iter()
+            .any(|(k, v)| k.starts_with("loci_layer_completion_bytes_total") && *v >= 4e6)
+    });
+    setup.snapshotter.stop();
+    let partials = std::fs::read_dir(setup.work.path().join("root/snapshots"))
+        .unwrap()
+        .filter(|d| d.as_ref().unwrap().path().join("blob.partial").exists())
+        .count();
+    assert_eq!(partials, 1, "one completion was cut off half way");
+    setup.snapshotter = start_snapshotter_with(
+        setup.work.path(),
+        setup.metrics_port,
+        &setup.registry.addr,
+        COMPLETING,
+    );
+    // Reads go on while the completions resume.
+    let out = setup.exec("completing", "read-2", &["sha256sum", "/big/huge.bin"]);
+    assert_eq!(
+        out.split_whitespace().next(),
+        Some(fixture_sha256s().0.as_str()),
+        "{out}"
+    );
+    wait_until("every layer to be complete", 120, || {
+        strip_ansi(&setup.snapshotter.log_text())
+            .matches("layer complete and verified")
+            .count()
+            + strip_ansi(&setup.snapshotter.log_text())
+                .matches("layer served from its completed blob")
+                .count()
+            >= 4
+    });
+    let log = strip_ansi(&setup.snapshotter.log_text());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("layer complete and verified") && !l.contains("resumed_bytes=0")),
+        "the cut-off completion was not resumed:\n{log}"
+    );
+    // Complete layers are read locally: nothing more from the registry.
+    let before = setup.registry.daemon.log_text().matches("/blobs/").count();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let out = setup.exec(
+        "completing",
+        "read-3",
+        &["sh", "-c", "cat /big/files/* | sha256sum"],
+    );
+    assert_eq!(
+        out.split_whitespace().next(),
+        Some(fixture_sha256s().1.as_str()),
+        "{out}"
+    );
+    let after = setup.registry.daemon.log_text().matches("/blobs/").count();
+    assert_eq!(
+        before, after,
+        "a complete layer's read went to the registry"
+    );
+    run(setup
+        .containerd
+        .ctr()
+        .args(["task", "kill", "-s", "KILL", "completing"]));
+    wait_for_task_exit(&setup, "completing");
+    run(setup
+        .containerd
+        .ctr()
+        .args(["containers", "rm", "completing"]));
+}

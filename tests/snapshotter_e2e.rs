@@ -1107,3 +1107,44 @@ fn a_running_container_reads_correctly_while_its_layers_complete_across_a_restar
         .ctr()
         .args(["containers", "rm", "completing"]));
 }
+
+/// Once every layer is complete, a container started after is served by
+/// FUSE passthrough (this kernel has it): its files' reads go to ordinary
+/// files the daemon wrote out once, with the fixture's own bytes, and the
+/// daemon says so.
+#[test]
+fn complete_layers_are_read_by_passthrough() {
+    let test = "complete_layers_are_read_by_passthrough";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    let setup = Setup::new_with("[completion]\nquiet_secs = 1\n");
+    let converted = format!("{}/fixture:loci", setup.registry.addr);
+    let said = setup.pull(&converted);
+    assert!(said.contains("4 layers lazy, 0 unpacked"), "{said}");
+    wait_until("every layer to be complete", 120, || {
+        strip_ansi(&setup.snapshotter.log_text())
+            .matches("layer complete and verified")
+            .count()
+            >= 4
+    });
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let out = setup.ctr_run(&converted, "native", &["sha256sum", "/big/huge.bin"]);
+    assert_eq!(
+        out.split_whitespace().next(),
+        Some(fixture_sha256s().0.as_str()),
+        "{out}"
+    );
+    let log = strip_ansi(&setup.snapshotter.log_text());
+    assert!(
+        log.contains("the complete layer's files are opened by passthrough"),
+        "{log}"
+    );
+    let written = std::fs::read_dir(setup.work.path().join("root/snapshots"))
+        .unwrap()
+        .map(|d| d.unwrap().path().join("files"))
+        .filter(|d| d.exists())
+        .map(|d| std::fs::read_dir(d).unwrap().count())
+        .sum::<usize>();
+    assert!(written >= 2, "busybox and huge.bin written out: {written}");
+}

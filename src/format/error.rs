@@ -67,7 +67,9 @@ pub enum FormatError {
     #[error("the TOC disagrees with the tar at {path:?}: {what}")]
     TocDisagrees { path: String, what: String },
     /// The decompressed layer does not hash to its diff_id.
-    #[error("decompressed layer digest mismatch: its diff_id is {expected}, the stream is {actual}")]
+    #[error(
+        "decompressed layer digest mismatch: its diff_id is {expected}, the stream is {actual}"
+    )]
     DiffIdMismatch { expected: Digest, actual: Digest },
     /// Reading or writing the layer failed.
     #[error("I/O error")]

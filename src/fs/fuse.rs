@@ -35,7 +35,14 @@ pub struct LociFs {
     /// Per inode: where the next sequential read would start, and the
     /// current read-ahead window.
     sequential: std::sync::Mutex<std::collections::HashMap<Ino, (u64, u64)>>,
+    /// Complete layers' files as ordinary files, opened with passthrough.
+    native: Option<Arc<super::NativeFiles>>,
+    /// Opens of each inode answered without passthrough and not released.
+    cached_opens: std::sync::Mutex<std::collections::HashMap<Ino, u32>>,
 }
+
+/// The file handle of opens answered with passthrough.
+const PASSTHROUGH: FileHandle = FileHandle(1);
 
 impl LociFs {
     /// A filesystem serving `tree`, whose file contents live in `layers`
@@ -55,7 +62,16 @@ impl LociFs {
             runtime,
             recorder,
             sequential: Default::default(),
+            native: None,
+            cached_opens: Default::default(),
         }
+    }
+
+    /// Opens of a complete layer's files are answered with passthrough to
+    /// ordinary files `native` keeps, where the kernel has it.
+    pub fn with_native(mut self, native: Option<Arc<super::NativeFiles>>) -> LociFs {
+        self.native = native;
+        self
     }
 
     /// The read-ahead for a read of `ino` at `offset..offset+len`: growing
@@ -160,6 +176,15 @@ impl Filesystem for LociFs {
                 | fuser::InitFlags::FUSE_CACHE_SYMLINKS
                 | fuser::InitFlags::FUSE_ASYNC_READ,
         );
+        if let Some(native) = &self.native {
+            // Depth 1: this filesystem stays usable as an overlayfs lower
+            // dir, its backing files on an ordinary filesystem.
+            let passthrough = config
+                .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
+                .is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            native.set_enabled(passthrough);
+        }
         Ok(())
     }
 
@@ -200,7 +225,43 @@ impl Filesystem for LociFs {
             }
             match self.node(ino) {
                 Ok(node) if node.kind == NodeKind::Dir => reply.error(Errno::EISDIR),
-                Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok(node) => {
+                    // The kernel refuses a passthrough open of an inode
+                    // that has opens through the page cache (a binary a
+                    // container started before its layer was complete):
+                    // such an inode stays on the daemon's path until its
+                    // last such open is released.
+                    let mut cached = self.cached_opens.lock().unwrap_or_else(|e| e.into_inner());
+                    let open_cached = cached.get(&ino.0).copied().unwrap_or(0);
+                    let backing = match (&self.native, open_cached) {
+                        (Some(native), 0) => node.content.as_ref().and_then(|content| {
+                            let layer = &self.layers[content.layer];
+                            native.backing_for(
+                                ino.0,
+                                node,
+                                layer,
+                                &self.fetcher,
+                                &self.runtime,
+                                &reply,
+                            )
+                        }),
+                        _ => None,
+                    };
+                    match backing {
+                        Some(id) => {
+                            drop(cached);
+                            // The kernel takes no other open flag with passthrough
+                            // (FOPEN_KEEP_CACHE included): the page cache is
+                            // the backing file's.
+                            reply.opened_passthrough(PASSTHROUGH, FopenFlags::empty(), &id)
+                        }
+                        None => {
+                            *cached.entry(ino.0).or_insert(0) += 1;
+                            drop(cached);
+                            reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+                        }
+                    }
+                }
                 Err(e) => reply.error(e),
             }
         });
@@ -260,6 +321,30 @@ impl Filesystem for LociFs {
         reply: fuser::ReplyEmpty,
     ) {
         reply.ok(); // nothing is ever written
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: fuser::ReplyEmpty,
+    ) {
+        guarded("release", move || {
+            if fh != PASSTHROUGH {
+                let mut cached = self.cached_opens.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(count) = cached.get_mut(&ino.0) {
+                    *count -= 1;
+                    if *count == 0 {
+                        cached.remove(&ino.0);
+                    }
+                }
+            }
+            reply.ok();
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

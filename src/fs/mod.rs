@@ -3,10 +3,12 @@
 
 mod fuse;
 mod mount;
+mod native;
 pub mod takeover;
 pub mod tree;
 
 pub use fuse::LociFs;
+pub use native::NativeFiles;
 
 /// Told of the chunks every read touches, in order, with the file read
 /// (its inode, and its path, asked only when needed): what a start trace
@@ -23,4 +25,4 @@ pub trait ReadRecorder: Send + Sync {
         path: &mut dyn FnMut() -> String,
     );
 }
-pub use mount::{mount, serve, Connection, MountError, MountFlags};
+pub use mount::{mount, serve, Connection, MountError, MountFlags, Serving};

@@ -111,20 +111,42 @@ pub enum Connection {
     Resumed(OwnedFd),
 }
 
+/// How a served connection's requests are answered, besides the image.
+pub struct Serving {
+    /// FUSE threads.
+    pub threads: usize,
+    /// Where reads are recorded (a start being traced), if anywhere.
+    pub recorder: Option<Arc<dyn ReadRecorder>>,
+    /// Once the layer is complete, opens of its files go by passthrough to
+    /// the ordinary files this writes out (new connections only).
+    pub native: Option<Arc<super::NativeFiles>>,
+}
+
 /// Serves `image` in `view` on a connection the caller mounted (and so
-/// unmounts), with `threads` FUSE threads. Unlike [`mount`], the session
-/// never unmounts by itself, so the mount outlives this process when
-/// another holds the connection's fd.
+/// unmounts), as `serving` says. Unlike [`mount`], the session never
+/// unmounts by itself, so the mount outlives this process when another
+/// holds the connection's fd.
 pub fn serve(
     image: &OpenedImage,
     view: View,
     connection: Connection,
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
-    threads: usize,
-    recorder: Option<Arc<dyn ReadRecorder>>,
+    serving: Serving,
 ) -> Result<fuser::BackgroundSession, MountError> {
-    let fs = filesystem(image, view, fetcher, runtime, recorder)?;
+    let Serving {
+        threads,
+        recorder,
+        native,
+    } = serving;
+    // A resumed connection's inodes may have opens through the page cache
+    // this process did not see, which would make the kernel refuse a
+    // passthrough open of them: its reads stay with the daemon.
+    let native = match connection {
+        Connection::New(_) => native,
+        Connection::Resumed(_) => None,
+    };
+    let fs = filesystem(image, view, fetcher, runtime, recorder)?.with_native(native);
     let mut config = fuse_config(threads);
     // Every thread reads the connection's own fd, never a clone: requests a
     // clone had read when the process died would be failed by the kernel

@@ -370,14 +370,18 @@ impl LazyLayers {
             let layer_digest = layer.image.layers[0].digest;
             r.layer_recorder(&image, &layer.image.layers[0].store, layer_digest)
         });
+        let native = Arc::new(fs::NativeFiles::new(native_dir(dir)));
         let session = fs::serve(
             &layer.image,
             View::OverlayLower,
             connection,
             fetcher.clone(),
             self.runtime.clone(),
-            self.threads,
-            recorder,
+            fs::Serving {
+                threads: self.threads,
+                recorder,
+                native: Some(native),
+            },
         )?;
         if self.prefetch.enabled {
             let traces = self.traces.clone();
@@ -510,6 +514,12 @@ impl LazyLayers {
             }
         }
     }
+}
+
+/// Where the complete files of the layer mounted at `dir` are written
+/// out, for passthrough: next to it, in the snapshot's directory.
+fn native_dir(dir: &Path) -> PathBuf {
+    dir.with_file_name("files")
 }
 
 /// Where the completed blob of the layer mounted at `dir` is kept: next

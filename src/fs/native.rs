@@ -1,0 +1,123 @@
+//! Native reads of complete layers: once a layer's blob is complete and
+//! verified on local disk, each file opened is written out once as an
+//! ordinary file and handed to the kernel with FUSE passthrough, so its
+//! reads go to that file directly and never reach this daemon. Kernels
+//! without passthrough (before Linux 6.9) keep the daemon's read path.
+
+use super::tree::{Ino, Node};
+use crate::fetch::{Fetcher, RemoteLayer};
+use fuser::{BackingId, ReplyOpen};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Bytes of a file read from the local blob at once while writing it out.
+const PIECE: u64 = 8 << 20;
+
+/// The ordinary files of a complete layer's opened files, and their
+/// kernel backing ids.
+pub struct NativeFiles {
+    dir: PathBuf,
+    /// Whether the kernel agreed to passthrough at INIT.
+    enabled: AtomicBool,
+    /// One backing id per inode, reused for every open (as the kernel
+    /// requires), kept for the life of the mount.
+    backing: Mutex<HashMap<Ino, Arc<BackingId>>>,
+}
+
+impl NativeFiles {
+    /// Files written out under `dir` (created when first needed).
+    pub fn new(dir: PathBuf) -> NativeFiles {
+        NativeFiles {
+            dir,
+            enabled: AtomicBool::new(false),
+            backing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records whether the kernel negotiated passthrough.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// The backing id to answer an open of `ino` with, if its layer is
+    /// complete and passthrough is on; None leaves the open to the
+    /// daemon's read path (and logs why, if something failed).
+    pub fn backing_for(
+        &self,
+        ino: Ino,
+        node: &Node,
+        layer: &RemoteLayer,
+        fetcher: &Arc<Fetcher>,
+        runtime: &tokio::runtime::Handle,
+        reply: &ReplyOpen,
+    ) -> Option<Arc<BackingId>> {
+        if !self.enabled.load(Ordering::Relaxed) || !fetcher.is_complete() {
+            return None;
+        }
+        let content = node.content.as_ref()?;
+        let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = backing.get(&ino) {
+            return Some(id.clone());
+        }
+        let path = self.dir.join(ino.to_string());
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(_) => match self.write_out(&path, node, content, layer, fetcher, runtime) {
+                Ok(file) => file,
+                Err(e) => {
+                    tracing::warn!(ino, error = %e, "could not write out a complete file; it is read through the daemon");
+                    return None;
+                }
+            },
+        };
+        match reply.open_backing(&file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                if backing.is_empty() {
+                    tracing::info!(layer = %layer.digest, "the complete layer's files are opened by passthrough: their reads bypass the daemon");
+                }
+                backing.insert(ino, id.clone());
+                Some(id)
+            }
+            Err(e) => {
+                tracing::warn!(ino, error = %e, "the kernel refused a passthrough backing file; reads stay with the daemon");
+                self.enabled.store(false, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Writes the file's content (read from the layer's local blob) to
+    /// `path`, through a temporary name so a crash leaves no short file.
+    fn write_out(
+        &self,
+        path: &std::path::Path,
+        node: &Node,
+        content: &crate::fetch::Content,
+        layer: &RemoteLayer,
+        fetcher: &Arc<Fetcher>,
+        runtime: &tokio::runtime::Handle,
+    ) -> std::io::Result<std::fs::File> {
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = path.with_extension("tmp");
+        let mut out = std::fs::File::create(&tmp)?;
+        let mut offset = 0;
+        while offset < node.size {
+            let len = PIECE.min(node.size - offset);
+            let data = runtime
+                .block_on(fetcher.read_file(layer, content, offset, len, 0))
+                .map_err(std::io::Error::other)?;
+            if data.len() as u64 != len {
+                return Err(std::io::Error::other("short read of a complete layer"));
+            }
+            out.write_all(&data)?;
+            offset += len;
+        }
+        out.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(path)
+    }
+}

@@ -16,6 +16,10 @@ chunk caches emptied, page cache dropped):
   loci-ordered  the same with the trace-ordered image (`loci convert
               --trace-of`: the traced files first in each layer) and its trace
   loci-warm   loci again with the chunk cache of the previous loci run
+  loci-native the image pulled lazily and started once, its layers then
+              completed in the background and verified; the start timed is
+              the next one (pull not counted, page cache dropped), its
+              files opened by FUSE passthrough: against overlayfs' start
   loci-fs     at the filesystem level: `loci mount` of the converted image,
               the command run in a chroot on an overlay over the mount
   nydus-fs    the same with Nydus: `nydus-image create` of the unpacked
@@ -60,7 +64,8 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 from harness import drop_caches, free_port, start_registry, wait_for  # noqa: E402
 
 # loci-warm runs right after loci-trace: its cache is that of the same image.
-ALL_MODES = ["overlayfs", "loci", "loci-trace", "loci-warm", "loci-ordered", "loci-fs", "nydus-fs"]
+ALL_MODES = ["overlayfs", "loci", "loci-trace", "loci-warm", "loci-ordered", "loci-native", "loci-fs",
+             "nydus-fs"]
 PYTHON_PACKAGES = "python3,python3-numpy,python3-pandas,python3-scipy,python3-matplotlib,python3-sklearn"
 
 # What each image is built from and the work its start does (to its exit).
@@ -119,8 +124,10 @@ class Env:
         self.link_note = "loopback"
 
     def spawn(self, cmd, name):
-        f = open(os.path.join(self.work, f"{name}-{len(self.procs)}.log"), "w")
+        path = os.path.join(self.work, f"{name}-{len(self.procs)}.log")
+        f = open(path, "w")
         p = subprocess.Popen(cmd, stdout=f, stderr=f)
+        p.log_path = path
         self.procs.append(p)
         return p
 
@@ -218,7 +225,7 @@ class Env:
             self.run(self.loci, "key", "generate", key)
         return key
 
-    def start_snapshotter(self, fresh_cache, prefetch=True):
+    def start_snapshotter(self, fresh_cache, prefetch=True, completion=False):
         cache = os.path.join(self.work, "loci-cache")
         if fresh_cache:
             shutil.rmtree(cache, ignore_errors=True)
@@ -227,8 +234,8 @@ class Env:
             f.write(f'[cache]\ndir = "{cache}"\nmemory_bytes = 268435456\ndisk_bytes = 21474836480\n'
                     f'[prefetch]\nenabled = {"true" if prefetch else "false"}\n'
                     # Starts only: completion waits for a start to be over,
-                    # and its download is not a start's.
-                    f'[completion]\nenabled = false\n'
+                    # and its download is not a start's (but loci-native's).
+                    + (f'[completion]\nquiet_secs = 1\n' if completion else f'[completion]\nenabled = false\n') +
                     f'[snapshotter]\nplain_http_registries = ["{self.addr}"]\n'
                     f'trusted_keys = ["{self.signing_key()}.pub"]\n')
         self.snap_sock = os.path.join(self.work, "loci.sock")
@@ -527,6 +534,29 @@ def timed_containerd(env, image, mode, ns, run_index):
     return t1 - t0, t2 - t1, fetched
 
 
+def timed_native(env, image, ns, run_index):
+    """loci-native: (0, start_s, bytes) of a start once the image's layers
+    are complete (see the module doc)."""
+    ref = image.converted
+    env.run(env.loci, "--log", "warn", "pull", "--plain-http", "--address", env.sock, "--namespace", ns, ref)
+    env.ctr(ns, "run", "--rm", "--snapshotter", "loci", ref, f"first-{run_index}", *image.command)
+
+    def complete():
+        with open(env.snapshotter.log_path) as f:
+            text = f.read()
+        mounted = text.count("layer mounted lazily")
+        return mounted > 0 and text.count("layer's files written out for passthrough") >= mounted
+    wait_for(complete, "the layers' completion", timeout=900)
+    drop_caches()
+    since = env.registry_log_size()
+    t1 = time.perf_counter()
+    env.ctr(ns, "run", "--rm", "--snapshotter", "loci", ref, f"start-{run_index}", *image.command)
+    t2 = time.perf_counter()
+    fetched = env.registry_bytes(since)
+    env.ctr(ns, "images", "rm", "--sync", ref)
+    return 0.0, t2 - t1, fetched
+
+
 def timed_loci_fs(env, image, run_index):
     drop_caches()
     since = env.registry_log_size()
@@ -592,6 +622,10 @@ def measure(env, image, mode, run_index):
     elif mode == "loci-warm":
         env.stop_snapshotter()
         env.start_snapshotter(fresh_cache=False)
+    elif mode == "loci-native":
+        env.stop_snapshotter()
+        env.start_snapshotter(fresh_cache=True, completion=True)
+        return timed_native(env, image, f"{image.name}-{mode}-{run_index}", run_index)
     if mode == "loci-fs":
         return timed_loci_fs(env, image, run_index)
     if mode == "nydus-fs":

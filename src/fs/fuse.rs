@@ -70,6 +70,9 @@ impl LociFs {
     /// Opens of a complete layer's files are answered with passthrough to
     /// ordinary files `native` keeps, where the kernel has it.
     pub fn with_native(mut self, native: Option<Arc<super::NativeFiles>>) -> LociFs {
+        if let Some(native) = &native {
+            native.attach(self.tree.clone(), self.layers.clone());
+        }
         self.native = native;
         self
     }

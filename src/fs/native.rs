@@ -4,13 +4,13 @@
 //! reads go to that file directly and never reach this daemon. Kernels
 //! without passthrough (before Linux 6.9) keep the daemon's read path.
 
-use super::tree::{Ino, Node};
+use super::tree::{Ino, Node, Tree};
 use crate::fetch::{Fetcher, RemoteLayer};
 use fuser::{BackingId, ReplyOpen};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Bytes of a file read from the local blob at once while writing it out.
@@ -25,6 +25,11 @@ pub struct NativeFiles {
     /// One backing id per inode, reused for every open (as the kernel
     /// requires), kept for the life of the mount.
     backing: Mutex<HashMap<Ino, Arc<BackingId>>>,
+    /// The mount's tree and layers, once it is served: what
+    /// [`write_all`](Self::write_all) writes out.
+    served: std::sync::OnceLock<(Arc<Tree>, Arc<Vec<RemoteLayer>>)>,
+    /// Makes temporary names unique between concurrent writers.
+    writes: AtomicU64,
 }
 
 impl NativeFiles {
@@ -34,7 +39,52 @@ impl NativeFiles {
             dir,
             enabled: AtomicBool::new(false),
             backing: Mutex::new(HashMap::new()),
+            served: std::sync::OnceLock::new(),
+            writes: AtomicU64::new(0),
         }
+    }
+
+    /// The tree and layers of the mount these files are of.
+    pub fn attach(&self, tree: Arc<Tree>, layers: Arc<Vec<RemoteLayer>>) {
+        let _ = self.served.set((tree, layers));
+    }
+
+    /// Writes out every file of the complete layer not written yet, so
+    /// opens after it need only hand the kernel the file (the layer
+    /// unpacked; the next start reads it at local-disk speed). Blocking:
+    /// call it off the runtime's workers. Returns the files written.
+    pub fn write_all(
+        &self,
+        fetcher: &Arc<Fetcher>,
+        runtime: &tokio::runtime::Handle,
+    ) -> std::io::Result<usize> {
+        let Some((tree, layers)) = self.served.get() else {
+            return Ok(0);
+        };
+        if !fetcher.is_complete() {
+            return Ok(0);
+        }
+        let mut written = 0;
+        for ino in 1..=tree.len() as Ino {
+            let Some(node) = tree.get(ino) else { continue };
+            let Some(content) = &node.content else {
+                continue;
+            };
+            let path = self.dir.join(ino.to_string());
+            if path.exists() {
+                continue;
+            }
+            self.write_out(
+                &path,
+                node,
+                content,
+                &layers[content.layer],
+                fetcher,
+                runtime,
+            )?;
+            written += 1;
+        }
+        Ok(written)
     }
 
     /// Records whether the kernel negotiated passthrough.
@@ -102,7 +152,10 @@ impl NativeFiles {
         runtime: &tokio::runtime::Handle,
     ) -> std::io::Result<std::fs::File> {
         std::fs::create_dir_all(&self.dir)?;
-        let tmp = path.with_extension("tmp");
+        let tmp = path.with_extension(format!(
+            "{}.tmp",
+            self.writes.fetch_add(1, Ordering::Relaxed)
+        ));
         let mut out = std::fs::File::create(&tmp)?;
         let mut offset = 0;
         while offset < node.size {

@@ -380,7 +380,7 @@ impl LazyLayers {
             fs::Serving {
                 threads: self.threads,
                 recorder,
-                native: Some(native),
+                native: Some(native.clone()),
             },
         )?;
         if self.prefetch.enabled {
@@ -394,7 +394,7 @@ impl LazyLayers {
                     .await;
             });
         }
-        let completion = self.complete_in_background(&layer, &fetcher, dir);
+        let completion = self.complete_in_background(&layer, &fetcher, &native, dir);
         self.metrics.layer_mounted(&image, &digest, fetcher);
         let old = self.mounts.lock().expect("lazy mounts lock").insert(
             id,
@@ -421,6 +421,7 @@ impl LazyLayers {
         &self,
         layer: &OpenedLayer,
         fetcher: &Arc<Fetcher>,
+        native: &Arc<fs::NativeFiles>,
         dir: &Path,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let path = blob_file(dir);
@@ -442,6 +443,7 @@ impl LazyLayers {
         let (fetcher, config) = (fetcher.clone(), self.completion.clone());
         let (remote, blob_size) = (layer.image.layers[0].clone(), layer.blob_size);
         let metrics = self.metrics.clone();
+        let (native, runtime) = (native.clone(), self.runtime.clone());
         Some(self.runtime.spawn(async move {
             fetcher.wait_until_quiet(&config).await;
             tracing::info!(layer = %remote.digest, "completing the layer in the background");
@@ -450,13 +452,24 @@ impl LazyLayers {
                 .complete(&remote, blob_size, toc, diff_id, &path, &config)
                 .await
             {
-                Ok(report) => tracing::info!(
-                    layer = %remote.digest,
-                    fetched_bytes = report.fetched_bytes,
-                    resumed_bytes = report.resumed_bytes,
-                    secs = format!("{:.2}", began.elapsed().as_secs_f64()),
-                    "layer complete and verified; its reads are local from now on"
-                ),
+                Ok(report) => {
+                    tracing::info!(
+                        layer = %remote.digest,
+                        fetched_bytes = report.fetched_bytes,
+                        resumed_bytes = report.resumed_bytes,
+                        secs = format!("{:.2}", began.elapsed().as_secs_f64()),
+                        "layer complete and verified; its reads are local from now on"
+                    );
+                    let unpacked = tokio::task::spawn_blocking(move || {
+                        native.write_all(&fetcher, &runtime)
+                    })
+                    .await;
+                    match unpacked {
+                        Ok(Ok(files)) => tracing::info!(layer = %remote.digest, files, "layer's files written out for passthrough"),
+                        Ok(Err(e)) => tracing::warn!(layer = %remote.digest, error = %e, "writing out the layer's files stopped; opens write out the rest"),
+                        Err(e) => tracing::warn!(layer = %remote.digest, error = %e, "writing out the layer's files stopped"),
+                    }
+                }
                 Err(e @ CompletionError::Refused { .. }) => {
                     metrics.layer_refused();
                     tracing::error!(error = %crate::error_chain::chain(&e), "layer taken out of service: its reads fail from now on");

@@ -189,10 +189,10 @@ pub struct Fetcher {
     /// skip `failed` when none did lately.
     last_failure_ms: AtomicU64,
     started: Instant,
-    /// Chunks being fetched now as members (not the first) of a run: the
-    /// cache's single flight covers only a run's first chunk, so a read of
-    /// a later one waits for the run here instead of asking the registry
-    /// for the same bytes again (over a link the prefetch already fills).
+    /// Chunks of the runs being fetched now: the cache's single flight
+    /// covers only a run's first chunk, so a read of any of them waits for
+    /// the run here instead of asking the registry for the same bytes
+    /// again (over a link the prefetch already fills).
     run_members: std::sync::Mutex<HashMap<Digest, tokio::sync::watch::Receiver<()>>>,
     /// The layer's blob, complete and verified on local disk: reads come
     /// from it instead of the registry.
@@ -526,13 +526,20 @@ impl Fetcher {
                 .store(self.clock_ms(), Ordering::Relaxed);
         }
         self.count_demand(layer, &missing);
-        // A read waits for the runs holding its chunks; runs of read-ahead
-        // alone (the rest of a file whose start the prefetch brought) are
-        // fetched behind it.
+        // A read a followed trace foresaw waits only for the runs holding
+        // its chunks: runs of read-ahead alone (the rest of a file whose
+        // start the prefetch brought) are fetched behind it. Other reads
+        // keep the untraced policy and wait for their read-ahead too.
+        let foreseen = self.following.load(Ordering::Relaxed) && {
+            let traced = self.traced.read().unwrap_or_else(|e| e.into_inner());
+            indexes
+                .iter()
+                .all(|&i| traced.contains(&layer.chunks[i as usize].digest))
+        };
         let (runs, ahead_only): (Vec<Vec<u32>>, Vec<Vec<u32>>) = self
             .runs(layer, &missing)
             .into_iter()
-            .partition(|run| run.iter().any(|i| indexes.binary_search(i).is_ok()));
+            .partition(|run| !foreseen || run.iter().any(|i| indexes.binary_search(i).is_ok()));
         if !ahead_only.is_empty() {
             let fetcher = Arc::clone(self);
             let layer = layer.clone();
@@ -617,7 +624,10 @@ impl Fetcher {
         run: &[u32],
     ) -> Result<(Bytes, bool), FetchError> {
         let leader = &layer.chunks[run[0] as usize];
-        let _members = self.register_members(layer, &run[1..]);
+        // The first chunk too: a read of it then waits for the whole run
+        // (its single flight alone would have the read fetch the rest of
+        // its own run again, in more requests).
+        let _members = self.register_members(layer, run);
         let requested = AtomicBool::new(false);
         let fetch = || async {
             requested.store(true, Ordering::Relaxed);
@@ -704,8 +714,8 @@ impl Fetcher {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Marks a run's later chunks as in flight until the guard drops
-    /// (those another run already holds stay that run's).
+    /// Marks a run's chunks as in flight until the guard drops (those
+    /// another run already holds stay that run's).
     fn register_members(&self, layer: &RemoteLayer, members: &[u32]) -> Option<RunMembers<'_>> {
         if members.is_empty() {
             return None;

@@ -406,7 +406,7 @@ fn a_run_whose_first_chunk_came_otherwise_still_fetches_the_rest() {
 }
 
 #[test]
-fn a_read_of_cached_chunks_does_not_wait_for_its_read_ahead() {
+fn a_foreseen_read_of_cached_chunks_does_not_wait_for_its_read_ahead() {
     let c = converted();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -416,6 +416,9 @@ fn a_read_of_cached_chunks_does_not_wait_for_its_read_ahead() {
     let f = fetcher(dir.path(), FetchConfig::default());
     let content = content_of(&c.toc, "big1.bin");
     let first = content.extents[0].chunk;
+    // The read is one a followed trace foresaw (its chunk traced and
+    // prefetched); the read-ahead past it is not.
+    f.follow_trace([c.layer.chunks[first as usize].digest]);
     runtime.block_on(f.fetch_run(&c.layer, &[first])).unwrap();
     let len = u64::from(content.extents[0].len);
     let got = runtime

@@ -1050,7 +1050,8 @@ fn a_running_container_reads_correctly_while_its_layers_complete_across_a_restar
         .unwrap()
         .filter(|d| d.as_ref().unwrap().path().join("blob.partial").exists())
         .count();
-    assert_eq!(partials, 1, "one completion was cut off half way");
+    // The big layer's at least (the small ones may still be under way too).
+    assert!(partials >= 1, "no completion was cut off half way");
     setup.snapshotter = start_snapshotter_with(
         setup.work.path(),
         setup.metrics_port,

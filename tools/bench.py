@@ -772,7 +772,7 @@ def main():
             converts[name]["loci_ordered_s"] = image.ordered_convert_s
             converts[name]["loci_ordered_cpu_s"] = image.ordered_convert_cpu_s
             least = {m: image.opened[image.converted]["compressed_bytes"]
-                     for m in ("loci", "loci-trace", "loci-warm", "loci-fs")}
+                     for m in ("loci", "loci-trace", "loci-warm", "loci-native", "loci-fs")}
             least["loci-ordered"] = image.opened[image.ordered]["compressed_bytes"]
             opened[name] = least
         c = converts[name]

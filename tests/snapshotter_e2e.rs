@@ -1116,7 +1116,7 @@ fn a_running_container_reads_correctly_while_its_layers_complete_across_a_restar
 #[test]
 fn complete_layers_are_read_by_passthrough() {
     let test = "complete_layers_are_read_by_passthrough";
-    if !require(test, NEEDS, true) || !require_fuse(test) {
+    if !require(test, NEEDS, true) || !require_fuse(test) || !require_fuse_passthrough(test) {
         return;
     }
     let setup = Setup::new_with("[completion]\nquiet_secs = 1\n");

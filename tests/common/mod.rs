@@ -53,6 +53,28 @@ pub fn require_fuse(test: &str) -> bool {
     false
 }
 
+/// Whether the kernel has FUSE passthrough (Linux 6.9 and later); says
+/// why a test skips if not, and fails it where system tests are required.
+pub fn require_fuse_passthrough(test: &str) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    if version >= (6, 9) {
+        return true;
+    }
+    let reason = format!(
+        "kernel {} has no FUSE passthrough (Linux >= 6.9)",
+        release.trim()
+    );
+    if std::env::var("LOCI_REQUIRE_SYSTEM_TESTS").as_deref() == Ok("1") {
+        panic!("{test}: {reason}");
+    }
+    eprintln!("SKIP {test}: {reason}");
+    false
+}
+
 extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;

@@ -558,10 +558,7 @@ fn an_image_claiming_another_layers_diff_id_cannot_stand_in_for_it() {
     let converted = format!("{}/fixture:loci", setup.registry.addr);
     let evil = format!("{}/fixture:evil", setup.registry.addr);
     let layout = setup.work.path().join("evil-layout");
-    run(Command::new("skopeo")
-        .args(["copy", "--quiet", "--src-tls-verify=false"])
-        .arg(format!("docker://{converted}"))
-        .arg(format!("oci:{}:loci", layout.display())));
+    copy_to_layout(&converted, &layout);
     craft_diff_id_claim(&layout, "loci");
     push_layout(&layout, "evil", &evil);
 
@@ -603,6 +600,15 @@ fn an_image_claiming_another_layers_diff_id_cannot_stand_in_for_it() {
         &["/bin/busybox", "cat", "/etc/group"],
     );
     assert_eq!(group, "root:x:0:\nuser:x:1000:\n");
+}
+
+/// Copies the registry image `reference` into the OCI layout `layout` at
+/// tag `loci`, for a test to tamper with.
+fn copy_to_layout(reference: &str, layout: &Path) {
+    run(Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:loci", layout.display())));
 }
 
 /// The pid of the fd holder of the snapshotter at `root`, if one runs.
@@ -839,10 +845,7 @@ fn an_annotation_asking_for_plain_http_is_ignored() {
     let other = FaultProxy::start(&setup.registry.addr, setup.work.path().join("proxy.log"));
     let converted = format!("{}/fixture:loci", setup.registry.addr);
     let layout = setup.work.path().join("planted-layout");
-    run(Command::new("skopeo")
-        .args(["copy", "--quiet", "--src-tls-verify=false"])
-        .arg(format!("docker://{converted}"))
-        .arg(format!("oci:{}:loci", layout.display())));
+    copy_to_layout(&converted, &layout);
     plant_annotation(
         &layout,
         "loci",
@@ -942,10 +945,7 @@ fn a_layer_whose_content_contradicts_its_diff_id_is_taken_out_of_service() {
     let converted = format!("{}/fixture:loci", setup.registry.addr);
     let liar = format!("{}/fixture:liar", setup.registry.addr);
     let layout = setup.work.path().join("liar-layout");
-    run(Command::new("skopeo")
-        .args(["copy", "--quiet", "--src-tls-verify=false"])
-        .arg(format!("docker://{converted}"))
-        .arg(format!("oci:{}:loci", layout.display())));
+    copy_to_layout(&converted, &layout);
     let (_, entry, mut manifest) = layout_manifest(&layout, "loci");
     let mut config = layout_json(&layout, manifest["config"]["digest"].as_str().unwrap());
     let top = manifest["layers"].as_array().unwrap().len() - 1;
@@ -1123,9 +1123,9 @@ fn complete_layers_are_read_by_passthrough() {
     let converted = format!("{}/fixture:loci", setup.registry.addr);
     let said = setup.pull(&converted);
     assert!(said.contains("4 layers lazy, 0 unpacked"), "{said}");
-    wait_until("every layer to be complete", 120, || {
+    wait_until("every layer to be complete and written out", 120, || {
         strip_ansi(&setup.snapshotter.log_text())
-            .matches("layer complete and verified")
+            .matches("layer's files written out for passthrough")
             .count()
             >= 4
     });

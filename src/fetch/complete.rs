@@ -32,6 +32,10 @@ pub struct CompletionConfig {
     pub max_bytes_per_sec: u64,
     /// Size of one completion request.
     pub request_bytes: u64,
+    /// A completion starts only if its filesystem keeps at least this
+    /// free after the rest of the blob: the blob's size is the registry's
+    /// word, and a node's disk is not its to fill.
+    pub disk_min_free_bytes: u64,
 }
 
 impl Default for CompletionConfig {
@@ -41,6 +45,7 @@ impl Default for CompletionConfig {
             quiet_secs: 10,
             max_bytes_per_sec: 0,
             request_bytes: 4 << 20,
+            disk_min_free_bytes: 256 << 20,
         }
     }
 }
@@ -147,6 +152,19 @@ impl Fetcher {
                 source: e,
             };
         let partial = partial_path(path);
+        let kept = std::fs::metadata(&partial).map_or(0, |m| m.len());
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let free = nix::sys::statvfs::statvfs(dir)
+            .map(|s| s.blocks_available() * s.fragment_size())
+            .map_err(|e| incomplete(e.into()))?;
+        let needed = blob_size
+            .saturating_sub(kept)
+            .saturating_add(config.disk_min_free_bytes);
+        if free < needed {
+            return Err(incomplete(
+                format!("{free} bytes free, {needed} needed for the rest of the blob and the bytes kept free").into(),
+            ));
+        }
         let (mut file, mut hasher, resumed) =
             open_partial(&partial, blob_size).map_err(|e| incomplete(e.into()))?;
         let began = Instant::now();

@@ -324,13 +324,7 @@ impl Fetcher {
         .await;
         let waited = began.elapsed();
         if waited >= Duration::from_millis(1) && tracing::enabled!(tracing::Level::DEBUG) {
-            let traced = {
-                let traced = self.traced.read().unwrap_or_else(|e| e.into_inner());
-                indexes
-                    .iter()
-                    .filter(|&&i| traced.contains(&layer.chunks[i as usize].digest))
-                    .count()
-            };
+            let traced = self.count_traced(layer, &indexes);
             tracing::debug!(layer = %layer.digest, offset, len, chunks = indexes.len(), traced, first_chunk = indexes.first().copied().unwrap_or(0), waited_us = waited.as_micros() as u64, at_ms = self.clock_ms(), "a read waited (for the registry or the disk tier)");
         }
         let result = result.unwrap_or(Err(FetchError::Timeout {
@@ -443,18 +437,25 @@ impl Fetcher {
     /// none when a followed trace holds every one of them, the configured
     /// one otherwise.
     fn amplification(&self, layer: &RemoteLayer, missing: &[u32]) -> u64 {
-        if !self.following.load(Ordering::Relaxed) {
-            return self.config.amplify_bytes;
-        }
-        let traced = self.traced.read().unwrap_or_else(|e| e.into_inner());
-        if missing
-            .iter()
-            .all(|&i| traced.contains(&layer.chunks[i as usize].digest))
-        {
+        if self.all_traced(layer, missing) {
             0
         } else {
             self.config.amplify_bytes
         }
+    }
+
+    /// Whether a trace is followed and holds every one of these chunks.
+    fn all_traced(&self, layer: &RemoteLayer, indexes: &[u32]) -> bool {
+        self.following.load(Ordering::Relaxed) && self.count_traced(layer, indexes) == indexes.len()
+    }
+
+    /// How many of these chunks the followed traces hold.
+    fn count_traced(&self, layer: &RemoteLayer, indexes: &[u32]) -> usize {
+        let traced = self.traced.read().unwrap_or_else(|e| e.into_inner());
+        indexes
+            .iter()
+            .filter(|&&i| traced.contains(&layer.chunks[i as usize].digest))
+            .count()
     }
 
     /// Counts the chunks an on-demand read fetches (`missing`: the read's,
@@ -510,15 +511,18 @@ impl Fetcher {
         indexes: &[u32],
         ahead: &[u32],
     ) -> Result<Vec<Bytes>, FetchError> {
-        let mut missing: Vec<u32> = indexes
-            .iter()
-            .chain(ahead)
-            .copied()
-            .filter(|&i| {
-                let digest = &layer.chunks[i as usize].digest;
-                !self.cache.contains(digest) && !self.members().contains_key(digest)
-            })
-            .collect();
+        let mut missing: Vec<u32> = {
+            let members = self.members();
+            indexes
+                .iter()
+                .chain(ahead)
+                .copied()
+                .filter(|&i| {
+                    let digest = &layer.chunks[i as usize].digest;
+                    !self.cache.contains(digest) && !members.contains_key(digest)
+                })
+                .collect()
+        };
         missing.sort_unstable();
         missing.dedup();
         if !missing.is_empty() {
@@ -530,12 +534,7 @@ impl Fetcher {
         // its chunks: runs of read-ahead alone (the rest of a file whose
         // start the prefetch brought) are fetched behind it. Other reads
         // keep the untraced policy and wait for their read-ahead too.
-        let foreseen = self.following.load(Ordering::Relaxed) && {
-            let traced = self.traced.read().unwrap_or_else(|e| e.into_inner());
-            indexes
-                .iter()
-                .all(|&i| traced.contains(&layer.chunks[i as usize].digest))
-        };
+        let foreseen = self.all_traced(layer, indexes);
         let (runs, ahead_only): (Vec<Vec<u32>>, Vec<Vec<u32>>) = self
             .runs(layer, &missing)
             .into_iter()
@@ -598,14 +597,17 @@ impl Fetcher {
     pub async fn fetch_run(&self, layer: &RemoteLayer, run: &[u32]) -> Result<Bytes, FetchError> {
         let (first, rest_unfetched) = self.fetch_run_led(layer, run).await?;
         if rest_unfetched {
-            let rest: Vec<u32> = run[1..]
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    let digest = &layer.chunks[i as usize].digest;
-                    !self.cache.contains(digest) && !self.members().contains_key(digest)
-                })
-                .collect();
+            let rest: Vec<u32> = {
+                let members = self.members();
+                run[1..]
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        let digest = &layer.chunks[i as usize].digest;
+                        !self.cache.contains(digest) && !members.contains_key(digest)
+                    })
+                    .collect()
+            };
             if !rest.is_empty() {
                 // Its errors were logged by the cache; readers of these
                 // chunks fetch them again.

@@ -36,6 +36,14 @@ fn fetcher(dir: &std::path::Path, config: FetchConfig) -> Arc<Fetcher> {
     Arc::new(Fetcher::new(cache, config))
 }
 
+/// The runtime each test drives the fetcher on.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn layout_store(dir: &std::path::Path) -> ImageStore {
     ImageStore::Layout {
         layout: OciLayout::open(&dir.join("layout"), true).unwrap(),
@@ -272,10 +280,7 @@ fn content_of(toc: &Toc, path: &str) -> Content {
 #[test]
 fn read_file_returns_the_bytes_asked_with_the_requests_expected() {
     let c = converted();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     // (file, offset, len, amplify, requests for this read from a cold cache)
     let cases: &[(&str, u64, u64, u64, u64)] = &[
         ("a.txt", 0, 13, 0, 1),
@@ -315,10 +320,7 @@ fn read_file_returns_the_bytes_asked_with_the_requests_expected() {
 #[test]
 fn amplification_fetches_the_next_file_with_the_first() {
     let c = converted();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     for (amplify, requests_for_both) in [(0u64, 2u64), (1 << 20, 1)] {
         let dir = tempfile::tempdir().unwrap();
         let f = fetcher(
@@ -346,10 +348,7 @@ fn amplification_fetches_the_next_file_with_the_first() {
 #[test]
 fn a_read_of_a_chunk_a_run_is_fetching_waits_for_that_run() {
     let c = converted();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let dir = tempfile::tempdir().unwrap();
     let f = fetcher(
         dir.path(),
@@ -384,10 +383,7 @@ fn a_read_of_a_chunk_a_run_is_fetching_waits_for_that_run() {
 #[test]
 fn a_run_whose_first_chunk_came_otherwise_still_fetches_the_rest() {
     let c = converted();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let dir = tempfile::tempdir().unwrap();
     let f = fetcher(dir.path(), FetchConfig::default());
     let content = content_of(&c.toc, "big1.bin");
@@ -408,10 +404,7 @@ fn a_run_whose_first_chunk_came_otherwise_still_fetches_the_rest() {
 #[test]
 fn a_foreseen_read_of_cached_chunks_does_not_wait_for_its_read_ahead() {
     let c = converted();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let dir = tempfile::tempdir().unwrap();
     let f = fetcher(dir.path(), FetchConfig::default());
     let content = content_of(&c.toc, "big1.bin");
@@ -447,10 +440,7 @@ fn a_foreseen_read_of_cached_chunks_does_not_wait_for_its_read_ahead() {
 #[test]
 fn a_completed_layer_is_verified_and_read_locally_and_one_that_lies_is_refused() {
     let c = converted();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let config = CompletionConfig {
         request_bytes: 100 << 10,
         ..CompletionConfig::default()
@@ -505,10 +495,7 @@ fn a_completed_layer_is_verified_and_read_locally_and_one_that_lies_is_refused()
 #[test]
 fn a_completion_resumes_what_an_earlier_one_left() {
     let c = converted();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = current_thread();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("blob");
     let ImageStore::Layout { layout, .. } = &c.layer.store else {
@@ -531,4 +518,31 @@ fn a_completion_resumes_what_an_earlier_one_left() {
     assert_eq!(report.resumed_bytes, kept as u64);
     assert_eq!(report.fetched_bytes, (blob.len() - kept) as u64);
     assert_eq!(std::fs::read(&path).unwrap(), blob);
+}
+
+#[test]
+fn a_completion_that_would_fill_the_disk_does_not_start() {
+    let c = converted();
+    let runtime = current_thread();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blob");
+    let f = fetcher(dir.path(), FetchConfig::default());
+    let e = runtime
+        .block_on(f.complete(
+            &c.layer,
+            c.summary.blob_size,
+            c.summary.toc_digest,
+            c.summary.diff_id,
+            &path,
+            &CompletionConfig {
+                disk_min_free_bytes: u64::MAX / 2,
+                ..CompletionConfig::default()
+            },
+        ))
+        .unwrap_err();
+    assert!(matches!(e, CompletionError::Incomplete { .. }), "{e:?}");
+    assert!(format!("{:?}", e).contains("needed"), "{e:?}");
+    assert!(!path.exists() && !partial_path(&path).exists());
+    assert_eq!(f.stats.requests.load(Ordering::Relaxed), 0);
+    assert_eq!(f.stats.completion_bytes.load(Ordering::Relaxed), 0);
 }

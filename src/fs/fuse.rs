@@ -239,14 +239,7 @@ impl Filesystem for LociFs {
                     let backing = match (&self.native, open_cached) {
                         (Some(native), 0) => node.content.as_ref().and_then(|content| {
                             let layer = &self.layers[content.layer];
-                            native.backing_for(
-                                ino.0,
-                                node,
-                                layer,
-                                &self.fetcher,
-                                &self.runtime,
-                                &reply,
-                            )
+                            native.backing_for(ino.0, layer, &self.fetcher, &reply)
                         }),
                         _ => None,
                     };

@@ -93,36 +93,24 @@ impl NativeFiles {
     }
 
     /// The backing id to answer an open of `ino` with, if its layer is
-    /// complete and passthrough is on; None leaves the open to the
-    /// daemon's read path (and logs why, if something failed).
+    /// complete, its file written out ([`write_all`](Self::write_all)) and
+    /// passthrough on; None leaves the open to the daemon's read path. No
+    /// file is written here: an open never waits on a file's copy.
     pub fn backing_for(
         &self,
         ino: Ino,
-        node: &Node,
         layer: &RemoteLayer,
-        fetcher: &Arc<Fetcher>,
-        runtime: &tokio::runtime::Handle,
+        fetcher: &Fetcher,
         reply: &ReplyOpen,
     ) -> Option<Arc<BackingId>> {
         if !self.enabled.load(Ordering::Relaxed) || !fetcher.is_complete() {
             return None;
         }
-        let content = node.content.as_ref()?;
         let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(id) = backing.get(&ino) {
             return Some(id.clone());
         }
-        let path = self.dir.join(ino.to_string());
-        let file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(_) => match self.write_out(&path, node, content, layer, fetcher, runtime) {
-                Ok(file) => file,
-                Err(e) => {
-                    tracing::warn!(ino, error = %e, "could not write out a complete file; it is read through the daemon");
-                    return None;
-                }
-            },
-        };
+        let file = std::fs::File::open(self.dir.join(ino.to_string())).ok()?;
         match reply.open_backing(&file) {
             Ok(id) => {
                 let id = Arc::new(id);

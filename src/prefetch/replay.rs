@@ -177,8 +177,8 @@ pub async fn prefetch(
                 }
             };
             // On-demand reads since the window was planned may have
-            // brought some of the run (its first chunk above all: the
-            // run would then end at the cache, its other chunks unfetched).
+            // brought some of the run: the request then spans only what
+            // is still missing, and counts the rest as cached.
             let before = run.len();
             run.retain(|&c| {
                 !fetcher

@@ -425,9 +425,14 @@ impl LazyLayers {
         dir: &Path,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let path = blob_file(dir);
+        let (native, runtime) = (native.clone(), self.runtime.clone());
         if fetcher.use_completed(&path, layer.blob_size) {
             tracing::info!(layer = %layer.source.layer_digest, "layer served from its completed blob");
-            return None;
+            // Files a write-out cut short are written now.
+            let (fetcher, digest) = (fetcher.clone(), layer.image.layers[0].digest);
+            return Some(self.runtime.spawn(async move {
+                write_out(native, fetcher, runtime, digest).await;
+            }));
         }
         if !self.completion.enabled {
             return None;
@@ -443,7 +448,6 @@ impl LazyLayers {
         let (fetcher, config) = (fetcher.clone(), self.completion.clone());
         let (remote, blob_size) = (layer.image.layers[0].clone(), layer.blob_size);
         let metrics = self.metrics.clone();
-        let (native, runtime) = (native.clone(), self.runtime.clone());
         Some(self.runtime.spawn(async move {
             fetcher.wait_until_quiet(&config).await;
             tracing::info!(layer = %remote.digest, "completing the layer in the background");
@@ -460,15 +464,7 @@ impl LazyLayers {
                         secs = format!("{:.2}", began.elapsed().as_secs_f64()),
                         "layer complete and verified; its reads are local from now on"
                     );
-                    let unpacked = tokio::task::spawn_blocking(move || {
-                        native.write_all(&fetcher, &runtime)
-                    })
-                    .await;
-                    match unpacked {
-                        Ok(Ok(files)) => tracing::info!(layer = %remote.digest, files, "layer's files written out for passthrough"),
-                        Ok(Err(e)) => tracing::warn!(layer = %remote.digest, error = %e, "writing out the layer's files stopped; opens write out the rest"),
-                        Err(e) => tracing::warn!(layer = %remote.digest, error = %e, "writing out the layer's files stopped"),
-                    }
+                    write_out(native, fetcher, runtime, remote.digest).await;
                 }
                 Err(e @ CompletionError::Refused { .. }) => {
                     metrics.layer_refused();
@@ -525,6 +521,27 @@ impl LazyLayers {
             if let Err(e) = self.held.remove(id) {
                 tracing::warn!(id, error = %e, "fd holder did not drop a connection");
             }
+        }
+    }
+}
+
+/// Writes out a complete layer's files for passthrough, off the runtime's
+/// workers; until a file is written its opens go through the daemon.
+async fn write_out(
+    native: Arc<fs::NativeFiles>,
+    fetcher: Arc<Fetcher>,
+    runtime: tokio::runtime::Handle,
+    layer: Digest,
+) {
+    match tokio::task::spawn_blocking(move || native.write_all(&fetcher, &runtime)).await {
+        Ok(Ok(files)) => {
+            tracing::info!(layer = %layer, files, "layer's files written out for passthrough")
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(layer = %layer, error = %e, "writing out the layer's files stopped; the rest are read through the daemon")
+        }
+        Err(e) => {
+            tracing::warn!(layer = %layer, error = %e, "writing out the layer's files stopped")
         }
     }
 }

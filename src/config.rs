@@ -5,6 +5,7 @@ use crate::cache::CacheConfig;
 use crate::fetch::{CompletionConfig, FetchConfig};
 use crate::format::Limits;
 use crate::prefetch::PrefetchConfig;
+use crate::registry::RegistryConfig;
 use crate::snapshotter::SnapshotterConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -23,6 +24,8 @@ pub struct Config {
     pub completion: CompletionConfig,
     /// The containerd snapshotter daemon.
     pub snapshotter: SnapshotterConfig,
+    /// Registry hosts (containerd's hosts.toml) and node credentials.
+    pub registry: RegistryConfig,
     /// Bounds on what a layer's TOC may declare.
     pub limits: Limits,
 }

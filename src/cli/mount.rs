@@ -71,7 +71,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => Config::default(),
     };
     let runtime = super::runtime()?;
-    let store = ImageStore::open(&args.image, &args.registry.options(), false)?;
+    let store = ImageStore::open(
+        &args.image,
+        &config.registry.apply(args.registry.options()),
+        false,
+    )?;
     let options = ServeOptions {
         flags: MountFlags {
             suid: args.suid,

@@ -10,6 +10,10 @@ pub struct RegistryArgs {
     /// Talk to registries over plain HTTP (local test registries).
     #[arg(long)]
     pub plain_http: bool,
+    /// containerd's per-host configuration directory (e.g.
+    /// /etc/containerd/certs.d): mirrors, private CAs, client certificates.
+    #[arg(long, env = "LOCI_HOSTS_DIR")]
+    pub hosts_dir: Option<std::path::PathBuf>,
     /// Seconds before a connection or a stalled response times out.
     #[arg(long, default_value_t = 10)]
     pub timeout_secs: u64,
@@ -23,6 +27,7 @@ impl RegistryArgs {
     pub fn options(&self) -> RegistryOptions {
         RegistryOptions {
             plain_http: self.plain_http,
+            hosts_dir: self.hosts_dir.clone(),
             timeout: Duration::from_secs(self.timeout_secs),
             retries: self.retries,
             ..RegistryOptions::default()

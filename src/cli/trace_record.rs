@@ -66,7 +66,11 @@ pub fn run(args: Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         None => Config::default(),
     };
     let work = tempfile::Builder::new().prefix("loci-trace-").tempdir()?;
-    let store = ImageStore::open(&args.image, &args.registry.options(), false)?;
+    let store = ImageStore::open(
+        &args.image,
+        &config.registry.apply(args.registry.options()),
+        false,
+    )?;
     let mut cache_config = config.cache.clone();
     // Its own cache: the recording must not be shaped by what this node
     // already holds, and must leave the node's cache alone.

@@ -1,10 +1,12 @@
 //! Registry authentication: the `WWW-Authenticate` challenge, Bearer token
-//! exchange and Basic auth, with credentials from `~/.docker/config.json`
-//! (and its credential helpers, through the `docker_credential` crate).
+//! exchange and Basic auth, with credentials from the node's configuration
+//! (`[registry.auth."host"]`), then `~/.docker/config.json` (and its
+//! credential helpers, through the `docker_credential` crate).
 
 use base64::Engine as _;
-use std::collections::HashMap;
-use std::sync::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 /// Credentials for one registry.
 #[derive(Clone)]
@@ -16,6 +18,11 @@ pub(super) enum Credentials {
 }
 
 impl Credentials {
+    /// The node's credentials for `host`, else the docker config's.
+    pub(super) fn lookup(node: &NodeCredentials, host: &str) -> Option<Credentials> {
+        node.get(host).or_else(|| Credentials::from_docker_config(host))
+    }
+
     /// Looks up the docker config for `registry`; None when there is no
     /// entry (anonymous access).
     pub(super) fn from_docker_config(registry: &str) -> Option<Credentials> {
@@ -49,6 +56,65 @@ impl Credentials {
             )),
             Credentials::IdentityToken(_) => None,
         }
+    }
+}
+
+/// One registry host's credentials in the node configuration: a username
+/// and password, or an identity (refresh) token.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostAuth {
+    /// Username for Basic auth or the token endpoint.
+    pub username: String,
+    /// Password (or a registry's access token used as one).
+    pub password: String,
+    /// An OAuth2 refresh token, exchanged at the token endpoint instead.
+    pub identity_token: String,
+}
+
+/// Never prints a secret: configuration is logged at startup.
+impl std::fmt::Debug for HostAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostAuth")
+            .field("username", &self.username)
+            .field("password", &if self.password.is_empty() { "" } else { "<redacted>" })
+            .field(
+                "identity_token",
+                &if self.identity_token.is_empty() { "" } else { "<redacted>" },
+            )
+            .finish()
+    }
+}
+
+/// Credentials the node was configured with, per registry host (a mirror
+/// is its own host: a registry's credentials are never sent to a mirror
+/// unless configured for it too). Held in memory only.
+#[derive(Clone, Default)]
+pub struct NodeCredentials(Arc<BTreeMap<String, HostAuth>>);
+
+impl NodeCredentials {
+    /// Credentials for the hosts named.
+    pub fn new(hosts: BTreeMap<String, HostAuth>) -> NodeCredentials {
+        NodeCredentials(Arc::new(hosts))
+    }
+
+    fn get(&self, host: &str) -> Option<Credentials> {
+        let auth = self.0.get(host)?;
+        Some(if !auth.identity_token.is_empty() {
+            Credentials::IdentityToken(auth.identity_token.clone())
+        } else {
+            Credentials::Basic {
+                username: auth.username.clone(),
+                password: auth.password.clone(),
+            }
+        })
+    }
+}
+
+/// Names the hosts, never the secrets.
+impl std::fmt::Debug for NodeCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
     }
 }
 

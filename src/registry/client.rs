@@ -1,6 +1,7 @@
 //! The distribution API over HTTP: manifests, blobs, uploads, ranges.
 
-use super::auth::{Challenge, Credentials, TokenCache};
+use super::auth::{Challenge, Credentials, NodeCredentials, TokenCache};
+use super::hosts::{hosts_for, HostConfig};
 use super::{RegistryError, MANIFEST_ACCEPT, MAX_MANIFEST_BYTES, MAX_TOKEN_BYTES};
 use crate::digest::{Digest, Hasher};
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use reqwest::header::{
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use std::collections::HashMap;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,11 +22,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// chunks of this size, so memory stays bounded and a failure costs a chunk.
 const UPLOAD_CHUNK: u64 = 32 << 20;
 
+/// How long a mirror that could not be reached is skipped before it is
+/// tried again; the hosts after it serve meanwhile.
+const UNREACHABLE_HOST_PAUSE: Duration = Duration::from_secs(10);
+
 /// How the client talks to a registry.
 #[derive(Clone, Debug)]
 pub struct RegistryOptions {
-    /// Use http:// instead of https:// (local test registries).
+    /// Reach the registry itself over http:// instead of https:// (local
+    /// test registries), unless its hosts.toml names its URL.
     pub plain_http: bool,
+    /// containerd's per-host configuration directory (`certs.d`): mirrors,
+    /// private CAs, client certificates, `skip_verify`.
+    pub hosts_dir: Option<PathBuf>,
+    /// Credentials configured on the node, per host; tried before the
+    /// docker config.
+    pub credentials: NodeCredentials,
     /// Connect timeout, and the longest a response may stall between reads.
     pub timeout: Duration,
     /// Retries of idempotent requests after network errors, 429 and 5xx.
@@ -41,6 +53,8 @@ impl Default for RegistryOptions {
     fn default() -> Self {
         RegistryOptions {
             plain_http: false,
+            hosts_dir: None,
+            credentials: NodeCredentials::default(),
             timeout: Duration::from_secs(10),
             retries: 3,
             backoff: Duration::from_millis(200),
@@ -69,16 +83,64 @@ pub struct RegistryClient {
 }
 
 struct Inner {
+    /// Where requests go, in the order tried: mirrors, then the registry.
+    endpoints: Vec<Endpoint>,
+    /// Redirect targets of blobs with the client that reaches them, reused
+    /// for later ranges until they expire.
+    redirects: Mutex<HashMap<(String, Digest), (String, reqwest::Client, Instant)>>,
+    registry: String,
+    opts: RegistryOptions,
+    tokens: TokenCache,
+}
+
+/// One host requests may go to, with clients built for its TLS settings.
+struct Endpoint {
+    config: HostConfig,
+    /// `scheme://host/path` of the API root.
+    root: String,
     http: reqwest::Client,
     /// Like `http` but never follows redirects, so range reads can learn
     /// a blob's redirect target and reuse it.
     blob_http: reqwest::Client,
-    /// Redirect targets of blobs, reused for later ranges until they expire.
-    redirects: Mutex<HashMap<(String, Digest), (String, Instant)>>,
-    base: String,
-    registry: String,
-    opts: RegistryOptions,
-    tokens: TokenCache,
+    /// Skipped until then: it could not be reached (mirrors only).
+    paused_until: Mutex<Option<Instant>>,
+}
+
+impl Endpoint {
+    fn url(&self, repo: &str, tail: &str) -> String {
+        format!("{}/{repo}/{tail}", self.root)
+    }
+
+    fn can(&self, need: Need) -> bool {
+        let caps = self.config.capabilities;
+        match need {
+            Need::Resolve => caps.resolve,
+            Need::Pull => caps.pull,
+            Need::Push => caps.push,
+        }
+    }
+
+    fn paused(&self) -> bool {
+        self.paused_until
+            .lock()
+            .unwrap()
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    fn pause(&self) {
+        *self.paused_until.lock().unwrap() = Some(Instant::now() + UNREACHABLE_HOST_PAUSE);
+    }
+}
+
+/// What a request asks of a host, as hosts.toml's capabilities name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// A manifest by tag.
+    Resolve,
+    /// Content by digest.
+    Pull,
+    /// Uploads, and whether the target has a blob already.
+    Push,
 }
 
 /// Whether a request may be sent again after a failure.
@@ -89,35 +151,26 @@ enum Retry {
 }
 
 impl RegistryClient {
-    /// A client for `registry` (host[:port]). Credentials come from the
-    /// docker config (and its helpers) each time the registry asks for
-    /// them, so rotated credentials are picked up.
+    /// A client for `registry` (host[:port]), sending its requests to the
+    /// hosts its hosts.toml lists (if `opts.hosts_dir` has one), then to
+    /// the registry. Credentials come from the node's configuration or the
+    /// docker config (and its helpers) each time a host asks for them, so
+    /// rotated credentials are picked up.
     pub fn new(registry: &str, opts: RegistryOptions) -> Result<RegistryClient, RegistryError> {
-        let builder = || {
-            reqwest::Client::builder()
-                .connect_timeout(opts.timeout)
-                .read_timeout(opts.timeout)
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(32)
-                .tcp_nodelay(true)
-                .user_agent(concat!("loci/", env!("CARGO_PKG_VERSION")))
-        };
-        let built = |b: reqwest::ClientBuilder| {
-            b.build().map_err(|e| RegistryError::Network {
-                what: registry.to_string(),
-                attempts: 0,
-                source: e,
-            })
-        };
-        let http = built(builder())?;
-        let blob_http = built(builder().redirect(reqwest::redirect::Policy::none()))?;
-        let scheme = if opts.plain_http { "http" } else { "https" };
+        let hosts = hosts_for(opts.hosts_dir.as_deref(), registry, opts.plain_http).map_err(
+            |source| RegistryError::Hosts {
+                registry: registry.to_string(),
+                source,
+            },
+        )?;
+        let endpoints = hosts
+            .into_iter()
+            .map(|config| endpoint(config, &opts))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(RegistryClient {
             inner: std::sync::Arc::new(Inner {
-                http,
-                blob_http,
+                endpoints,
                 redirects: Mutex::new(HashMap::new()),
-                base: format!("{scheme}://{registry}"),
                 registry: registry.to_string(),
                 tokens: TokenCache::default(),
                 opts,
@@ -130,10 +183,6 @@ impl RegistryClient {
         &self.inner.registry
     }
 
-    fn url(&self, repo: &str, tail: &str) -> String {
-        format!("{}/v2/{repo}/{tail}", self.inner.base)
-    }
-
     /// Fetches a manifest or index by tag or digest; when asked by digest,
     /// checks the bytes against it.
     pub async fn get_manifest(
@@ -142,11 +191,16 @@ impl RegistryClient {
         reference: &str,
     ) -> Result<Manifest, RegistryError> {
         let what = format!("manifest {repo}:{reference}");
-        let url = self.url(repo, &format!("manifests/{reference}"));
+        let tail = format!("manifests/{reference}");
         let accept = MANIFEST_ACCEPT.join(", ");
+        let need = if reference.parse::<Digest>().is_ok() {
+            Need::Pull
+        } else {
+            Need::Resolve
+        };
         let resp = self
-            .send(&what, repo, false, Retry::Idempotent, || {
-                self.inner.http.get(&url).header(ACCEPT, &accept)
+            .send(&what, repo, need, Retry::Idempotent, |ep| {
+                ep.http.get(ep.url(repo, &tail)).header(ACCEPT, &accept)
             })
             .await?;
         let resp = expect_status(resp, &what, &[StatusCode::OK]).await?;
@@ -190,12 +244,11 @@ impl RegistryClient {
         artifact_type: &str,
     ) -> Result<Option<Bytes>, RegistryError> {
         let what = format!("referrers of {repo}@{digest}");
-        let url = self.url(repo, &format!("referrers/{digest}"));
+        let tail = format!("referrers/{digest}");
         let resp = self
-            .send(&what, repo, false, Retry::Idempotent, || {
-                self.inner
-                    .http
-                    .get(&url)
+            .send(&what, repo, Need::Pull, Retry::Idempotent, |ep| {
+                ep.http
+                    .get(ep.url(repo, &tail))
                     .query(&[("artifactType", artifact_type)])
                     .header(ACCEPT, "application/vnd.oci.image.index.v1+json")
             })
@@ -216,12 +269,11 @@ impl RegistryClient {
         media_type: &str,
     ) -> Result<(), RegistryError> {
         let what = format!("manifest {repo}:{reference}");
-        let url = self.url(repo, &format!("manifests/{reference}"));
+        let tail = format!("manifests/{reference}");
         let resp = self
-            .send(&what, repo, true, Retry::Idempotent, || {
-                self.inner
-                    .http
-                    .put(&url)
+            .send(&what, repo, Need::Push, Retry::Idempotent, |ep| {
+                ep.http
+                    .put(ep.url(repo, &tail))
                     .header(CONTENT_TYPE, media_type)
                     .body(bytes.clone())
             })
@@ -233,10 +285,10 @@ impl RegistryClient {
     /// Whether the repository has the blob.
     pub async fn blob_exists(&self, repo: &str, digest: &Digest) -> Result<bool, RegistryError> {
         let what = format!("blob {repo}@{digest}");
-        let url = self.url(repo, &format!("blobs/{digest}"));
+        let tail = format!("blobs/{digest}");
         let resp = self
-            .send(&what, repo, false, Retry::Idempotent, || {
-                self.inner.http.head(&url)
+            .send(&what, repo, Need::Push, Retry::Idempotent, |ep| {
+                ep.http.head(ep.url(repo, &tail))
             })
             .await;
         match resp {
@@ -256,10 +308,10 @@ impl RegistryClient {
         digest: &Digest,
         what: &str,
     ) -> Result<Response, RegistryError> {
-        let url = self.url(repo, &format!("blobs/{digest}"));
+        let tail = format!("blobs/{digest}");
         let resp = self
-            .send(what, repo, false, Retry::Idempotent, || {
-                self.inner.http.request(method.clone(), &url)
+            .send(what, repo, Need::Pull, Retry::Idempotent, |ep| {
+                ep.http.request(method.clone(), ep.url(repo, &tail))
             })
             .await?;
         expect_status(resp, what, &[StatusCode::OK]).await
@@ -351,11 +403,14 @@ impl RegistryClient {
             let redirects = self.inner.redirects.lock().unwrap();
             redirects
                 .get(&key)
-                .filter(|(_, at)| at.elapsed() < self.inner.opts.redirect_ttl)
-                .map(|(url, _)| url.clone())
+                .filter(|(_, _, at)| at.elapsed() < self.inner.opts.redirect_ttl)
+                .map(|(url, http, _)| (url.clone(), http.clone()))
         };
-        if let Some(url) = cached {
-            match self.range_from_redirect(&url, &header, &what, want).await {
+        if let Some((url, http)) = cached {
+            match self
+                .range_from_redirect(&http, &url, &header, &what, want)
+                .await
+            {
                 Ok(bytes) => return Ok(bytes),
                 Err(e) => {
                     tracing::debug!(what, error = %e, "redirect target failed; asking the registry again");
@@ -363,24 +418,25 @@ impl RegistryClient {
                 }
             }
         }
-        let url = self.url(repo, &format!("blobs/{digest}"));
+        let tail = format!("blobs/{digest}");
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let resp = self
-                .send(&what, repo, false, Retry::Idempotent, || {
-                    self.inner.blob_http.get(&url).header(RANGE, &header)
+            let (resp, ep) = self
+                .send_via(&what, repo, Need::Pull, Retry::Idempotent, |ep| {
+                    ep.blob_http.get(ep.url(repo, &tail)).header(RANGE, &header)
                 })
                 .await?;
             if resp.status().is_redirection() {
-                let target = self.location(&resp, &what)?;
+                let target = location_of(&resp, &what)?;
+                let http = ep.blob_http.clone();
                 self.inner
                     .redirects
                     .lock()
                     .unwrap()
-                    .insert(key, (target.clone(), Instant::now()));
+                    .insert(key, (target.clone(), http.clone(), Instant::now()));
                 return self
-                    .range_from_redirect(&target, &header, &what, want)
+                    .range_from_redirect(&http, &target, &header, &what, want)
                     .await;
             }
             let resp = expect_status(resp, &what, &[StatusCode::PARTIAL_CONTENT]).await?;
@@ -399,6 +455,7 @@ impl RegistryClient {
     /// no registry credentials are sent there).
     async fn range_from_redirect(
         &self,
+        http: &reqwest::Client,
         url: &str,
         header: &str,
         what: &str,
@@ -407,9 +464,7 @@ impl RegistryClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = match self
-                .inner
-                .blob_http
+            let result = match http
                 .get(url)
                 .header(RANGE, header)
                 .send()
@@ -479,9 +534,8 @@ impl RegistryClient {
             }
             let range = format!("{}-{}", sent, sent + len as u64 - 1);
             let resp = self
-                .send(&what, repo, true, Retry::Once, || {
-                    self.inner
-                        .http
+                .send(&what, repo, Need::Push, Retry::Once, |ep| {
+                    ep.http
                         .patch(&location)
                         .header(CONTENT_TYPE, "application/octet-stream")
                         .header("Content-Range", &range)
@@ -489,7 +543,7 @@ impl RegistryClient {
                 })
                 .await?;
             let resp = expect_status(resp, &what, &[StatusCode::ACCEPTED]).await?;
-            location = self.location(&resp, &what)?;
+            location = location_of(&resp, &what)?;
             sent += len as u64;
         }
         self.finish_upload(repo, digest, &location, last).await
@@ -521,13 +575,13 @@ impl RegistryClient {
         mount_from: Option<&str>,
     ) -> Result<Option<String>, RegistryError> {
         let what = format!("blob {repo}@{digest}");
-        let mut url = self.url(repo, "blobs/uploads/");
+        let mut tail = "blobs/uploads/".to_string();
         if let Some(from) = mount_from.filter(|from| *from != repo) {
-            url.push_str(&format!("?mount={digest}&from={from}"));
+            tail.push_str(&format!("?mount={digest}&from={from}"));
         }
         let resp = self
-            .send(&what, repo, true, Retry::Idempotent, || {
-                self.inner.http.post(&url)
+            .send(&what, repo, Need::Push, Retry::Idempotent, |ep| {
+                ep.http.post(ep.url(repo, &tail))
             })
             .await?;
         let resp = expect_status(resp, &what, &[StatusCode::CREATED, StatusCode::ACCEPTED]).await?;
@@ -535,7 +589,7 @@ impl RegistryClient {
             tracing::debug!(%digest, repo, from = mount_from, "blob mounted across repositories");
             return Ok(None);
         }
-        self.location(&resp, &what).map(Some)
+        location_of(&resp, &what).map(Some)
     }
 
     async fn finish_upload(
@@ -553,9 +607,8 @@ impl RegistryClient {
         url.query_pairs_mut()
             .append_pair("digest", &digest.to_string());
         let resp = self
-            .send(&what, repo, true, Retry::Once, || {
-                self.inner
-                    .http
+            .send(&what, repo, Need::Push, Retry::Once, |ep| {
+                ep.http
                     .put(url.clone())
                     .header(CONTENT_TYPE, "application/octet-stream")
                     .body(last.clone())
@@ -565,41 +618,79 @@ impl RegistryClient {
         Ok(())
     }
 
-    /// The absolute upload URL from a Location header (which may be relative).
-    fn location(&self, resp: &Response, what: &str) -> Result<String, RegistryError> {
-        let value = resp
-            .headers()
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| RegistryError::BadResponse {
-                what: what.to_string(),
-                reason: "upload response without Location".into(),
-            })?;
-        let base = reqwest::Url::parse(&self.inner.base).expect("base URL is valid");
-        base.join(value)
-            .map(|u| u.to_string())
-            .map_err(|e| RegistryError::BadResponse {
-                what: what.to_string(),
-                reason: format!("Location {value:?}: {e}"),
-            })
-    }
-
-    /// Sends a request built by `make`, authenticating on a 401 challenge
-    /// and retrying transient failures with exponential backoff. Returns
-    /// the response for any other status; 401/403, 429 and 5xx that
-    /// outlast the retries become their own errors.
+    /// Sends a request to the first host that can serve it: each mirror
+    /// able to (`need`) in hosts.toml's order, then the registry. A mirror
+    /// that fails or lacks the content (404) passes the request on; one
+    /// that cannot be reached is skipped for a while. The registry's answer
+    /// is final.
     async fn send(
         &self,
         what: &str,
         repo: &str,
-        push: bool,
+        need: Need,
         retry: Retry,
-        make: impl Fn() -> RequestBuilder,
+        make: impl Fn(&Endpoint) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        Ok(self.send_via(what, repo, need, retry, make).await?.0)
+    }
+
+    /// [`send`](Self::send), also naming the host that answered.
+    async fn send_via(
+        &self,
+        what: &str,
+        repo: &str,
+        need: Need,
+        retry: Retry,
+        make: impl Fn(&Endpoint) -> RequestBuilder,
+    ) -> Result<(Response, &Endpoint), RegistryError> {
+        let candidates: Vec<&Endpoint> = self
+            .inner
+            .endpoints
+            .iter()
+            .filter(|ep| ep.can(need))
+            .collect();
+        let Some((last, mirrors)) = candidates.split_last() else {
+            return Err(RegistryError::NoHost {
+                what: what.to_string(),
+                need: format!("{need:?}").to_lowercase(),
+            });
+        };
+        for ep in mirrors.iter().filter(|ep| !ep.paused()) {
+            match self.send_to(ep, what, repo, need, Retry::Once, &make).await {
+                Ok(resp) if resp.status() == StatusCode::NOT_FOUND => {
+                    tracing::debug!(what, host = ep.config.host, "not on this host; trying the next");
+                }
+                Ok(resp) => return Ok((resp, ep)),
+                Err(e) => {
+                    if matches!(e, RegistryError::Network { .. }) {
+                        ep.pause();
+                    }
+                    tracing::warn!(what, host = ep.config.host, error = %crate::error_chain::chain(&e), "host failed; trying the next");
+                }
+            }
+        }
+        let resp = self.send_to(last, what, repo, need, retry, &make).await?;
+        Ok((resp, last))
+    }
+
+    /// Sends a request built by `make` to one host, authenticating on a 401
+    /// challenge and retrying transient failures with exponential backoff.
+    /// Returns the response for any other status; 401/403, 429 and 5xx
+    /// that outlast the retries become their own errors.
+    async fn send_to(
+        &self,
+        ep: &Endpoint,
+        what: &str,
+        repo: &str,
+        need: Need,
+        retry: Retry,
+        make: &impl Fn(&Endpoint) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
         let scope = format!(
             "repository:{repo}:{}",
-            if push { "pull,push" } else { "pull" }
+            if need == Need::Push { "pull,push" } else { "pull" }
         );
+        let token_key = format!("{} {scope}", ep.config.host);
         let max_attempts = match retry {
             Retry::Idempotent => self.inner.opts.retries + 1,
             Retry::Once => 1,
@@ -608,8 +699,11 @@ impl RegistryClient {
         let mut authenticated = false;
         loop {
             attempt += 1;
-            let mut request = make();
-            if let Some(auth) = self.inner.tokens.get(&scope) {
+            let mut request = make(ep);
+            for (name, value) in &ep.config.headers {
+                request = request.header(name, value);
+            }
+            if let Some(auth) = self.inner.tokens.get(&token_key) {
                 request = request.header(AUTHORIZATION, auth);
             }
             let failure = match request.send().await {
@@ -626,21 +720,23 @@ impl RegistryClient {
                     if status == StatusCode::UNAUTHORIZED && !authenticated {
                         authenticated = true;
                         attempt -= 1;
-                        self.authenticate(&resp, &scope, what).await?;
+                        let header = self.authenticate(ep, &resp, &scope, what).await?;
+                        self.inner.tokens.put(&token_key, header);
                         continue;
                     }
                     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                        let host = &ep.config.host;
                         return Err(RegistryError::Unauthorized {
                             what: what.to_string(),
                             status: status.as_u16(),
-                            hint: if Credentials::from_docker_config(&self.inner.registry).is_none()
+                            hint: if Credentials::lookup(&self.inner.opts.credentials, host)
+                                .is_none()
                             {
                                 format!(
-                                    " (no credentials for {} in the docker config)",
-                                    self.inner.registry
+                                    " (no credentials for {host} in the node config or the docker config)"
                                 )
                             } else {
-                                String::new()
+                                format!(" (the credentials for {host} were refused)")
                             },
                         });
                     }
@@ -672,13 +768,15 @@ impl RegistryClient {
         }
     }
 
-    /// Answers a 401 challenge: fetches a Bearer token, or sets up Basic.
+    /// Answers a host's 401 challenge: the `Authorization` value to send,
+    /// a Bearer token fetched for `scope` or Basic credentials.
     async fn authenticate(
         &self,
+        ep: &Endpoint,
         resp: &Response,
         scope: &str,
         what: &str,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<String, RegistryError> {
         let unauthorized = |hint: &str| RegistryError::Unauthorized {
             what: what.to_string(),
             status: 401,
@@ -692,13 +790,16 @@ impl RegistryClient {
             .ok_or_else(|| unauthorized("no usable WWW-Authenticate challenge"))?;
         // Looked up again on every challenge: a credential helper may have
         // rotated them since the last one.
-        let credentials = Credentials::from_docker_config(&self.inner.registry);
-        let header = match challenge {
+        let credentials = Credentials::lookup(&self.inner.opts.credentials, &ep.config.host);
+        Ok(match challenge {
             Challenge::Basic => credentials
                 .as_ref()
                 .and_then(Credentials::basic_header)
                 .ok_or_else(|| {
-                    unauthorized("Basic auth asked, no credentials in the docker config")
+                    unauthorized(&format!(
+                        "Basic auth asked, no credentials for {} in the node config or the docker config",
+                        ep.config.host
+                    ))
                 })?,
             Challenge::Bearer {
                 realm,
@@ -708,30 +809,23 @@ impl RegistryClient {
                 let scope = challenge_scope.unwrap_or_else(|| scope.to_string());
                 format!(
                     "Bearer {}",
-                    self.fetch_token(
-                        credentials.as_ref(),
-                        &realm,
-                        service.as_deref(),
-                        &scope,
-                        what
-                    )
-                    .await?
+                    self.fetch_token(ep, credentials.as_ref(), &realm, service.as_deref(), &scope, what)
+                        .await?
                 )
             }
-        };
-        self.inner.tokens.put(scope, header);
-        Ok(())
+        })
     }
 
     async fn fetch_token(
         &self,
+        ep: &Endpoint,
         credentials: Option<&Credentials>,
         realm: &str,
         service: Option<&str>,
         scope: &str,
         what: &str,
     ) -> Result<String, RegistryError> {
-        check_realm(realm, &self.inner.registry, self.inner.opts.plain_http).map_err(|reason| {
+        check_realm(realm, &ep.config.host, ep.config.plain_http).map_err(|reason| {
             RegistryError::Unauthorized {
                 what: what.to_string(),
                 status: 401,
@@ -747,16 +841,16 @@ impl RegistryClient {
                 params.push(("grant_type", "refresh_token".into()));
                 params.push(("refresh_token", token.clone()));
                 params.push(("client_id", "loci".into()));
-                self.inner.http.request(Method::POST, realm).form(&params)
+                ep.http.request(Method::POST, realm).form(&params)
             }
             Some(creds) => {
-                let mut r = self.inner.http.get(realm).query(&params);
+                let mut r = ep.http.get(realm).query(&params);
                 if let Some(basic) = creds.basic_header() {
                     r = r.header(AUTHORIZATION, basic);
                 }
                 r
             }
-            None => self.inner.http.get(realm).query(&params),
+            None => ep.http.get(realm).query(&params),
         };
         let token_what = format!("{what}: token from {realm}");
         let resp = request
@@ -779,6 +873,93 @@ impl RegistryClient {
                 reason: "token response has no token".into(),
             })
     }
+}
+
+/// The absolute URL of a response's Location header (which may be
+/// relative to the URL that answered).
+fn location_of(resp: &Response, what: &str) -> Result<String, RegistryError> {
+    let value = resp
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| RegistryError::BadResponse {
+            what: what.to_string(),
+            reason: "response without Location".into(),
+        })?;
+    resp.url()
+        .join(value)
+        .map(|u| u.to_string())
+        .map_err(|e| RegistryError::BadResponse {
+            what: what.to_string(),
+            reason: format!("Location {value:?}: {e}"),
+        })
+}
+
+/// A host's clients, built for its TLS settings: its CAs trusted besides
+/// the system's, its client certificate presented, and verification
+/// skipped only where its hosts.toml says `skip_verify`.
+fn endpoint(config: HostConfig, opts: &RegistryOptions) -> Result<Endpoint, RegistryError> {
+    let invalid = |reason: String| RegistryError::HostTls {
+        host: config.host.clone(),
+        reason,
+    };
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| invalid(format!("reading {}: {e}", path.display())))
+    };
+    let mut roots = Vec::new();
+    for ca in &config.ca {
+        let pem = read(ca)?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| invalid(format!("CA {}: {e}", ca.display())))?;
+        if certs.is_empty() {
+            return Err(invalid(format!("CA {} holds no certificate", ca.display())));
+        }
+        roots.extend(certs);
+    }
+    let identity = match config.client.as_slice() {
+        [] => None,
+        [(cert, key), rest @ ..] => {
+            if !rest.is_empty() {
+                tracing::warn!(host = config.host, "only the first client certificate is used");
+            }
+            let mut pem = read(cert)?;
+            if let Some(key) = key {
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+            }
+            Some(
+                reqwest::Identity::from_pem(&pem)
+                    .map_err(|e| invalid(format!("client certificate {}: {e}", cert.display())))?,
+            )
+        }
+    };
+    let builder = || {
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(opts.timeout)
+            .read_timeout(opts.timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(32)
+            .tcp_nodelay(true)
+            .user_agent(concat!("loci/", env!("CARGO_PKG_VERSION")))
+            .danger_accept_invalid_certs(config.skip_verify);
+        for root in &roots {
+            b = b.add_root_certificate(root.clone());
+        }
+        if let Some(identity) = &identity {
+            b = b.identity(identity.clone());
+        }
+        b
+    };
+    let built = |b: reqwest::ClientBuilder| b.build().map_err(|e| invalid(e.to_string()));
+    let http = built(builder())?;
+    let blob_http = built(builder().redirect(reqwest::redirect::Policy::none()))?;
+    Ok(Endpoint {
+        root: config.api_root(),
+        config,
+        http,
+        blob_http,
+        paused_until: Mutex::new(None),
+    })
 }
 
 /// Whether a token realm the registry named may be asked for a token

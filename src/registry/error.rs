@@ -50,6 +50,19 @@ pub enum RegistryError {
     /// A response that breaks the protocol (bad header, bad JSON, short body).
     #[error("{what}: bad response: {reason}")]
     BadResponse { what: String, reason: String },
+    /// No configured host may be asked this (hosts.toml capabilities).
+    #[error("{what}: no host of this registry may be asked to {need} (see its hosts.toml capabilities)")]
+    NoHost { what: String, need: String },
+    /// The registry's hosts.toml could not be used.
+    #[error("host configuration of {registry}")]
+    Hosts {
+        registry: String,
+        #[source]
+        source: super::hosts::HostsError,
+    },
+    /// A host's CA, client certificate or TLS setup could not be used.
+    #[error("TLS configuration of {host}: {reason}")]
+    HostTls { host: String, reason: String },
     /// Local I/O while streaming a blob to or from disk.
     #[error("{what}")]
     Io {

@@ -7,11 +7,14 @@
 
 mod auth;
 mod client;
+mod config;
 mod error;
+pub mod hosts;
 mod reference;
 
-pub use auth::Challenge;
+pub use auth::{Challenge, HostAuth, NodeCredentials};
 pub use client::{Manifest, RegistryClient, RegistryOptions};
+pub use config::RegistryConfig;
 pub use error::RegistryError;
 pub use reference::{Reference, ReferenceError};
 

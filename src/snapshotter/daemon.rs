@@ -111,7 +111,7 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
     let lazy = LazyLayers::new(
         cache,
         config.fetch.clone(),
-        RegistryOptions::default(),
+        config.registry.apply(RegistryOptions::default()),
         config.snapshotter.plain_http_registries.clone(),
         admission,
         tokio::runtime::Handle::current(),

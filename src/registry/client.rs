@@ -622,7 +622,7 @@ impl RegistryClient {
     /// able to (`need`) in hosts.toml's order, then the registry. A mirror
     /// that fails or lacks the content (404) passes the request on; one
     /// that cannot be reached is skipped for a while. The registry's answer
-    /// is final.
+    /// is final. Uploads go to the first host that takes them only.
     async fn send(
         &self,
         what: &str,
@@ -643,12 +643,17 @@ impl RegistryClient {
         retry: Retry,
         make: impl Fn(&Endpoint) -> RequestBuilder,
     ) -> Result<(Response, &Endpoint), RegistryError> {
-        let candidates: Vec<&Endpoint> = self
+        let mut candidates: Vec<&Endpoint> = self
             .inner
             .endpoints
             .iter()
             .filter(|ep| ep.can(need))
             .collect();
+        if need == Need::Push {
+            // As containerd: an upload goes to the first host that takes
+            // them, and only there (its parts must meet in one place).
+            candidates.truncate(1);
+        }
         let Some((last, mirrors)) = candidates.split_last() else {
             return Err(RegistryError::NoHost {
                 what: what.to_string(),

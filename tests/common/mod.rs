@@ -187,6 +187,13 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Registry::start_configured("", "")
+    }
+
+    /// A registry whose config has `http_extra` added to its `http:`
+    /// section (e.g. `tls:`) and `top_extra` at the top level (e.g.
+    /// `auth:`), both YAML indented as they would be there.
+    pub fn start_configured(http_extra: &str, top_extra: &str) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("loci-registry-")
             .tempdir()
@@ -196,6 +203,7 @@ impl Registry {
         let config = template
             .replace("@ROOT@", dir.path().join("storage").to_str().unwrap())
             .replace("@ADDR@", &addr);
+        let config = format!("{}\n{http_extra}\n{top_extra}\n", config.trim_end());
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let daemon = Self::serve(dir.path(), &addr, "registry.log");
         Registry { addr, daemon, dir }

@@ -1,0 +1,522 @@
+//! Reaching private registries as a node does: a real docker-registry
+//! behind TLS with a CA the test makes, with htpasswd (Basic) auth, with
+//! token auth whose tokens expire while a lazy mount reads, and behind a
+//! mirror named in containerd's hosts.toml. Every command is typed as a
+//! user types it; credentials come from the node config or the docker
+//! config, never from the test's environment (`DOCKER_CONFIG` points at
+//! a directory the test controls).
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const NEEDS: &[&str] = &["docker-registry", "python3", "zstd"];
+
+/// A fixture image as an OCI layout, and a place for the test's files.
+struct Work {
+    dir: tempfile::TempDir,
+}
+
+impl Work {
+    fn new() -> Work {
+        let dir = tempfile::tempdir().unwrap();
+        build_fixture(&dir.path().join("fixture"), "v1", &[]);
+        std::fs::create_dir(dir.path().join("docker")).unwrap();
+        Work { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn source(&self) -> String {
+        format!("oci:{}:v1", self.path("fixture").display())
+    }
+
+    /// `loci ARGS` with the test's docker config directory.
+    fn loci(&self, args: &[&str]) -> Command {
+        let mut cmd = loci();
+        cmd.args(args).env("DOCKER_CONFIG", self.path("docker"));
+        cmd
+    }
+
+    /// Writes the docker config (`auths`) with these credentials.
+    fn docker_login(&self, host: &str, user: &str, password: &str) {
+        let auth = base64(format!("{user}:{password}").as_bytes());
+        std::fs::write(
+            self.path("docker/config.json"),
+            serde_json::json!({ "auths": { host: { "auth": auth } } }).to_string(),
+        )
+        .unwrap();
+    }
+
+    /// A node config with its own cache, no read-ahead (so each read of
+    /// a new place is a request), and `extra` appended.
+    fn node_config(&self, name: &str, extra: &str) -> PathBuf {
+        let path = self.path(&format!("{name}.toml"));
+        write_config(&path, &self.path(&format!("{name}-cache")), 30);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text = text.replace("[fetch]\n", "[fetch]\namplify_bytes = 0\n");
+        text.push_str(extra);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// `loci mount` of `reference` with `args` before it.
+    fn mount(&self, name: &str, args: &[&str], reference: &str) -> LociMount {
+        let dir = self.path(&format!("{name}-mnt"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = self.loci(&["mount"]);
+        cmd.args(args).arg(reference).arg(&dir);
+        LociMount::start_with(cmd, &dir, &self.path(&format!("{name}.log")))
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected a failure; stdout:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// What the fixture's merged tree holds, read through a mount.
+fn assert_reads_the_image(mount: &Path) {
+    assert_eq!(
+        std::fs::read_to_string(mount.join("etc/hello.txt")).unwrap(),
+        "hello again from layer 3\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mount.join("data/nested/a/b/c/d/e/deep.txt")).unwrap(),
+        "deep\n"
+    );
+}
+
+/// A CA, and a server certificate it signed for 127.0.0.1, as PEM files.
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "loci test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
+                .unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        let pki = Pki {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+        };
+        std::fs::write(&pki.ca, ca.pem()).unwrap();
+        std::fs::write(&pki.cert, cert.pem()).unwrap();
+        std::fs::write(&pki.key, key.serialize_pem()).unwrap();
+        pki
+    }
+
+    fn registry_tls(&self) -> String {
+        format!(
+            "  tls:\n    certificate: {}\n    key: {}",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}
+
+/// The registry's host directory under a `certs.d` root, as containerd
+/// names it.
+fn host_dir(root: &Path, addr: &str) -> PathBuf {
+    let dir = root.join(addr);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_registry_behind_a_private_ca_is_reached_with_the_ca_its_host_directory_names() {
+    let test = "a_registry_behind_a_private_ca_is_reached_with_the_ca_its_host_directory_names";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    let work = Work::new();
+    let pki = Pki::new(work.dir.path());
+    let registry = Registry::start_configured(&pki.registry_tls(), "");
+    let target = format!("{}/fixture:loci", registry.addr);
+    let certs = work.path("certs.d");
+    let hosts = certs.to_str().unwrap();
+
+    // Without the CA, TLS is refused: the node's trust is not widened by
+    // anything but its configuration.
+    let out = work
+        .loci(&["convert", &work.source(), &target])
+        .output()
+        .unwrap();
+    let err = failed(&out);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    // containerd's hosts.toml: the server and the CA that signed it.
+    let dir = host_dir(&certs, &registry.addr);
+    std::fs::copy(&pki.ca, dir.join("registry-ca.pem")).unwrap();
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "server = \"https://{}\"\n\n[host.\"https://{}\"]\n  ca = \"registry-ca.pem\"\n",
+            registry.addr, registry.addr
+        ),
+    )
+    .unwrap();
+    run(&mut work.loci(&["convert", "--hosts-dir", hosts, &work.source(), &target]));
+
+    // Docker's layout (a `*.crt` in the host directory, no hosts.toml)
+    // serves a lazy mount just as well; what it reads are range requests.
+    std::fs::remove_file(dir.join("hosts.toml")).unwrap();
+    std::fs::rename(dir.join("registry-ca.pem"), dir.join("ca.crt")).unwrap();
+    let before = registry.daemon.log_text().len();
+    let config = work.node_config("tls", "");
+    let mut mount = work.mount(
+        "tls",
+        &["--hosts-dir", hosts, "--config", config.to_str().unwrap()],
+        &target,
+    );
+    assert_reads_the_image(&mount.dir);
+    mount.stop();
+    let log = registry.daemon.log_text()[before..].to_string();
+    assert!(
+        log.lines().any(|l| l.contains("/blobs/sha256:") && l.contains(" 206 ")),
+        "no range reads in the registry log:\n{log}"
+    );
+
+    // skip_verify is the node's explicit choice, per host.
+    std::fs::remove_file(dir.join("ca.crt")).unwrap();
+    let inspect = || work.loci(&["inspect", "--hosts-dir", hosts, &target]).output().unwrap();
+    assert!(failed(&inspect()).to_lowercase().contains("certificate"));
+    std::fs::write(dir.join("hosts.toml"), "skip_verify = true\n").unwrap();
+    let out = inspect();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn mirrors_serve_first_and_the_registry_serves_once_the_mirror_is_gone() {
+    let test = "mirrors_serve_first_and_the_registry_serves_once_the_mirror_is_gone";
+    if !require(test, &[NEEDS, &["skopeo"]].concat(), true) || !require_fuse(test) {
+        return;
+    }
+    let work = Work::new();
+    let upstream = Registry::start();
+    let mut mirror = Registry::start();
+    let image = format!("{}/fixture:loci", upstream.addr);
+    run(&mut work.loci(&["convert", "--plain-http", &work.source(), &image]));
+    run(Command::new("skopeo").args([
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{image}"),
+        &format!("docker://{}/fixture:loci", mirror.addr),
+    ]));
+    let certs = work.path("certs.d");
+    // Plain HTTP here because the node's hosts.toml says http://, for the
+    // mirror and the registry alike: no --plain-http.
+    std::fs::write(
+        host_dir(&certs, &upstream.addr).join("hosts.toml"),
+        format!(
+            "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            upstream.addr, mirror.addr
+        ),
+    )
+    .unwrap();
+    let hosts = certs.to_str().unwrap();
+    // The image's manifest and blobs; a trace lookup the mirror answers
+    // 404 goes on to the registry, as any content the mirror lacks would.
+    let fixture_requests = |registry: &Registry, from: usize| {
+        registry.daemon.log_text()[from..]
+            .lines()
+            .filter(|l| l.starts_with("127.0.0.1 - "))
+            .filter(|l| l.contains("/v2/fixture/blobs/") || l.contains("/v2/fixture/manifests/loci"))
+            .count()
+    };
+
+    let (up, mir) = (upstream.daemon.log_text().len(), mirror.daemon.log_text().len());
+    let config = work.node_config("via-mirror", "");
+    let mut mount = work.mount(
+        "via-mirror",
+        &["--hosts-dir", hosts, "--config", config.to_str().unwrap()],
+        &image,
+    );
+    assert_reads_the_image(&mount.dir);
+    mount.stop();
+    assert_eq!(fixture_requests(&upstream, up), 0, "the registry was asked:\n{}", &upstream.daemon.log_text()[up..]);
+    assert!(fixture_requests(&mirror, mir) >= 3, "the mirror was not asked");
+
+    mirror.daemon.stop();
+    let up = upstream.daemon.log_text().len();
+    let config = work.node_config("mirror-gone", "");
+    let mut mount = work.mount(
+        "mirror-gone",
+        &["--hosts-dir", hosts, "--config", config.to_str().unwrap()],
+        &image,
+    );
+    assert_reads_the_image(&mount.dir);
+    mount.stop();
+    assert!(
+        fixture_requests(&upstream, up) >= 3,
+        "the registry did not serve after the mirror stopped"
+    );
+}
+
+#[test]
+fn basic_auth_credentials_come_from_the_node_config_and_are_never_logged() {
+    let test = "basic_auth_credentials_come_from_the_node_config_and_are_never_logged";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    let work = Work::new();
+    let password = "pw-7c1e9d";
+    let htpasswd = work.path("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("loci:{}\n", bcrypt::hash(password, 5).unwrap()),
+    )
+    .unwrap();
+    let registry = Registry::start_configured(
+        "",
+        &format!(
+            "auth:\n  htpasswd:\n    realm: loci-test\n    path: {}",
+            htpasswd.display()
+        ),
+    );
+    let image = format!("{}/fixture:loci", registry.addr);
+    let convert = || {
+        work.loci(&["convert", "--plain-http", &work.source(), &image])
+            .output()
+            .unwrap()
+    };
+    let err = failed(&convert());
+    assert!(
+        err.contains("401") && err.contains(&format!("no credentials for {}", registry.addr)),
+        "{err}"
+    );
+    work.docker_login(&registry.addr, "loci", password);
+    let out = convert();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(work.path("docker/config.json")).unwrap();
+
+    // The node config's credentials, and nothing else, reach the mount.
+    let auth = |password: &str| {
+        format!(
+            "\n[registry.auth.\"{}\"]\nusername = \"loci\"\npassword = \"{password}\"\n",
+            registry.addr
+        )
+    };
+    let wrong = work.node_config("wrong", &auth("not-it"));
+    std::fs::create_dir(work.path("wrong-mnt")).unwrap();
+    let out = work
+        .loci(&["mount", "--plain-http", "--config", wrong.to_str().unwrap(), &image])
+        .arg(work.path("wrong-mnt"))
+        .output()
+        .unwrap();
+    let err = failed(&out);
+    assert!(err.contains("were refused"), "{err}");
+
+    let config = work.node_config("basic", &auth(password));
+    let mut mount = work.mount(
+        "basic",
+        &["--plain-http", "--config", config.to_str().unwrap()],
+        &image,
+    );
+    assert_reads_the_image(&mount.dir);
+    mount.stop();
+    let log = mount.daemon.log_text();
+    assert!(!log.contains(password), "the password was logged:\n{log}");
+}
+
+/// A token issuer as a registry's `auth: token` realm: checks the Basic
+/// credentials it is given, signs ES256 tokens (x5c: its self-signed
+/// certificate, which is the registry's `rootcertbundle`) that live
+/// `ttl_secs`, and counts what it issued.
+struct TokenIssuer {
+    addr: String,
+    cert: PathBuf,
+    issued: Arc<AtomicU64>,
+    ttl_secs: Arc<AtomicU64>,
+}
+
+const SERVICE: &str = "loci-test-registry";
+const ISSUER: &str = "loci-test-issuer";
+/// distribution accepts a token this long past its `exp` (clock skew).
+const REGISTRY_LEEWAY_SECS: u64 = 60;
+
+impl TokenIssuer {
+    fn start(dir: &Path, user: &'static str, password: &'static str) -> TokenIssuer {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, ISSUER);
+        let cert = params.self_signed(&key).unwrap();
+        let cert_path = dir.join("token-signer.pem");
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        let encoding = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())
+            .unwrap();
+        let x5c = base64(cert.der());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let issued = Arc::new(AtomicU64::new(0));
+        let ttl_secs = Arc::new(AtomicU64::new(300));
+        let (count, ttl) = (issued.clone(), ttl_secs.clone());
+        let expected = format!("Basic {}", base64(format!("{user}:{password}").as_bytes()));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                let _ = reader.read_line(&mut request_line);
+                let mut authorized = false;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("authorization") {
+                            authorized = value.trim() == expected;
+                        }
+                    }
+                }
+                let (status, body) = if authorized {
+                    let scope = query_param(&request_line, "scope").unwrap_or_default();
+                    let access: Vec<serde_json::Value> = scope
+                        .split(' ')
+                        .filter_map(|s| {
+                            let mut parts = s.splitn(3, ':');
+                            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                            Some(serde_json::json!({
+                                "type": kind, "name": name,
+                                "actions": actions.split(',').collect::<Vec<_>>(),
+                            }))
+                        })
+                        .collect();
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs();
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    let claims = serde_json::json!({
+                        "iss": ISSUER, "sub": user, "aud": SERVICE,
+                        "exp": now + ttl.load(Ordering::SeqCst) - REGISTRY_LEEWAY_SECS,
+                        "nbf": now - 1, "iat": now, "jti": format!("t{n}"),
+                        "access": access,
+                    });
+                    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+                    header.x5c = Some(vec![x5c.clone()]);
+                    let token = jsonwebtoken::encode(&header, &claims, &encoding).unwrap();
+                    ("200 OK", serde_json::json!({ "token": token }).to_string())
+                } else {
+                    ("401 Unauthorized", "{}".to_string())
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        TokenIssuer {
+            addr,
+            cert: cert_path,
+            issued,
+            ttl_secs,
+        }
+    }
+
+    fn registry_auth(&self) -> String {
+        format!(
+            "auth:\n  token:\n    realm: http://{}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}",
+            self.addr,
+            self.cert.display()
+        )
+    }
+}
+
+/// A query parameter of an HTTP request line, percent-decoded.
+fn query_param(request_line: &str, name: &str) -> Option<String> {
+    let target = request_line.split(' ').nth(1)?;
+    let url = reqwest::Url::parse(&format!("http://x{target}")).ok()?;
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+#[test]
+fn token_auth_tokens_that_expire_while_a_mount_reads_are_renewed() {
+    let test = "token_auth_tokens_that_expire_while_a_mount_reads_are_renewed";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    let work = Work::new();
+    let issuer = TokenIssuer::start(work.dir.path(), "loci", "token-pw-41d");
+    let registry = Registry::start_configured("", &issuer.registry_auth());
+    let image = format!("{}/fixture:loci", registry.addr);
+    work.docker_login(&registry.addr, "loci", "token-pw-41d");
+    run(&mut work.loci(&["convert", "--plain-http", &work.source(), &image]));
+    assert!(issuer.issued.load(Ordering::SeqCst) >= 1);
+
+    // From here on tokens live 3 s. The mount reads one file, waits past
+    // its token's life, then reads another layer's file: the registry
+    // refuses the old token and the mount asks for a new one.
+    issuer.ttl_secs.store(3, Ordering::SeqCst);
+    let config = work.node_config("token", "");
+    let mut mount = work.mount(
+        "token",
+        &["--plain-http", "--config", config.to_str().unwrap()],
+        &image,
+    );
+    assert_eq!(
+        std::fs::read_to_string(mount.dir.join("etc/hello.txt")).unwrap(),
+        "hello again from layer 3\n"
+    );
+    let issued = issuer.issued.load(Ordering::SeqCst);
+    let before = registry.daemon.log_text().len();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        std::fs::read_to_string(mount.dir.join("data/nested/a/b/c/d/e/deep.txt")).unwrap(),
+        "deep\n"
+    );
+    let text = std::fs::read(mount.dir.join("data/big-text.txt")).unwrap();
+    let expected: Vec<u8> = (0..90000)
+        .flat_map(|i| format!("line {i} of a compressible text file\n").into_bytes())
+        .collect();
+    assert!(text == expected, "data/big-text.txt differs");
+    mount.stop();
+    let log = registry.daemon.log_text()[before..].to_string();
+    assert!(
+        log.lines().any(|l| l.contains("/blobs/sha256:") && l.contains(" 401 ")),
+        "the registry never refused an expired token:\n{log}"
+    );
+    assert!(
+        issuer.issued.load(Ordering::SeqCst) > issued,
+        "no new token after expiry"
+    );
+}

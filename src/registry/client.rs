@@ -87,11 +87,15 @@ struct Inner {
     endpoints: Vec<Endpoint>,
     /// Redirect targets of blobs with the client that reaches them, reused
     /// for later ranges until they expire.
-    redirects: Mutex<HashMap<(String, Digest), (String, reqwest::Client, Instant)>>,
+    redirects: Mutex<HashMap<(String, Digest), Redirect>>,
     registry: String,
     opts: RegistryOptions,
     tokens: TokenCache,
 }
+
+/// Where a blob's ranges were redirected to, the client that reaches
+/// it, and when that was learned.
+type Redirect = (String, reqwest::Client, Instant);
 
 /// One host requests may go to, with clients built for its TLS settings.
 struct Endpoint {

@@ -6,7 +6,7 @@
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Credentials for one registry.
 #[derive(Clone)]
@@ -18,9 +18,18 @@ pub(super) enum Credentials {
 }
 
 impl Credentials {
-    /// The node's credentials for `host`, else the docker config's.
-    pub(super) fn lookup(node: &NodeCredentials, host: &str) -> Option<Credentials> {
-        node.get(host).or_else(|| Credentials::from_docker_config(host))
+    /// Credentials for a request to `host`: those a pull of `image`
+    /// (registry, repository) brought when `host` is that registry itself,
+    /// else the node's for `host`, else the docker config's.
+    pub(super) fn lookup(
+        node: &NodeCredentials,
+        host: &str,
+        image: Option<(&str, &str)>,
+    ) -> Option<Credentials> {
+        image
+            .and_then(|(registry, repository)| node.pulled(registry, repository))
+            .or_else(|| node.get(host))
+            .or_else(|| Credentials::from_docker_config(host))
     }
 
     /// Looks up the docker config for `registry`; None when there is no
@@ -86,35 +95,70 @@ impl std::fmt::Debug for HostAuth {
     }
 }
 
-/// Credentials the node was configured with, per registry host (a mirror
-/// is its own host: a registry's credentials are never sent to a mirror
-/// unless configured for it too). Held in memory only.
+impl HostAuth {
+    fn credentials(&self) -> Credentials {
+        if !self.identity_token.is_empty() {
+            Credentials::IdentityToken(self.identity_token.clone())
+        } else {
+            Credentials::Basic {
+                username: self.username.clone(),
+                password: self.password.clone(),
+            }
+        }
+    }
+}
+
+/// The credentials a node holds: those configured per registry host, and
+/// those pulls brought (kubelet's, through the CRI proxy) per registry and
+/// repository, the latest pull's replacing the one before. A mirror is its
+/// own host: a registry's credentials are never sent to a mirror unless
+/// configured for it too. Held in memory only; clones share them.
 #[derive(Clone, Default)]
-pub struct NodeCredentials(Arc<BTreeMap<String, HostAuth>>);
+pub struct NodeCredentials {
+    configured: Arc<BTreeMap<String, HostAuth>>,
+    pulled: Arc<RwLock<HashMap<(String, String), HostAuth>>>,
+}
 
 impl NodeCredentials {
     /// Credentials for the hosts named.
     pub fn new(hosts: BTreeMap<String, HostAuth>) -> NodeCredentials {
-        NodeCredentials(Arc::new(hosts))
+        NodeCredentials {
+            configured: Arc::new(hosts),
+            pulled: Arc::default(),
+        }
+    }
+
+    /// Keeps the credentials a pull of `registry`/`repository` was given,
+    /// for the lazy reads of that image that follow.
+    pub fn remember_pull(&self, registry: &str, repository: &str, auth: HostAuth) {
+        self.pulled
+            .write()
+            .unwrap()
+            .insert((registry.to_string(), repository.to_string()), auth);
+    }
+
+    fn pulled(&self, registry: &str, repository: &str) -> Option<Credentials> {
+        let pulled = self.pulled.read().unwrap();
+        Some(
+            pulled
+                .get(&(registry.to_string(), repository.to_string()))?
+                .credentials(),
+        )
     }
 
     fn get(&self, host: &str) -> Option<Credentials> {
-        let auth = self.0.get(host)?;
-        Some(if !auth.identity_token.is_empty() {
-            Credentials::IdentityToken(auth.identity_token.clone())
-        } else {
-            Credentials::Basic {
-                username: auth.username.clone(),
-                password: auth.password.clone(),
-            }
-        })
+        Some(self.configured.get(host)?.credentials())
     }
 }
 
-/// Names the hosts, never the secrets.
+/// Names the hosts and repositories, never the secrets.
 impl std::fmt::Debug for NodeCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.0.keys()).finish()
+        let pulled: Vec<(String, String)> = self.pulled.read().unwrap().keys().cloned().collect();
+        f.debug_struct("NodeCredentials")
+            .field("configured", &self.configured.keys().collect::<Vec<_>>())
+            .field("pulled", &pulled)
+            .finish()
     }
 }
 

@@ -108,6 +108,9 @@ struct Endpoint {
     blob_http: reqwest::Client,
     /// Skipped until then: it could not be reached (mirrors only).
     paused_until: Mutex<Option<Instant>>,
+    /// The registry itself (hosts.toml's `server`), not a mirror: only
+    /// it is sent the credentials a pull of an image brought.
+    is_registry: bool,
 }
 
 impl Endpoint {
@@ -167,9 +170,11 @@ impl RegistryClient {
                 source,
             },
         )?;
+        let last = hosts.len() - 1;
         let endpoints = hosts
             .into_iter()
-            .map(|config| endpoint(config, &opts))
+            .enumerate()
+            .map(|(i, config)| endpoint(config, i == last, &opts))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(RegistryClient {
             inner: std::sync::Arc::new(Inner {
@@ -729,7 +734,7 @@ impl RegistryClient {
                     if status == StatusCode::UNAUTHORIZED && !authenticated {
                         authenticated = true;
                         attempt -= 1;
-                        let header = self.authenticate(ep, &resp, &scope, what).await?;
+                        let header = self.authenticate(ep, &resp, repo, &scope, what).await?;
                         self.inner.tokens.put(&token_key, header);
                         continue;
                     }
@@ -738,8 +743,7 @@ impl RegistryClient {
                         return Err(RegistryError::Unauthorized {
                             what: what.to_string(),
                             status: status.as_u16(),
-                            hint: if Credentials::lookup(&self.inner.opts.credentials, host)
-                                .is_none()
+                            hint: if self.credentials(ep, repo).is_none()
                             {
                                 format!(
                                     " (no credentials for {host} in the node config or the docker config)"
@@ -783,6 +787,7 @@ impl RegistryClient {
         &self,
         ep: &Endpoint,
         resp: &Response,
+        repo: &str,
         scope: &str,
         what: &str,
     ) -> Result<String, RegistryError> {
@@ -799,7 +804,7 @@ impl RegistryClient {
             .ok_or_else(|| unauthorized("no usable WWW-Authenticate challenge"))?;
         // Looked up again on every challenge: a credential helper may have
         // rotated them since the last one.
-        let credentials = Credentials::lookup(&self.inner.opts.credentials, &ep.config.host);
+        let credentials = self.credentials(ep, repo);
         Ok(match challenge {
             Challenge::Basic => credentials
                 .as_ref()
@@ -823,6 +828,12 @@ impl RegistryClient {
                 )
             }
         })
+    }
+
+    /// Credentials for a request about `repo` to `ep`.
+    fn credentials(&self, ep: &Endpoint, repo: &str) -> Option<Credentials> {
+        let image = ep.is_registry.then_some((self.inner.registry.as_str(), repo));
+        Credentials::lookup(&self.inner.opts.credentials, &ep.config.host, image)
     }
 
     async fn fetch_token(
@@ -907,7 +918,11 @@ fn location_of(resp: &Response, what: &str) -> Result<String, RegistryError> {
 /// A host's clients, built for its TLS settings: its CAs trusted besides
 /// the system's, its client certificate presented, and verification
 /// skipped only where its hosts.toml says `skip_verify`.
-fn endpoint(config: HostConfig, opts: &RegistryOptions) -> Result<Endpoint, RegistryError> {
+fn endpoint(
+    config: HostConfig,
+    is_registry: bool,
+    opts: &RegistryOptions,
+) -> Result<Endpoint, RegistryError> {
     let invalid = |reason: String| RegistryError::HostTls {
         host: config.host.clone(),
         reason,
@@ -968,6 +983,7 @@ fn endpoint(config: HostConfig, opts: &RegistryOptions) -> Result<Endpoint, Regi
         http,
         blob_http,
         paused_until: Mutex::new(None),
+        is_registry,
     })
 }
 

@@ -2,6 +2,7 @@
 //! unix socket (mode 0600) and the metrics over HTTP, until SIGTERM/SIGINT.
 
 use super::admission::{Admission, Trust};
+use super::cri_proxy::{CriImageProxy, ImageServiceServer};
 use super::fdstore::FdStore;
 use super::lazy::LazyLayers;
 use super::metrics::Metrics;
@@ -41,6 +42,13 @@ pub struct SnapshotterConfig {
     /// daemon to serve them; then it closes them, and their readers get
     /// an error instead of waiting forever.
     pub held_connection_timeout_secs: u64,
+    /// Where to serve the CRI image service for kubelet
+    /// (`--image-service-endpoint unix://…`): every call is forwarded to
+    /// containerd, and each pull's credentials are kept (in memory) for
+    /// the lazy reads of its image. Not served if unset.
+    pub cri_image_proxy_address: Option<PathBuf>,
+    /// containerd's socket, where the CRI image proxy forwards to.
+    pub containerd_address: PathBuf,
 }
 
 impl Default for SnapshotterConfig {
@@ -52,6 +60,8 @@ impl Default for SnapshotterConfig {
             trust: Trust::Signed,
             trusted_keys: Vec::new(),
             held_connection_timeout_secs: 300,
+            cri_image_proxy_address: None,
+            containerd_address: PathBuf::from("/run/containerd/containerd.sock"),
         }
     }
 }
@@ -108,10 +118,12 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
     if admission.trust == Trust::Signed && config.snapshotter.trusted_keys.is_empty() {
         tracing::warn!("no [snapshotter] trusted_keys: every layer is unpacked by containerd, none is served lazily");
     }
+    let registry = config.registry.apply(RegistryOptions::default());
+    let credentials = registry.credentials.clone();
     let lazy = LazyLayers::new(
         cache,
         config.fetch.clone(),
-        config.registry.apply(RegistryOptions::default()),
+        registry,
         config.snapshotter.plain_http_registries.clone(),
         admission,
         tokio::runtime::Handle::current(),
@@ -166,16 +178,26 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
         });
     }
 
-    if let Some(dir) = address.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    if let Some(proxy_address) = &config.snapshotter.cri_image_proxy_address {
+        let listener = bind_socket(proxy_address)?;
+        let proxy = CriImageProxy::new(config.snapshotter.containerd_address.clone(), credentials)?;
+        tracing::info!(
+            address = %proxy_address.display(),
+            containerd = %config.snapshotter.containerd_address.display(),
+            "serving the CRI image service (kubelet's --image-service-endpoint)"
+        );
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(ImageServiceServer::new(proxy))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %crate::error_chain::chain(&e), "the CRI image proxy stopped");
+            }
+        });
     }
-    match std::fs::remove_file(address) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(format!("removing stale {}", address.display()))(e)),
-    }
-    let listener = super::fdstore::bind_private(|| tokio::net::UnixListener::bind(address))
-        .map_err(io_err(format!("binding {}", address.display())))?;
+
+    let listener = bind_socket(address)?;
     tracing::info!(address = %address.display(), root = %root.display(), "loci snapshotter serving");
 
     let shutdown = async {
@@ -198,6 +220,9 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
         )
         .await?;
     let _ = std::fs::remove_file(address);
+    if let Some(proxy_address) = &config.snapshotter.cri_image_proxy_address {
+        let _ = std::fs::remove_file(proxy_address);
+    }
     tokio::task::spawn_blocking(move || {
         snapshots.shutdown();
         kept_cache.persist();
@@ -205,4 +230,18 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
     .await
     .expect("unmounting does not panic");
     Ok(())
+}
+
+/// Binds a unix socket only root can reach, replacing a stale one.
+fn bind_socket(address: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
+    if let Some(dir) = address.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    }
+    match std::fs::remove_file(address) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(format!("removing stale {}", address.display()))(e)),
+    }
+    super::fdstore::bind_private(|| tokio::net::UnixListener::bind(address))
+        .map_err(io_err(format!("binding {}", address.display())))
 }

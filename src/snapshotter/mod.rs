@@ -7,6 +7,7 @@
 //! containerd never downloads it. Metadata lives in RocksDB under the root.
 
 pub mod admission;
+mod cri_proxy;
 mod daemon;
 pub mod fdstore;
 mod filter;

@@ -6,6 +6,8 @@
 //! `LOCI_REQUIRE_SYSTEM_TESTS=1` (set by CI), where a skip is a failure.
 #![allow(dead_code)]
 
+pub mod token_issuer;
+
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -295,15 +297,37 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start(proxy_plugins: &str) -> Containerd {
+        Containerd::start_from("containerd.toml", &[("@PROXY_PLUGINS@", proxy_plugins)])
+    }
+
+    /// A containerd with its CRI plugin on (fixtures/containerd-cri.toml):
+    /// `snapshotter = "loci"`, the sandbox image given, registries as the
+    /// hosts.toml files under `certs_d` say. Namespace `k8s.io`, as CRI's.
+    pub fn start_cri(proxy_plugins: &str, sandbox_image: &str, certs_d: &Path) -> Containerd {
+        let mut containerd = Containerd::start_from(
+            "containerd-cri.toml",
+            &[
+                ("@PROXY_PLUGINS@", proxy_plugins),
+                ("@SANDBOX_IMAGE@", sandbox_image),
+                ("@CERTS_D@", certs_d.to_str().unwrap()),
+            ],
+        );
+        containerd.namespace = "k8s.io".into();
+        containerd
+    }
+
+    /// A containerd from a fixtures/ config template, its placeholders
+    /// (besides @DIR@) replaced as given.
+    fn start_from(template: &str, values: &[(&str, &str)]) -> Containerd {
         let dir = tempfile::Builder::new()
             .prefix("loci-containerd-")
             .tempdir()
             .unwrap();
-        let template =
-            std::fs::read_to_string(repo_root().join("fixtures/containerd.toml")).unwrap();
-        let config = template
-            .replace("@DIR@", dir.path().to_str().unwrap())
-            .replace("@PROXY_PLUGINS@", proxy_plugins);
+        let template = std::fs::read_to_string(repo_root().join("fixtures").join(template)).unwrap();
+        let mut config = template.replace("@DIR@", dir.path().to_str().unwrap());
+        for (key, value) in values {
+            config = config.replace(key, value);
+        }
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, config).unwrap();
         let socket = dir.path().join("containerd.sock");

@@ -19,6 +19,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+/// The start command of the tests' containers, typed as a user would.
+const PRINT_WHO: &str = "import os, json; print('as', os.getuid(), 'in', os.getcwd())";
+
 const NEEDS: &[&str] = &["docker-registry", "containerd", "ctr", "runc", "skopeo", "python3"];
 
 /// The Debian image (python3, runs as nobody in /tmp) as an OCI layout.
@@ -87,25 +90,7 @@ impl Node {
         ));
         std::fs::write(&config, text).unwrap();
         std::fs::create_dir_all(work.path().join("no-docker-config")).unwrap();
-        let mut cmd = loci();
-        cmd.arg("snapshotter")
-            .arg("--address")
-            .arg(&socket)
-            .arg("--root")
-            .arg(work.path().join("root"))
-            .arg("--config")
-            .arg(&config)
-            .env("DOCKER_CONFIG", work.path().join("no-docker-config"));
-        let snapshotter = Daemon::spawn(cmd, work.path().join("snapshotter.log"));
-        let start = Instant::now();
-        while !socket.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no snapshotter socket:\n{}",
-                snapshotter.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let snapshotter = spawn_snapshotter(work.path());
         Node {
             work,
             certs,
@@ -116,6 +101,15 @@ impl Node {
 
     fn path(&self, name: &str) -> PathBuf {
         self.work.path().join(name)
+    }
+
+    /// Stops the snapshotter (SIGTERM, as systemd would) and starts it
+    /// again; returns how long its socket took to appear.
+    fn restart_snapshotter(&mut self) -> Duration {
+        self.snapshotter.stop();
+        let started = Instant::now();
+        self.snapshotter = spawn_snapshotter(self.work.path());
+        started.elapsed()
     }
 
     fn loci_snapshots(&self) -> Vec<String> {
@@ -163,6 +157,34 @@ impl Drop for Node {
     }
 }
 
+/// Starts `loci snapshotter` with the node's config (no docker config in
+/// its environment) and waits for its socket.
+fn spawn_snapshotter(work: &Path) -> Daemon {
+    let socket = work.join("loci.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut cmd = loci();
+    cmd.arg("snapshotter")
+        .arg("--address")
+        .arg(&socket)
+        .arg("--root")
+        .arg(work.join("root"))
+        .arg("--config")
+        .arg(work.join("loci.toml"))
+        .env("DOCKER_CONFIG", work.join("no-docker-config"));
+    let n = std::fs::read_dir(work).unwrap().count();
+    let snapshotter = Daemon::spawn(cmd, work.join(format!("snapshotter-{n}.log")));
+    let start = Instant::now();
+    while !socket.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no snapshotter socket:\n{}",
+            snapshotter.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    snapshotter
+}
+
 /// The key conversions sign with; its `.pub` is what the node trusts.
 fn signing_key(work: &Path) -> PathBuf {
     let key = work.join("sign.key");
@@ -185,142 +207,195 @@ fn push_pause_image(work: &Path, registry: &str) -> String {
     reference
 }
 
-/// What kubelet does for one pod of one container, as the CRI API asks:
-/// pull (through `images`), run the sandbox, create and start the
-/// container, wait for it to exit, read its log, and tear it all down.
-/// Returns the log's lines and the exit code.
-async fn run_pod(
-    images: &mut ImageServiceClient<Channel>,
-    runtime: &mut RuntimeServiceClient<Channel>,
-    image: &str,
-    auth: Option<AuthConfig>,
-    args: &[&str],
-    logs: &Path,
-) -> (Vec<String>, i32) {
-    std::fs::create_dir_all(logs).unwrap();
-    let sandbox = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "loci-pod".into(),
-            uid: "uid-loci-pod".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        // Host network: the host's UTS namespace, so no hostname of its own.
-        log_directory: logs.to_str().unwrap().into(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    pid: NamespaceMode::Pod as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let image_ref = images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            auth,
-            sandbox_config: Some(sandbox.clone()),
-        })
-        .await
-        .expect("PullImage")
-        .into_inner()
-        .image_ref;
-    let pod = runtime
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(sandbox.clone()),
-            runtime_handler: String::new(),
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    let container = runtime
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "app".into(),
+/// What kubelet does, as the CRI API asks it: images through `images`
+/// (containerd, or the loci proxy), pods and containers through `runtime`.
+struct Kubelet {
+    images: ImageServiceClient<Channel>,
+    runtime: RuntimeServiceClient<Channel>,
+    sandbox: PodSandboxConfig,
+    logs: PathBuf,
+}
+
+impl Kubelet {
+    async fn new(images: &Path, runtime: &Path, logs: &Path) -> Kubelet {
+        std::fs::create_dir_all(logs).unwrap();
+        Kubelet {
+            images: ImageServiceClient::new(dial(images).await),
+            runtime: RuntimeServiceClient::new(dial(runtime).await),
+            sandbox: PodSandboxConfig {
+                metadata: Some(PodSandboxMetadata {
+                    name: "loci-pod".into(),
+                    uid: "uid-loci-pod".into(),
+                    namespace: "default".into(),
                     attempt: 0,
                 }),
-                image: Some(ImageSpec {
-                    image: image_ref.clone(),
+                // Host network: the host's UTS namespace, so no hostname.
+                log_directory: logs.to_str().unwrap().into(),
+                linux: Some(LinuxPodSandboxConfig {
+                    security_context: Some(LinuxSandboxSecurityContext {
+                        namespace_options: Some(NamespaceOption {
+                            network: NamespaceMode::Node as i32,
+                            pid: NamespaceMode::Pod as i32,
+                            ipc: NamespaceMode::Pod as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
-                args: args.iter().map(|a| a.to_string()).collect(),
-                log_path: "app.log".into(),
-                linux: Some(LinuxContainerConfig::default()),
                 ..Default::default()
-            }),
-            sandbox_config: Some(sandbox),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
-    runtime
-        .start_container(StartContainerRequest {
-            container_id: container.clone(),
-        })
-        .await
-        .expect("StartContainer");
-    let started = Instant::now();
-    let exit_code = loop {
-        let status = runtime
-            .container_status(ContainerStatusRequest {
-                container_id: container.clone(),
-                verbose: false,
+            },
+            logs: logs.to_path_buf(),
+        }
+    }
+
+    /// PullImage; returns the image reference containers are created from.
+    async fn pull(&mut self, image: &str, auth: Option<AuthConfig>) -> String {
+        self.images
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                auth,
+                sandbox_config: Some(self.sandbox.clone()),
             })
             .await
-            .expect("ContainerStatus")
+            .expect("PullImage")
             .into_inner()
-            .status
-            .expect("a status");
-        if status.state == ContainerState::ContainerExited as i32 {
-            break status.exit_code;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the container did not exit"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    // CRI's log format: "<time> <stream> <tag> <line>".
-    let log = std::fs::read_to_string(logs.join("app.log")).unwrap();
-    let lines = log
-        .lines()
-        .filter_map(|l| l.splitn(4, ' ').nth(3).map(str::to_string))
-        .collect();
-    runtime
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .expect("StopPodSandbox");
-    runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .expect("RemovePodSandbox");
-    images
-        .remove_image(RemoveImageRequest {
-            image: Some(ImageSpec {
-                image: image_ref,
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("RemoveImage");
-    (lines, exit_code)
+            .image_ref
+    }
+
+    async fn run_sandbox(&mut self) -> String {
+        self.runtime
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(self.sandbox.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("RunPodSandbox")
+            .into_inner()
+            .pod_sandbox_id
+    }
+
+    /// CreateContainer `name` running `args` from `image_ref`.
+    async fn create(
+        &mut self,
+        pod: &str,
+        name: &str,
+        image_ref: &str,
+        args: &[&str],
+    ) -> Result<String, tonic::Status> {
+        Ok(self
+            .runtime
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(ContainerConfig {
+                    metadata: Some(ContainerMetadata {
+                        name: name.into(),
+                        attempt: 0,
+                    }),
+                    image: Some(ImageSpec {
+                        image: image_ref.into(),
+                        ..Default::default()
+                    }),
+                    args: args.iter().map(|a| a.to_string()).collect(),
+                    log_path: format!("{name}.log"),
+                    linux: Some(LinuxContainerConfig::default()),
+                    ..Default::default()
+                }),
+                sandbox_config: Some(self.sandbox.clone()),
+            })
+            .await?
+            .into_inner()
+            .container_id)
+    }
+
+    async fn start(&mut self, container: &str) {
+        self.runtime
+            .start_container(StartContainerRequest {
+                container_id: container.into(),
+            })
+            .await
+            .expect("StartContainer");
+    }
+
+    /// Waits for the container `name` to exit; its log lines (CRI's
+    /// format: "<time> <stream> <tag> <line>") and exit code.
+    async fn wait(&mut self, container: &str, name: &str) -> (Vec<String>, i32) {
+        let started = Instant::now();
+        let exit_code = loop {
+            let status = self
+                .runtime
+                .container_status(ContainerStatusRequest {
+                    container_id: container.into(),
+                    verbose: false,
+                })
+                .await
+                .expect("ContainerStatus")
+                .into_inner()
+                .status
+                .expect("a status");
+            if status.state == ContainerState::ContainerExited as i32 {
+                break status.exit_code;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "the container did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let log = std::fs::read_to_string(self.logs.join(format!("{name}.log"))).unwrap();
+        let lines = log
+            .lines()
+            .filter_map(|l| l.splitn(4, ' ').nth(3).map(str::to_string))
+            .collect();
+        (lines, exit_code)
+    }
+
+    /// StopPodSandbox, RemovePodSandbox, RemoveImage.
+    async fn tear_down(&mut self, pod: &str, image_ref: &str) {
+        self.runtime
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .expect("StopPodSandbox");
+        self.runtime
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .expect("RemovePodSandbox");
+        self.images
+            .remove_image(RemoveImageRequest {
+                image: Some(ImageSpec {
+                    image: image_ref.into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("RemoveImage");
+    }
+
+    /// One pod of one container, start to removal: its log and exit code.
+    async fn run_pod(
+        &mut self,
+        image: &str,
+        auth: Option<AuthConfig>,
+        args: &[&str],
+    ) -> (Vec<String>, i32) {
+        let image_ref = self.pull(image, auth).await;
+        let pod = self.run_sandbox().await;
+        let container = self
+            .create(&pod, "app", &image_ref, args)
+            .await
+            .expect("CreateContainer");
+        self.start(&container).await;
+        let result = self.wait(&container, "app").await;
+        self.tear_down(&pod, &image_ref).await;
+        result
+    }
 }
 
 /// A unix-socket gRPC channel, as kubelet dials its endpoints.
@@ -378,22 +453,11 @@ fn kubelet_runs_a_pod_from_a_lazily_pulled_debian_image_and_removal_leaves_nothi
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (lines, exit_code) = runtime.block_on(async {
-        let channel = dial(&node.containerd.socket).await;
-        let mut images = ImageServiceClient::new(channel.clone());
-        let mut cri = RuntimeServiceClient::new(channel);
-        run_pod(
-            &mut images,
-            &mut cri,
-            &image,
-            None,
-            &[
-                "python3",
-                "-c",
-                "import os, json; print('as', os.getuid(), 'in', os.getcwd())",
-            ],
-            &node.path("pod-logs"),
-        )
-        .await
+        let socket = &node.containerd.socket;
+        let mut kubelet = Kubelet::new(socket, socket, &node.path("pod-logs")).await;
+        kubelet
+            .run_pod(&image, None, &["python3", "-c", PRINT_WHO])
+            .await
     });
     assert_eq!(exit_code, 0, "{lines:?}");
     assert_eq!(lines, ["as 65534 in /tmp"]);
@@ -473,11 +537,9 @@ print('read', n > 500, flush=True)
 "#;
     let (lines, exit_code) = runtime.block_on(async {
         // kubelet: images through the proxy, everything else to containerd.
-        let mut images = ImageServiceClient::new(dial(&proxy).await);
-        let mut cri = RuntimeServiceClient::new(dial(&node.containerd.socket).await);
-        run_pod(
-            &mut images,
-            &mut cri,
+        let socket = &node.containerd.socket;
+        let mut kubelet = Kubelet::new(&proxy, socket, &node.path("pod-logs")).await;
+        kubelet.run_pod(
             &image,
             Some(AuthConfig {
                 username: "kube".into(),
@@ -487,7 +549,6 @@ print('read', n > 500, flush=True)
                 ..Default::default()
             }),
             &["python3", "-c", script],
-            &node.path("pod-logs"),
         )
         .await
     });
@@ -524,4 +585,82 @@ print('read', n > 500, flush=True)
 fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// containerd redials a proxy snapshotter with backoff: after a restart,
+/// kubelet's next call that needs the snapshotter fails until containerd
+/// reconnects. The daemon answers on its socket before it has served its
+/// lazy layers again; this measures how long until a CreateContainer in
+/// a running pod succeeds, and runs that container off the recovered lazy
+/// layers while the first container keeps running.
+#[test]
+fn cri_calls_succeed_again_soon_after_a_snapshotter_restart() {
+    let test = "cri_calls_succeed_again_soon_after_a_snapshotter_restart";
+    if !require(test, NEEDS, true)
+        || !require(test, DEBIAN_IMAGE_NEEDS, true)
+        || !require_fuse(test)
+    {
+        return;
+    }
+    let layout = debian_python();
+    let work = tempfile::tempdir().unwrap();
+    let registry = Registry::start();
+    let pause = push_pause_image(work.path(), &registry.addr);
+    let image = format!("{}/py:loci", registry.addr);
+    run(loci()
+        .args(["convert", "--plain-http", "--sign-key"])
+        .arg(signing_key(work.path()))
+        .arg(format!("oci:{}:py3-nobody", layout.display()))
+        .arg(&image));
+    let mut node = Node::start(work, &[&registry.addr], &pause, "");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let socket = node.containerd.socket.clone();
+    let mut kubelet =
+        runtime.block_on(async { Kubelet::new(&socket, &socket, &node.path("pod-logs")).await });
+    let (image_ref, pod) = runtime.block_on(async {
+        let image_ref = kubelet.pull(&image, None).await;
+        let pod = kubelet.run_sandbox().await;
+        let long = kubelet
+            .create(&pod, "long", &image_ref, &["python3", "-c", "import time; time.sleep(600)"])
+            .await
+            .expect("CreateContainer");
+        kubelet.start(&long).await;
+        (image_ref, pod)
+    });
+
+    let socket_after = node.restart_snapshotter();
+    let restarted = Instant::now() - socket_after;
+    let (created, attempts) = runtime.block_on(async {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match kubelet
+                .create(&pod, "after", &image_ref, &["python3", "-c", PRINT_WHO])
+                .await
+            {
+                Ok(id) => break (id, attempts),
+                Err(status) => {
+                    assert!(
+                        restarted.elapsed() < Duration::from_secs(30),
+                        "CreateContainer still failing 30 s after the restart: {status:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    let first_success = restarted.elapsed();
+    eprintln!(
+        "snapshotter restart: socket after {:.3} s, first successful CreateContainer after {:.3} s ({attempts} attempts)",
+        socket_after.as_secs_f64(),
+        first_success.as_secs_f64()
+    );
+    let (lines, exit_code) = runtime.block_on(async {
+        kubelet.start(&created).await;
+        let result = kubelet.wait(&created, "after").await;
+        kubelet.tear_down(&pod, &image_ref).await;
+        result
+    });
+    assert_eq!((lines, exit_code), (vec!["as 65534 in /tmp".to_string()], 0));
+    assert!(socket_after < Duration::from_secs(5), "{socket_after:?}");
 }

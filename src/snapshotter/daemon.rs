@@ -199,6 +199,12 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
 
     let listener = bind_socket(address)?;
     tracing::info!(address = %address.display(), root = %root.display(), "loci snapshotter serving");
+    // Behind the socket: containerd's calls that need no lazy layer are
+    // answered meanwhile, the others wait for this.
+    {
+        let snapshots = snapshots.clone();
+        tokio::task::spawn_blocking(move || snapshots.recover());
+    }
 
     let shutdown = async {
         let mut term = signal(SignalKind::terminate()).expect("signal handler");

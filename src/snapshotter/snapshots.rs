@@ -113,11 +113,16 @@ pub struct Snapshots {
     meta: Mutex<MetaStore>,
     lazy: LazyLayers,
     index_off: bool,
+    /// Whether the lazy layers recorded before a restart are served again
+    /// ([`Snapshots::recover`]); calls that mount, unmount or remove wait
+    /// for it, the others answer at once.
+    recovered: (Mutex<bool>, std::sync::Condvar),
 }
 
 impl Snapshots {
-    /// Opens the snapshots under `root` (creating its layout) and mounts
-    /// again every lazy layer a snapshot still records.
+    /// Opens the snapshots under `root` (creating its layout). Until
+    /// [`recover`](Self::recover) has run, calls that need lazy layers
+    /// served wait.
     pub fn open(root: &Path, lazy: LazyLayers) -> Result<Snapshots, SnapshotError> {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -132,9 +137,29 @@ impl Snapshots {
             // As containerd's overlay snapshotter: no index where the
             // kernel has the feature (layers are not reused as uppers).
             index_off: Path::new("/sys/module/overlay/parameters/index").exists(),
+            recovered: (Mutex::new(false), std::sync::Condvar::new()),
         };
-        snapshots.remount_lazy();
         Ok(snapshots)
+    }
+
+    /// Mounts again every lazy layer a snapshot still records, then lets
+    /// the calls waiting for that go on. Run once, after the daemon's
+    /// socket answers, so containerd is not kept waiting by a slow (or
+    /// unreachable) registry.
+    pub fn recover(&self) {
+        let start = std::time::Instant::now();
+        self.remount_lazy();
+        *self.recovered.0.lock().unwrap() = true;
+        self.recovered.1.notify_all();
+        tracing::info!(secs = start.elapsed().as_secs_f64(), "lazy layers recovered");
+    }
+
+    /// Blocks until [`recover`](Self::recover) has run.
+    fn wait_recovered(&self) {
+        let mut done = self.recovered.0.lock().unwrap();
+        while !*done {
+            done = self.recovered.1.wait(done).unwrap();
+        }
     }
 
     /// Serves every lazy layer a snapshot records: the connection the fd
@@ -206,6 +231,7 @@ impl Snapshots {
     /// Makes sure the fd holder keeps the lazy layers' connections (a new
     /// holder takes them if the old one died).
     pub fn check_holder(&self) -> usize {
+        self.wait_recovered();
         self.lazy.check_holder()
     }
 
@@ -217,6 +243,7 @@ impl Snapshots {
         parent: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Prepared, SnapshotError> {
+        self.wait_recovered();
         if let Some(request) = LazyRequest::from_labels(&labels) {
             match self.prepare_lazy(&request, parent, &labels) {
                 Ok(()) => return Ok(Prepared::Lazy(request.target)),
@@ -294,6 +321,7 @@ impl Snapshots {
         parent: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<Mount>, SnapshotError> {
+        self.wait_recovered();
         self.create(Kind::View, key, parent, labels)
     }
 
@@ -349,6 +377,7 @@ impl Snapshots {
 
     /// The mounts that present snapshot `key`.
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>, SnapshotError> {
+        self.wait_recovered();
         let meta = self.lock();
         let record = meta
             .get(key)
@@ -452,6 +481,7 @@ impl Snapshots {
     /// Removes snapshot `key` (which no snapshot may have as parent): its
     /// record, its lazy mount, its directory.
     pub fn remove(&self, key: &str) -> Result<(), SnapshotError> {
+        self.wait_recovered();
         let id = {
             let mut meta = self.lock();
             let record = meta
@@ -545,6 +575,7 @@ impl Snapshots {
     /// Removes directories (and mounts) no snapshot owns any more: what a
     /// failed removal or a crash left behind.
     pub fn cleanup(&self) -> Result<(), SnapshotError> {
+        self.wait_recovered();
         let known: HashSet<u64> = self.lock().iter().map(|(_, r)| r.id).collect();
         let dir = self.root.join("snapshots");
         for entry in
@@ -569,6 +600,7 @@ impl Snapshots {
     /// At shutdown: unmounts the lazy layers that would not survive it
     /// (see [`LazyLayers::shutdown`]).
     pub fn shutdown(&self) {
+        self.wait_recovered();
         self.lazy.shutdown();
     }
 }

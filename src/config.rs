@@ -132,6 +132,8 @@ mod tests {
             ),
             ("[snapshotter]\ntrust = \"maybe\"\n", "unknown variant"),
             ("[fetch]\nmax_gap = 1\n", "unknown field"),
+            ("[registry]\nhost_dir = \"/x\"\n", "unknown field"),
+            ("[registry.auth.\"r:5000\"]\ntoken = \"t\"\n", "unknown field"),
         ];
         for (text, says) in cases {
             let path = dir.path().join("c.toml");
@@ -139,5 +141,24 @@ mod tests {
             let err = Config::load(&path).unwrap_err().to_string();
             assert!(err.contains(says), "{text:?}: {err}");
         }
+    }
+
+    #[test]
+    fn the_packaged_example_config_loads_and_never_prints_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshotter.toml");
+        let example = include_str!("../packaging/loci-snapshotter.toml");
+        let with_auth = format!(
+            "{example}\n[registry.auth.\"r.example:5000\"]\nusername = \"u\"\npassword = \"hunter2-secret\"\n"
+        );
+        std::fs::write(&path, with_auth).unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.registry.hosts_dir.as_deref(),
+            Some(Path::new("/etc/containerd/certs.d"))
+        );
+        assert_eq!(config.registry.auth["r.example:5000"].password, "hunter2-secret");
+        let shown = format!("{config:?} {:?}", config.registry.apply(Default::default()));
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
     }
 }

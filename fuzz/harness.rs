@@ -123,6 +123,17 @@ pub fn www_authenticate(data: &[u8]) {
     }
 }
 
+/// containerd's hosts.toml, as loci reads it for a registry's mirrors,
+/// CAs and client certificates.
+pub fn hosts_toml(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = loci::registry::hosts::parse_hosts_file(
+            std::path::Path::new("/etc/containerd/certs.d/registry.example"),
+            text,
+        );
+    }
+}
+
 /// Snapshot labels, one `key=value` a line (the last line the parent's
 /// chain ID), through the lazy request and the node's admission check.
 pub fn labels(data: &[u8]) {
@@ -156,4 +167,5 @@ pub const TARGETS: &[Target] = &[
     ("www_authenticate", www_authenticate),
     ("labels", labels),
     ("trace", trace),
+    ("hosts_toml", hosts_toml),
 ];

@@ -103,11 +103,14 @@ fn assert_reads_the_image(mount: &Path) {
     );
 }
 
-/// A CA, and a server certificate it signed for 127.0.0.1, as PEM files.
+/// A CA, a server certificate it signed for 127.0.0.1 and a client
+/// certificate it signed, as PEM files.
 struct Pki {
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
 impl Pki {
@@ -124,22 +127,36 @@ impl Pki {
             rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
                 .unwrap();
         let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        client_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "node-7");
+        client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
         let pki = Pki {
             ca: dir.join("ca.crt"),
             cert: dir.join("server.crt"),
             key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client-key.pem"),
         };
         std::fs::write(&pki.ca, ca.pem()).unwrap();
         std::fs::write(&pki.cert, cert.pem()).unwrap();
         std::fs::write(&pki.key, key.serialize_pem()).unwrap();
+        std::fs::write(&pki.client_cert, client.pem()).unwrap();
+        std::fs::write(&pki.client_key, client_key.serialize_pem()).unwrap();
         pki
     }
 
+    /// The registry's `http: tls:` section: its certificate, and client
+    /// certificates required, signed by the CA.
     fn registry_tls(&self) -> String {
         format!(
-            "  tls:\n    certificate: {}\n    key: {}",
+            "  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}",
             self.cert.display(),
-            self.key.display()
+            self.key.display(),
+            self.ca.display()
         )
     }
 }
@@ -174,23 +191,40 @@ fn a_registry_behind_a_private_ca_is_reached_with_the_ca_its_host_directory_name
     let err = failed(&out);
     assert!(err.to_lowercase().contains("certificate"), "{err}");
 
-    // containerd's hosts.toml: the server and the CA that signed it.
+    // containerd's hosts.toml: the server and the CA that signed it; the
+    // registry also wants a client certificate.
     let dir = host_dir(&certs, &registry.addr);
     std::fs::copy(&pki.ca, dir.join("registry-ca.pem")).unwrap();
+    let ca_only = format!(
+        "server = \"https://{}\"\n\n[host.\"https://{}\"]\n  ca = \"registry-ca.pem\"\n",
+        registry.addr, registry.addr
+    );
+    std::fs::write(dir.join("hosts.toml"), &ca_only).unwrap();
+    let convert = || {
+        work.loci(&["convert", "--hosts-dir", hosts, &work.source(), &target])
+            .output()
+            .unwrap()
+    };
+    let err = failed(&convert());
+    assert!(err.contains("network error"), "{err}");
     std::fs::write(
         dir.join("hosts.toml"),
         format!(
-            "server = \"https://{}\"\n\n[host.\"https://{}\"]\n  ca = \"registry-ca.pem\"\n",
-            registry.addr, registry.addr
+            "{ca_only}  client = [[{:?}, {:?}]]\n",
+            pki.client_cert, pki.client_key
         ),
     )
     .unwrap();
-    run(&mut work.loci(&["convert", "--hosts-dir", hosts, &work.source(), &target]));
+    let out = convert();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    // Docker's layout (a `*.crt` in the host directory, no hosts.toml)
-    // serves a lazy mount just as well; what it reads are range requests.
+    // Docker's layout (`*.crt` CAs, `*.cert` + `*.key` client pairs in the
+    // host directory, no hosts.toml) serves a lazy mount just as well;
+    // what it reads are range requests.
     std::fs::remove_file(dir.join("hosts.toml")).unwrap();
     std::fs::rename(dir.join("registry-ca.pem"), dir.join("ca.crt")).unwrap();
+    std::fs::copy(&pki.client_cert, dir.join("node.cert")).unwrap();
+    std::fs::copy(&pki.client_key, dir.join("node.key")).unwrap();
     let before = registry.daemon.log_text().len();
     let config = work.node_config("tls", "");
     let mut mount = work.mount(
@@ -210,7 +244,14 @@ fn a_registry_behind_a_private_ca_is_reached_with_the_ca_its_host_directory_name
     std::fs::remove_file(dir.join("ca.crt")).unwrap();
     let inspect = || work.loci(&["inspect", "--hosts-dir", hosts, &target]).output().unwrap();
     assert!(failed(&inspect()).to_lowercase().contains("certificate"));
-    std::fs::write(dir.join("hosts.toml"), "skip_verify = true\n").unwrap();
+    std::fs::write(
+        dir.join("hosts.toml"),
+        format!(
+            "skip_verify = true\nclient = [[{:?}, {:?}]]\n",
+            pki.client_cert, pki.client_key
+        ),
+    )
+    .unwrap();
     let out = inspect();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
@@ -348,6 +389,34 @@ fn basic_auth_credentials_come_from_the_node_config_and_are_never_logged() {
     mount.stop();
     let log = mount.daemon.log_text();
     assert!(!log.contains(password), "the password was logged:\n{log}");
+
+    // A docker credential helper named by the docker config (`credHelpers`)
+    // is asked too; here a script the test writes.
+    let helpers = work.path("helpers");
+    std::fs::create_dir(&helpers).unwrap();
+    let helper = helpers.join("docker-credential-loci-test");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nserver=$(cat)\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"loci\",\"Secret\":\"{password}\"}}' \"$server\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        work.path("docker/config.json"),
+        serde_json::json!({ "credHelpers": { &registry.addr: "loci-test" } }).to_string(),
+    )
+    .unwrap();
+    let path = format!("{}:{}", helpers.display(), std::env::var("PATH").unwrap_or_default());
+    let config = work.node_config("helper", "");
+    let dir = work.path("helper-mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = work.loci(&["mount", "--plain-http", "--config", config.to_str().unwrap()]);
+    cmd.arg(&image).arg(&dir).env("PATH", path);
+    let mut mount = LociMount::start_with(cmd, &dir, &work.path("helper.log"));
+    assert_reads_the_image(&mount.dir);
+    mount.stop();
 }
 
 #[test]

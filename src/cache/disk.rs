@@ -53,7 +53,10 @@ struct State {
 /// The RocksDB disk tier with its LRU bookkeeping.
 pub(crate) struct DiskTier {
     db: DB,
+    /// The node's disk budget, shared with completed layers.
     bound: u64,
+    /// Bytes of the budget completed layers hold now; chunks get the rest.
+    reserved: AtomicU64,
     state: Mutex<State>,
     dir: std::path::PathBuf,
     min_free: u64,
@@ -88,6 +91,7 @@ impl DiskTier {
         let tier = DiskTier {
             db,
             bound: config.disk_bytes,
+            reserved: AtomicU64::new(0),
             state: Mutex::new(State {
                 recency: RecencyIndex::default(),
                 unsaved: HashSet::new(),
@@ -153,6 +157,49 @@ impl DiskTier {
             tracing::info!(evicted, bound = self.bound, "disk tier shrunk to its bound");
         }
         Ok(())
+    }
+
+    /// The whole disk budget (chunks and completed layers).
+    pub fn bound(&self) -> u64 {
+        self.bound
+    }
+
+    /// What chunks may take: the budget less what completed layers hold.
+    fn allowance(&self) -> u64 {
+        self.bound
+            .saturating_sub(self.reserved.load(Ordering::Relaxed))
+    }
+
+    /// Sets the bytes completed layers hold; chunks give way (see
+    /// [`shrink`](Self::shrink)).
+    pub fn set_reserved(&self, bytes: u64) {
+        self.reserved.store(bytes, Ordering::Relaxed);
+    }
+
+    /// When the least recently used chunk was last used.
+    pub fn oldest_tick(&self) -> Option<u64> {
+        Some(self.lock().recency.oldest()?.1.tick)
+    }
+
+    /// Evicts least recently used chunks until at most `target` bytes are
+    /// stored, stopping at the first used at or after `older_than`.
+    /// Returns the bytes freed.
+    pub fn shrink(
+        &self,
+        target: u64,
+        older_than: Option<u64>,
+        last_use_elsewhere: &dyn Fn(&Digest) -> Option<u64>,
+    ) -> Result<u64, CacheError> {
+        let mut state = self.lock();
+        let before = state.recency.total_bytes();
+        self.evict_while(
+            &mut state,
+            &|total| total > target,
+            older_than,
+            last_use_elsewhere,
+            WriteBatch::default(),
+        )?;
+        Ok(before - state.recency.total_bytes())
     }
 
     fn write(&self, batch: WriteBatch, context: &'static str) -> Result<(), CacheError> {
@@ -227,7 +274,7 @@ impl DiskTier {
     pub fn is_full(&self) -> bool {
         let state = self.lock();
         let room_wanted = state.recency.largest_chunk().max(1);
-        state.recency.total_bytes().saturating_add(room_wanted) > self.bound
+        state.recency.total_bytes().saturating_add(room_wanted) > self.allowance()
     }
 
     /// The newest use recorded, so the shared clock resumes past it.
@@ -346,8 +393,8 @@ impl DiskTier {
             self.touch(digest, tick);
             return Ok(0);
         }
-        if size > self.bound {
-            tracing::debug!(%digest, size, bound = self.bound, "chunk larger than the disk tier; not stored");
+        if size > self.allowance() {
+            tracing::debug!(%digest, size, allowance = self.allowance(), "chunk larger than the disk tier's share of the budget; not stored");
             return Ok(0);
         }
         if !self.has_room() || self.broken.load(Ordering::Relaxed) {
@@ -369,13 +416,37 @@ impl DiskTier {
         state: &mut State,
         size: u64,
         last_use_elsewhere: &dyn Fn(&Digest) -> Option<u64>,
+        batch: WriteBatch,
+    ) -> Result<u64, CacheError> {
+        let allowance = self.allowance();
+        self.evict_while(
+            state,
+            &|total| total + size > allowance,
+            None,
+            last_use_elsewhere,
+            batch,
+        )
+    }
+
+    /// Evicts the least recently used chunk while `over` says the stored
+    /// bytes are too many (and it was used before `older_than`), writing the
+    /// deletions with `batch`. Returns the number evicted.
+    fn evict_while(
+        &self,
+        state: &mut State,
+        over: &dyn Fn(u64) -> bool,
+        older_than: Option<u64>,
+        last_use_elsewhere: &dyn Fn(&Digest) -> Option<u64>,
         mut batch: WriteBatch,
     ) -> Result<u64, CacheError> {
         let mut victims = Vec::new();
-        while state.recency.total_bytes() + size > self.bound {
+        while over(state.recency.total_bytes()) {
             let Some((victim, entry)) = state.recency.oldest() else {
                 break;
             };
+            if older_than.is_some_and(|limit| entry.tick >= limit) {
+                break;
+            }
             if let Some(used) = last_use_elsewhere(&victim).filter(|&used| used > entry.tick) {
                 state.recency.touch(&victim, used);
                 state.unsaved.insert(victim);

@@ -11,23 +11,27 @@
 
 mod config;
 mod disk;
+mod layers;
 mod memory;
 mod recency;
 mod single_flight;
 mod stats;
 
 pub use config::{CacheConfig, Compression, RocksDbOptions};
+pub use layers::LayerClaim;
 pub use stats::{CacheStats, LatencyBucket, LatencyHistogram};
 
 use crate::digest::Digest;
 use bytes::Bytes;
 use disk::{DiskLookup, DiskTier};
+use layers::Ledger;
 use memory::MemoryTier;
 use single_flight::{Role, SingleFlight};
 use stats::Counters;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -65,6 +69,10 @@ pub enum CacheError {
         #[source]
         source: rocksdb::Error,
     },
+    /// A completed layer does not fit the disk budget even after evicting
+    /// every chunk and every completed layer no container uses.
+    #[error("a completed layer of {bytes} bytes does not fit the disk budget of {bound} bytes ({in_use} bytes held by layers in use)")]
+    NoRoom { bytes: u64, bound: u64, in_use: u64 },
 }
 
 /// Checks that `data` is the chunk named by `digest`; on mismatch returns
@@ -82,6 +90,8 @@ pub(crate) fn hashes_to(digest: &Digest, data: &[u8]) -> Result<(), Digest> {
 struct Tiers {
     memory: MemoryTier,
     disk: DiskTier,
+    /// Completed layers holding part of the disk budget.
+    layers: Mutex<Ledger>,
     counters: Counters,
     /// Logical time of uses, shared by both tiers' LRU orders.
     clock: AtomicU64,
@@ -230,6 +240,7 @@ impl ChunkCache {
             tiers: Arc::new(Tiers {
                 memory: MemoryTier::new(config.memory_bytes),
                 disk,
+                layers: Mutex::new(Ledger::default()),
                 counters: Counters::default(),
                 clock: AtomicU64::new(clock),
             }),
@@ -399,9 +410,81 @@ impl ChunkCache {
 
     /// A snapshot of the counters and the tiers' sizes.
     pub fn stats(&self) -> CacheStats {
-        self.tiers
+        let mut stats = self
+            .tiers
             .counters
-            .snapshot(self.tiers.memory.bytes(), self.tiers.disk.used_bytes())
+            .snapshot(self.tiers.memory.bytes(), self.tiers.disk.used_bytes());
+        let ledger = self.ledger();
+        stats.layers_bytes = ledger.bytes_except(None);
+        stats.layers_evicted = ledger.evicted;
+        stats.disk_bound = self.tiers.disk.bound();
+        stats
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.tiers.layers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Grants completed layer `id` (a snapshot) `claim.bytes` of the disk
+    /// budget, making room first by evicting what was used least recently:
+    /// chunks, and completed layers no container uses (whose `evict` is
+    /// called). Fails, evicting nothing more, when layers in use leave too
+    /// little. Blocking (RocksDB, and the evictions' file removals).
+    pub fn claim_layer(&self, id: u64, claim: LayerClaim) -> Result<(), CacheError> {
+        let disk = &self.tiers.disk;
+        let bound = disk.bound();
+        let mut ledger = self.ledger();
+        let no_room = |ledger: &Ledger| CacheError::NoRoom {
+            bytes: claim.bytes,
+            bound,
+            in_use: ledger.bytes_except(Some(id)),
+        };
+        if claim.bytes > bound {
+            return Err(no_room(&ledger));
+        }
+        loop {
+            let layers = ledger.bytes_except(Some(id));
+            let chunks = disk.used_bytes();
+            if chunks + layers + claim.bytes <= bound {
+                break;
+            }
+            let layer = ledger.oldest_evictable(id);
+            let chunk = disk.oldest_tick();
+            match (layer, chunk) {
+                (Some((victim, tick)), chunk) if chunk.is_none_or(|c| tick <= c) => {
+                    ledger.evict(victim);
+                }
+                (layer, Some(_)) => {
+                    let target = bound.saturating_sub(layers + claim.bytes);
+                    let freed = disk.shrink(target, layer.map(|(_, tick)| tick), &|d| {
+                        self.tiers.memory.last_use(d)
+                    })?;
+                    if freed == 0 && layer.is_none() {
+                        return Err(no_room(&ledger));
+                    }
+                }
+                (_, None) => return Err(no_room(&ledger)),
+            }
+        }
+        let tick = self.tiers.tick();
+        ledger.grant(id, claim, tick);
+        disk.set_reserved(ledger.bytes_except(None));
+        Ok(())
+    }
+
+    /// Marks completed layer `id` used now (a container started on it).
+    pub fn touch_layer(&self, id: u64) {
+        let tick = self.tiers.tick();
+        self.ledger().touch(id, tick);
+    }
+
+    /// Gives back layer `id`'s share of the budget: its snapshot was
+    /// removed, and its data with it.
+    pub fn release_layer(&self, id: u64) {
+        let mut ledger = self.ledger();
+        if ledger.release(id) {
+            self.tiers.disk.set_reserved(ledger.bytes_except(None));
+        }
     }
 }
 
@@ -475,5 +558,85 @@ mod tests {
         let cache = ChunkCache::open(&config(dir.path())).unwrap();
         assert_eq!(cache.get(&digest), Some(good.clone()));
         assert_eq!(cache.stats().disk_bytes, (good.len() + kept.len()) as u64);
+    }
+
+    /// The disk budget holds under a workload larger than it: chunks and
+    /// completed layers are evicted together, least recently used first,
+    /// and a layer a container uses never is.
+    #[test]
+    fn completed_layers_and_chunks_share_one_budget_in_lru_order() {
+        use std::sync::atomic::AtomicBool;
+        const K: u64 = 1 << 10;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(&CacheConfig {
+            dir: dir.path().to_path_buf(),
+            memory_bytes: 0,
+            disk_bytes: 1024 * K,
+            ..CacheConfig::default()
+        })
+        .unwrap();
+        let evicted: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let layer = |name: &str, kib: u64, in_use: &Arc<AtomicBool>| {
+            let (log, name, in_use) = (evicted.clone(), name.to_string(), in_use.clone());
+            LayerClaim {
+                bytes: kib * K,
+                evict: Box::new(move || log.lock().unwrap().push(name.clone())),
+                in_use: Box::new(move || in_use.load(Ordering::Relaxed)),
+            }
+        };
+        let chunk = |n: u8| Bytes::from(vec![n; 128 << 10]);
+        let within_budget = |cache: &ChunkCache| {
+            let stats = cache.stats();
+            assert!(
+                stats.disk_bytes + stats.layers_bytes <= stats.disk_bound,
+                "{} + {} over {}",
+                stats.disk_bytes,
+                stats.layers_bytes,
+                stats.disk_bound
+            );
+        };
+        let idle = Arc::new(AtomicBool::new(false));
+        let a_in_use = Arc::new(AtomicBool::new(false));
+        let d_in_use = Arc::new(AtomicBool::new(false));
+        for n in 1..=4 {
+            cache.insert(&Digest::of(&chunk(n)), chunk(n)).unwrap();
+        }
+        cache.claim_layer(1, layer("A", 256, &a_in_use)).unwrap();
+        cache.claim_layer(2, layer("B", 256, &idle)).unwrap();
+        within_budget(&cache);
+        // A fifth chunk fits only in what the layers leave: the oldest goes.
+        cache.insert(&Digest::of(&chunk(5)), chunk(5)).unwrap();
+        assert!(!cache.contains(&Digest::of(&chunk(1))));
+        within_budget(&cache);
+        // A is used again; C needs 512 KiB: chunks 2-4 (older than B)
+        // go, then B, not chunk 5 (newer than B) nor A.
+        cache.touch_layer(1);
+        cache.claim_layer(3, layer("C", 512, &idle)).unwrap();
+        assert_eq!(*evicted.lock().unwrap(), ["B"]);
+        let kept: Vec<bool> = (2..=5)
+            .map(|n| cache.contains(&Digest::of(&chunk(n))))
+            .collect();
+        assert_eq!(kept, [false, false, false, true]);
+        within_budget(&cache);
+        // With A in use, D takes chunk 5 and C, never A.
+        a_in_use.store(true, Ordering::Relaxed);
+        cache.claim_layer(4, layer("D", 768, &d_in_use)).unwrap();
+        assert_eq!(*evicted.lock().unwrap(), ["B", "C"]);
+        assert!(!cache.contains(&Digest::of(&chunk(5))));
+        within_budget(&cache);
+        // Everything left is in use: E is refused and nothing is evicted.
+        d_in_use.store(true, Ordering::Relaxed);
+        let err = cache.claim_layer(5, layer("E", 512, &idle)).unwrap_err();
+        assert!(matches!(err, CacheError::NoRoom { .. }), "{err}");
+        assert_eq!(evicted.lock().unwrap().len(), 2);
+        // A removed snapshot gives its share back; chunks may use it.
+        cache.release_layer(4);
+        let stats = cache.stats();
+        assert_eq!((stats.layers_bytes, stats.layers_evicted), (256 * K, 2));
+        for n in 6..=11 {
+            cache.insert(&Digest::of(&chunk(n)), chunk(n)).unwrap();
+        }
+        assert_eq!(cache.stats().disk_bytes, 768 * K);
+        within_budget(&cache);
     }
 }

@@ -63,6 +63,10 @@ impl Counters {
             corrupt_on_disk: read(&self.corrupt_on_disk),
             memory_bytes,
             disk_bytes,
+            // Filled by the cache, which holds the ledger.
+            layers_bytes: 0,
+            layers_evicted: 0,
+            disk_bound: 0,
             fetch_latency: LatencyHistogram {
                 buckets: self
                     .fetch_latency
@@ -108,6 +112,12 @@ pub struct CacheStats {
     pub memory_bytes: u64,
     /// Bytes of chunk data on disk now.
     pub disk_bytes: u64,
+    /// Bytes completed layers hold on disk now (blobs and files).
+    pub layers_bytes: u64,
+    /// Completed layers evicted for room since the cache opened.
+    pub layers_evicted: u64,
+    /// The disk budget chunks and completed layers share.
+    pub disk_bound: u64,
     /// How long fetches took.
     pub fetch_latency: LatencyHistogram,
 }

@@ -96,7 +96,7 @@ impl Fetcher {
     pub fn use_completed(&self, path: &Path, blob_size: u64) -> bool {
         match std::fs::File::open(path) {
             Ok(file) if file.metadata().is_ok_and(|m| m.len() == blob_size) => {
-                let _ = self.local.set(Arc::new(file));
+                *self.local.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(file));
                 true
             }
             _ => false,
@@ -105,7 +105,17 @@ impl Fetcher {
 
     /// Whether the layer's reads are served from its verified local blob.
     pub fn is_complete(&self) -> bool {
-        self.local.get().is_some()
+        self.local_blob().is_some()
+    }
+
+    /// Stops serving reads from the local blob (it is being evicted): they
+    /// go back to the registry and the chunk cache.
+    pub fn forget_completed(&self) {
+        *self.local.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn local_blob(&self) -> Option<Arc<std::fs::File>> {
+        self.local.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Why the layer is out of service, if it is.
@@ -258,7 +268,7 @@ impl Fetcher {
         &self,
         range: std::ops::Range<u64>,
     ) -> Option<std::io::Result<bytes::Bytes>> {
-        let file = self.local.get()?.clone();
+        let file = self.local_blob()?;
         Some(
             tokio::task::spawn_blocking(move || {
                 use std::os::unix::fs::FileExt;

@@ -196,7 +196,7 @@ pub struct Fetcher {
     run_members: std::sync::Mutex<HashMap<Digest, tokio::sync::watch::Receiver<()>>>,
     /// The layer's blob, complete and verified on local disk: reads come
     /// from it instead of the registry.
-    local: std::sync::OnceLock<Arc<std::fs::File>>,
+    local: std::sync::RwLock<Option<Arc<std::fs::File>>>,
     /// Why the layer is out of service, once its completion found it lies.
     refused: std::sync::OnceLock<String>,
     /// When ([`Fetcher::clock_ms`]) a read last had to fetch: completion
@@ -252,7 +252,7 @@ impl Fetcher {
             last_failure_ms: AtomicU64::new(0),
             started: Instant::now(),
             run_members: std::sync::Mutex::new(HashMap::new()),
-            local: std::sync::OnceLock::new(),
+            local: std::sync::RwLock::new(None),
             refused: std::sync::OnceLock::new(),
             last_fetching_read_ms: AtomicU64::new(0),
         }

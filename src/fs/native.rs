@@ -30,6 +30,11 @@ pub struct NativeFiles {
     served: std::sync::OnceLock<(Arc<Tree>, Arc<Vec<RemoteLayer>>)>,
     /// Makes temporary names unique between concurrent writers.
     writes: AtomicU64,
+    /// Held while a file is written out, so [`retire`](Self::retire)
+    /// never removes the directory under a write.
+    writing: Mutex<()>,
+    /// Set once the files are evicted: nothing more is written or opened.
+    retired: AtomicBool,
 }
 
 impl NativeFiles {
@@ -41,6 +46,34 @@ impl NativeFiles {
             backing: Mutex::new(HashMap::new()),
             served: std::sync::OnceLock::new(),
             writes: AtomicU64::new(0),
+            writing: Mutex::new(()),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// Bytes the written-out files will take: every regular file's size.
+    pub fn planned_bytes(&self) -> u64 {
+        let Some((tree, _)) = self.served.get() else {
+            return 0;
+        };
+        (1..=tree.len() as Ino)
+            .filter_map(|ino| tree.get(ino))
+            .filter_map(|node| Some(node.content.as_ref()?.size()))
+            .sum()
+    }
+
+    /// Stops writing and opening files and removes those written (the
+    /// layer is evicted from disk): opens go back to the daemon's read
+    /// path; files already opened by passthrough stay readable until
+    /// closed (the kernel holds them).
+    pub fn retire(&self) {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        self.retired.store(true, Ordering::Relaxed);
+        self.backing.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "removing an evicted layer's files");
+            }
         }
     }
 
@@ -71,6 +104,10 @@ impl NativeFiles {
                 continue;
             };
             let path = self.dir.join(ino.to_string());
+            let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+            if self.retired.load(Ordering::Relaxed) {
+                break;
+            }
             if path.exists() {
                 continue;
             }
@@ -103,7 +140,10 @@ impl NativeFiles {
         fetcher: &Fetcher,
         reply: &ReplyOpen,
     ) -> Option<Arc<BackingId>> {
-        if !self.enabled.load(Ordering::Relaxed) || !fetcher.is_complete() {
+        if !self.enabled.load(Ordering::Relaxed)
+            || !fetcher.is_complete()
+            || self.retired.load(Ordering::Relaxed)
+        {
             return None;
         }
         let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());

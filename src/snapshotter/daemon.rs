@@ -146,6 +146,7 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
             source,
         })?;
     let snapshots = Arc::new(snapshots);
+    snapshots.share_layer_users();
     {
         let snapshots = snapshots.clone();
         tokio::spawn(async move {

@@ -6,7 +6,7 @@ use super::admission::Admission;
 use super::fdstore::FdStore;
 use super::meta::{LazySource, Usage};
 use super::metrics::Metrics;
-use crate::cache::ChunkCache;
+use crate::cache::{ChunkCache, LayerClaim};
 use crate::digest::Digest;
 use crate::fetch::{self, OpenedImage, TocTail};
 use crate::fetch::{CompletionConfig, CompletionError, FetchConfig, Fetcher};
@@ -129,7 +129,14 @@ pub struct LazyLayers {
     recordings: Option<NodeRecordings>,
     /// Keeps each mount's FUSE connection for the next daemon.
     held: FdStore,
+    /// Whether a container uses a layer (by snapshot id): such a layer's
+    /// completed data is never evicted. Set by the snapshots; until then
+    /// every layer counts as used.
+    users: Arc<std::sync::OnceLock<LayerUsers>>,
 }
+
+/// Tells whether a container uses the layer of a snapshot id.
+pub type LayerUsers = Box<dyn Fn(u64) -> bool + Send + Sync>;
 
 struct Mounted {
     session: fuser::BackgroundSession,
@@ -184,7 +191,19 @@ impl LazyLayers {
             prefetch,
             completion,
             held,
+            users: Arc::default(),
         }
+    }
+
+    /// Sets how to tell whether a container uses a layer (see `users`).
+    pub fn set_users(&self, users: LayerUsers) {
+        let _ = self.users.set(users);
+    }
+
+    /// A container started on snapshot `id`'s layer: its completed data is
+    /// the last to be evicted.
+    pub fn touch(&self, id: u64) {
+        self.cache.touch_layer(id);
     }
 
     /// The FUSE connections an earlier daemon left with the holder, by
@@ -394,7 +413,7 @@ impl LazyLayers {
                     .await;
             });
         }
-        let completion = self.complete_in_background(&layer, &fetcher, &native, dir);
+        let completion = self.complete_in_background(id, &layer, &fetcher, &native, dir);
         self.metrics.layer_mounted(&image, &digest, fetcher);
         let old = self.mounts.lock().expect("lazy mounts lock").insert(
             id,
@@ -419,6 +438,7 @@ impl LazyLayers {
     /// is over (see [`CompletionConfig`]); the task is the mount's.
     fn complete_in_background(
         &self,
+        id: u64,
         layer: &OpenedLayer,
         fetcher: &Arc<Fetcher>,
         native: &Arc<fs::NativeFiles>,
@@ -426,12 +446,16 @@ impl LazyLayers {
     ) -> Option<tokio::task::JoinHandle<()>> {
         let path = blob_file(dir);
         let (native, runtime) = (native.clone(), self.runtime.clone());
+        let claim = self.claim_for(id, layer.blob_size, fetcher, &native, &path);
         if fetcher.use_completed(&path, layer.blob_size) {
             tracing::info!(layer = %layer.source.layer_digest, "layer served from its completed blob");
-            // Files a write-out cut short are written now.
+            // Files a write-out cut short are written now, if the disk
+            // budget still has room for the layer (it may have shrunk).
             let (fetcher, digest) = (fetcher.clone(), layer.image.layers[0].digest);
             return Some(self.runtime.spawn(async move {
-                write_out(native, fetcher, runtime, digest).await;
+                if claim.await {
+                    write_out(native, fetcher, runtime, digest).await;
+                }
             }));
         }
         if !self.completion.enabled {
@@ -448,8 +472,12 @@ impl LazyLayers {
         let (fetcher, config) = (fetcher.clone(), self.completion.clone());
         let (remote, blob_size) = (layer.image.layers[0].clone(), layer.blob_size);
         let metrics = self.metrics.clone();
+        let cache = self.cache.clone();
         Some(self.runtime.spawn(async move {
             fetcher.wait_until_quiet(&config).await;
+            if !claim.await {
+                return;
+            }
             tracing::info!(layer = %remote.digest, "completing the layer in the background");
             let began = std::time::Instant::now();
             match fetcher
@@ -467,12 +495,64 @@ impl LazyLayers {
                     write_out(native, fetcher, runtime, remote.digest).await;
                 }
                 Err(e @ CompletionError::Refused { .. }) => {
+                    cache.release_layer(id);
                     metrics.layer_refused();
                     tracing::error!(error = %crate::error_chain::chain(&e), "layer taken out of service: its reads fail from now on");
                 }
                 Err(e) => tracing::warn!(error = %crate::error_chain::chain(&e), "layer completion stopped; the next mount tries again"),
             }
         }))
+    }
+
+    /// Claims the layer's share of the disk budget (its blob and its
+    /// written-out files), evicting what was used least recently; resolves
+    /// to whether it got it. Without room, the layer's local data (if a
+    /// completion left any) is removed and its reads stay lazy.
+    fn claim_for(
+        &self,
+        id: u64,
+        blob_size: u64,
+        fetcher: &Arc<Fetcher>,
+        native: &Arc<fs::NativeFiles>,
+        path: &Path,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let evict = {
+            let (fetcher, native, path) = (fetcher.clone(), native.clone(), path.to_path_buf());
+            move || {
+                native.retire();
+                fetcher.forget_completed();
+                for file in [path.clone(), crate::fetch::partial_path(&path)] {
+                    if let Err(e) = std::fs::remove_file(&file) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(file = %file.display(), error = %e, "removing an evicted layer's blob");
+                        }
+                    }
+                }
+            }
+        };
+        let users = self.users.clone();
+        let cache = self.cache.clone();
+        let bytes = blob_size + native.planned_bytes();
+        async move {
+            let claim = LayerClaim {
+                bytes,
+                evict: Box::new(evict.clone()),
+                in_use: Box::new(move || users.get().is_none_or(|used| used(id))),
+            };
+            let claimed = tokio::task::spawn_blocking(move || cache.claim_layer(id, claim)).await;
+            match claimed {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(id, error = %crate::error_chain::chain(&e), "no room on disk for the completed layer; its reads stay lazy");
+                    let _ = tokio::task::spawn_blocking(evict).await;
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "claiming disk for a completed layer failed");
+                    false
+                }
+            }
+        }
     }
 
     /// Unmounts snapshot `id`'s layer, if it is mounted.
@@ -513,6 +593,7 @@ impl LazyLayers {
         if let Some(completion) = &mounted.completion {
             completion.abort();
         }
+        self.cache.release_layer(id);
         self.metrics.layer_unmounted(&mounted.image, &mounted.layer);
         if let Err(e) = takeover::unmount(&mounted.dir, mounted.session) {
             tracing::warn!(id, layer = %mounted.layer, error = %e, "unmounting a lazy layer");

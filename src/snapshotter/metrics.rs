@@ -132,6 +132,9 @@ const TRACE_COVERED: &str = "loci_layer_demand_chunks_total";
 const CACHE_HITS: &str = "loci_cache_hits_total";
 const CACHE_MISSES: &str = "loci_cache_misses_total";
 const FETCH_LATENCY: &str = "loci_fetch_latency_seconds";
+const DISK_USED: &str = "loci_disk_used_bytes";
+const DISK_BOUND: &str = "loci_disk_bound_bytes";
+const LAYERS_EVICTED: &str = "loci_completed_layers_evicted_total";
 
 impl FetchCollector {
     fn new(cache: Arc<ChunkCache>, layers: LayerFetchers) -> FetchCollector {
@@ -155,6 +158,9 @@ impl FetchCollector {
                 desc(CACHE_HITS, "Chunk reads served by the cache, per tier.", &["tier"]),
                 desc(CACHE_MISSES, "Chunk reads the cache could not serve.", &[]),
                 desc(FETCH_LATENCY, "Latency of chunk fetches on a cache miss (the sum counts registry request time).", &[]),
+                desc(DISK_USED, "Bytes of the disk budget in use, by what holds them: cached chunks, or completed layers (blobs and written-out files).", &["kind"]),
+                desc(DISK_BOUND, "The disk budget chunks and completed layers share ([cache] disk_bytes).", &[]),
+                desc(LAYERS_EVICTED, "Completed layers evicted for room on disk (their reads went back to the lazy path).", &[]),
             ],
         }
     }
@@ -169,8 +175,9 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<proto::Metric>)
     f
 }
 
-fn counter(labels: &[(&str, &str)], value: f64) -> proto::Metric {
-    let mut m = proto::Metric::from_label(
+/// A sample with these labels and no value yet.
+fn labelled(labels: &[(&str, &str)]) -> proto::Metric {
+    proto::Metric::from_label(
         labels
             .iter()
             .map(|(k, v)| {
@@ -180,10 +187,22 @@ fn counter(labels: &[(&str, &str)], value: f64) -> proto::Metric {
                 l
             })
             .collect(),
-    );
+    )
+}
+
+fn counter(labels: &[(&str, &str)], value: f64) -> proto::Metric {
+    let mut m = labelled(labels);
     let mut c = proto::Counter::default();
     c.set_value(value);
     m.set_counter(c);
+    m
+}
+
+fn gauge(labels: &[(&str, &str)], value: f64) -> proto::Metric {
+    let mut m = labelled(labels);
+    let mut g = proto::Gauge::default();
+    g.set_value(value);
+    m.set_gauge(g);
     m
 }
 
@@ -283,6 +302,27 @@ impl Collector for FetchCollector {
                 &help(FETCH_LATENCY),
                 MetricType::HISTOGRAM,
                 vec![latency],
+            ),
+            family(
+                DISK_USED,
+                &help(DISK_USED),
+                MetricType::GAUGE,
+                vec![
+                    gauge(&[("kind", "chunks")], cache.disk_bytes as f64),
+                    gauge(&[("kind", "layers")], cache.layers_bytes as f64),
+                ],
+            ),
+            family(
+                DISK_BOUND,
+                &help(DISK_BOUND),
+                MetricType::GAUGE,
+                vec![gauge(&[], cache.disk_bound as f64)],
+            ),
+            family(
+                LAYERS_EVICTED,
+                &help(LAYERS_EVICTED),
+                MetricType::COUNTER,
+                vec![counter(&[], cache.layers_evicted as f64)],
             ),
         ]
     }

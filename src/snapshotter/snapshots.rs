@@ -7,10 +7,10 @@ use super::filter::{Fields, Filters};
 use super::lazy::{LazyLayers, LazyRequest};
 use super::meta::{Change, Kind, MetaError, MetaStore, Record, Time, Usage};
 use crate::fs::takeover;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Why a snapshot operation failed; each variant maps to the gRPC code
 /// containerd expects.
@@ -253,8 +253,60 @@ impl Snapshots {
                 }
             }
         }
-        self.create(Kind::Active, key, parent, labels)
-            .map(Prepared::Mounts)
+        let mounts = self.create(Kind::Active, key, parent, labels)?;
+        self.touch_layers_below(parent);
+        Ok(Prepared::Mounts(mounts))
+    }
+
+    /// Marks the lazy layers under `parent` used now: a container starts
+    /// on them, so their completed data is the last to be evicted.
+    fn touch_layers_below(&self, parent: &str) {
+        let ids: Vec<u64> = {
+            let meta = self.lock();
+            let mut ids = Vec::new();
+            let mut next = (!parent.is_empty()).then(|| parent.to_string());
+            while let Some(key) = next {
+                let Some(record) = meta.get(&key) else { break };
+                if record.lazy.is_some() {
+                    ids.push(record.id);
+                }
+                next = record.parent.clone();
+            }
+            ids
+        };
+        for id in ids {
+            self.lazy.touch(id);
+        }
+    }
+
+    /// Whether an active snapshot or a view (a container's) has snapshot
+    /// `id` below it.
+    pub fn layer_in_use(&self, id: u64) -> bool {
+        let meta = self.lock();
+        let records: HashMap<&str, &Record> = meta.iter().map(|(k, r)| (k.as_str(), r)).collect();
+        records
+            .values()
+            .filter(|r| r.kind != Kind::Committed)
+            .any(|top| {
+                let mut next = top.parent.as_deref();
+                while let Some(key) = next {
+                    let Some(record) = records.get(key) else { return false };
+                    if record.id == id {
+                        return true;
+                    }
+                    next = record.parent.as_deref();
+                }
+                false
+            })
+    }
+
+    /// Lets the lazy layers ask whether a container uses them, so the disk
+    /// budget never evicts a completed layer from under one.
+    pub fn share_layer_users(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        self.lazy.set_users(Box::new(move |id| {
+            weak.upgrade().is_none_or(|snapshots| snapshots.layer_in_use(id))
+        }));
     }
 
     fn prepare_lazy(

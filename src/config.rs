@@ -133,7 +133,10 @@ mod tests {
             ("[snapshotter]\ntrust = \"maybe\"\n", "unknown variant"),
             ("[fetch]\nmax_gap = 1\n", "unknown field"),
             ("[registry]\nhost_dir = \"/x\"\n", "unknown field"),
-            ("[registry.auth.\"r:5000\"]\ntoken = \"t\"\n", "unknown field"),
+            (
+                "[registry.auth.\"r:5000\"]\ntoken = \"t\"\n",
+                "unknown field",
+            ),
         ];
         for (text, says) in cases {
             let path = dir.path().join("c.toml");
@@ -157,7 +160,10 @@ mod tests {
             config.registry.hosts_dir.as_deref(),
             Some(Path::new("/etc/containerd/certs.d"))
         );
-        assert_eq!(config.registry.auth["r.example:5000"].password, "hunter2-secret");
+        assert_eq!(
+            config.registry.auth["r.example:5000"].password,
+            "hunter2-secret"
+        );
         let shown = format!("{config:?} {:?}", config.registry.apply(Default::default()));
         assert!(!shown.contains("hunter2-secret"), "{shown}");
     }

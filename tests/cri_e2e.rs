@@ -22,7 +22,14 @@ use tonic::transport::Channel;
 /// The start command of the tests' containers, typed as a user would.
 const PRINT_WHO: &str = "import os, json; print('as', os.getuid(), 'in', os.getcwd())";
 
-const NEEDS: &[&str] = &["docker-registry", "containerd", "ctr", "runc", "skopeo", "python3"];
+const NEEDS: &[&str] = &[
+    "docker-registry",
+    "containerd",
+    "ctr",
+    "runc",
+    "skopeo",
+    "python3",
+];
 
 /// The Debian image (python3, runs as nobody in /tmp) as an OCI layout.
 fn debian_python() -> PathBuf {
@@ -200,7 +207,10 @@ fn push_pause_image(work: &Path, registry: &str) -> String {
     build_fixture(
         &layout,
         "pause",
-        &["--busybox", "trap 'exit 0' TERM INT; while true; do sleep 1; done"],
+        &[
+            "--busybox",
+            "trap 'exit 0' TERM INT; while true; do sleep 1; done",
+        ],
     );
     let reference = format!("{registry}/pause:1");
     push_layout(&layout, "pause", &reference);
@@ -539,18 +549,19 @@ print('read', n > 500, flush=True)
         // kubelet: images through the proxy, everything else to containerd.
         let socket = &node.containerd.socket;
         let mut kubelet = Kubelet::new(&proxy, socket, &node.path("pod-logs")).await;
-        kubelet.run_pod(
-            &image,
-            Some(AuthConfig {
-                username: "kube".into(),
-                password: "pull-secret-93a".into(),
-                // As containerd's CRI parses it: a URL.
-                server_address: format!("http://{}", private.addr),
-                ..Default::default()
-            }),
-            &["python3", "-c", script],
-        )
-        .await
+        kubelet
+            .run_pod(
+                &image,
+                Some(AuthConfig {
+                    username: "kube".into(),
+                    password: "pull-secret-93a".into(),
+                    // As containerd's CRI parses it: a URL.
+                    server_address: format!("http://{}", private.addr),
+                    ..Default::default()
+                }),
+                &["python3", "-c", script],
+            )
+            .await
     });
     assert_eq!(exit_code, 0, "{lines:?}");
     assert_eq!(lines, ["as 65534 in /tmp", "read True"]);
@@ -574,7 +585,10 @@ print('read', n > 500, flush=True)
         "loci's token never expired mid-run, so renewal went untested:\n{log}"
     );
     let snapshotter_log = node.snapshotter.log_text();
-    assert!(!snapshotter_log.contains("pull-secret-93a"), "a secret was logged");
+    assert!(
+        !snapshotter_log.contains("pull-secret-93a"),
+        "a secret was logged"
+    );
     assert!(
         snapshotter_log.contains("keeping a CRI pull's credentials"),
         "{snapshotter_log}"
@@ -621,7 +635,12 @@ fn cri_calls_succeed_again_soon_after_a_snapshotter_restart() {
         let image_ref = kubelet.pull(&image, None).await;
         let pod = kubelet.run_sandbox().await;
         let long = kubelet
-            .create(&pod, "long", &image_ref, &["python3", "-c", "import time; time.sleep(600)"])
+            .create(
+                &pod,
+                "long",
+                &image_ref,
+                &["python3", "-c", "import time; time.sleep(600)"],
+            )
             .await
             .expect("CreateContainer");
         kubelet.start(&long).await;
@@ -661,6 +680,9 @@ fn cri_calls_succeed_again_soon_after_a_snapshotter_restart() {
         kubelet.tear_down(&pod, &image_ref).await;
         result
     });
-    assert_eq!((lines, exit_code), (vec!["as 65534 in /tmp".to_string()], 0));
+    assert_eq!(
+        (lines, exit_code),
+        (vec!["as 65534 in /tmp".to_string()], 0)
+    );
     assert!(socket_after < Duration::from_secs(5), "{socket_after:?}");
 }

@@ -216,7 +216,11 @@ fn a_registry_behind_a_private_ca_is_reached_with_the_ca_its_host_directory_name
     )
     .unwrap();
     let out = convert();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Docker's layout (`*.crt` CAs, `*.cert` + `*.key` client pairs in the
     // host directory, no hosts.toml) serves a lazy mount just as well;
@@ -236,13 +240,18 @@ fn a_registry_behind_a_private_ca_is_reached_with_the_ca_its_host_directory_name
     mount.stop();
     let log = registry.daemon.log_text()[before..].to_string();
     assert!(
-        log.lines().any(|l| l.contains("/blobs/sha256:") && l.contains(" 206 ")),
+        log.lines()
+            .any(|l| l.contains("/blobs/sha256:") && l.contains(" 206 ")),
         "no range reads in the registry log:\n{log}"
     );
 
     // skip_verify is the node's explicit choice, per host.
     std::fs::remove_file(dir.join("ca.crt")).unwrap();
-    let inspect = || work.loci(&["inspect", "--hosts-dir", hosts, &target]).output().unwrap();
+    let inspect = || {
+        work.loci(&["inspect", "--hosts-dir", hosts, &target])
+            .output()
+            .unwrap()
+    };
     assert!(failed(&inspect()).to_lowercase().contains("certificate"));
     std::fs::write(
         dir.join("hosts.toml"),
@@ -253,7 +262,11 @@ fn a_registry_behind_a_private_ca_is_reached_with_the_ca_its_host_directory_name
     )
     .unwrap();
     let out = inspect();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -293,11 +306,16 @@ fn mirrors_serve_first_and_the_registry_serves_once_the_mirror_is_gone() {
         registry.daemon.log_text()[from..]
             .lines()
             .filter(|l| l.starts_with("127.0.0.1 - "))
-            .filter(|l| l.contains("/v2/fixture/blobs/") || l.contains("/v2/fixture/manifests/loci"))
+            .filter(|l| {
+                l.contains("/v2/fixture/blobs/") || l.contains("/v2/fixture/manifests/loci")
+            })
             .count()
     };
 
-    let (up, mir) = (upstream.daemon.log_text().len(), mirror.daemon.log_text().len());
+    let (up, mir) = (
+        upstream.daemon.log_text().len(),
+        mirror.daemon.log_text().len(),
+    );
     let config = work.node_config("via-mirror", "");
     let mut mount = work.mount(
         "via-mirror",
@@ -306,8 +324,16 @@ fn mirrors_serve_first_and_the_registry_serves_once_the_mirror_is_gone() {
     );
     assert_reads_the_image(&mount.dir);
     mount.stop();
-    assert_eq!(fixture_requests(&upstream, up), 0, "the registry was asked:\n{}", &upstream.daemon.log_text()[up..]);
-    assert!(fixture_requests(&mirror, mir) >= 3, "the mirror was not asked");
+    assert_eq!(
+        fixture_requests(&upstream, up),
+        0,
+        "the registry was asked:\n{}",
+        &upstream.daemon.log_text()[up..]
+    );
+    assert!(
+        fixture_requests(&mirror, mir) >= 3,
+        "the mirror was not asked"
+    );
 
     mirror.daemon.stop();
     let up = upstream.daemon.log_text().len();
@@ -359,7 +385,11 @@ fn basic_auth_credentials_come_from_the_node_config_and_are_never_logged() {
     );
     work.docker_login(&registry.addr, "loci", password);
     let out = convert();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::remove_file(work.path("docker/config.json")).unwrap();
 
     // The node config's credentials, and nothing else, reach the mount.
@@ -372,7 +402,13 @@ fn basic_auth_credentials_come_from_the_node_config_and_are_never_logged() {
     let wrong = work.node_config("wrong", &auth("not-it"));
     std::fs::create_dir(work.path("wrong-mnt")).unwrap();
     let out = work
-        .loci(&["mount", "--plain-http", "--config", wrong.to_str().unwrap(), &image])
+        .loci(&[
+            "mount",
+            "--plain-http",
+            "--config",
+            wrong.to_str().unwrap(),
+            &image,
+        ])
         .arg(work.path("wrong-mnt"))
         .output()
         .unwrap();
@@ -408,11 +444,20 @@ fn basic_auth_credentials_come_from_the_node_config_and_are_never_logged() {
         serde_json::json!({ "credHelpers": { &registry.addr: "loci-test" } }).to_string(),
     )
     .unwrap();
-    let path = format!("{}:{}", helpers.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        helpers.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let config = work.node_config("helper", "");
     let dir = work.path("helper-mnt");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut cmd = work.loci(&["mount", "--plain-http", "--config", config.to_str().unwrap()]);
+    let mut cmd = work.loci(&[
+        "mount",
+        "--plain-http",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     cmd.arg(&image).arg(&dir).env("PATH", path);
     let mut mount = LociMount::start_with(cmd, &dir, &work.path("helper.log"));
     assert_reads_the_image(&mount.dir);
@@ -462,7 +507,8 @@ fn token_auth_tokens_that_expire_while_a_mount_reads_are_renewed() {
     mount.stop();
     let log = registry.daemon.log_text()[before..].to_string();
     assert!(
-        log.lines().any(|l| l.contains("/blobs/sha256:") && l.contains(" 401 ")),
+        log.lines()
+            .any(|l| l.contains("/blobs/sha256:") && l.contains(" 401 ")),
         "the registry never refused an expired token:\n{log}"
     );
     assert!(

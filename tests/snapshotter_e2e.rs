@@ -59,11 +59,26 @@ const NO_COMPLETION: &str = "[completion]\nenabled = false\n";
 
 /// [`start_snapshotter`] with `extra` lines in its `[snapshotter]` table.
 fn start_snapshotter_with(work: &Path, metrics_port: u16, registry: &str, extra: &str) -> Daemon {
+    start_snapshotter_budgeted(work, metrics_port, registry, extra, None)
+}
+
+/// [`start_snapshotter_with`], the disk budget (`[cache] disk_bytes`) set
+/// to `disk_bytes` if given.
+fn start_snapshotter_budgeted(
+    work: &Path,
+    metrics_port: u16,
+    registry: &str,
+    extra: &str,
+    disk_bytes: Option<u64>,
+) -> Daemon {
     let sock = socket(work);
     let _ = std::fs::remove_file(&sock);
     let config = work.join("loci.toml");
     write_config(&config, &work.join("cache"), 30);
     let mut text = std::fs::read_to_string(&config).unwrap();
+    if let Some(bytes) = disk_bytes {
+        text = text.replace("disk_bytes = 4294967296", &format!("disk_bytes = {bytes}"));
+    }
     text.push_str(&format!(
         "\n[snapshotter]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\nplain_http_registries = [\"{registry}\"]\ntrusted_keys = [{:?}]\n{extra}\n",
         signing_key(work).with_extension("key.pub")
@@ -1148,4 +1163,133 @@ fn complete_layers_are_read_by_passthrough() {
         .map(|d| std::fs::read_dir(d).unwrap().count())
         .sum::<usize>();
     assert!(written >= 2, "busybox and huge.bin written out: {written}");
+}
+
+/// Completed layers and cached chunks share `[cache] disk_bytes`: with a
+/// budget that holds one image's completed layers and a half, a second
+/// image's completion evicts the first image's layers (claimed earlier,
+/// used by no container), never the second's; the bound holds throughout;
+/// and the evicted image still runs, its reads lazy again.
+#[test]
+fn completed_layers_are_evicted_least_recently_used_first_within_the_disk_budget() {
+    let test = "completed_layers_are_evicted_least_recently_used_first_within_the_disk_budget";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    const COMPLETING: &str = "[completion]\nquiet_secs = 1\n";
+    let mut setup = Setup::new_with(COMPLETING);
+    let first = format!("{}/fixture:loci", setup.registry.addr);
+    let second = format!("{}/fixture:loci-b", setup.registry.addr);
+    let layout = setup.work.path().join("fixture-b");
+    build_fixture(&layout, "v2", &["--big-mib", "16", "--variant", "two"]);
+    push_layout(
+        &layout,
+        "v2",
+        &format!("{}/fixture:v2", setup.registry.addr),
+    );
+    run(loci().args([
+        "convert",
+        "--plain-http",
+        "--sign-key",
+        signing_key(setup.work.path()).to_str().unwrap(),
+        &format!("{}/fixture:v2", setup.registry.addr),
+        &second,
+    ]));
+    let metric = |setup: &Setup, name: &str| -> f64 {
+        setup
+            .metrics()
+            .iter()
+            .filter(|(k, _)| k.starts_with(name))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let complete = |setup: &Setup| {
+        let log = strip_ansi(&setup.snapshotter.log_text());
+        log.matches("layer complete and verified").count()
+            + log.matches("layer served from its completed blob").count()
+    };
+    setup.pull(&first);
+    wait_until("the first image to be complete", 120, || {
+        complete(&setup) >= 4
+    });
+    let first_layers = metric(&setup, "loci_disk_used_bytes{kind=\"layers\"}");
+    assert!(first_layers > 20e6, "{first_layers}");
+
+    // Room for the first image's layers and half as much again.
+    let bound = (first_layers * 1.5) as u64;
+    setup.snapshotter.stop();
+    setup.snapshotter = start_snapshotter_budgeted(
+        setup.work.path(),
+        setup.metrics_port,
+        &setup.registry.addr,
+        COMPLETING,
+        Some(bound),
+    );
+    // (The new daemon's log: each layer found complete at its mount.)
+    wait_until("the first image's layers to be claimed again", 60, || {
+        complete(&setup) >= 4
+    });
+    wait_for_containerd(&setup);
+    let blobs_of = |setup: &Setup| -> Vec<String> {
+        let mut dirs: Vec<String> = std::fs::read_dir(setup.work.path().join("root/snapshots"))
+            .unwrap()
+            .map(|d| d.unwrap().path())
+            .filter(|d| d.join("blob").exists())
+            .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        dirs.sort();
+        dirs
+    };
+    let first_blobs = blobs_of(&setup);
+    assert_eq!(first_blobs.len(), 4, "{first_blobs:?}");
+
+    let said = setup.pull(&second);
+    assert!(said.contains("lazy"), "{said}");
+    let started = Instant::now();
+    let mut peak = 0.0f64;
+    wait_until("the second image's layers to complete", 120, || {
+        let used = metric(&setup, "loci_disk_used_bytes");
+        peak = peak.max(used);
+        // Its first layer is the first image's (same chain): three new.
+        let log = strip_ansi(&setup.snapshotter.log_text());
+        let done = log.matches("layer complete and verified").count();
+        done >= 3 || started.elapsed() > Duration::from_secs(110)
+    });
+    let used = metric(&setup, "loci_disk_used_bytes");
+    assert!(
+        peak.max(used) <= bound as f64,
+        "disk use {} over the budget {bound}",
+        peak.max(used)
+    );
+    let evicted = metric(&setup, "loci_completed_layers_evicted_total");
+    assert!(
+        evicted >= 1.0,
+        "nothing was evicted (bound {bound}, metrics {:?}):\n{}",
+        setup
+            .metrics()
+            .iter()
+            .filter(|(k, _)| k.starts_with("loci_disk"))
+            .collect::<Vec<_>>(),
+        strip_ansi(&setup.snapshotter.log_text())
+    );
+    let blobs = blobs_of(&setup);
+    let kept_first: Vec<&String> = blobs.iter().filter(|b| first_blobs.contains(b)).collect();
+    let second_blobs = blobs.len() - kept_first.len();
+    assert_eq!(
+        second_blobs, 3,
+        "the second image's layers were evicted: {blobs:?}"
+    );
+    assert_eq!(
+        first_blobs.len() - kept_first.len(),
+        evicted as usize,
+        "evicted layers other than the first image's: {blobs:?} after {first_blobs:?}"
+    );
+
+    // The first image still runs; what was evicted is read lazily again.
+    let out = setup.ctr_run(&first, "after-eviction", &["sha256sum", "/big/huge.bin"]);
+    assert_eq!(
+        out.split_whitespace().next(),
+        Some(fixture_sha256s().0.as_str()),
+        "{out}"
+    );
 }

@@ -31,8 +31,8 @@ use stats::Counters;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// Why a cache operation failed. Cloneable so that one failed fetch can be
@@ -206,6 +206,9 @@ enum Fetched {
     Unchecked,
     /// Checked by the caller; kept in memory at once, on disk behind.
     Verified,
+    /// Checked by the caller and read from a complete layer's blob on
+    /// local disk: kept in memory only (a disk copy would duplicate it).
+    Local,
 }
 
 /// The node's chunk cache: memory and disk tiers, with single-flight fetches
@@ -286,6 +289,21 @@ impl ChunkCache {
             .await
     }
 
+    /// [`get_or_fetch_verified`](Self::get_or_fetch_verified) for chunks
+    /// read from a complete layer's local blob: cached in memory only.
+    pub async fn get_or_fetch_local<F, Fut, E>(
+        &self,
+        digest: &Digest,
+        fetch: F,
+    ) -> Result<Bytes, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>> + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.get_or_fetch_with(digest, fetch, Fetched::Local).await
+    }
+
     async fn get_or_fetch_with<F, Fut, E>(
         &self,
         digest: &Digest,
@@ -355,9 +373,16 @@ impl ChunkCache {
         Counters::add(&counters.bytes_fetched, data.len() as u64);
         tracing::debug!(%digest, bytes = data.len(), elapsed_us = started.elapsed().as_micros() as u64, "chunk fetched");
 
-        if checked == Fetched::Verified {
-            self.tiers.store_verified_behind(key, data.clone());
-            return Ok(data);
+        match checked {
+            Fetched::Verified => {
+                self.tiers.store_verified_behind(key, data.clone());
+                return Ok(data);
+            }
+            Fetched::Local => {
+                self.tiers.put_in_memory(key, data.clone(), self.tiers.tick());
+                return Ok(data);
+            }
+            Fetched::Unchecked => {}
         }
         let tiers = Arc::clone(&self.tiers);
         let stored = data.clone();
@@ -399,6 +424,12 @@ impl ChunkCache {
     /// called within a tokio runtime.
     pub fn insert_verified(&self, digest: &Digest, data: Bytes) {
         self.tiers.store_verified_behind(*digest, data);
+    }
+
+    /// Keeps a chunk the caller has checked, read from a complete layer's
+    /// local blob, in memory only (see [`Fetched::Local`]).
+    pub fn insert_in_memory(&self, digest: &Digest, data: Bytes) {
+        self.tiers.put_in_memory(*digest, data, self.tiers.tick());
     }
 
     /// Whether the disk tier has no room for another chunk as large as the

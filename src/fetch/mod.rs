@@ -631,6 +631,9 @@ impl Fetcher {
         // its own run again, in more requests).
         let _members = self.register_members(layer, run);
         let requested = AtomicBool::new(false);
+        // A complete layer's chunks come from its blob on local disk: kept
+        // in memory only, not copied to the disk cache.
+        let from_local = self.is_complete();
         let fetch = || async {
             requested.store(true, Ordering::Relaxed);
             let first = &layer.chunks[run[0] as usize];
@@ -671,16 +674,23 @@ impl Fetcher {
                     leader_bytes = Some(data);
                 } else {
                     // decode_chunk checked it against its digest.
-                    self.cache.insert_verified(&chunk.digest, data);
+                    if from_local {
+                        self.cache.insert_in_memory(&chunk.digest, data);
+                    } else {
+                        self.cache.insert_verified(&chunk.digest, data);
+                    }
                 }
             }
             Ok::<Bytes, Box<dyn std::error::Error + Send + Sync>>(
                 leader_bytes.expect("leader decoded"),
             )
         };
-        self.cache
-            .get_or_fetch_verified(&leader.digest, fetch)
-            .await
+        let fetched = if from_local {
+            self.cache.get_or_fetch_local(&leader.digest, fetch).await
+        } else {
+            self.cache.get_or_fetch_verified(&leader.digest, fetch).await
+        };
+        fetched
             .map(|bytes| (bytes, run.len() > 1 && !requested.load(Ordering::Relaxed)))
             .map_err(|source| FetchError::Chunk {
                 layer: layer.digest,

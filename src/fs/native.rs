@@ -51,17 +51,6 @@ impl NativeFiles {
         }
     }
 
-    /// Bytes the written-out files will take: every regular file's size.
-    pub fn planned_bytes(&self) -> u64 {
-        let Some((tree, _)) = self.served.get() else {
-            return 0;
-        };
-        (1..=tree.len() as Ino)
-            .filter_map(|ino| tree.get(ino))
-            .filter_map(|node| Some(node.content.as_ref()?.size()))
-            .sum()
-    }
-
     /// Stops writing and opening files and removes those written (the
     /// layer is evicted from disk): opens go back to the daemon's read
     /// path; files already opened by passthrough stay readable until
@@ -69,7 +58,10 @@ impl NativeFiles {
     pub fn retire(&self) {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         self.retired.store(true, Ordering::Relaxed);
-        self.backing.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.backing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "removing an evicted layer's files");

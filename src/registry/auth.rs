@@ -86,10 +86,21 @@ impl std::fmt::Debug for HostAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostAuth")
             .field("username", &self.username)
-            .field("password", &if self.password.is_empty() { "" } else { "<redacted>" })
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
             .field(
                 "identity_token",
-                &if self.identity_token.is_empty() { "" } else { "<redacted>" },
+                &if self.identity_token.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
             )
             .finish()
     }

@@ -164,12 +164,13 @@ impl RegistryClient {
     /// docker config (and its helpers) each time a host asks for them, so
     /// rotated credentials are picked up.
     pub fn new(registry: &str, opts: RegistryOptions) -> Result<RegistryClient, RegistryError> {
-        let hosts = hosts_for(opts.hosts_dir.as_deref(), registry, opts.plain_http).map_err(
-            |source| RegistryError::Hosts {
-                registry: registry.to_string(),
-                source,
-            },
-        )?;
+        let hosts =
+            hosts_for(opts.hosts_dir.as_deref(), registry, opts.plain_http).map_err(|source| {
+                RegistryError::Hosts {
+                    registry: registry.to_string(),
+                    source,
+                }
+            })?;
         let last = hosts.len() - 1;
         let endpoints = hosts
             .into_iter()
@@ -473,12 +474,7 @@ impl RegistryClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = match http
-                .get(url)
-                .header(RANGE, header)
-                .send()
-                .await
-            {
+            let result = match http.get(url).header(RANGE, header).send().await {
                 Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {
                     read_range_body(resp, what, want).await
                 }
@@ -672,7 +668,11 @@ impl RegistryClient {
         for ep in mirrors.iter().filter(|ep| !ep.paused()) {
             match self.send_to(ep, what, repo, need, Retry::Once, &make).await {
                 Ok(resp) if resp.status() == StatusCode::NOT_FOUND => {
-                    tracing::debug!(what, host = ep.config.host, "not on this host; trying the next");
+                    tracing::debug!(
+                        what,
+                        host = ep.config.host,
+                        "not on this host; trying the next"
+                    );
                 }
                 Ok(resp) => return Ok((resp, ep)),
                 Err(e) => {
@@ -702,7 +702,11 @@ impl RegistryClient {
     ) -> Result<Response, RegistryError> {
         let scope = format!(
             "repository:{repo}:{}",
-            if need == Need::Push { "pull,push" } else { "pull" }
+            if need == Need::Push {
+                "pull,push"
+            } else {
+                "pull"
+            }
         );
         let token_key = format!("{} {scope}", ep.config.host);
         let max_attempts = match retry {
@@ -743,8 +747,7 @@ impl RegistryClient {
                         return Err(RegistryError::Unauthorized {
                             what: what.to_string(),
                             status: status.as_u16(),
-                            hint: if self.credentials(ep, repo).is_none()
-                            {
+                            hint: if self.credentials(ep, repo).is_none() {
                                 format!(
                                     " (no credentials for {host} in the node config or the docker config)"
                                 )
@@ -832,7 +835,9 @@ impl RegistryClient {
 
     /// Credentials for a request about `repo` to `ep`.
     fn credentials(&self, ep: &Endpoint, repo: &str) -> Option<Credentials> {
-        let image = ep.is_registry.then_some((self.inner.registry.as_str(), repo));
+        let image = ep
+            .is_registry
+            .then_some((self.inner.registry.as_str(), repo));
         Credentials::lookup(&self.inner.opts.credentials, &ep.config.host, image)
     }
 
@@ -944,7 +949,10 @@ fn endpoint(
         [] => None,
         [(cert, key), rest @ ..] => {
             if !rest.is_empty() {
-                tracing::warn!(host = config.host, "only the first client certificate is used");
+                tracing::warn!(
+                    host = config.host,
+                    "only the first client certificate is used"
+                );
             }
             let mut pem = read(cert)?;
             if let Some(key) = key {

@@ -51,7 +51,9 @@ pub enum RegistryError {
     #[error("{what}: bad response: {reason}")]
     BadResponse { what: String, reason: String },
     /// No configured host may be asked this (hosts.toml capabilities).
-    #[error("{what}: no host of this registry may be asked to {need} (see its hosts.toml capabilities)")]
+    #[error(
+        "{what}: no host of this registry may be asked to {need} (see its hosts.toml capabilities)"
+    )]
     NoHost { what: String, need: String },
     /// The registry's hosts.toml could not be used.
     #[error("host configuration of {registry}")]

@@ -421,7 +421,10 @@ server = "https://registry.example:5000"
         );
         assert_eq!(
             hosts[1].headers,
-            [("X-Mirror".into(), "a".into()), ("X-Mirror".into(), "b".into())]
+            [
+                ("X-Mirror".into(), "a".into()),
+                ("X-Mirror".into(), "b".into())
+            ]
         );
         assert!(hosts[2].skip_verify && !hosts[1].skip_verify);
         assert_eq!(hosts[3].capabilities, Capabilities::ALL);
@@ -431,9 +434,18 @@ server = "https://registry.example:5000"
     fn bad_files_are_refused_with_the_reason() {
         let cases = [
             ("not toml [", "expected"),
-            ("[host.\"https://m\"]\ncapabilities = [\"delete\"]", "unknown capability"),
-            ("[host.\"https://m\"]\nclient = [[\"a\", \"b\", \"c\"]]", "client pair of 3"),
-            ("server = \"https://user:pw@r.example\"", "credentials in a URL"),
+            (
+                "[host.\"https://m\"]\ncapabilities = [\"delete\"]",
+                "unknown capability",
+            ),
+            (
+                "[host.\"https://m\"]\nclient = [[\"a\", \"b\", \"c\"]]",
+                "client pair of 3",
+            ),
+            (
+                "server = \"https://user:pw@r.example\"",
+                "credentials in a URL",
+            ),
             ("server = \"https://\"", "URL"),
             ("ca = 5", ""),
         ];

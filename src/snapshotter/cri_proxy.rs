@@ -13,12 +13,12 @@ use crate::registry::{HostAuth, NodeCredentials, Reference};
 use base64::Engine as _;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::image_service_server::ImageService;
+pub use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::{
     AuthConfig, ImageFsInfoRequest, ImageFsInfoResponse, ImageStatusRequest, ImageStatusResponse,
-    ListImagesRequest, ListImagesResponse, PullImageRequest, PullImageResponse,
-    RemoveImageRequest, RemoveImageResponse,
+    ListImagesRequest, ListImagesResponse, PullImageRequest, PullImageResponse, RemoveImageRequest,
+    RemoveImageResponse,
 };
-pub use k8s_cri::v1::image_service_server::ImageServiceServer;
 use std::path::PathBuf;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -57,7 +57,10 @@ impl CriImageProxy {
     /// are for its registry.
     fn remember(&self, image: &str, auth: &AuthConfig) {
         let Ok(reference) = image.parse::<Reference>() else {
-            tracing::warn!(image, "CRI pull of an image loci cannot parse; its credentials are not kept");
+            tracing::warn!(
+                image,
+                "CRI pull of an image loci cannot parse; its credentials are not kept"
+            );
             return;
         };
         let Some(host_auth) = host_auth(auth) else {
@@ -119,7 +122,8 @@ fn server_matches(server_address: &str, registry: &str) -> bool {
         .split('/')
         .next()
         .unwrap_or("");
-    let docker_hub = |h: &str| matches!(h, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+    let docker_hub =
+        |h: &str| matches!(h, "docker.io" | "index.docker.io" | "registry-1.docker.io");
     host.is_empty() || host == registry || (docker_hub(host) && docker_hub(registry))
 }
 
@@ -129,14 +133,20 @@ impl ImageService for CriImageProxy {
         &self,
         request: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        self.upstream.clone().list_images(request.into_inner()).await
+        self.upstream
+            .clone()
+            .list_images(request.into_inner())
+            .await
     }
 
     async fn image_status(
         &self,
         request: Request<ImageStatusRequest>,
     ) -> Result<Response<ImageStatusResponse>, Status> {
-        self.upstream.clone().image_status(request.into_inner()).await
+        self.upstream
+            .clone()
+            .image_status(request.into_inner())
+            .await
     }
 
     async fn pull_image(
@@ -154,14 +164,20 @@ impl ImageService for CriImageProxy {
         &self,
         request: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
-        self.upstream.clone().remove_image(request.into_inner()).await
+        self.upstream
+            .clone()
+            .remove_image(request.into_inner())
+            .await
     }
 
     async fn image_fs_info(
         &self,
         request: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
-        self.upstream.clone().image_fs_info(request.into_inner()).await
+        self.upstream
+            .clone()
+            .image_fs_info(request.into_inner())
+            .await
     }
 }
 
@@ -221,7 +237,11 @@ mod tests {
             ("r.example", "r.example:5000", false),
         ];
         for (server, registry, kept) in cases {
-            assert_eq!(server_matches(server, registry), kept, "{server} for {registry}");
+            assert_eq!(
+                server_matches(server, registry),
+                kept,
+                "{server} for {registry}"
+            );
         }
     }
 }

@@ -446,7 +446,16 @@ impl LazyLayers {
     ) -> Option<tokio::task::JoinHandle<()>> {
         let path = blob_file(dir);
         let (native, runtime) = (native.clone(), self.runtime.clone());
-        let claim = self.claim_for(id, layer.blob_size, fetcher, &native, &path);
+        // The blob, and its files once written out (as the TOC sizes them).
+        let files: u64 = layer
+            .image
+            .tocs
+            .iter()
+            .flat_map(|toc| &toc.entries)
+            .filter(|e| e.kind == crate::format::EntryKind::File)
+            .map(|e| e.size)
+            .sum();
+        let claim = self.claim_for(id, layer.blob_size + files, fetcher, &native, &path);
         if fetcher.use_completed(&path, layer.blob_size) {
             tracing::info!(layer = %layer.source.layer_digest, "layer served from its completed blob");
             // Files a write-out cut short are written now, if the disk
@@ -511,7 +520,7 @@ impl LazyLayers {
     fn claim_for(
         &self,
         id: u64,
-        blob_size: u64,
+        bytes: u64,
         fetcher: &Arc<Fetcher>,
         native: &Arc<fs::NativeFiles>,
         path: &Path,
@@ -532,7 +541,6 @@ impl LazyLayers {
         };
         let users = self.users.clone();
         let cache = self.cache.clone();
-        let bytes = blob_size + native.planned_bytes();
         async move {
             let claim = LayerClaim {
                 bytes,
@@ -541,7 +549,14 @@ impl LazyLayers {
             };
             let claimed = tokio::task::spawn_blocking(move || cache.claim_layer(id, claim)).await;
             match claimed {
-                Ok(Ok(())) => true,
+                Ok(Ok(())) => {
+                    tracing::info!(
+                        id,
+                        bytes,
+                        "completed layer's share of the disk budget claimed"
+                    );
+                    true
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(id, error = %crate::error_chain::chain(&e), "no room on disk for the completed layer; its reads stay lazy");
                     let _ = tokio::task::spawn_blocking(evict).await;

@@ -151,7 +151,10 @@ impl Snapshots {
         self.remount_lazy();
         *self.recovered.0.lock().unwrap() = true;
         self.recovered.1.notify_all();
-        tracing::info!(secs = start.elapsed().as_secs_f64(), "lazy layers recovered");
+        tracing::info!(
+            secs = start.elapsed().as_secs_f64(),
+            "lazy layers recovered"
+        );
     }
 
     /// Blocks until [`recover`](Self::recover) has run.
@@ -290,7 +293,9 @@ impl Snapshots {
             .any(|top| {
                 let mut next = top.parent.as_deref();
                 while let Some(key) = next {
-                    let Some(record) = records.get(key) else { return false };
+                    let Some(record) = records.get(key) else {
+                        return false;
+                    };
                     if record.id == id {
                         return true;
                     }
@@ -305,7 +310,8 @@ impl Snapshots {
     pub fn share_layer_users(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         self.lazy.set_users(Box::new(move |id| {
-            weak.upgrade().is_none_or(|snapshots| snapshots.layer_in_use(id))
+            weak.upgrade()
+                .is_none_or(|snapshots| snapshots.layer_in_use(id))
         }));
     }
 

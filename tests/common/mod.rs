@@ -323,7 +323,8 @@ impl Containerd {
             .prefix("loci-containerd-")
             .tempdir()
             .unwrap();
-        let template = std::fs::read_to_string(repo_root().join("fixtures").join(template)).unwrap();
+        let template =
+            std::fs::read_to_string(repo_root().join("fixtures").join(template)).unwrap();
         let mut config = template.replace("@DIR@", dir.path().to_str().unwrap());
         for (key, value) in values {
             config = config.replace(key, value);

@@ -40,8 +40,8 @@ impl TokenIssuer {
         let cert = params.self_signed(&key).unwrap();
         let cert_path = dir.join("token-signer.pem");
         std::fs::write(&cert_path, cert.pem()).unwrap();
-        let encoding = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())
-            .unwrap();
+        let encoding =
+            jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
         let x5c = base64(cert.der());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -73,7 +73,8 @@ impl TokenIssuer {
                         .split(' ')
                         .filter_map(|s| {
                             let mut parts = s.splitn(3, ':');
-                            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                            let (kind, name, actions) =
+                                (parts.next()?, parts.next()?, parts.next()?);
                             Some(serde_json::json!({
                                 "type": kind, "name": name,
                                 "actions": actions.split(',').collect::<Vec<_>>(),

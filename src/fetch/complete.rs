@@ -36,6 +36,13 @@ pub struct CompletionConfig {
     /// free after the rest of the blob: the blob's size is the registry's
     /// word, and a node's disk is not its to fill.
     pub disk_min_free_bytes: u64,
+    /// Once a start has fetched this fraction of a layer's blob, the rest
+    /// is completed at once and at full speed (no cap): past it, one
+    /// sequential download beats further lazy reads. 0 turns it off.
+    pub eager_fraction: f64,
+    /// Images (reference prefixes, e.g. `registry.example/team/`) whose
+    /// layers are completed eagerly from their mount on, at full speed.
+    pub eager_images: Vec<String>,
 }
 
 impl Default for CompletionConfig {
@@ -46,8 +53,27 @@ impl Default for CompletionConfig {
             max_bytes_per_sec: 0,
             request_bytes: 4 << 20,
             disk_min_free_bytes: 256 << 20,
+            eager_fraction: 0.33,
+            eager_images: Vec::new(),
         }
     }
+}
+
+impl CompletionConfig {
+    /// Whether `image`'s layers are completed eagerly from the mount on.
+    pub fn eager_for(&self, image: &str) -> bool {
+        self.eager_images.iter().any(|prefix| image.starts_with(prefix.as_str()))
+    }
+}
+
+/// Why a completion starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompletionStart {
+    /// The layer's start is over (reads quiet): at the configured pace.
+    Quiet,
+    /// The start read past `eager_fraction`, or the image is eager: at
+    /// full speed, now.
+    Eager,
 }
 
 /// Why a layer was not completed.
@@ -124,17 +150,30 @@ impl Fetcher {
     }
 
     /// Waits until the layer's start is over ([`CompletionConfig::quiet_secs`]
-    /// since the fetcher was made and since a read last fetched).
-    pub async fn wait_until_quiet(&self, config: &CompletionConfig) {
+    /// since the fetcher was made and since a read last fetched), or until
+    /// the start has fetched [`CompletionConfig::eager_fraction`] of the
+    /// `blob_size`-byte blob, and says which.
+    pub async fn wait_to_complete(
+        &self,
+        config: &CompletionConfig,
+        blob_size: u64,
+    ) -> CompletionStart {
         let quiet = Duration::from_secs(config.quiet_secs).as_millis() as u64;
+        let eager_at = (config.eager_fraction > 0.0)
+            .then_some((blob_size as f64 * config.eager_fraction) as u64);
         loop {
+            let fetched = self.stats.bytes_fetched.load(Ordering::Relaxed);
+            if eager_at.is_some_and(|at| fetched >= at) {
+                return CompletionStart::Eager;
+            }
             let now = self.clock_ms();
             let last = self.last_fetching_read_ms.load(Ordering::Relaxed);
             let since = now.saturating_sub(last).min(now);
             if since >= quiet && self.demand_in_flight() == 0 {
-                return;
+                return CompletionStart::Quiet;
             }
-            tokio::time::sleep(Duration::from_millis((quiet - since.min(quiet)).max(100))).await;
+            tokio::time::sleep(Duration::from_millis((quiet - since.min(quiet)).clamp(100, 500)))
+                .await;
         }
     }
 
@@ -144,6 +183,7 @@ impl Fetcher {
     /// the layer's reads from it. A blob that contradicts its TOC or
     /// diff_id takes the layer out of service: every read of it fails,
     /// naming the layer.
+    #[allow(clippy::too_many_arguments)]
     pub async fn complete(
         &self,
         layer: &RemoteLayer,
@@ -152,6 +192,7 @@ impl Fetcher {
         diff_id: Digest,
         path: &Path,
         config: &CompletionConfig,
+        start: CompletionStart,
     ) -> Result<CompletionReport, CompletionError> {
         if self.use_completed(path, blob_size) {
             return Ok(CompletionReport::default());
@@ -207,7 +248,7 @@ impl Fetcher {
             self.stats
                 .completion_bytes
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            if config.max_bytes_per_sec > 0 {
+            if config.max_bytes_per_sec > 0 && start == CompletionStart::Quiet {
                 let due = Duration::from_secs_f64(
                     (offset - resumed) as f64 / config.max_bytes_per_sec as f64,
                 );

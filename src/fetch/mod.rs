@@ -6,7 +6,9 @@ mod complete;
 mod content;
 mod open;
 
-pub use complete::{partial_path, CompletionConfig, CompletionError, CompletionReport};
+pub use complete::{
+    partial_path, CompletionConfig, CompletionError, CompletionReport, CompletionStart,
+};
 pub use content::Content;
 pub use open::{
     decode_toc_tail, fetch_toc, fetch_toc_tail, open_image, open_layer, open_layer_from,

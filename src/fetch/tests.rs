@@ -463,6 +463,7 @@ fn a_completed_layer_is_verified_and_read_locally_and_one_that_lies_is_refused()
             diff_id,
             &path,
             &config,
+            CompletionStart::Quiet,
         ));
         let requests = f.stats.requests.load(Ordering::Relaxed);
         let read = runtime.block_on(f.read_file(&c.layer, &content, 0, 1000, 0));
@@ -513,6 +514,7 @@ fn a_completion_resumes_what_an_earlier_one_left() {
             c.summary.diff_id,
             &path,
             &CompletionConfig::default(),
+            CompletionStart::Quiet,
         ))
         .unwrap();
     assert_eq!(report.resumed_bytes, kept as u64);
@@ -538,6 +540,7 @@ fn a_completion_that_would_fill_the_disk_does_not_start() {
                 disk_min_free_bytes: u64::MAX / 2,
                 ..CompletionConfig::default()
             },
+            CompletionStart::Quiet,
         ))
         .unwrap_err();
     assert!(matches!(e, CompletionError::Incomplete { .. }), "{e:?}");
@@ -545,4 +548,44 @@ fn a_completion_that_would_fill_the_disk_does_not_start() {
     assert!(!path.exists() && !partial_path(&path).exists());
     assert_eq!(f.stats.requests.load(Ordering::Relaxed), 0);
     assert_eq!(f.stats.completion_bytes.load(Ordering::Relaxed), 0);
+}
+
+/// A start that has read past `eager_fraction` of a layer has it completed
+/// at once; one that has not waits for quiet; 0 turns eagerness off.
+#[test]
+fn a_start_that_reads_past_the_eager_fraction_completes_the_layer_at_once() {
+    let runtime = current_thread();
+    let dir = tempfile::tempdir().unwrap();
+    let f = fetcher(dir.path(), FetchConfig::default());
+    let config = CompletionConfig {
+        quiet_secs: 3600,
+        eager_fraction: 0.25,
+        ..CompletionConfig::default()
+    };
+    let waits = |f: &Fetcher, config: &CompletionConfig| {
+        runtime.block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_millis(300),
+                f.wait_to_complete(config, 1000),
+            )
+            .await
+            .ok()
+        })
+    };
+    f.stats.bytes_fetched.store(249, Ordering::Relaxed);
+    assert_eq!(waits(&f, &config), None);
+    f.stats.bytes_fetched.store(250, Ordering::Relaxed);
+    assert_eq!(waits(&f, &config), Some(CompletionStart::Eager));
+    let off = CompletionConfig {
+        eager_fraction: 0.0,
+        ..config.clone()
+    };
+    assert_eq!(waits(&f, &off), None);
+    assert!(!off.eager_for("r.example/team/app:1"));
+    let images = CompletionConfig {
+        eager_images: vec!["r.example/team/".into()],
+        ..config
+    };
+    assert!(images.eager_for("r.example/team/app:1"));
+    assert!(!images.eager_for("r.example/other/app:1"));
 }

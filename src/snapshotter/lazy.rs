@@ -9,7 +9,7 @@ use super::metrics::Metrics;
 use crate::cache::{ChunkCache, LayerClaim};
 use crate::digest::Digest;
 use crate::fetch::{self, OpenedImage, TocTail};
-use crate::fetch::{CompletionConfig, CompletionError, FetchConfig, Fetcher};
+use crate::fetch::{CompletionConfig, CompletionError, CompletionStart, FetchConfig, Fetcher};
 use crate::format::{annotations, EntryKind, Toc};
 use crate::fs::{self, takeover, tree::View, Connection, MountError};
 use crate::image::{ImageRef, ImageStore};
@@ -482,15 +482,20 @@ impl LazyLayers {
         let (remote, blob_size) = (layer.image.layers[0].clone(), layer.blob_size);
         let metrics = self.metrics.clone();
         let cache = self.cache.clone();
+        let eager_image = config.eager_for(&layer.source.image_ref);
         Some(self.runtime.spawn(async move {
-            fetcher.wait_until_quiet(&config).await;
+            let start = if eager_image {
+                CompletionStart::Eager
+            } else {
+                fetcher.wait_to_complete(&config, blob_size).await
+            };
             if !claim.await {
                 return;
             }
-            tracing::info!(layer = %remote.digest, "completing the layer in the background");
+            tracing::info!(layer = %remote.digest, ?start, "completing the layer in the background");
             let began = std::time::Instant::now();
             match fetcher
-                .complete(&remote, blob_size, toc, diff_id, &path, &config)
+                .complete(&remote, blob_size, toc, diff_id, &path, &config, start)
                 .await
             {
                 Ok(report) => {

@@ -7,17 +7,21 @@ a dropped page cache:
   local   the file extracted to local disk (the baseline)
   cold    through a fresh `loci mount` with an empty chunk cache
   warm    through a fresh `loci mount` whose chunk cache holds the file
+  native  through the loci snapshotter once the layer is complete: a
+          containerd view of the image (overlayfs over loci's FUSE lower
+          dirs), whose complete files are opened by FUSE passthrough
 for sequential reads (1 MiB blocks) and random reads (4 KiB at seeded random
 offsets). Prints a table with ratios to the local baseline and writes JSON.
 
-Usage: sudo tools/bench-mount.py [--loci target/release/loci] [--mib 1024]
-                                 [--random-reads 2000] [--out bench-mount.json]
+Usage: tools/bench-mount.py [--loci target/release/loci] [--mib 1024]
+                            [--random-reads 2000] [--out bench-mount.json]
+(as root: it drops the page cache, mounts, and runs containerd)
 """
-import argparse, json, os, random, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, hashlib, json, os, random, shutil, signal, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from harness import drop_caches, free_port, start_registry  # noqa: E402
+from harness import drop_caches, free_port, start_registry, tear_down, wait_for  # noqa: E402
 
 
 def seq_read(path):
@@ -62,6 +66,68 @@ class Mount:
     def close(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=60)
+
+
+class Snapshotter:
+    """containerd (its own config, root and socket) with the loci
+    snapshotter beside it, completion on and eager, so a pulled image's
+    layers are complete and written out soon after the pull."""
+
+    def __init__(self, loci, work, addr, log):
+        self.work, self.log = work, log
+        self.procs = []
+        sock = os.path.join(work, "loci.sock")
+        cfg = os.path.join(work, "snapshotter.toml")
+        with open(cfg, "w") as f:
+            f.write(f'[cache]\ndir = "{work}/snap-cache"\nmemory_bytes = 268435456\ndisk_bytes = 8589934592\n'
+                    f'[completion]\nquiet_secs = 1\neager_images = ["{addr}/"]\n'
+                    f'[snapshotter]\nplain_http_registries = ["{addr}"]\ntrust = "any"\n')
+        self.snapshotter = self.spawn([loci, "snapshotter", "--address", sock, "--root",
+                                       os.path.join(work, "snap-root"), "--config", cfg])
+        wait_for(lambda: os.path.exists(sock), "loci snapshotter")
+        d = os.path.join(work, "containerd")
+        os.makedirs(d)
+        with open(os.path.join(ROOT, "fixtures/containerd.toml")) as f:
+            text = f.read().replace("@DIR@", d).replace(
+                "@PROXY_PLUGINS@", f'[proxy_plugins.loci]\n  type = "snapshot"\n  address = "{sock}"\n')
+        with open(os.path.join(d, "config.toml"), "w") as f:
+            f.write(text)
+        self.sock = os.path.join(d, "containerd.sock")
+        self.spawn(["containerd", "--config", os.path.join(d, "config.toml")])
+        wait_for(lambda: os.path.exists(self.sock), "containerd")
+
+    def spawn(self, cmd):
+        p = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        self.procs.append(p)
+        return p
+
+    def ctr(self, *args):
+        return subprocess.run(["ctr", "--address", self.sock, "--namespace", "bench", *args],
+                              check=True, capture_output=True, text=True).stdout
+
+    def view(self, loci, ref, layout, target):
+        """Pulls `ref` lazily, waits until every layer is complete and its
+        files written out, and mounts a view of the image at `target`."""
+        subprocess.run([loci, "pull", "--plain-http", "--address", self.sock, "--namespace", "bench", ref],
+                       check=True, stdout=self.log, stderr=self.log)
+        index = json.load(open(os.path.join(layout, "index.json")))
+        blob = lambda d: os.path.join(layout, "blobs/sha256", d.split(":")[1])
+        manifest = json.load(open(blob(index["manifests"][0]["digest"])))
+        diff_ids = json.load(open(blob(manifest["config"]["digest"])))["rootfs"]["diff_ids"]
+        layers = len(diff_ids)
+        log_path = self.log.name
+        wait_for(lambda: open(log_path).read().count("layer's files written out for passthrough") >= layers,
+                 "the layers' completion", timeout=600)
+        chain = diff_ids[0]
+        for d in diff_ids[1:]:
+            chain = "sha256:" + hashlib.sha256(f"{chain} {d}".encode()).hexdigest()
+        os.makedirs(target, exist_ok=True)
+        script = self.ctr("snapshots", "--snapshotter", "loci", "view", "--target", target, "bench-view", chain)
+        subprocess.run(["sh", "-c", script.strip()], check=True)
+
+    def close(self):
+        tear_down(self.work, self.procs)
+        subprocess.run(["pkill", "-f", f"fd-holder --socket {self.work}"])
 
 
 def main():
@@ -119,6 +185,20 @@ def main():
                 m = Mount(args.loci, ref, os.path.join(work, "mnt-fill"), cache, log)
                 seq_read(os.path.join(m.mnt, "big/huge.bin"))
                 m.close()
+        snap_log = open(os.path.join(work, "snapshotter.log"), "w")
+        snap = Snapshotter(args.loci, work, addr, snap_log)
+        try:
+            view = os.path.join(work, "view")
+            snap.view(args.loci, ref, layout, view)
+            path = os.path.join(view, "big/huge.bin")
+            drop_caches()
+            rows["native"] = {"seq_mb_s": seq_read(path)}
+            drop_caches()
+            iops, lat = random_read(path, args.random_reads)
+            rows["native"].update(random_iops=iops, random_us=lat)
+        finally:
+            snap.close()
+            snap_log.close()
         base = rows["local"]
         for r in rows.values():
             r["seq_ratio_to_local"] = r["seq_mb_s"] / base["seq_mb_s"]

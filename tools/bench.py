@@ -61,7 +61,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from harness import drop_caches, free_port, start_registry, wait_for  # noqa: E402
+from harness import drop_caches, free_port, start_registry, tear_down, wait_for  # noqa: E402
 
 # loci-warm runs right after loci-trace: its cache is that of the same image.
 ALL_MODES = ["overlayfs", "loci", "loci-trace", "loci-warm", "loci-ordered", "loci-native", "loci-fs",
@@ -276,17 +276,7 @@ class Env:
         return self.run("ctr", "--address", self.sock, "--namespace", ns, *args)
 
     def close(self):
-        for line in reversed(open("/proc/self/mounts").read().splitlines()):
-            target = line.split(" ")[1]
-            if target.startswith(self.work):
-                subprocess.run(["umount", "-l", target])
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        tear_down(self.work, self.procs)
         if self.netns:
             subprocess.run(["ip", "netns", "del", self.netns])  # removes the veth pair too
         if not self.args.keep:

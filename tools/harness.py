@@ -1,7 +1,7 @@
 """What the tools share: a free port, dropping the page cache, waiting for a
 daemon to come up, and the private docker-registry they start (its config
 from fixtures/registry.yml, the same the Rust tests use)."""
-import os, socket, subprocess, time
+import os, signal, socket, subprocess, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,6 +27,22 @@ def wait_for(cond, what, timeout=60):
         if time.time() > deadline:
             raise RuntimeError(f"{what} not ready after {timeout}s")
         time.sleep(0.05)
+
+
+def tear_down(work, procs):
+    """Unmounts everything mounted under `work` (deepest first), then stops
+    `procs` (last started first): SIGTERM, SIGKILL after 30 s."""
+    for line in reversed(open("/proc/self/mounts").read().splitlines()):
+        target = line.split(" ")[1]
+        if target.startswith(work):
+            subprocess.run(["umount", "-l", target])
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def listening(addr):

@@ -1124,10 +1124,11 @@ fn a_running_container_reads_correctly_while_its_layers_complete_across_a_restar
         .args(["containers", "rm", "completing"]));
 }
 
-/// Once every layer is complete, a container started after is served by
-/// FUSE passthrough (this kernel has it): its files' reads go to ordinary
-/// files the daemon wrote out once, with the fixture's own bytes, and the
-/// daemon says so.
+/// Once every layer is complete, a container started on the FUSE lower
+/// dirs before that is served by FUSE passthrough (this kernel has it): its
+/// files' reads go to ordinary files the daemon wrote out once (now in the
+/// laid-out directories), with the fixture's own bytes, and the daemon says
+/// so.
 #[test]
 fn complete_layers_are_read_by_passthrough() {
     let test = "complete_layers_are_read_by_passthrough";
@@ -1138,14 +1139,26 @@ fn complete_layers_are_read_by_passthrough() {
     let converted = format!("{}/fixture:loci", setup.registry.addr);
     let said = setup.pull(&converted);
     assert!(said.contains("4 layers lazy, 0 unpacked"), "{said}");
-    wait_until("every layer to be complete and written out", 120, || {
+    // Started on the FUSE lower dirs, before the layers are complete (new
+    // containers after that get the plain directories instead).
+    run(setup.containerd.ctr().args([
+        "run",
+        "-d",
+        "--snapshotter",
+        "loci",
+        &converted,
+        "native",
+        "sleep",
+        "600",
+    ]));
+    wait_until("every layer to be complete and laid out", 120, || {
         strip_ansi(&setup.snapshotter.log_text())
-            .matches("layer's files written out for passthrough")
+            .matches("layer laid out as a plain lower directory")
             .count()
             >= 4
     });
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
-    let out = setup.ctr_run(&converted, "native", &["sha256sum", "/big/huge.bin"]);
+    let out = setup.exec("native", "read", &["sha256sum", "/big/huge.bin"]);
     assert_eq!(
         out.split_whitespace().next(),
         Some(fixture_sha256s().0.as_str()),
@@ -1156,13 +1169,22 @@ fn complete_layers_are_read_by_passthrough() {
         log.contains("the complete layer's files are opened by passthrough"),
         "{log}"
     );
-    let written = std::fs::read_dir(setup.work.path().join("root/snapshots"))
+    // The files live once, in the laid-out directories.
+    let huge = std::fs::read_dir(setup.work.path().join("root/snapshots"))
         .unwrap()
-        .map(|d| d.unwrap().path().join("files"))
-        .filter(|d| d.exists())
-        .map(|d| std::fs::read_dir(d).unwrap().count())
-        .sum::<usize>();
-    assert!(written >= 2, "busybox and huge.bin written out: {written}");
+        .map(|d| d.unwrap().path().join("lower/big/huge.bin"))
+        .find(|p| p.exists())
+        .expect("huge.bin laid out");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(&huge).unwrap()),
+        1
+    );
+    run(setup
+        .containerd
+        .ctr()
+        .args(["task", "kill", "-s", "KILL", "native"]));
+    wait_for_task_exit(&setup, "native");
+    run(setup.containerd.ctr().args(["containers", "rm", "native"]));
 }
 
 /// Completed layers and cached chunks share `[cache] disk_bytes`: with a
@@ -1292,4 +1314,104 @@ fn completed_layers_are_evicted_least_recently_used_first_within_the_disk_budget
         Some(fixture_sha256s().0.as_str()),
         "{out}"
     );
+}
+
+/// A complete layer is laid out as a plain directory, and snapshots made
+/// after that use it as their overlayfs lower dir, with no FUSE under
+/// them: the tree they show is the one the FUSE lower dirs showed
+/// (metadata, xattrs, whiteouts, hard links, devices), and a container
+/// started before the switch keeps reading through FUSE.
+#[test]
+fn complete_layers_become_plain_lower_dirs_for_new_snapshots() {
+    let test = "complete_layers_become_plain_lower_dirs_for_new_snapshots";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    // Slow enough that the FUSE view is read before the big layer is
+    // complete; not eager, though the walk reads every file.
+    let setup = Setup::new_with(
+        "[completion]\nquiet_secs = 1\nmax_bytes_per_sec = 4000000\neager_fraction = 0.0\n",
+    );
+    let converted = format!("{}/fixture:loci", setup.registry.addr);
+    let said = setup.pull(&converted);
+    assert!(said.contains("4 layers lazy, 0 unpacked"), "{said}");
+    let diff_ids = layout_diff_ids(&setup.work.path().join("fixture"), "v1");
+    let lowerdirs = |target: &Path| -> Vec<String> {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let line = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(target.to_str().unwrap()))
+            .unwrap_or_else(|| panic!("{} is not mounted", target.display()))
+            .to_string();
+        let options = line.split(' ').nth(3).unwrap().to_string();
+        options
+            .split(',')
+            .find_map(|o| o.strip_prefix("lowerdir="))
+            .unwrap_or_else(|| panic!("no lowerdir in {line}"))
+            .split(':')
+            .map(str::to_string)
+            .collect()
+    };
+    let through_fuse = setup.work.path().join("view-fuse");
+    setup
+        .containerd
+        .mount_view(&diff_ids, "loci", "view-fuse", &through_fuse);
+    let expected = walk_tree(&through_fuse);
+    assert!(
+        lowerdirs(&through_fuse).iter().any(|d| d.ends_with("/fs")),
+        "the first view was not over FUSE"
+    );
+    run(setup.containerd.ctr().args([
+        "run",
+        "-d",
+        "--snapshotter",
+        "loci",
+        &converted,
+        "before-switch",
+        "sleep",
+        "600",
+    ]));
+    wait_until(
+        "every layer to be laid out as a plain directory",
+        120,
+        || {
+            strip_ansi(&setup.snapshotter.log_text())
+                .matches("layer laid out as a plain lower directory")
+                .count()
+                >= 4
+        },
+    );
+
+    let plain = setup.work.path().join("view-plain");
+    setup
+        .containerd
+        .mount_view(&diff_ids, "loci", "view-plain", &plain);
+    let dirs = lowerdirs(&plain);
+    assert_eq!(dirs.len(), 4, "{dirs:?}");
+    assert!(dirs.iter().all(|d| d.ends_with("/lower")), "{dirs:?}");
+    assert_same_tree(&expected, &walk_tree(&plain));
+
+    // The container started before the switch reads on, through FUSE.
+    let out = setup.exec(
+        "before-switch",
+        "after-switch",
+        &["sha256sum", "/big/huge.bin"],
+    );
+    assert_eq!(
+        out.split_whitespace().next(),
+        Some(fixture_sha256s().0.as_str()),
+        "{out}"
+    );
+    // A container started after it runs on the plain directories.
+    let out = setup.ctr_run(&converted, "after-switch", &["cat", "/etc/hello.txt"]);
+    assert_eq!(out, "hello again from layer 3\n");
+    run(setup
+        .containerd
+        .ctr()
+        .args(["task", "kill", "-s", "KILL", "before-switch"]));
+    wait_for_task_exit(&setup, "before-switch");
+    run(setup
+        .containerd
+        .ctr()
+        .args(["containers", "rm", "before-switch"]));
 }

@@ -379,7 +379,8 @@ impl ChunkCache {
                 return Ok(data);
             }
             Fetched::Local => {
-                self.tiers.put_in_memory(key, data.clone(), self.tiers.tick());
+                self.tiers
+                    .put_in_memory(key, data.clone(), self.tiers.tick());
                 return Ok(data);
             }
             Fetched::Unchecked => {}

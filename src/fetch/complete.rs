@@ -62,7 +62,9 @@ impl Default for CompletionConfig {
 impl CompletionConfig {
     /// Whether `image`'s layers are completed eagerly from the mount on.
     pub fn eager_for(&self, image: &str) -> bool {
-        self.eager_images.iter().any(|prefix| image.starts_with(prefix.as_str()))
+        self.eager_images
+            .iter()
+            .any(|prefix| image.starts_with(prefix.as_str()))
     }
 }
 
@@ -172,8 +174,10 @@ impl Fetcher {
             if since >= quiet && self.demand_in_flight() == 0 {
                 return CompletionStart::Quiet;
             }
-            tokio::time::sleep(Duration::from_millis((quiet - since.min(quiet)).clamp(100, 500)))
-                .await;
+            tokio::time::sleep(Duration::from_millis(
+                (quiet - since.min(quiet)).clamp(100, 500),
+            ))
+            .await;
         }
     }
 

@@ -690,7 +690,9 @@ impl Fetcher {
         let fetched = if from_local {
             self.cache.get_or_fetch_local(&leader.digest, fetch).await
         } else {
-            self.cache.get_or_fetch_verified(&leader.digest, fetch).await
+            self.cache
+                .get_or_fetch_verified(&leader.digest, fetch)
+                .await
         };
         fetched
             .map(|bytes| (bytes, run.len() > 1 && !requested.load(Ordering::Relaxed)))

@@ -370,8 +370,17 @@ fn set_attrs(node: &mut Node, entry: &TocEntry) {
     node.xattrs = entry
         .xattrs
         .iter()
+        .filter(|x| !overlay_control(&x.name))
         .map(|x| (x.name.as_bytes().to_vec(), x.value.clone()))
         .collect();
+}
+
+/// Whether an xattr is one overlayfs acts on in a lower dir (redirects,
+/// metacopy, origin...): an image's tar must not steer the kernel's overlay
+/// of the layers, so these are dropped. The opaque marker is the one the
+/// layer format itself has (`.wh..wh..opq`), and stays.
+fn overlay_control(name: &str) -> bool {
+    name.starts_with("trusted.overlay.") && name != OVERLAY_OPAQUE_XATTR
 }
 
 fn new_node(entry: &TocEntry, parent: Ino, layer: usize) -> Node {
@@ -494,6 +503,27 @@ mod tests {
                 .map(|v| &v[..]),
             Some(&b"y"[..])
         );
+    }
+
+    #[test]
+    fn an_images_overlay_control_xattrs_are_dropped_but_its_own_kept() {
+        let mut file = entry("f", EntryKind::File);
+        file.xattrs = [
+            "trusted.overlay.redirect",
+            "trusted.overlay.metacopy",
+            "user.kept",
+            "security.capability",
+        ]
+        .iter()
+        .map(|name| crate::format::Xattr {
+            name: name.to_string(),
+            value: b"v".to_vec(),
+        })
+        .collect();
+        let tree = Tree::build(&[&toc(vec![file])], View::OverlayLower).unwrap();
+        let f = tree.get(tree.lookup(ROOT, b"f").unwrap()).unwrap();
+        let names: Vec<&[u8]> = f.xattrs.keys().map(Vec::as_slice).collect();
+        assert_eq!(names, [&b"security.capability"[..], b"user.kept"]);
     }
 
     #[test]

@@ -389,7 +389,7 @@ impl LazyLayers {
             let layer_digest = layer.image.layers[0].digest;
             r.layer_recorder(&image, &layer.image.layers[0].store, layer_digest)
         });
-        let native = Arc::new(fs::NativeFiles::new(native_dir(dir)));
+        let native = Arc::new(fs::NativeFiles::new(native_dir(dir), lower_dir(dir)));
         let session = fs::serve(
             &layer.image,
             View::OverlayLower,
@@ -627,16 +627,31 @@ impl LazyLayers {
 }
 
 /// Writes out a complete layer's files for passthrough, off the runtime's
-/// workers; until a file is written its opens go through the daemon.
+/// workers (until a file is written its opens go through the daemon), then
+/// lays the layer out as a plain directory for new snapshots.
 async fn write_out(
     native: Arc<fs::NativeFiles>,
     fetcher: Arc<Fetcher>,
     runtime: tokio::runtime::Handle,
     layer: Digest,
 ) {
-    match tokio::task::spawn_blocking(move || native.write_all(&fetcher, &runtime)).await {
-        Ok(Ok(files)) => {
-            tracing::info!(layer = %layer, files, "layer's files written out for passthrough")
+    let written = tokio::task::spawn_blocking(move || {
+        let files = native.write_all(&fetcher, &runtime)?;
+        Ok::<_, std::io::Error>((files, native.build_lower()))
+    })
+    .await;
+    match written {
+        Ok(Ok((files, laid_out))) => {
+            tracing::info!(layer = %layer, files, "layer's files written out for passthrough");
+            match laid_out {
+                Ok(true) => {
+                    tracing::info!(layer = %layer, "layer laid out as a plain lower directory: new containers read it without FUSE")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(layer = %layer, error = %e, "laying the layer out as a plain directory failed; new containers read it through FUSE")
+                }
+            }
         }
         Ok(Err(e)) => {
             tracing::warn!(layer = %layer, error = %e, "writing out the layer's files stopped; the rest are read through the daemon")
@@ -651,6 +666,12 @@ async fn write_out(
 /// out, for passthrough: next to it, in the snapshot's directory.
 fn native_dir(dir: &Path) -> PathBuf {
     dir.with_file_name("files")
+}
+
+/// Where the complete layer mounted at `dir` is laid out as a plain
+/// directory for overlayfs: next to it, in the snapshot's directory.
+pub fn lower_dir(dir: &Path) -> PathBuf {
+    dir.with_file_name("lower")
 }
 
 /// Where the completed blob of the layer mounted at `dir` is kept: next

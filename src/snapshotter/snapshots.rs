@@ -456,6 +456,17 @@ impl Snapshots {
             next = p.parent.as_deref();
         }
         let path = |id: u64| self.fs_dir(id).to_string_lossy().into_owned();
+        // A complete lazy layer laid out as a plain directory is used as
+        // one: no FUSE under the new mount (the FUSE mount stays for the
+        // containers mounted before).
+        let lower = |id: u64| {
+            let plain = super::lazy::lower_dir(&self.fs_dir(id));
+            if plain.is_dir() {
+                plain.to_string_lossy().into_owned()
+            } else {
+                path(id)
+            }
+        };
         if parents.is_empty() {
             let mode = if record.kind == Kind::View {
                 "ro"
@@ -481,12 +492,12 @@ impl Snapshots {
         } else if parents.len() == 1 {
             return vec![Mount {
                 kind: "bind".into(),
-                source: path(parents[0]),
+                source: lower(parents[0]),
                 options: vec!["ro".into(), "rbind".into()],
             }];
         }
-        let lower: Vec<String> = parents.into_iter().map(path).collect();
-        options.push(format!("lowerdir={}", lower.join(":")));
+        let lowers: Vec<String> = parents.into_iter().map(lower).collect();
+        options.push(format!("lowerdir={}", lowers.join(":")));
         vec![Mount {
             kind: "overlay".into(),
             source: "overlay".into(),

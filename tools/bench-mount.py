@@ -8,8 +8,8 @@ a dropped page cache:
   cold    through a fresh `loci mount` with an empty chunk cache
   warm    through a fresh `loci mount` whose chunk cache holds the file
   native  through the loci snapshotter once the layer is complete: a
-          containerd view of the image (overlayfs over loci's FUSE lower
-          dirs), whose complete files are opened by FUSE passthrough
+          containerd view of the image made after its layers were laid out
+          as plain directories (overlayfs over them, no FUSE)
 for sequential reads (1 MiB blocks) and random reads (4 KiB at seeded random
 offsets). Prints a table with ratios to the local baseline and writes JSON.
 
@@ -106,8 +106,9 @@ class Snapshotter:
                               check=True, capture_output=True, text=True).stdout
 
     def view(self, loci, ref, layout, target):
-        """Pulls `ref` lazily, waits until every layer is complete and its
-        files written out, and mounts a view of the image at `target`."""
+        """Pulls `ref` lazily, waits until every layer is complete and laid
+        out as a plain directory, and mounts a view of the image at
+        `target`."""
         subprocess.run([loci, "pull", "--plain-http", "--address", self.sock, "--namespace", "bench", ref],
                        check=True, stdout=self.log, stderr=self.log)
         index = json.load(open(os.path.join(layout, "index.json")))
@@ -116,8 +117,8 @@ class Snapshotter:
         diff_ids = json.load(open(blob(manifest["config"]["digest"])))["rootfs"]["diff_ids"]
         layers = len(diff_ids)
         log_path = self.log.name
-        wait_for(lambda: open(log_path).read().count("layer's files written out for passthrough") >= layers,
-                 "the layers' completion", timeout=600)
+        wait_for(lambda: open(log_path).read().count("layer laid out as a plain lower directory") >= layers,
+                 "the layers' completion and layout", timeout=600)
         chain = diff_ids[0]
         for d in diff_ids[1:]:
             chain = "sha256:" + hashlib.sha256(f"{chain} {d}".encode()).hexdigest()

@@ -123,28 +123,56 @@ fn host_resources(cpu: &mut CpuSampler) -> (Resources, Resources) {
     (capacity, used)
 }
 
+/// Where and how a node reports to the scheduler.
+#[derive(Clone, Debug)]
+pub struct SchedulerLink {
+    /// The scheduler's URL.
+    pub url: String,
+    /// This node's id in reports.
+    pub node_id: String,
+    /// Time between reports.
+    pub interval: Duration,
+    /// File holding the bearer token reports carry (read for each report,
+    /// so a rotated token is picked up).
+    pub token_file: Option<std::path::PathBuf>,
+}
+
 /// Sends a report every `interval`, and at once whenever `now` is notified
 /// (on demand), until the task is dropped. Failures are logged and retried
 /// at the next tick: the node keeps serving whatever the scheduler does.
 pub async fn report_loop(
-    scheduler_url: String,
-    node_id: String,
+    link: SchedulerLink,
     cache: Arc<ChunkCache>,
     images: Vec<ServedImage>,
-    interval: Duration,
     now: Arc<Notify>,
 ) {
     let mut cpu = CpuSampler::default();
+    let url = &link.url;
     loop {
-        let report = build_report(&node_id, &cache, &images, &mut cpu);
-        match report_to(&scheduler_url, &report).await {
+        let report = build_report(&link.node_id, &cache, &images, &mut cpu);
+        // Read each time: a rotated token is picked up without a restart.
+        let token = match &link.token_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => text
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read the scheduler token");
+                    None
+                }
+            },
+            None => None,
+        };
+        match report_to(url, &report, token.as_deref()).await {
             Ok(_) => {
-                tracing::debug!(scheduler = %scheduler_url, images = report.images.len(), "reported")
+                tracing::debug!(scheduler = %url, images = report.images.len(), "reported")
             }
-            Err(e) => tracing::warn!(scheduler = %scheduler_url, error = %e, "report failed"),
+            Err(e) => tracing::warn!(scheduler = %url, error = %e, "report failed"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(link.interval) => {}
             _ = now.notified() => {}
         }
     }

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::fetch::{open_image, Fetcher, LayerError, OpenedImage};
 use crate::fs::{self, tree::View, MountError, MountFlags};
 use crate::image::{ImageRef, ImageStore};
-use crate::node::{report_loop, ServedImage};
+use crate::node::{report_loop, SchedulerLink, ServedImage};
 use crate::prefetch::{find_trace, prefetch, Trace, TraceRecorder};
 use crate::registry::Manifest;
 use std::path::{Path, PathBuf};
@@ -27,9 +27,8 @@ pub struct ServeOptions {
     pub replay_trace: bool,
     /// Record the chunks read, in order of first access.
     pub record_trace: bool,
-    /// Report the node's cache of the image to this scheduler URL, as
-    /// `node_id`, every `report_interval`.
-    pub scheduler: Option<(String, String, Duration)>,
+    /// Report the node's cache of the image to a scheduler.
+    pub scheduler: Option<SchedulerLink>,
 }
 
 /// Why an image could not be served.
@@ -120,7 +119,7 @@ pub fn serve_image(
         ));
     }
     let report_now = Arc::new(tokio::sync::Notify::new());
-    if let Some((url, node_id, interval)) = &options.scheduler {
+    if let Some(link) = &options.scheduler {
         let served = ServedImage {
             image: match image {
                 ImageRef::Registry(reference) => reference.to_string(),
@@ -135,12 +134,12 @@ pub fn serve_image(
                 .as_ref()
                 .map(|t| t.accesses.iter().map(|a| a.digest).collect()),
         };
+        let mut link = link.clone();
+        link.interval = link.interval.max(Duration::from_secs(1));
         runtime.spawn(report_loop(
-            url.clone(),
-            node_id.clone(),
+            link,
             fetcher.cache().clone(),
             vec![served],
-            (*interval).max(Duration::from_secs(1)),
             report_now.clone(),
         ));
     }

@@ -441,7 +441,10 @@ impl Setup {
     }
 }
 
-/// POSTs JSON to the scheduler; returns status and body.
+/// The token the scheduler of these tests accepts.
+const SCHEDULER_TOKEN: &str = "mount-e2e-token";
+
+/// POSTs JSON to the scheduler, with its token; returns status and body.
 fn post_json(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -450,6 +453,7 @@ fn post_json(url: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
     rt.block_on(async {
         let resp = reqwest::Client::new()
             .post(url)
+            .bearer_auth(SCHEDULER_TOKEN)
             .json(&body)
             .send()
             .await
@@ -476,9 +480,12 @@ fn a_mount_reports_its_warm_cache_and_the_scheduler_places_there() {
     let setup = Setup::new(&[]);
     let image = setup.converted();
     let config = setup.path("scheduler.toml");
+    let tokens = setup.path("scheduler-token");
+    std::fs::write(&tokens, format!("{SCHEDULER_TOKEN}\n")).unwrap();
+    // Node reports and changes need the token; the cluster view is open.
     std::fs::write(
         &config,
-        format!("[[functions]]\nname = \"f\"\nimage = \"{image}\"\ncpu_millis = 1\nmemory_mib = 1\nconcurrency = 1\ntimeout_s = 60\n"),
+        format!("[[functions]]\nname = \"f\"\nimage = \"{image}\"\ncpu_millis = 1\nmemory_mib = 1\nconcurrency = 1\ntimeout_s = 60\n\n[access]\ntoken_file = {tokens:?}\nopen_reads = true\n"),
     )
     .unwrap();
     let port = free_port();
@@ -508,6 +515,8 @@ fn a_mount_reports_its_warm_cache_and_the_scheduler_places_there() {
         .args([
             "--scheduler",
             &base,
+            "--scheduler-token-file",
+            tokens.to_str().unwrap(),
             "--node-id",
             "warm-node",
             "--report-interval-secs",

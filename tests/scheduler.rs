@@ -17,6 +17,8 @@ const LOCI: &str = env!("CARGO_BIN_EXE_loci");
 struct Scheduler {
     base: String,
     http: reqwest::Client,
+    /// Holds the token file.
+    _tokens: Option<tempfile::TempDir>,
     _stop: Option<tokio::sync::oneshot::Sender<()>>,
     _process: Option<KillOnDrop>,
 }
@@ -37,8 +39,34 @@ fn config_file(toml: &str) -> tempfile::NamedTempFile {
     file
 }
 
+/// The token the tests' schedulers accept (see [`with_access`]).
+const TOKEN: &str = "test-token-6f1c";
+
+/// `toml` with an `[access]` section naming a token file (in `dir`) that
+/// holds [`TOKEN`], and `extra` access lines.
+fn with_access(toml: &str, dir: &std::path::Path, extra: &str) -> String {
+    let file = dir.join("tokens");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    format!("{toml}\n[access]\ntoken_file = {file:?}\n{extra}\n")
+}
+
+/// A client that sends [`TOKEN`] with every request.
+fn authorized_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TOKEN}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 async fn start(toml: &str) -> Scheduler {
-    let config = SchedulerConfig::load(config_file(toml).path()).unwrap();
+    let tokens = tempfile::tempdir().unwrap();
+    let config =
+        SchedulerConfig::load(config_file(&with_access(toml, tokens.path(), "")).path()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -47,7 +75,8 @@ async fn start(toml: &str) -> Scheduler {
     }));
     Scheduler {
         base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
+        http: authorized_client(),
+        _tokens: Some(tokens),
         _stop: Some(stop),
         _process: None,
     }
@@ -551,7 +580,8 @@ async fn kubernetes_extender_filters_by_capacity_and_prefers_warm_nodes() {
 
 #[tokio::test]
 async fn the_binary_serves_the_functions_of_its_config_file() {
-    let config = config_file(FUNCTION_F);
+    let tokens = tempfile::tempdir().unwrap();
+    let config = config_file(&with_access(FUNCTION_F, tokens.path(), ""));
     let mut child = Command::new(LOCI)
         .args([
             "--log",
@@ -573,7 +603,8 @@ async fn the_binary_serves_the_functions_of_its_config_file() {
     let addr = addr.unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     let s = Scheduler {
         base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
+        http: authorized_client(),
+        _tokens: Some(tokens),
         _stop: None,
         _process: Some(process),
     };
@@ -685,4 +716,103 @@ fn sim_refuses_unsorted_and_negative_traces_naming_the_line() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{stderr}");
     }
+}
+
+/// Every call that changes state, and node reports, need a token from the
+/// token file; the file is read again when it changes (rotation without a
+/// restart); the health check is open, and the read-only views only where
+/// the configuration opens them.
+#[tokio::test]
+async fn calls_without_a_valid_token_are_refused_and_tokens_rotate() {
+    let s = start(FUNCTION_F).await;
+    let token_file = s._tokens.as_ref().unwrap().path().join("tokens");
+    let anonymous = reqwest::Client::new();
+    let call = |client: &reqwest::Client, method: &str, path: &str, token: Option<&str>| {
+        let mut request = match method {
+            "GET" => client.get(format!("{}{path}", s.base)),
+            _ => client
+                .post(format!("{}{path}", s.base))
+                .header("content-type", "application/json")
+                .body(json!({"function": "f"}).to_string()),
+        };
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.unwrap().status() }
+    };
+    for (method, path) in [
+        ("POST", "/v1/place"),
+        ("POST", "/v1/reports"),
+        ("GET", "/v1/cluster"),
+    ] {
+        assert_eq!(
+            call(&anonymous, method, path, None).await,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        assert_eq!(
+            call(&anonymous, method, path, Some("wrong")).await,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        call(&anonymous, "GET", "/healthz", None).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&anonymous, "GET", "/v1/cluster", Some(TOKEN)).await,
+        StatusCode::OK
+    );
+    // Rotation: the new token is listed beside the old, then alone.
+    std::fs::write(&token_file, format!("{TOKEN}\nrotated-token\n")).unwrap();
+    assert_eq!(
+        call(&anonymous, "GET", "/v1/cluster", Some("rotated-token")).await,
+        StatusCode::OK
+    );
+    std::fs::write(&token_file, "rotated-token\n").unwrap();
+    assert_eq!(
+        call(&anonymous, "GET", "/v1/cluster", Some(TOKEN)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&anonymous, "GET", "/v1/cluster", Some("rotated-token")).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn open_reads_leave_the_views_open_but_not_the_changes() {
+    let tokens = tempfile::tempdir().unwrap();
+    let toml = with_access(FUNCTION_F, tokens.path(), "open_reads = true");
+    let config = SchedulerConfig::load(config_file(&toml).path()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(listener, config, std::future::pending()));
+    let anonymous = reqwest::Client::new();
+    let cluster = anonymous
+        .get(format!("http://{addr}/v1/cluster"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cluster.status(), StatusCode::OK);
+    let place = anonymous
+        .post(format!("http://{addr}/v1/place"))
+        .header("content-type", "application/json")
+        .body(json!({"function": "f"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(place.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn the_binary_refuses_to_serve_an_api_anyone_could_drive() {
+    let out = Command::new(LOCI)
+        .args(["scheduler", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("access.token_file is not set"), "{stderr}");
 }

@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::fs::MountFlags;
 use crate::image::{ImageRef, ImageStore};
+use crate::node::SchedulerLink;
 use crate::prefetch::push_trace;
 use crate::serve::{serve_image, ServeOptions};
 use anyhow::Context;
@@ -32,6 +33,10 @@ pub struct Args {
     /// URL, periodically and on SIGUSR1.
     #[arg(long)]
     scheduler: Option<String>,
+    /// File with the bearer token the scheduler asks of node agents (one
+    /// line; read for each report, so it can be rotated).
+    #[arg(long)]
+    scheduler_token_file: Option<PathBuf>,
     /// This node's id in reports (default: the host name).
     #[arg(long)]
     node_id: Option<String>,
@@ -85,12 +90,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         threads: args.threads,
         replay_trace: !args.no_prefetch,
         record_trace: args.record_trace.is_some(),
-        scheduler: args.scheduler.clone().map(|url| {
-            (
-                url,
-                args.node_id.clone().unwrap_or_else(hostname),
-                Duration::from_secs(args.report_interval_secs),
-            )
+        scheduler: args.scheduler.clone().map(|url| SchedulerLink {
+            url,
+            node_id: args.node_id.clone().unwrap_or_else(hostname),
+            interval: Duration::from_secs(args.report_interval_secs),
+            token_file: args.scheduler_token_file.clone(),
         }),
     };
     let served = serve_image(&runtime, &store, &args.image, &args.dir, &config, &options)?;

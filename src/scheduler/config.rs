@@ -2,6 +2,7 @@
 //! TOML or JSON by extension: timing, scoring weights and the functions with
 //! their reservation policies.
 
+use super::access::AccessConfig;
 use super::error::FieldError;
 use super::function::FunctionSpec;
 use super::scoring::ScoringWeights;
@@ -27,6 +28,9 @@ pub struct SchedulerConfig {
     /// Functions known from the start (more can be registered over HTTP).
     #[serde(default)]
     pub functions: Vec<FunctionSpec>,
+    /// Who may call the API.
+    #[serde(default)]
+    pub access: AccessConfig,
 }
 
 fn default_node_timeout_ms() -> u64 {
@@ -44,6 +48,7 @@ impl Default for SchedulerConfig {
             reconcile_interval_ms: default_reconcile_interval_ms(),
             scoring: ScoringWeights::default(),
             functions: Vec::new(),
+            access: AccessConfig::default(),
         }
     }
 }

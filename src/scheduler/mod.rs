@@ -3,6 +3,7 @@
 //! timeout and node-loss detection, the HTTP service and the Kubernetes
 //! extender. See `docs/scheduler.md`.
 
+pub mod access;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -249,6 +249,7 @@ pub enum ReportSendError {
 pub async fn report_to(
     scheduler_url: &str,
     report: &NodeReport,
+    token: Option<&str>,
 ) -> Result<NodeOrders, ReportSendError> {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     report.validate()?;
@@ -263,7 +264,11 @@ pub async fn report_to(
         url: url.clone(),
         source,
     };
-    let response = client.post(&url).json(report).send().await.map_err(http)?;
+    let mut request = client.post(&url).json(report);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(http)?;
     let status = response.status();
     if !status.is_success() {
         let body = response.text().await.unwrap_or_default();
@@ -348,7 +353,7 @@ mod tests {
         let mut r = report();
         r.node_id.clear();
         // Port 9 (discard) on loopback: never contacted since validation fails first.
-        let err = report_to("http://127.0.0.1:9", &r).await.unwrap_err();
+        let err = report_to("http://127.0.0.1:9", &r, None).await.unwrap_err();
         assert!(
             matches!(err, ReportSendError::Invalid(ref e) if e.field == "node_id"),
             "{err}"

@@ -7,6 +7,7 @@
 //! `{"error": "...", "field": "..."}` naming the field, and the service keeps
 //! serving.
 
+use super::access::{AccessConfig, Tokens};
 use super::cluster::{
     ClusterView, FunctionSummary, NodeSummary, Placement, PlacementStats, RetiredInstance, Routed,
 };
@@ -296,6 +297,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     config.validate()?;
+    let gate = Arc::new(Gate::from_config(&config.access)?);
     let mut view = ClusterView::new(config.scoring);
     for spec in config.functions {
         view.register_function(spec)?;
@@ -328,7 +330,8 @@ pub async fn serve(
         .route("/v1/cluster", get(get_cluster))
         .route("/k8s/filter", post(post_filter))
         .route("/k8s/prioritize", post(post_prioritize))
-        .with_state(state);
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(gate, check_token));
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
@@ -336,9 +339,76 @@ pub async fn serve(
     served.map_err(ServeError::Io)
 }
 
+/// The API's door: which calls need a token, and the tokens.
+struct Gate {
+    /// None: no token asked (`access.insecure_no_token`).
+    tokens: Option<Tokens>,
+    open_reads: bool,
+}
+
+impl Gate {
+    fn from_config(access: &AccessConfig) -> Result<Gate, ServeError> {
+        let tokens = match (&access.token_file, access.insecure_no_token) {
+            (Some(path), _) => Some(Tokens::open(path).map_err(ServeError::Access)?),
+            (None, true) => {
+                tracing::warn!("access.insecure_no_token: anyone who reaches the scheduler may place, route and report");
+                None
+            }
+            (None, false) => {
+                return Err(ServeError::Access(
+                    "access.token_file is not set: the API would take orders from anyone who reaches it (set access.insecure_no_token = true for a private loopback)".into(),
+                ))
+            }
+        };
+        Ok(Gate {
+            tokens,
+            open_reads: access.open_reads,
+        })
+    }
+
+    /// Whether a request needs no token: the health check, and the
+    /// read-only views when they are open.
+    fn open(&self, method: &axum::http::Method, path: &str) -> bool {
+        path == "/healthz"
+            || (self.open_reads && (method == axum::http::Method::GET || path.starts_with("/k8s/")))
+    }
+}
+
+/// Lets a request through if it needs no token or carries an accepted
+/// `Authorization: Bearer` token; else 401, before its body is read.
+async fn check_token(
+    State(gate): State<Arc<Gate>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(tokens) = &gate.tokens else {
+        return next.run(request).await;
+    };
+    if gate.open(request.method(), request.uri().path()) {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if tokens.allows(token) => next.run(request).await,
+        _ => (
+            StatusCode::UNAUTHORIZED,
+            [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+            Json(serde_json::json!({ "error": "a valid bearer token is required" })),
+        )
+            .into_response(),
+    }
+}
+
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The access settings cannot be used.
+    #[error("access: {0}")]
+    Access(String),
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(#[from] FieldError),

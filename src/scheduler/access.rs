@@ -30,9 +30,12 @@ pub struct AccessConfig {
 /// The accepted tokens, re-read when their file changes.
 pub struct Tokens {
     path: PathBuf,
-    /// The file's (modification time, length) when last read, and its tokens.
-    seen: Mutex<Option<((SystemTime, u64), Vec<String>)>>,
+    /// The file as last read.
+    seen: Mutex<Option<Read>>,
 }
+
+/// A token file as read: its (modification time, length), and its tokens.
+type Read = ((SystemTime, u64), Vec<String>);
 
 impl Tokens {
     /// Tokens from `path`, read now (so a missing or empty file is an error

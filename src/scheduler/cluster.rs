@@ -76,6 +76,10 @@ pub(super) struct FunctionState {
 pub(super) struct Instance {
     pub(super) function: usize,
     node: usize,
+    /// What was reserved for it on its node at placement: released exactly
+    /// so, whatever the function's spec says by then (it may have been
+    /// registered again with other resources).
+    resources: Resources,
     pub(super) reserved: bool,
     pub(super) in_flight: u32,
     ready_at_ms: u64,
@@ -464,6 +468,7 @@ impl ClusterView {
             Instance {
                 function: function.0,
                 node: node_idx,
+                resources: need,
                 reserved,
                 in_flight: 0,
                 ready_at_ms: now_ms,
@@ -523,8 +528,7 @@ impl ClusterView {
             .expect("instance chosen above exists");
         if instance.in_flight == 0 {
             instance.busy_since_ms = now_ms;
-            let cpu = self.functions[function.0].spec.cpu_millis;
-            self.nodes[instance.node].busy_cpu_millis += u64::from(cpu);
+            self.nodes[instance.node].busy_cpu_millis += u64::from(instance.resources.cpu_millis);
         }
         instance.in_flight += 1;
         let invocation_id = self.next_invocation;
@@ -564,8 +568,7 @@ impl ClusterView {
         if instance.in_flight == 0 {
             instance.idle_since_ms = now_ms;
             instance.busy_ms += now_ms.saturating_sub(instance.busy_since_ms);
-            let cpu = self.functions[function].spec.cpu_millis;
-            self.nodes[instance.node].busy_cpu_millis -= u64::from(cpu);
+            self.nodes[instance.node].busy_cpu_millis -= u64::from(instance.resources.cpu_millis);
         }
         let left = instance.in_flight;
         self.note_demand_change(function, now_ms);
@@ -604,7 +607,7 @@ impl ClusterView {
         let instance = self.instances.remove(&id)?;
         let f = &mut self.functions[instance.function];
         f.instances.retain(|&i| i != id);
-        let need = f.spec.resources();
+        let need = instance.resources;
         let busy_ms = if instance.in_flight > 0 {
             self.invocations.retain(|_, inv| inv.instance != id);
             self.nodes[instance.node].busy_cpu_millis -= u64::from(need.cpu_millis);
@@ -842,6 +845,40 @@ mod tests {
         let third = v.place(f, false, 0).unwrap();
         assert_eq!(third.node_id, "cold", "warm node has no CPU left");
         assert_eq!(third.warm_fraction, 0.0);
+    }
+
+    /// A function registered again with other resources: its instances
+    /// placed before give back exactly what was reserved for them.
+    #[test]
+    fn resources_reserved_at_placement_are_released_exactly() {
+        let (mut v, f) = view();
+        let free = |v: &ClusterView, node: &str| {
+            v.node_summaries()
+                .into_iter()
+                .find(|n| n.node_id == node)
+                .unwrap()
+                .free
+        };
+        let before = free(&v, "warm");
+        let routed = v.route(f, 0).unwrap();
+        let placed = routed.cold_start.clone().unwrap();
+        assert_eq!(placed.node_id, "warm");
+        assert_eq!(free(&v, "warm").cpu_millis, before.cpu_millis - 1000);
+        let mut smaller = spec("f", "img", 2);
+        smaller.cpu_millis = 100;
+        smaller.memory_mib = 64;
+        assert_eq!(v.register_function(smaller).unwrap(), f);
+        v.complete(routed.invocation_id, 1).unwrap();
+        v.retire(placed.instance_id, StopReason::Retired, 2).unwrap();
+        assert_eq!(free(&v, "warm"), before);
+        // And the other way round: a bigger spec after placement.
+        let routed = v.route(f, 3).unwrap();
+        let mut bigger = spec("f", "img", 2);
+        bigger.cpu_millis = 1500;
+        v.register_function(bigger).unwrap();
+        v.complete(routed.invocation_id, 4).unwrap();
+        v.retire(routed.instance_id, StopReason::Retired, 5).unwrap();
+        assert_eq!(free(&v, "warm"), before);
     }
 
     #[test]

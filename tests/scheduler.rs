@@ -267,8 +267,13 @@ async fn invocations_past_their_timeout_get_the_instance_killed() {
             &json!({"invocation_id": r["invocation_id"]}),
         )
         .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // The caller learns the invocation failed with its instance.
+    assert_eq!(status, StatusCode::GONE, "{body}");
     assert_eq!(body["field"], "invocation_id");
+    assert!(
+        body["error"].as_str().unwrap().contains("Timeout"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

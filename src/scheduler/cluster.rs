@@ -148,6 +148,31 @@ pub struct RetiredInstance {
     pub lifetime_ms: u64,
     /// Time with at least one invocation in flight.
     pub busy_ms: u64,
+    /// Invocations that were in flight on it: they failed with it.
+    pub failed_invocations: Vec<InvocationId>,
+}
+
+/// How many failed invocations are remembered (oldest forgotten first), so
+/// their callers learn why when they ask; memory stays bounded.
+const MAX_FAILED_REMEMBERED: usize = 100_000;
+
+/// Invocations that ended because their instance was stopped under them.
+#[derive(Default)]
+struct FailedInvocations {
+    why: HashMap<InvocationId, StopReason>,
+    order: std::collections::VecDeque<InvocationId>,
+}
+
+impl FailedInvocations {
+    fn remember(&mut self, id: InvocationId, reason: StopReason) {
+        if self.order.len() == MAX_FAILED_REMEMBERED {
+            if let Some(oldest) = self.order.pop_front() {
+                self.why.remove(&oldest);
+            }
+        }
+        self.why.insert(id, reason);
+        self.order.push_back(id);
+    }
 }
 
 /// A node that stopped reporting and was dropped with its instances.
@@ -227,6 +252,8 @@ pub struct ClusterView {
     function_ids: HashMap<String, usize>,
     pub(super) instances: HashMap<InstanceId, Instance>,
     invocations: HashMap<InvocationId, Invocation>,
+    /// Invocations that failed with their instance, for their callers.
+    failed: FailedInvocations,
     next_instance: InstanceId,
     next_invocation: InvocationId,
     placement_stats: PlacementStats,
@@ -245,6 +272,7 @@ impl ClusterView {
             function_ids: HashMap::new(),
             instances: HashMap::new(),
             invocations: HashMap::new(),
+            failed: FailedInvocations::default(),
             next_instance: 1,
             next_invocation: 1,
             placement_stats: PlacementStats::default(),
@@ -555,10 +583,12 @@ impl ClusterView {
         invocation: InvocationId,
         now_ms: u64,
     ) -> Result<(InstanceId, u32), SchedulerError> {
-        let record = self
-            .invocations
-            .remove(&invocation)
-            .ok_or(SchedulerError::UnknownInvocation(invocation))?;
+        let record = self.invocations.remove(&invocation).ok_or_else(|| {
+            match self.failed.why.get(&invocation) {
+                Some(&reason) => SchedulerError::InvocationFailed { invocation, reason },
+                None => SchedulerError::UnknownInvocation(invocation),
+            }
+        })?;
         let instance = self
             .instances
             .get_mut(&record.instance)
@@ -608,8 +638,19 @@ impl ClusterView {
         let f = &mut self.functions[instance.function];
         f.instances.retain(|&i| i != id);
         let need = instance.resources;
+        let mut failed_invocations = Vec::new();
         let busy_ms = if instance.in_flight > 0 {
-            self.invocations.retain(|_, inv| inv.instance != id);
+            self.invocations.retain(|&invocation, inv| {
+                let on_it = inv.instance == id;
+                if on_it {
+                    failed_invocations.push(invocation);
+                }
+                !on_it
+            });
+            failed_invocations.sort_unstable();
+            for &invocation in &failed_invocations {
+                self.failed.remember(invocation, reason);
+            }
             self.nodes[instance.node].busy_cpu_millis -= u64::from(need.cpu_millis);
             self.note_demand_change(instance.function, now_ms);
             self.functions[instance.function].in_flight -= instance.in_flight;
@@ -629,6 +670,7 @@ impl ClusterView {
             reserved: instance.reserved,
             lifetime_ms: now_ms.saturating_sub(instance.created_ms),
             busy_ms,
+            failed_invocations,
         })
     }
 
@@ -869,7 +911,8 @@ mod tests {
         smaller.memory_mib = 64;
         assert_eq!(v.register_function(smaller).unwrap(), f);
         v.complete(routed.invocation_id, 1).unwrap();
-        v.retire(placed.instance_id, StopReason::Retired, 2).unwrap();
+        v.retire(placed.instance_id, StopReason::Retired, 2)
+            .unwrap();
         assert_eq!(free(&v, "warm"), before);
         // And the other way round: a bigger spec after placement.
         let routed = v.route(f, 3).unwrap();
@@ -877,7 +920,8 @@ mod tests {
         bigger.cpu_millis = 1500;
         v.register_function(bigger).unwrap();
         v.complete(routed.invocation_id, 4).unwrap();
-        v.retire(routed.instance_id, StopReason::Retired, 5).unwrap();
+        v.retire(routed.instance_id, StopReason::Retired, 5)
+            .unwrap();
         assert_eq!(free(&v, "warm"), before);
     }
 
@@ -943,9 +987,39 @@ mod tests {
         assert_eq!(killed[0].reason, StopReason::Timeout);
         assert!(matches!(
             v.complete(r.invocation_id, 10_002),
-            Err(SchedulerError::UnknownInvocation(_))
+            Err(SchedulerError::InvocationFailed {
+                reason: StopReason::Timeout,
+                ..
+            })
         ));
         assert_eq!(v.function_summary(f).in_flight, 0);
+    }
+
+    /// The other invocations on an instance killed at a timeout fail with
+    /// it, and their callers are told so, not that they never existed.
+    #[test]
+    fn invocations_on_a_killed_instance_are_reported_failed() {
+        let (mut v, f) = view();
+        let slow = v.route(f, 0).unwrap();
+        let other = v.route(f, 5_000).unwrap();
+        assert_eq!(other.instance_id, slow.instance_id);
+        let killed = v.kill_timed_out(10_001);
+        assert_eq!(killed.len(), 1);
+        assert_eq!(
+            killed[0].failed_invocations,
+            [slow.invocation_id, other.invocation_id]
+        );
+        for id in [slow.invocation_id, other.invocation_id] {
+            let err = v.complete(id, 10_002).unwrap_err();
+            assert!(
+                matches!(err, SchedulerError::InvocationFailed { invocation, reason: StopReason::Timeout } if invocation == id),
+                "{err}"
+            );
+        }
+        assert!(matches!(
+            v.complete(999, 10_003),
+            Err(SchedulerError::UnknownInvocation(999))
+        ));
     }
 
     #[test]

@@ -50,6 +50,15 @@ pub enum SchedulerError {
     /// timed out, or lost with its node).
     #[error("unknown invocation {0}")]
     UnknownInvocation(u64),
+    /// The invocation failed: its instance was stopped under it (killed
+    /// at a timeout, or lost with its node).
+    #[error("invocation {invocation} failed: its instance was stopped ({reason:?})")]
+    InvocationFailed {
+        /// The invocation.
+        invocation: u64,
+        /// Why its instance was stopped.
+        reason: super::report::StopReason,
+    },
     /// No live node has the free capacity the instance needs.
     #[error("no node has {cpu_millis} mCPU and {memory_mib} MiB free for image {image:?}")]
     NoCapacity {
@@ -68,7 +77,9 @@ impl SchedulerError {
         match self {
             SchedulerError::Invalid(err) => Some(&err.field),
             SchedulerError::UnknownFunction(_) => Some("function"),
-            SchedulerError::UnknownInvocation(_) => Some("invocation_id"),
+            SchedulerError::UnknownInvocation(_) | SchedulerError::InvocationFailed { .. } => {
+                Some("invocation_id")
+            }
             SchedulerError::NoCapacity { .. } => None,
         }
     }

@@ -84,7 +84,7 @@ impl Service {
     /// One pass of the background loop.
     fn tick(&mut self, now: u64) {
         for r in self.view.kill_timed_out(now) {
-            tracing::warn!(instance = r.instance_id, function = %r.function, node = %r.node_id, "invocation ran past its timeout: killing instance");
+            tracing::warn!(instance = r.instance_id, function = %r.function, node = %r.node_id, failed_invocations = ?r.failed_invocations, "invocation ran past its timeout: killing instance; its invocations fail (410 on completion)");
             self.order_stop(&r);
         }
         for lost in self.view.expire_lost_nodes(now, self.node_timeout_ms) {
@@ -138,6 +138,7 @@ impl From<SchedulerError> for ApiError {
                 StatusCode::NOT_FOUND
             }
             SchedulerError::NoCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            SchedulerError::InvocationFailed { .. } => StatusCode::GONE,
         };
         ApiError {
             status,

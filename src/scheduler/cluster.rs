@@ -745,7 +745,7 @@ impl ClusterView {
                     .filter(|inv| on_node.contains(&inv.instance))
                     .count();
                 for &id in &on_node {
-                    self.retire(id, StopReason::Retired, now_ms);
+                    self.retire(id, StopReason::NodeLost, now_ms);
                 }
                 let node = &mut self.nodes[idx];
                 node.warm.clear();
@@ -1025,7 +1025,7 @@ mod tests {
     #[test]
     fn lost_nodes_take_their_instances_with_them() {
         let (mut v, f) = view();
-        v.route(f, 0).unwrap();
+        let routed = v.route(f, 0).unwrap();
         v.apply_report(&report("cold", 8000, &[]), 5_000).unwrap();
         let lost = v.expire_lost_nodes(6_000, 5_000);
         assert_eq!(lost.len(), 1);
@@ -1038,6 +1038,13 @@ mod tests {
             ("warm", 1, 1)
         );
         assert_eq!(v.place(f, false, 6_000).unwrap().node_id, "cold");
+        assert!(matches!(
+            v.complete(routed.invocation_id, 6_001),
+            Err(SchedulerError::InvocationFailed {
+                reason: StopReason::NodeLost,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -215,6 +215,9 @@ pub enum StopReason {
     Timeout,
     /// It sat idle past its keep-alive, or its reservation was reduced.
     Retired,
+    /// Its node stopped reporting and was dropped (no order is sent: the
+    /// reason is for the invocations that failed with it).
+    NodeLost,
 }
 
 /// Why [`report_to`] failed.

@@ -653,6 +653,8 @@ fn sim_reports_one_json_row_per_policy_and_placement() {
             "20",
             "--nodes",
             "10",
+            "--keep-alive-sweep-min",
+            "5,10,60",
             "--json",
         ])
         .output()
@@ -663,7 +665,15 @@ fn sim_reports_one_json_row_per_policy_and_placement() {
         String::from_utf8_lossy(&out.stderr)
     );
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rows.len(), 8);
+    // The keep-alive baseline once per swept keep-alive, the four
+    // policies once; each with and without cache-aware placement.
+    assert_eq!(rows.len(), (3 + 4) * 2);
+    let swept: Vec<u64> = rows
+        .iter()
+        .filter(|r| r["policy"] == "keepalive" && r["cache_aware"] == true)
+        .map(|r| r["keep_alive_s"].as_u64().unwrap())
+        .collect();
+    assert_eq!(swept, [300, 600, 3600]);
     let kinds: Vec<(&str, bool)> = rows
         .iter()
         .map(|r| {
@@ -688,6 +698,8 @@ fn sim_reports_one_json_row_per_policy_and_placement() {
             "p99_start_ms",
             "p999_start_ms",
             "placements_per_s",
+            "cold_start_pct_p75",
+            "cold_start_pct_p99",
         ] {
             assert!(
                 r[field].as_f64().is_some_and(|v| v >= 0.0),

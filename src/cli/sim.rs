@@ -55,9 +55,13 @@ pub struct Args {
     /// What a start with nothing cached costs: a full pull or loci's lazy start.
     #[arg(long, value_enum, default_value_t = ColdMode::Lazy)]
     cold: ColdMode,
-    /// Policies to compare.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [PolicyKind::Fixed, PolicyKind::Scheduled, PolicyKind::Utilisation, PolicyKind::Hybrid])]
+    /// Policies to compare (`keep-alive` is the baseline: no reservation).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [PolicyKind::KeepAlive, PolicyKind::Fixed, PolicyKind::Scheduled, PolicyKind::Utilisation, PolicyKind::Hybrid])]
     policies: Vec<PolicyKind>,
+    /// Run the keep-alive baseline once per keep-alive in this list
+    /// (minutes, e.g. 5,10,20,30,60,120,240) instead of `--keep-alive-s`.
+    #[arg(long, value_delimiter = ',')]
+    keep_alive_sweep_min: Vec<u64>,
     /// Print one JSON row per policy and placement instead of a table.
     #[arg(long)]
     json: bool,
@@ -91,17 +95,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let mut rows = Vec::new();
     for &policy in &args.policies {
-        for cache_aware in [true, false] {
-            let clock = Instant::now();
-            let row = simulate(&trace, &costs, &params, policy, cache_aware)
-                .with_context(|| format!("simulating {policy:?}"))?;
-            tracing::info!(
-                ?policy,
-                cache_aware,
-                seconds = clock.elapsed().as_secs_f64(),
-                "simulated"
-            );
-            rows.push(row);
+        let keep_alives: Vec<u64> =
+            if policy == PolicyKind::KeepAlive && !args.keep_alive_sweep_min.is_empty() {
+                args.keep_alive_sweep_min.iter().map(|m| m * 60).collect()
+            } else {
+                vec![args.keep_alive_s]
+            };
+        for keep_alive_s in keep_alives {
+            let params = ClusterParams {
+                keep_alive_s,
+                ..params.clone()
+            };
+            for cache_aware in [true, false] {
+                let clock = Instant::now();
+                let row = simulate(&trace, &costs, &params, policy, cache_aware)
+                    .with_context(|| format!("simulating {policy:?}"))?;
+                tracing::info!(
+                    ?policy,
+                    keep_alive_s,
+                    cache_aware,
+                    seconds = clock.elapsed().as_secs_f64(),
+                    "simulated"
+                );
+                rows.push(row);
+            }
         }
     }
     let stdout = std::io::stdout();
@@ -142,22 +159,25 @@ fn load_trace(args: &Args) -> anyhow::Result<Trace> {
 fn print_table(out: &mut impl Write, rows: &[SimRow]) -> std::io::Result<()> {
     writeln!(
         out,
-        "| policy | cache-aware | cold starts | mean cold start ms | p50 ms | p99 ms | p99.9 ms | instance-s | idle instance-s | placements | placements/s (scheduler CPU) |"
+        "| policy | keep-alive s | cache-aware | cold starts | cold % p75 fn | cold % p99 fn | mean cold start ms | p50 ms | p99 ms | p99.9 ms | instance-s | idle instance-s | placements | placements/s (scheduler CPU) |"
     )?;
     writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     for r in rows {
         writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} |",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} |",
             serde_json::to_value(r.policy)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
+            r.keep_alive_s,
             if r.cache_aware { "yes" } else { "no" },
             r.cold_starts,
+            r.cold_start_pct_p75,
+            r.cold_start_pct_p99,
             r.mean_cold_start_ms,
             r.p50_start_ms,
             r.p99_start_ms,

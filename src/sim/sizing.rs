@@ -33,6 +33,10 @@ pub enum PolicyKind {
     /// The scheduled windows, with utilisation on top for load they did
     /// not plan for (bursts).
     Hybrid,
+    /// The baseline: no reservation at all; an instance started on demand
+    /// is kept alive for the keep-alive after its last invocation (the big
+    /// platforms' 10-minute rule).
+    KeepAlive,
 }
 
 /// Average concurrency of one function, over the day and per time-of-day
@@ -94,9 +98,15 @@ fn utilisation() -> UtilisationConfig {
     }
 }
 
-/// The policy of `kind` for a function with `profile`.
-pub fn policy_for(kind: PolicyKind, profile: &LoadProfile, concurrency: u32) -> PolicyConfig {
-    match kind {
+/// The policy of `kind` for a function with `profile` (None: no
+/// reservation, the keep-alive baseline).
+pub fn policy_for(
+    kind: PolicyKind,
+    profile: &LoadProfile,
+    concurrency: u32,
+) -> Option<PolicyConfig> {
+    Some(match kind {
+        PolicyKind::KeepAlive => return None,
         PolicyKind::Fixed => PolicyConfig::Fixed {
             instances: instances_for(profile.average, concurrency).ceil() as u32,
         },
@@ -106,7 +116,7 @@ pub fn policy_for(kind: PolicyKind, profile: &LoadProfile, concurrency: u32) -> 
             scheduled: schedule(profile, concurrency, f64::ceil),
             utilisation: utilisation(),
         },
-    }
+    })
 }
 
 #[cfg(test)]
@@ -138,11 +148,15 @@ mod tests {
         assert!((p.average - 1_440_000.0 / (DAY_MS - 1) as f64).abs() < 1e-9);
         assert!((p.per_block[0] - 0.1).abs() < 1e-9, "{:?}", p.per_block);
         assert_eq!(p.per_block[1], 0.0);
-        let PolicyConfig::Scheduled(s) = policy_for(PolicyKind::Scheduled, p, 1) else {
+        let Some(PolicyConfig::Scheduled(s)) = policy_for(PolicyKind::Scheduled, p, 1) else {
             panic!()
         };
         assert_eq!(s.windows[0].instances, 1);
         assert_eq!(s.windows[0].cron, "0 0 * * *");
-        assert!(policy_for(PolicyKind::Hybrid, p, 1).compile().is_ok());
+        assert!(policy_for(PolicyKind::Hybrid, p, 1)
+            .unwrap()
+            .compile()
+            .is_ok());
+        assert!(policy_for(PolicyKind::KeepAlive, p, 1).is_none());
     }
 }

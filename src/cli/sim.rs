@@ -159,16 +159,16 @@ fn load_trace(args: &Args) -> anyhow::Result<Trace> {
 fn print_table(out: &mut impl Write, rows: &[SimRow]) -> std::io::Result<()> {
     writeln!(
         out,
-        "| policy | keep-alive s | cache-aware | cold starts | cold % p75 fn | cold % p99 fn | mean cold start ms | p50 ms | p99 ms | p99.9 ms | instance-s | idle instance-s | placements | placements/s (scheduler CPU) |"
+        "| policy | keep-alive s | cache-aware | cold starts | cold % p75 fn | cold % p99 fn | mean cold start ms | p50 ms | p99 ms | p99.9 ms | instance-s | idle instance-s | GB-s | idle GB-s | placements | placements/s (scheduler CPU) |"
     )?;
     writeln!(
         out,
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     for r in rows {
         writeln!(
             out,
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} |",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} |",
             serde_json::to_value(r.policy)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
@@ -184,6 +184,8 @@ fn print_table(out: &mut impl Write, rows: &[SimRow]) -> std::io::Result<()> {
             r.p999_start_ms,
             r.instance_seconds,
             r.idle_instance_seconds,
+            r.gb_seconds,
+            r.idle_gb_seconds,
             r.placements,
             r.placements_per_s,
         )?;

@@ -19,6 +19,24 @@ use std::collections::{BinaryHeap, HashMap};
 /// so time-of-day windows line up with the trace's day.
 pub const SIM_EPOCH_MS: u64 = 1_563_148_800_000;
 
+/// The largest instance memory a function is given, MiB.
+pub const MAX_FUNCTION_MEMORY_MIB: u32 = 4096;
+
+/// Function `index`'s instance memory, MiB: drawn (deterministically, by
+/// index) from a log-normal with median 170 MiB and 90th percentile 400
+/// MiB, our reading of the per-application memory the Azure Functions 2019
+/// characterisation published ("Serverless in the Wild", ATC'20), within
+/// 64..=4096 MiB.
+pub fn function_memory_mib(index: usize) -> u32 {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let (median, p90) = (170f64, 400f64);
+    let sigma = (p90.ln() - median.ln()) / 1.281_551_565_5;
+    let sizes = rand_distr::LogNormal::new(median.ln(), sigma).expect("valid parameters");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x6c6f_6369 ^ index as u64);
+    (sizes.sample(&mut rng).round() as u32).clamp(64, MAX_FUNCTION_MEMORY_MIB)
+}
+
 /// The simulated cluster and platform settings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClusterParams {
@@ -30,8 +48,9 @@ pub struct ClusterParams {
     pub node_memory_mib: u32,
     /// Images each node's cache holds (least recently started evicted).
     pub cache_images: usize,
-    /// Resources of one instance of any function.
-    pub instance: Resources,
+    /// CPU of one instance of any function, millicores (memory is each
+    /// function's own, see [`function_memory_mib`]).
+    pub instance_cpu_millis: u32,
     /// Invocations one instance takes at once.
     pub concurrency: u32,
     /// Idle time after which an on-demand instance is retired, s.
@@ -47,10 +66,7 @@ impl Default for ClusterParams {
             node_cpu_millis: 16_000,
             node_memory_mib: 65_536,
             cache_images: 24,
-            instance: Resources {
-                cpu_millis: 500,
-                memory_mib: 512,
-            },
+            instance_cpu_millis: 500,
             concurrency: 1,
             keep_alive_s: 600,
             tick_ms: 10_000,
@@ -73,8 +89,17 @@ impl ClusterParams {
             cpu_millis: self.node_cpu_millis,
             memory_mib: self.node_memory_mib,
         };
-        if !node.fits(self.instance) {
-            return Err(FieldError::new("instance", "does not fit on a node"));
+        let largest = Resources {
+            cpu_millis: self.instance_cpu_millis,
+            memory_mib: MAX_FUNCTION_MEMORY_MIB,
+        };
+        if !node.fits(largest) {
+            return Err(FieldError::new(
+                "node_memory_mib",
+                format!(
+                    "must hold the largest function ({MAX_FUNCTION_MEMORY_MIB} MiB) and its CPU"
+                ),
+            ));
         }
         Ok(())
     }
@@ -111,6 +136,10 @@ pub struct SimRow {
     pub instance_seconds: f64,
     /// The part of it with nothing in flight, s.
     pub idle_instance_seconds: f64,
+    /// Memory held by instances over time, GB-seconds (GiB × s).
+    pub gb_seconds: f64,
+    /// The part of it held by idle instances: the wasted memory time.
+    pub idle_gb_seconds: f64,
     /// Median start latency (arrival to start of execution), ms.
     pub p50_start_ms: f64,
     /// 99th percentile start latency, ms.
@@ -163,6 +192,11 @@ struct Run<'a> {
     image_names: Vec<&'a str>,
     instance_ms: u64,
     idle_ms: u64,
+    /// Each function's instance memory, MiB (for GB-seconds).
+    function_memory: HashMap<String, u32>,
+    /// Memory held × time, MiB·ms; and the idle part of it.
+    mib_ms: u128,
+    idle_mib_ms: u128,
 }
 
 impl<'a> Run<'a> {
@@ -183,8 +217,12 @@ impl<'a> Run<'a> {
 
     fn retired(&mut self, gone: &[RetiredInstance]) {
         for r in gone {
+            let idle = r.lifetime_ms - r.busy_ms.min(r.lifetime_ms);
             self.instance_ms += r.lifetime_ms;
-            self.idle_ms += r.lifetime_ms - r.busy_ms.min(r.lifetime_ms);
+            self.idle_ms += idle;
+            let memory = u128::from(self.function_memory.get(&r.function).copied().unwrap_or(0));
+            self.mib_ms += memory * u128::from(r.lifetime_ms);
+            self.idle_mib_ms += memory * u128::from(idle);
         }
     }
 
@@ -235,17 +273,19 @@ pub fn simulate(
     let mut function_ids = Vec::with_capacity(trace.functions.len());
     let mut image_ids = HashMap::new();
     let mut image_names = Vec::new();
+    let mut function_memory: HashMap<String, u32> = HashMap::new();
     for (f, profile) in trace.functions.iter().zip(&profiles) {
         let spec = FunctionSpec {
             name: f.name.clone(),
             image: f.image.clone(),
-            cpu_millis: params.instance.cpu_millis,
-            memory_mib: params.instance.memory_mib,
+            cpu_millis: params.instance_cpu_millis,
+            memory_mib: function_memory_mib(function_memory.len()),
             concurrency: params.concurrency,
             timeout_s: crate::scheduler::function::MAX_TIMEOUT_S,
             keep_alive_s: params.keep_alive_s,
             policy: policy_for(policy, profile, params.concurrency),
         };
+        function_memory.insert(f.name.clone(), spec.memory_mib);
         function_ids.push(
             view.register_function(spec)
                 .map_err(|e| e.within(&f.name))?,
@@ -268,6 +308,9 @@ pub fn simulate(
         image_names,
         instance_ms: 0,
         idle_ms: 0,
+        function_memory,
+        mib_ms: 0,
+        idle_mib_ms: 0,
     };
 
     let mut completions: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
@@ -364,6 +407,8 @@ pub fn simulate(
         placements: run.view.placement_stats().placements,
         instance_seconds: run.instance_ms as f64 / 1000.0,
         idle_instance_seconds: run.idle_ms as f64 / 1000.0,
+        gb_seconds: run.mib_ms as f64 / 1024.0 / 1000.0,
+        idle_gb_seconds: run.idle_mib_ms as f64 / 1024.0 / 1000.0,
         p50_start_ms: percentile(0.50),
         p99_start_ms: percentile(0.99),
         p999_start_ms: percentile(0.999),
@@ -453,6 +498,8 @@ mod tests {
             "{long:?} vs {short:?}"
         );
         assert!(long.idle_instance_seconds > short.idle_instance_seconds);
+        assert!(long.idle_gb_seconds > short.idle_gb_seconds);
+        assert!(short.idle_gb_seconds < short.gb_seconds);
         for row in [&short, &long] {
             assert!(
                 0.0 <= row.cold_start_pct_p75 && row.cold_start_pct_p75 <= row.cold_start_pct_p99
@@ -460,5 +507,18 @@ mod tests {
             assert!(row.cold_start_pct_p99 <= 100.0);
         }
         assert!(long.cold_start_pct_p75 <= short.cold_start_pct_p75);
+    }
+
+    /// Function memory follows the distribution it is drawn from (median
+    /// 170 MiB, 90th percentile 400 MiB), the same for the same function.
+    #[test]
+    fn function_memory_follows_its_distribution() {
+        let mut sizes: Vec<u32> = (0..4000).map(function_memory_mib).collect();
+        assert_eq!(function_memory_mib(17), function_memory_mib(17));
+        sizes.sort_unstable();
+        let (median, p90) = (sizes[2000], sizes[3600]);
+        assert!((150..=190).contains(&median), "median {median}");
+        assert!((350..=450).contains(&p90), "p90 {p90}");
+        assert!(sizes[0] >= 64 && *sizes.last().unwrap() <= MAX_FUNCTION_MEMORY_MIB);
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::cache::ChunkCache;
 use crate::digest::Digest;
+use crate::scheduler::access::read_tokens;
 use crate::scheduler::report::{report_to, ImageCache, NodeReport, Resources};
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,20 +152,13 @@ pub async fn report_loop(
     loop {
         let report = build_report(&link.node_id, &cache, &images, &mut cpu);
         // Read each time: a rotated token is picked up without a restart.
-        let token = match &link.token_file {
-            Some(path) => match std::fs::read_to_string(path) {
-                Ok(text) => text
-                    .lines()
-                    .map(str::trim)
-                    .find(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(str::to_string),
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "cannot read the scheduler token");
-                    None
-                }
-            },
-            None => None,
-        };
+        let token = link.token_file.as_deref().and_then(|path| {
+            let first = read_tokens(path).and_then(|tokens| tokens.into_iter().next());
+            if first.is_none() {
+                tracing::warn!(file = %path.display(), "no scheduler token readable in the token file");
+            }
+            first
+        });
         match report_to(url, &report, token.as_deref()).await {
             Ok(_) => {
                 tracing::debug!(scheduler = %url, images = report.images.len(), "reported")

@@ -14,7 +14,6 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -30,22 +29,6 @@ const NEEDS: &[&str] = &[
     "skopeo",
     "python3",
 ];
-
-/// The Debian image (python3, runs as nobody in /tmp) as an OCI layout.
-fn debian_python() -> PathBuf {
-    debian_image(
-        "py3-nobody",
-        "python3",
-        &[
-            "--cmd",
-            "python3 -c 'import json'",
-            "--user",
-            "nobody",
-            "--workdir",
-            "/tmp",
-        ],
-    )
-}
 
 /// A node: containerd with CRI, the loci snapshotter beside it, and the
 /// certs.d directory both read.
@@ -119,27 +102,9 @@ impl Node {
         started.elapsed()
     }
 
-    fn loci_snapshots(&self) -> Vec<String> {
-        let out = run(self
-            .containerd
-            .ctr()
-            .args(["snapshots", "--snapshotter", "loci", "ls"]));
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .skip(1)
-            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
-            .collect()
-    }
-
+    /// The lazy (FUSE) mounts under the snapshotter's root.
     fn fuse_mounts(&self) -> Vec<String> {
-        let root = self.path("root");
-        std::fs::read_to_string("/proc/self/mounts")
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("fuse") && l.contains(root.to_str().unwrap()))
-            .map(str::to_string)
-            .collect()
+        mounts_under(&self.path("root"))
     }
 }
 
@@ -151,16 +116,7 @@ impl Drop for Node {
             eprintln!("containerd's log, last lines first:\n{}", tail.join("\n"));
         }
         self.snapshotter.stop();
-        let root = self.path("root");
-        let _ = Command::new("pkill")
-            .arg("-f")
-            .arg(format!("fd-holder --socket {}", root.display()))
-            .status();
-        for mount in self.fuse_mounts() {
-            if let Some(target) = mount.split(' ').nth(1) {
-                let _ = Command::new("umount").arg("-l").arg(target).status();
-            }
-        }
+        release_snapshotter_root(&self.path("root"));
     }
 }
 
@@ -190,15 +146,6 @@ fn spawn_snapshotter(work: &Path) -> Daemon {
         std::thread::sleep(Duration::from_millis(20));
     }
     snapshotter
-}
-
-/// The key conversions sign with; its `.pub` is what the node trusts.
-fn signing_key(work: &Path) -> PathBuf {
-    let key = work.join("sign.key");
-    if !key.exists() {
-        run(loci().args(["key", "generate", key.to_str().unwrap()]));
-    }
-    key
 }
 
 /// A pause image of busybox that waits for its end, pushed to `registry`.
@@ -408,6 +355,23 @@ impl Kubelet {
     }
 }
 
+/// A registry holding the pause image and the Debian python image as
+/// loci converted and signed it: the work dir, the registry, the pause
+/// image's and the converted image's references.
+fn converted_debian_python() -> (tempfile::TempDir, Registry, String, String) {
+    let layout = debian_python_image();
+    let work = tempfile::tempdir().unwrap();
+    let registry = Registry::start();
+    let pause = push_pause_image(work.path(), &registry.addr);
+    let image = format!("{}/py:loci", registry.addr);
+    run(loci()
+        .args(["convert", "--plain-http", "--sign-key"])
+        .arg(signing_key(work.path()))
+        .arg(format!("oci:{}:py3-nobody", layout.display()))
+        .arg(&image));
+    (work, registry, pause, image)
+}
+
 /// A unix-socket gRPC channel, as kubelet dials its endpoints.
 async fn dial(socket: &Path) -> Channel {
     containerd_client::connect(socket)
@@ -447,16 +411,7 @@ fn kubelet_runs_a_pod_from_a_lazily_pulled_debian_image_and_removal_leaves_nothi
     {
         return;
     }
-    let layout = debian_python();
-    let work = tempfile::tempdir().unwrap();
-    let registry = Registry::start();
-    let pause = push_pause_image(work.path(), &registry.addr);
-    let image = format!("{}/py:loci", registry.addr);
-    run(loci()
-        .args(["convert", "--plain-http", "--sign-key"])
-        .arg(signing_key(work.path()))
-        .arg(format!("oci:{}:py3-nobody", layout.display()))
-        .arg(&image));
+    let (work, registry, pause, image) = converted_debian_python();
     let node = Node::start(work, &[&registry.addr], &pause, "");
     let layers = layer_digests(&image, &node.certs, &node.path("no-docker-config"));
     let from = registry.daemon.log_text().len();
@@ -480,7 +435,7 @@ fn kubelet_runs_a_pod_from_a_lazily_pulled_debian_image_and_removal_leaves_nothi
         "whole-layer reads: {statuses:?}"
     );
     // Removal leaves the pause image's one layer, no lazy mount.
-    let snapshots = node.loci_snapshots();
+    let snapshots = node.containerd.snapshots("loci");
     assert_eq!(snapshots.len(), 1, "{snapshots:?}");
     assert_eq!(node.fuse_mounts(), Vec::<String>::new());
 }
@@ -494,7 +449,7 @@ fn credentials_kubelet_passes_reach_lazy_reads_through_the_cri_proxy_as_tokens_e
     {
         return;
     }
-    let layout = debian_python();
+    let layout = debian_python_image();
     let work = tempfile::tempdir().unwrap();
     // The pause image comes from a public registry; the application from
     // a private one with token auth.
@@ -509,7 +464,7 @@ fn credentials_kubelet_passes_reach_lazy_reads_through_the_cri_proxy_as_tokens_e
     std::fs::write(
         docker.join("config.json"),
         serde_json::json!({ "auths": { &private.addr: {
-            "auth": base64_of("kube:pull-secret-93a") } } })
+            "auth": base64(b"kube:pull-secret-93a") } } })
         .to_string(),
     )
     .unwrap();
@@ -596,11 +551,6 @@ print('read', n > 500, flush=True)
     assert!(issuer.issued.load(Ordering::SeqCst) >= 3);
 }
 
-fn base64_of(text: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(text)
-}
-
 /// containerd redials a proxy snapshotter with backoff: after a restart,
 /// kubelet's next call that needs the snapshotter fails until containerd
 /// reconnects. The daemon answers on its socket before it has served its
@@ -616,16 +566,7 @@ fn cri_calls_succeed_again_soon_after_a_snapshotter_restart() {
     {
         return;
     }
-    let layout = debian_python();
-    let work = tempfile::tempdir().unwrap();
-    let registry = Registry::start();
-    let pause = push_pause_image(work.path(), &registry.addr);
-    let image = format!("{}/py:loci", registry.addr);
-    run(loci()
-        .args(["convert", "--plain-http", "--sign-key"])
-        .arg(signing_key(work.path()))
-        .arg(format!("oci:{}:py3-nobody", layout.display()))
-        .arg(&image));
+    let (work, registry, pause, image) = converted_debian_python();
     let mut node = Node::start(work, &[&registry.addr], &pause, "");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let socket = node.containerd.socket.clone();

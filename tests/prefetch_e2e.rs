@@ -405,18 +405,7 @@ fn trace_record_runs_a_debian_images_bare_command_and_its_trace_pays_off() {
     {
         return;
     }
-    let layout = debian_image(
-        "py3-nobody",
-        "python3",
-        &[
-            "--cmd",
-            "python3 -c 'import json'",
-            "--user",
-            "nobody",
-            "--workdir",
-            "/tmp",
-        ],
-    );
+    let layout = debian_python_image();
     let setup = Setup::from_layout(tempfile::tempdir().unwrap(), &layout, "py3-nobody", &["py"]);
     let containerd = Containerd::start("");
     let start =

@@ -77,11 +77,6 @@ impl Work {
     }
 }
 
-fn base64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 fn failed(out: &Output) -> String {
     assert!(
         !out.status.success(),

@@ -35,17 +35,6 @@ fn socket(work: &Path) -> PathBuf {
     work.join("loci.sock")
 }
 
-/// The key the test's conversions sign with (made on first use); its
-/// public half, beside it with `.pub` appended, is what the snapshotter
-/// trusts.
-fn signing_key(work: &Path) -> PathBuf {
-    let key = work.join("sign.key");
-    if !key.exists() {
-        run(loci().args(["key", "generate", key.to_str().unwrap()]));
-    }
-    key
-}
-
 /// Starts `loci snapshotter` with its metrics on 127.0.0.1:`metrics_port`,
 /// reaching the registry at `registry` (host:port) over plain HTTP, as its
 /// node configuration says (never as an image's labels say).
@@ -200,16 +189,7 @@ impl Setup {
     }
 
     fn loci_snapshots(&self) -> Vec<String> {
-        let out = run(self
-            .containerd
-            .ctr()
-            .args(["snapshots", "--snapshotter", "loci", "ls"]));
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .skip(1)
-            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
-            .collect()
+        self.containerd.snapshots("loci")
     }
 }
 
@@ -218,29 +198,8 @@ impl Drop for Setup {
     /// which would keep them (and itself) alive. End both.
     fn drop(&mut self) {
         self.snapshotter.stop();
-        let root = self.work.path().join("root");
-        let _ = Command::new("pkill")
-            .arg("-f")
-            .arg(format!("fd-holder --socket {}", root.display()))
-            .status();
-        let mut mounts = fuse_mounts_under(&root);
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for mount in mounts {
-            if let Some(target) = mount.split(' ').nth(1) {
-                let _ = Command::new("umount").arg("-l").arg(target).status();
-            }
-        }
+        release_snapshotter_root(&self.work.path().join("root"));
     }
-}
-
-fn fuse_mounts_under(dir: &Path) -> Vec<String> {
-    let dir = dir.to_str().unwrap();
-    std::fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .filter(|l| l.split(' ').nth(1).is_some_and(|t| t.starts_with(dir)))
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]
@@ -338,11 +297,7 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
         "metrics say {total} bytes fetched, the registry sent {registry_bytes}"
     );
     assert!(metrics["loci_fetch_latency_seconds_count"] > 0.0);
-    assert_eq!(
-        fuse_mounts_under(&root).len(),
-        4,
-        "one FUSE mount per layer"
-    );
+    assert_eq!(mounts_under(&root).len(), 4, "one FUSE mount per layer");
 
     // A container that runs across restarts of the snapshotter, graceful
     // and not: its reads of files nothing has read yet (so neither the
@@ -430,7 +385,7 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
     assert_eq!(setup.loci_snapshots().len(), 4);
     let out = setup.ctr_run(&converted, "lazy-3", &["cat", "/etc/hello.txt"]);
     assert_eq!(out, "hello again from layer 3\n");
-    let live = fuse_mounts_under(&root);
+    let live = mounts_under(&root);
     assert_eq!(live.len(), 4, "{live:?}");
     remove_image_and_collect(&setup, &converted, &root);
 
@@ -521,11 +476,7 @@ fn remove_image_and_collect(setup: &Setup, image: &str, root: &Path) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(
-        fuse_mounts_under(root).is_empty(),
-        "{:?}",
-        fuse_mounts_under(root)
-    );
+    assert!(mounts_under(root).is_empty(), "{:?}", mounts_under(root));
     let left: Vec<_> = std::fs::read_dir(root.join("snapshots"))
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -721,7 +672,7 @@ fn a_dead_holder_is_replaced_and_release_closes_everything() {
     );
     setup.snapshotter.stop();
     assert_eq!(
-        fuse_mounts_under(&root).len(),
+        mounts_under(&root).len(),
         4,
         "SIGTERM leaves the mounts for the next daemon"
     );
@@ -731,11 +682,7 @@ fn a_dead_holder_is_replaced_and_release_closes_everything() {
         said.contains("held 4 connections; 4 FUSE mounts unmounted"),
         "{said}"
     );
-    assert!(
-        fuse_mounts_under(&root).is_empty(),
-        "{:?}",
-        fuse_mounts_under(&root)
-    );
+    assert!(mounts_under(&root).is_empty(), "{:?}", mounts_under(&root));
     wait_until("the holder did not exit", 10, || {
         holder_pid(&root).is_none()
     });

@@ -73,8 +73,14 @@ impl NativeFiles {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        // Never under a container: only layers none uses are evicted.
-        for dir in [&self.dir, &self.lower] {
+        // Only layers no container uses are evicted. The laid-out directory
+        // leaves its place in one rename first, so a mount made meanwhile
+        // finds it whole or not at all (then FUSE), never half removed.
+        let leaving = self.lower.with_extension("evicted");
+        if std::fs::rename(&self.lower, &leaving).is_err() && self.lower.exists() {
+            tracing::warn!(dir = %self.lower.display(), "could not move an evicted layer's directory away");
+        }
+        for dir in [&self.dir, &leaving, &self.lower] {
             if let Err(e) = std::fs::remove_dir_all(dir) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(dir = %dir.display(), error = %e, "removing an evicted layer's files");

@@ -84,7 +84,10 @@ impl Tokens {
     }
 }
 
-fn read_tokens(path: &Path) -> Option<Vec<String>> {
+/// The tokens of a token file (one a line, blank lines and `#` comments
+/// skipped); None when it cannot be read or is larger than a token file
+/// can be. Node agents send the first.
+pub fn read_tokens(path: &Path) -> Option<Vec<String>> {
     let len = std::fs::metadata(path).ok()?.len();
     if len > MAX_TOKEN_FILE_BYTES {
         tracing::warn!(file = %path.display(), len, "token file too large; keeping the tokens read before");

@@ -274,12 +274,12 @@ pub fn simulate(
     let mut image_ids = HashMap::new();
     let mut image_names = Vec::new();
     let mut function_memory: HashMap<String, u32> = HashMap::new();
-    for (f, profile) in trace.functions.iter().zip(&profiles) {
+    for (index, (f, profile)) in trace.functions.iter().zip(&profiles).enumerate() {
         let spec = FunctionSpec {
             name: f.name.clone(),
             image: f.image.clone(),
             cpu_millis: params.instance_cpu_millis,
-            memory_mib: function_memory_mib(function_memory.len()),
+            memory_mib: function_memory_mib(index),
             concurrency: params.concurrency,
             timeout_s: crate::scheduler::function::MAX_TIMEOUT_S,
             keep_alive_s: params.keep_alive_s,

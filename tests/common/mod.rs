@@ -355,6 +355,19 @@ impl Containerd {
         cmd
     }
 
+    /// The keys of the snapshots `snapshotter` holds in this namespace.
+    pub fn snapshots(&self, snapshotter: &str) -> Vec<String> {
+        let out = run(self
+            .ctr()
+            .args(["snapshots", "--snapshotter", snapshotter, "ls"]));
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+            .collect()
+    }
+
     /// Pulls (and unpacks) an image from a plain-HTTP registry.
     pub fn pull(&self, reference: &str, snapshotter: &str) {
         run(self
@@ -775,5 +788,67 @@ impl FaultProxy {
 
     pub fn clear(&self) {
         self.control("DELETE", "");
+    }
+}
+
+/// The key a test's conversions sign with (made on first use, in `work`);
+/// its public half, beside it with `.pub` appended, is what a snapshotter
+/// trusts.
+pub fn signing_key(work: &Path) -> PathBuf {
+    let key = work.join("sign.key");
+    if !key.exists() {
+        run(loci().args(["key", "generate", key.to_str().unwrap()]));
+    }
+    key
+}
+
+/// The realistic image the Python tests run: Debian with python3, whose
+/// config runs as `nobody` in `/tmp` (see [`debian_image`]).
+pub fn debian_python_image() -> PathBuf {
+    debian_image(
+        "py3-nobody",
+        "python3",
+        &[
+            "--cmd",
+            "python3 -c 'import json'",
+            "--user",
+            "nobody",
+            "--workdir",
+            "/tmp",
+        ],
+    )
+}
+
+/// Base64 (standard alphabet), as registries and docker configs write it.
+pub fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The mounts (lines of /proc/self/mounts) whose target is under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(1).is_some_and(|t| t.starts_with(dir)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// After a (failed) test: a stopped snapshotter leaves its lazy mounts to
+/// its fd holder, which would keep them (and itself) alive. Ends the
+/// holder of the snapshotter rooted at `root` and unmounts what is under it.
+pub fn release_snapshotter_root(root: &Path) {
+    let _ = Command::new("pkill")
+        .arg("-f")
+        .arg(format!("fd-holder --socket {}", root.display()))
+        .status();
+    let mut mounts = mounts_under(root);
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mount in mounts {
+        if let Some(target) = mount.split(' ').nth(1) {
+            let _ = Command::new("umount").arg("-l").arg(target).status();
+        }
     }
 }

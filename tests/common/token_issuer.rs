@@ -1,16 +1,12 @@
 //! A token issuer for docker-registry's `auth: token`, started by tests of
 //! token auth: ES256 tokens signed with a key and certificate it makes.
 
-use base64::Engine as _;
+use super::base64;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-fn base64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
 
 /// A token issuer as a registry's `auth: token` realm: checks the Basic
 /// credentials it is given, signs ES256 tokens (x5c: its self-signed

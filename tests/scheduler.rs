@@ -670,7 +670,7 @@ fn sim_reports_one_json_row_per_policy_and_placement() {
     assert_eq!(rows.len(), (3 + 4) * 2);
     let swept: Vec<u64> = rows
         .iter()
-        .filter(|r| r["policy"] == "keepalive" && r["cache_aware"] == true)
+        .filter(|r| r["policy"] == "keep-alive" && r["cache_aware"] == true)
         .map(|r| r["keep_alive_s"].as_u64().unwrap())
         .collect();
     assert_eq!(swept, [300, 600, 3600]);
@@ -831,5 +831,5 @@ fn the_binary_refuses_to_serve_an_api_anyone_could_drive() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("access.token_file is not set"), "{stderr}");
+    assert!(stderr.contains("access: token_file is not set"), "{stderr}");
 }

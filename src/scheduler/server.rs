@@ -357,7 +357,7 @@ impl Gate {
             }
             (None, false) => {
                 return Err(ServeError::Access(
-                    "access.token_file is not set: the API would take orders from anyone who reaches it (set access.insecure_no_token = true for a private loopback)".into(),
+                    "token_file is not set: the API would take orders from anyone who reaches it (set insecure_no_token = true for a private loopback)".into(),
                 ))
             }
         };

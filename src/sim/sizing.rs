@@ -36,6 +36,7 @@ pub enum PolicyKind {
     /// The baseline: no reservation at all; an instance started on demand
     /// is kept alive for the keep-alive after its last invocation (the big
     /// platforms' 10-minute rule).
+    #[serde(rename = "keep-alive")]
     KeepAlive,
 }
 

@@ -13,6 +13,7 @@
 //! Every zstd decoder, and so every runtime, sees an ordinary layer; a lazy
 //! reader fetches the footer, then the TOC, then only the chunks a read needs.
 
+mod chunker;
 mod error;
 mod footer;
 mod frames;

@@ -2,11 +2,13 @@
 //!
 //! One thread walks the tar (with the `tar` crate, through a tap that keeps
 //! every byte it reads) and cuts it into segments: runs of headers and
-//! padding, and content-defined chunks of file content (FastCDC). Batches
-//! of segments go to a second thread that compresses them in parallel
-//! (rayon) and writes the frames in order, so the output is the same
+//! padding, and content-defined chunks of file content (FastCDC, see
+//! [`super::chunker`]). Batches of segments go to a second thread that
+//! compresses them in parallel (rayon) and writes the frames in order, so
+//! the output is the same
 //! whatever the thread count: conversion is deterministic.
 
+use super::chunker::Chunker;
 use super::toc::normalize_path;
 use super::{
     annotations, skippable_frame, Chunk, EntryKind, Extent, Footer, FormatError, Limits, Toc,
@@ -117,6 +119,7 @@ pub fn convert_layer<R: Read, W: Write + Send>(
             pack_files: Vec::new(),
             batch: Vec::new(),
             batch_bytes: 0,
+            chunk_block: Vec::new(),
             tx,
             progress,
         };
@@ -222,6 +225,8 @@ struct Cutter<'p> {
     pack_files: Vec<(usize, u32, u32)>,
     batch: Vec<Segment>,
     batch_bytes: usize,
+    /// The chunker's read buffer, kept from file to file.
+    chunk_block: Vec<u8>,
     tx: mpsc::SyncSender<Vec<Segment>>,
     progress: &'p dyn Fn(u64),
 }
@@ -288,18 +293,18 @@ impl Cutter<'_> {
         size: u64,
         opts: &ConvertOptions,
     ) -> Result<(), FormatError> {
-        let avg = opts.chunk_size.max(256);
-        let chunker = fastcdc::v2020::StreamCDC::new(content, (avg / 4).max(64), avg, avg * 4);
+        let mut block = std::mem::take(&mut self.chunk_block);
+        let mut chunker = Chunker::new(content, opts.chunk_size.max(256), &mut block);
         let mut seen = 0u64;
-        for chunk in chunker {
-            let chunk = chunk.map_err(|e| FormatError::Io(e.into()))?;
-            seen += chunk.length as u64;
+        while let Some(data) = chunker.next_chunk()? {
+            seen += data.len() as u64;
             self.push(Segment {
                 is_chunk: true,
-                files: vec![(entry, 0, chunk.length as u32)],
-                data: chunk.data,
+                files: vec![(entry, 0, data.len() as u32)],
+                data,
             })?;
         }
+        self.chunk_block = block;
         if seen != size {
             let offset = self.tap_state.borrow().offset;
             return Err(FormatError::MalformedTar {

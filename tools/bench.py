@@ -370,6 +370,8 @@ class Image:
         self.opened = {}
         if "nydus-fs" in modes:
             self.nydus = nydus_convert(env, name, layout, tag)
+        if env.peers["nydus"]["found"]:
+            self.side_by_side = convert_side_by_side(env, name, layout, tag)
 
 
 def nydus_convert(env, name, layout, tag):
@@ -398,6 +400,47 @@ def nydus_convert(env, name, layout, tag):
         env.push_blob(repo, os.path.join(blobs, blob))
     return {"repo": repo, "bootstrap": env.push_blob(repo, bootstrap), "convert_s": convert_s,
             "convert_cpu_s": convert_cpu_s, "unpack_cpu_s": unpack_cpu_s}
+
+
+def convert_side_by_side(env, name, layout, tag, repeats=3):
+    """Conversion CPU on the same input: `loci convert` from the local
+    layout to a scratch layout, and nydus-image's `targz-rafs` conversion
+    of the very same compressed layer files, alternating, `repeats` times
+    each; medians of CPU seconds (user + system)."""
+    nydus_image = env.peers["nydus"]["nydus-image"]
+    layers = layout_layers(layout, tag)
+    work = os.path.join(env.work, f"side-by-side-{name}")
+    loci_cpu, nydus_cpu = [], []
+    for _ in range(repeats):
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        c0 = children_cpu()
+        env.run(env.loci, "--log", "warn", "convert", f"oci:{layout}:{tag}", f"oci:{work}/loci:{tag}")
+        loci_cpu.append(children_cpu() - c0)
+        c0 = children_cpu()
+        for i, (blob, media_type) in enumerate(layers):
+            kind = "targz-rafs" if media_type.endswith("gzip") else "tar-rafs"
+            blobs = os.path.join(work, f"nydus-{i}")
+            os.makedirs(blobs)
+            env.run(nydus_image, "create", "--type", kind, "--fs-version", "6", "--blob-dir", blobs,
+                    "--bootstrap", os.path.join(blobs, "bootstrap"), "--log-level", "warn", blob)
+        nydus_cpu.append(children_cpu() - c0)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"loci_cpu_s": statistics.median(loci_cpu), "nydus_cpu_s": statistics.median(nydus_cpu),
+            "loci_runs": loci_cpu, "nydus_runs": nydus_cpu}
+
+
+def layout_layers(layout, tag):
+    """(path, media type) of each layer of `tag` in an OCI layout."""
+    def blob(digest):
+        return os.path.join(layout, "blobs", *digest.split(":", 1))
+    with open(os.path.join(layout, "index.json")) as f:
+        index = json.load(f)
+    desc = next(m for m in index["manifests"]
+                if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
+    with open(blob(desc["digest"])) as f:
+        manifest = json.load(f)
+    return [(blob(layer["digest"]), layer["mediaType"]) for layer in manifest["layers"]]
 
 
 def children_cpu():
@@ -761,6 +804,11 @@ def main():
                                    "nydus_mb_per_cpu_s": mb / n["convert_cpu_s"] if n["convert_cpu_s"] else None,
                                    "nydus_unpack_cpu_s": n["unpack_cpu_s"],
                                    "nydus_from_image_mb_per_cpu_s": mb / from_image if from_image else None})
+        if hasattr(image, "side_by_side"):
+            sbs = image.side_by_side
+            converts[name]["same_input"] = dict(sbs, loci_mb_per_cpu_s=mb / sbs["loci_cpu_s"],
+                                                nydus_mb_per_cpu_s=mb / sbs["nydus_cpu_s"],
+                                                loci_to_nydus=sbs["nydus_cpu_s"] / sbs["loci_cpu_s"])
         if image.traced:
             converts[name]["loci_ordered_s"] = image.ordered_convert_s
             converts[name]["loci_ordered_cpu_s"] = image.ordered_convert_cpu_s
@@ -775,6 +823,13 @@ def main():
                f"with unpacking the image for it, {c['nydus_unpack_cpu_s']:.1f} CPU-s more: "
                f"{c['nydus_from_image_mb_per_cpu_s'] or 0:.0f} MB/CPU-s)"
                if "nydus_cpu_s" in c else ""), file=sys.stderr)
+        if "same_input" in c:
+            same = c["same_input"]
+            print(f"{name}: conversion of the same compressed layers, local, medians of "
+                  f"{len(same['loci_runs'])}: loci {same['loci_cpu_s']:.2f} CPU-s "
+                  f"({same['loci_mb_per_cpu_s']:.0f} MB/CPU-s), nydus-image targz-rafs "
+                  f"{same['nydus_cpu_s']:.2f} CPU-s ({same['nydus_mb_per_cpu_s']:.0f} MB/CPU-s): "
+                  f"loci {same['loci_to_nydus']:.2f}x nydus-image's speed", file=sys.stderr)
     summary = summarize(rows, images, modes, env.link_note, opened)
     print_table(summary)
     with open(os.path.join(args.out, "bench.json"), "w") as f:

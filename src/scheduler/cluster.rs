@@ -549,7 +549,13 @@ impl ClusterView {
             }
         };
         self.note_demand_change(function.0, now_ms);
-        self.functions[function.0].in_flight += 1;
+        let f = &mut self.functions[function.0];
+        if f.in_flight == 0 {
+            if let Some(policy) = f.policy.as_mut() {
+                policy.went_busy(now_ms);
+            }
+        }
+        f.in_flight += 1;
         let instance = self
             .instances
             .get_mut(&instance_id)
@@ -602,8 +608,20 @@ impl ClusterView {
         }
         let left = instance.in_flight;
         self.note_demand_change(function, now_ms);
-        self.functions[function].in_flight -= 1;
+        self.function_in_flight_dropped(function, 1, now_ms);
         Ok((record.instance, left))
+    }
+
+    /// `by` fewer invocations of `function` in flight; its policy learns
+    /// when none are left.
+    fn function_in_flight_dropped(&mut self, function: usize, by: u32, now_ms: u64) {
+        let f = &mut self.functions[function];
+        f.in_flight -= by;
+        if f.in_flight == 0 {
+            if let Some(policy) = f.policy.as_mut() {
+                policy.went_idle(now_ms);
+            }
+        }
     }
 
     fn note_demand_change(&mut self, function: usize, now_ms: u64) {
@@ -653,7 +671,7 @@ impl ClusterView {
             }
             self.nodes[instance.node].busy_cpu_millis -= u64::from(need.cpu_millis);
             self.note_demand_change(instance.function, now_ms);
-            self.functions[instance.function].in_flight -= instance.in_flight;
+            self.function_in_flight_dropped(instance.function, instance.in_flight, now_ms);
             instance.busy_ms + now_ms.saturating_sub(instance.busy_since_ms)
         } else {
             instance.busy_ms
@@ -675,13 +693,18 @@ impl ClusterView {
     }
 
     /// Retires on-demand instances idle longer than their function's
-    /// keep-alive.
+    /// keep-alive (or, under a histogram policy, the policy's).
     pub fn retire_idle(&mut self, now_ms: u64) -> Vec<RetiredInstance> {
         let expired: Vec<InstanceId> = self
             .instances
             .iter()
             .filter(|(_, i)| {
-                let keep_alive_ms = self.functions[i.function].spec.keep_alive_s * 1000;
+                let f = &self.functions[i.function];
+                let keep_alive_ms = f.spec.keep_alive_s * 1000;
+                let keep_alive_ms = f
+                    .policy
+                    .as_ref()
+                    .map_or(keep_alive_ms, |p| p.idle_keep_alive_ms(keep_alive_ms));
                 !i.reserved && i.in_flight == 0 && i.idle_since_ms + keep_alive_ms <= now_ms
             })
             .map(|(&id, _)| id)

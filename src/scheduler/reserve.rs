@@ -98,7 +98,7 @@ impl ClusterView {
 mod tests {
     use crate::scheduler::cluster::ClusterView;
     use crate::scheduler::function::FunctionSpec;
-    use crate::scheduler::policy::{PolicyConfig, UtilisationConfig};
+    use crate::scheduler::policy::{HistogramConfig, PolicyConfig, UtilisationConfig};
     use crate::scheduler::report::{NodeReport, Resources};
     use crate::scheduler::scoring::ScoringWeights;
 
@@ -186,5 +186,36 @@ mod tests {
         let changes = v.reconcile_reservations(3_000);
         assert_eq!(changes.stopped.len(), 1);
         assert_eq!(v.function_summary(f).reserved_instances, 0);
+    }
+
+    /// A function idle for half an hour between invocations, as its
+    /// history says: its instance goes as soon as it is idle, a new one is
+    /// ready before the next invocation, which starts warm, and that one
+    /// goes once the window has passed.
+    #[test]
+    fn histogram_unloads_at_once_and_prewarms_before_the_next_invocation() {
+        let mut history = vec![0u32; 241];
+        history[30] = 20;
+        let (mut v, f) = view(PolicyConfig::Histogram(HistogramConfig {
+            history,
+            ..HistogramConfig::default()
+        }));
+        let min = 60_000;
+        let first = v.route(f, 0).unwrap();
+        assert!(first.cold_start.is_some());
+        v.complete(first.invocation_id, 1_000).unwrap();
+        assert_eq!(v.retire_idle(1_000).len(), 1, "unloaded when idle");
+        assert!(v.reconcile_reservations(26 * min).started.is_empty());
+        let prewarm = v.reconcile_reservations(28 * min);
+        assert_eq!(prewarm.started.len(), 1, "pre-warmed in the window");
+        let next = v.route(f, 30 * min).unwrap();
+        assert!(next.cold_start.is_none(), "the next invocation starts warm");
+        assert_eq!(next.instance_id, prewarm.started[0].instance_id);
+        v.complete(next.invocation_id, 30 * min + 1_000).unwrap();
+        // Idle again: the pre-warmed instance goes, the next one is planned.
+        assert_eq!(v.reconcile_reservations(31 * min).stopped.len(), 1);
+        let s = v.function_summary(f);
+        assert_eq!((s.reserved_instances, s.on_demand_instances), (0, 0));
+        assert_eq!(v.reconcile_reservations(58 * min).started.len(), 1);
     }
 }

@@ -1,16 +1,20 @@
 //! Reservation policies: how many instances of a function are kept ready,
 //! so invocations find a warm instance instead of paying a cold start.
 //!
-//! Four kinds, after Alibaba Function Compute's reserved instances:
+//! Four kinds after Alibaba Function Compute's reserved instances:
 //! *fixed* (N always), *scheduled* (cron windows in a time zone),
 //! *utilisation* (follow load at a target utilisation) and *hybrid* (the
-//! larger of a scheduled and a utilisation policy). Policies are plain
+//! larger of a scheduled and a utilisation policy); and *histogram*, the
+//! hybrid histogram policy of "Serverless in the Wild", which learns each
+//! function's idle times to unload, pre-warm and keep alive. Policies are plain
 //! configuration ([`PolicyConfig`], TOML or JSON) compiled into a
 //! [`ReservationPolicy`] that also holds the state evaluation needs.
 
+mod histogram;
 mod schedule;
 mod utilisation;
 
+pub use histogram::{HistogramConfig, IdleHistogram, IdlePlan, IdleRule};
 pub use schedule::{Schedule, ScheduledConfig, WindowConfig};
 pub use utilisation::{UtilisationConfig, UtilisationScaler};
 
@@ -42,6 +46,8 @@ pub enum PolicyConfig {
         /// The reactive part.
         utilisation: UtilisationConfig,
     },
+    /// Learn idle times; unload, pre-warm and keep alive by them.
+    Histogram(HistogramConfig),
 }
 
 /// What a policy needs to know about the function's recent load.
@@ -64,6 +70,8 @@ pub enum ReservationPolicy {
     Utilisation(UtilisationScaler),
     /// See [`PolicyConfig::Hybrid`].
     Hybrid(Schedule, UtilisationScaler),
+    /// See [`PolicyConfig::Histogram`].
+    Histogram(IdleHistogram),
 }
 
 impl PolicyConfig {
@@ -74,6 +82,7 @@ impl PolicyConfig {
             PolicyConfig::Scheduled(_) => "scheduled",
             PolicyConfig::Utilisation(_) => "utilisation",
             PolicyConfig::Hybrid { .. } => "hybrid",
+            PolicyConfig::Histogram(_) => "histogram",
         }
     }
 
@@ -101,6 +110,7 @@ impl PolicyConfig {
                     .compile(max)
                     .map_err(|e| e.within("utilisation"))?,
             ),
+            PolicyConfig::Histogram(c) => ReservationPolicy::Histogram(c.compile()?),
         })
     }
 }
@@ -119,6 +129,30 @@ impl ReservationPolicy {
                 demand.avg_in_flight,
                 demand.concurrency,
             )),
+            ReservationPolicy::Histogram(h) => h.instances_at(now_ms),
+        }
+    }
+
+    /// The function's last invocation in flight ended at `now_ms`.
+    pub fn went_idle(&mut self, now_ms: u64) {
+        if let ReservationPolicy::Histogram(h) = self {
+            h.went_idle(now_ms);
+        }
+    }
+
+    /// An invocation arrived while nothing of the function was in flight.
+    pub fn went_busy(&mut self, now_ms: u64) {
+        if let ReservationPolicy::Histogram(h) = self {
+            h.went_busy(now_ms);
+        }
+    }
+
+    /// How long an idle on-demand instance is kept, ms: the policy's say
+    /// where it has one, else `keep_alive_ms` (the function's keep-alive).
+    pub fn idle_keep_alive_ms(&self, keep_alive_ms: u64) -> u64 {
+        match self {
+            ReservationPolicy::Histogram(h) => h.idle_keep_alive_ms(),
+            _ => keep_alive_ms,
         }
     }
 }

@@ -1,14 +1,14 @@
 //! `loci sim`: compares reservation policies and placement on a trace.
 
 use crate::sim::costs::{ColdMode, StartCosts};
-use crate::sim::engine::{simulate, ClusterParams, SimRow};
+use crate::sim::engine::ClusterParams;
 use crate::sim::generate::{generate, GeneratorParams};
 use crate::sim::sizing::PolicyKind;
+use crate::sim::sweep::{sweep, SweepPlan, SweepRow, DEFAULT_KEEP_ALIVE_SWEEP_MIN};
 use crate::sim::trace::Trace;
 use anyhow::Context;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
-use std::time::Instant;
 
 /// Replay (or generate) an invocation trace over a simulated cluster and
 /// report, per reservation policy, with and without cache-aware placement:
@@ -35,8 +35,14 @@ pub struct Args {
     #[arg(long, default_value_t = 500, requires = "generate")]
     functions: u32,
     /// Hours the generated trace spans.
-    #[arg(long, default_value_t = 24, requires = "generate")]
+    #[arg(long, default_value_t = 48, requires = "generate")]
     hours: u32,
+    /// Hours at the start of the trace that policies are sized from
+    /// (fixed, scheduled and hybrid from its load, histogram from its idle
+    /// times); only the rest is replayed and measured. 0 sizes them on
+    /// the replayed trace itself: an oracle no platform has.
+    #[arg(long, default_value_t = 24)]
+    train_hours: u32,
     /// Also write the generated trace to this CSV file.
     #[arg(long, requires = "generate")]
     write_trace: Option<PathBuf>,
@@ -56,12 +62,22 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ColdMode::Lazy)]
     cold: ColdMode,
     /// Policies to compare (`keep-alive` is the baseline: no reservation).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [PolicyKind::KeepAlive, PolicyKind::Fixed, PolicyKind::Scheduled, PolicyKind::Utilisation, PolicyKind::Hybrid])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [PolicyKind::KeepAlive, PolicyKind::Fixed, PolicyKind::Scheduled, PolicyKind::Utilisation, PolicyKind::Hybrid, PolicyKind::Histogram])]
     policies: Vec<PolicyKind>,
     /// Run the keep-alive baseline once per keep-alive in this list
     /// (minutes, e.g. 5,10,20,30,60,120,240) instead of `--keep-alive-s`.
     #[arg(long, value_delimiter = ',')]
     keep_alive_sweep_min: Vec<u64>,
+    /// Sweep the keep-alive baseline over 5, 10, 20, 30, 60, 120 and 240
+    /// minutes (unless `--keep-alive-sweep-min` says otherwise).
+    #[arg(long)]
+    sweep: bool,
+    /// Draw the Pareto plot to this PNG: 75th-percentile function
+    /// cold-start % against wasted memory (idle GB-s) normalised to the
+    /// 10-minute keep-alive, per policy, with and without cache-aware
+    /// placement.
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Print one JSON row per policy and placement instead of a table.
     #[arg(long)]
     json: bool,
@@ -93,33 +109,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         measured_images = costs.measured_images(),
         "simulating"
     );
-    let mut rows = Vec::new();
-    for &policy in &args.policies {
-        let keep_alives: Vec<u64> =
-            if policy == PolicyKind::KeepAlive && !args.keep_alive_sweep_min.is_empty() {
-                args.keep_alive_sweep_min.iter().map(|m| m * 60).collect()
-            } else {
-                vec![args.keep_alive_s]
-            };
-        for keep_alive_s in keep_alives {
-            let params = ClusterParams {
-                keep_alive_s,
-                ..params.clone()
-            };
-            for cache_aware in [true, false] {
-                let clock = Instant::now();
-                let row = simulate(&trace, &costs, &params, policy, cache_aware)
-                    .with_context(|| format!("simulating {policy:?}"))?;
-                tracing::info!(
-                    ?policy,
-                    keep_alive_s,
-                    cache_aware,
-                    seconds = clock.elapsed().as_secs_f64(),
-                    "simulated"
-                );
-                rows.push(row);
-            }
-        }
+    let (history, replay) = split(&trace, args.train_hours)?;
+    let sweep_min = match (&args.keep_alive_sweep_min[..], args.sweep) {
+        ([], true) => DEFAULT_KEEP_ALIVE_SWEEP_MIN.to_vec(),
+        (list, _) => list.to_vec(),
+    };
+    let plan = SweepPlan {
+        policies: args.policies.clone(),
+        keep_alives_s: sweep_min.iter().map(|m| m * 60).collect(),
+    };
+    let rows = sweep(&history, &replay, &costs, &params, &plan).context("simulating")?;
+    if let Some(path) = &args.plot {
+        crate::sim::plot::pareto(&rows, path)
+            .with_context(|| format!("drawing {}", path.display()))?;
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -130,6 +132,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         print_table(&mut out, &rows)?;
     }
     Ok(())
+}
+
+/// The history policies are sized from and the part replayed.
+fn split(trace: &Trace, train_hours: u32) -> anyhow::Result<(Trace, Trace)> {
+    if train_hours == 0 {
+        tracing::warn!("--train-hours 0: policies are sized on the trace they are judged on");
+        return Ok((trace.clone(), trace.clone()));
+    }
+    let cut = u64::from(train_hours) * 3_600_000;
+    anyhow::ensure!(
+        trace.span_ms() > cut,
+        "the trace spans {:.1} h, not more than the {train_hours} h of history (--train-hours)",
+        trace.span_ms() as f64 / 3_600_000.0
+    );
+    Ok(trace.split_at(cut))
 }
 
 fn load_trace(args: &Args) -> anyhow::Result<Trace> {
@@ -156,25 +173,30 @@ fn load_trace(args: &Args) -> anyhow::Result<Trace> {
     Ok(trace)
 }
 
-fn print_table(out: &mut impl Write, rows: &[SimRow]) -> std::io::Result<()> {
+fn print_table(out: &mut impl Write, rows: &[SweepRow]) -> std::io::Result<()> {
     writeln!(
         out,
-        "| policy | keep-alive s | cache-aware | cold starts | cold % p75 fn | cold % p99 fn | mean cold start ms | p50 ms | p99 ms | p99.9 ms | instance-s | idle instance-s | GB-s | idle GB-s | placements | placements/s (scheduler CPU) |"
+        "| policy | keep-alive s | cache-aware | wasted vs 10-min keep-alive | cold starts | cold % p75 fn | cold % p99 fn | mean cold start ms | p50 ms | p99 ms | p99.9 ms | instance-s | idle instance-s | GB-s | idle GB-s | placements | placements/s (scheduler CPU) |"
     )?;
     writeln!(
         out,
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
-    for r in rows {
+    for SweepRow {
+        row: r,
+        wasted_vs_keep_alive_10min,
+    } in rows
+    {
         writeln!(
             out,
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} |",
             serde_json::to_value(r.policy)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
             r.keep_alive_s,
             if r.cache_aware { "yes" } else { "no" },
+            wasted_vs_keep_alive_10min.map_or("-".to_string(), |w| format!("{w:.2}")),
             r.cold_starts,
             r.cold_start_pct_p75,
             r.cold_start_pct_p99,

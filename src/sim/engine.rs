@@ -4,7 +4,7 @@
 //! measures what each policy costs and what start latency it gives.
 
 use super::costs::StartCosts;
-use super::sizing::{load_profiles, policy_for, PolicyKind};
+use super::sizing::{histories, policy_for, PolicyKind};
 use super::trace::Trace;
 use crate::scheduler::cluster::{ClusterView, Placement, RetiredInstance};
 use crate::scheduler::error::{FieldError, SchedulerError};
@@ -237,9 +237,13 @@ impl<'a> Run<'a> {
     }
 }
 
-/// Runs one policy over the trace: every function gets a policy of `kind`
-/// sized from the trace's own load profile (see [`super::sizing`]).
+/// Runs one policy over `trace`: every function gets a policy of `kind`
+/// sized from `history` (see [`super::sizing`]): the days before `trace`,
+/// so that no policy knows what it is judged on (pass the trace itself
+/// only to measure what such an oracle would gain). The cluster starts
+/// empty at the tick of the trace's first arrival.
 pub fn simulate(
+    history: &Trace,
     trace: &Trace,
     costs: &StartCosts,
     params: &ClusterParams,
@@ -269,7 +273,13 @@ pub fn simulate(
         view.apply_report(&report, SIM_EPOCH_MS)?;
         node_index.insert(node_id, n as usize);
     }
-    let profiles = load_profiles(trace);
+    if history.functions.len() != trace.functions.len() {
+        return Err(FieldError::new(
+            "history",
+            "must name the same functions as the trace",
+        ));
+    }
+    let profiles = histories(history);
     let mut function_ids = Vec::with_capacity(trace.functions.len());
     let mut image_ids = HashMap::new();
     let mut image_names = Vec::new();
@@ -318,8 +328,9 @@ pub fn simulate(
     let (mut cold_starts, mut rejected, mut cold_wait_ms) = (0u64, 0u64, 0u64);
     // Per function: (invocations, cold starts).
     let mut per_function = vec![(0u64, 0u64); trace.functions.len()];
-    let mut next_tick = SIM_EPOCH_MS;
-    let mut now = SIM_EPOCH_MS;
+    let first = trace.invocations.first().map_or(0, |i| i.timestamp_ms);
+    let mut next_tick = SIM_EPOCH_MS + first / params.tick_ms * params.tick_ms;
+    let mut now = next_tick;
     for inv in &run.trace.invocations {
         let arrival = SIM_EPOCH_MS + inv.timestamp_ms;
         // Everything due up to this arrival, in time order.
@@ -444,7 +455,7 @@ mod tests {
     fn every_invocation_is_served_or_rejected_and_accounted() {
         let trace = small_trace();
         let costs = StartCosts::defaults(ColdMode::Lazy);
-        let row = simulate(&trace, &costs, &params(), PolicyKind::Utilisation, true).unwrap();
+        let row = simulate(&trace, &trace, &costs, &params(), PolicyKind::Utilisation, true).unwrap();
         assert_eq!(row.invocations, 30_000);
         assert_eq!(row.rejected, 0, "20 nodes of 32 slots are plenty");
         assert!(row.cold_starts > 0 && row.cold_starts < 30_000);
@@ -457,8 +468,8 @@ mod tests {
     fn cache_aware_placement_starts_faster_than_cache_blind() {
         let trace = small_trace();
         let costs = StartCosts::defaults(ColdMode::Lazy);
-        let aware = simulate(&trace, &costs, &params(), PolicyKind::Fixed, true).unwrap();
-        let blind = simulate(&trace, &costs, &params(), PolicyKind::Fixed, false).unwrap();
+        let aware = simulate(&trace, &trace, &costs, &params(), PolicyKind::Fixed, true).unwrap();
+        let blind = simulate(&trace, &trace, &costs, &params(), PolicyKind::Fixed, false).unwrap();
         assert!(
             aware.mean_cold_start_ms < blind.mean_cold_start_ms,
             "{aware:?} vs {blind:?}"
@@ -469,8 +480,8 @@ mod tests {
     fn the_same_inputs_give_the_same_result() {
         let trace = small_trace();
         let costs = StartCosts::defaults(ColdMode::Lazy);
-        let mut a = simulate(&trace, &costs, &params(), PolicyKind::Hybrid, true).unwrap();
-        let mut b = simulate(&trace, &costs, &params(), PolicyKind::Hybrid, true).unwrap();
+        let mut a = simulate(&trace, &trace, &costs, &params(), PolicyKind::Hybrid, true).unwrap();
+        let mut b = simulate(&trace, &trace, &costs, &params(), PolicyKind::Hybrid, true).unwrap();
         a.placements_per_s = 0.0;
         b.placements_per_s = 0.0;
         assert_eq!(a, b);
@@ -488,7 +499,7 @@ mod tests {
                 keep_alive_s,
                 ..params()
             };
-            simulate(&trace, &costs, &params, PolicyKind::KeepAlive, true).unwrap()
+            simulate(&trace, &trace, &costs, &params, PolicyKind::KeepAlive, true).unwrap()
         };
         let short = run(60);
         let long = run(1_200);

@@ -5,5 +5,7 @@
 pub mod costs;
 pub mod engine;
 pub mod generate;
+pub mod plot;
 pub mod sizing;
+pub mod sweep;
 pub mod trace;

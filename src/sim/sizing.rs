@@ -4,7 +4,9 @@
 //! simulator compares the policies' shapes, not how generously each was set.
 
 use super::trace::Trace;
-use crate::scheduler::policy::{PolicyConfig, ScheduledConfig, UtilisationConfig, WindowConfig};
+use crate::scheduler::policy::{
+    HistogramConfig, PolicyConfig, ScheduledConfig, UtilisationConfig, WindowConfig,
+};
 use serde::Serialize;
 
 /// Utilisation reserved instances are sized for.
@@ -38,6 +40,10 @@ pub enum PolicyKind {
     /// platforms' 10-minute rule).
     #[serde(rename = "keep-alive")]
     KeepAlive,
+    /// The hybrid histogram policy of "Serverless in the Wild": per
+    /// function, unload, pre-warm and keep alive by the idle times it
+    /// learned (from the history, then online).
+    Histogram,
 }
 
 /// Average concurrency of one function, over the day and per time-of-day
@@ -99,15 +105,62 @@ fn utilisation() -> UtilisationConfig {
     }
 }
 
-/// The policy of `kind` for a function with `profile` (None: no
+/// Every function's idle times in `trace` (from the end of the last of
+/// its invocations in flight to its next arrival), as a histogram policy
+/// counts them: 1-minute bins up to `range_minutes`, then the count beyond.
+pub fn idle_histograms(trace: &Trace, range_minutes: u32) -> Vec<Vec<u32>> {
+    let range = range_minutes as usize;
+    let mut bins = vec![vec![0u32; range + 1]; trace.functions.len()];
+    let mut busy_until: Vec<Option<u64>> = vec![None; trace.functions.len()];
+    for inv in &trace.invocations {
+        let f = inv.function as usize;
+        let end = inv.timestamp_ms + u64::from(inv.duration_ms);
+        match busy_until[f] {
+            Some(until) if inv.timestamp_ms > until => {
+                let bin = (((inv.timestamp_ms - until) / 60_000) as usize).min(range);
+                bins[f][bin] = bins[f][bin].saturating_add(1);
+                busy_until[f] = Some(end);
+            }
+            Some(until) => busy_until[f] = Some(until.max(end)),
+            None => busy_until[f] = Some(end),
+        }
+    }
+    bins
+}
+
+/// What a function's policy is sized from: its history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionHistory {
+    /// Its load by time of day.
+    pub profile: LoadProfile,
+    /// Its idle-time histogram (see [`idle_histograms`]).
+    pub idle_bins: Vec<u32>,
+}
+
+/// Every function's history in `trace`.
+pub fn histories(trace: &Trace) -> Vec<FunctionHistory> {
+    let range = HistogramConfig::default().range_minutes;
+    load_profiles(trace)
+        .into_iter()
+        .zip(idle_histograms(trace, range))
+        .map(|(profile, idle_bins)| FunctionHistory { profile, idle_bins })
+        .collect()
+}
+
+/// The policy of `kind` for a function with `history` (None: no
 /// reservation, the keep-alive baseline).
 pub fn policy_for(
     kind: PolicyKind,
-    profile: &LoadProfile,
+    history: &FunctionHistory,
     concurrency: u32,
 ) -> Option<PolicyConfig> {
+    let profile = &history.profile;
     Some(match kind {
         PolicyKind::KeepAlive => return None,
+        PolicyKind::Histogram => PolicyConfig::Histogram(HistogramConfig {
+            history: history.idle_bins.clone(),
+            ..HistogramConfig::default()
+        }),
         PolicyKind::Fixed => PolicyConfig::Fixed {
             instances: instances_for(profile.average, concurrency).ceil() as u32,
         },
@@ -145,19 +198,20 @@ mod tests {
                 },
             ],
         };
-        let p = &load_profiles(&trace)[0];
+        let h = &histories(&trace)[0];
+        let p = &h.profile;
         assert!((p.average - 1_440_000.0 / (DAY_MS - 1) as f64).abs() < 1e-9);
         assert!((p.per_block[0] - 0.1).abs() < 1e-9, "{:?}", p.per_block);
         assert_eq!(p.per_block[1], 0.0);
-        let Some(PolicyConfig::Scheduled(s)) = policy_for(PolicyKind::Scheduled, p, 1) else {
+        let Some(PolicyConfig::Scheduled(s)) = policy_for(PolicyKind::Scheduled, h, 1) else {
             panic!()
         };
         assert_eq!(s.windows[0].instances, 1);
         assert_eq!(s.windows[0].cron, "0 0 * * *");
-        assert!(policy_for(PolicyKind::Hybrid, p, 1)
+        assert!(policy_for(PolicyKind::Hybrid, h, 1)
             .unwrap()
             .compile()
             .is_ok());
-        assert!(policy_for(PolicyKind::KeepAlive, p, 1).is_none());
+        assert!(policy_for(PolicyKind::KeepAlive, h, 1).is_none());
     }
 }

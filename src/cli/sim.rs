@@ -38,9 +38,10 @@ pub struct Args {
     #[arg(long, default_value_t = 48, requires = "generate")]
     hours: u32,
     /// Hours at the start of the trace that policies are sized from
-    /// (fixed, scheduled and hybrid from its load, histogram from its idle
-    /// times); only the rest is replayed and measured. 0 sizes them on
-    /// the replayed trace itself: an oracle no platform has.
+    /// (fixed, scheduled and hybrid from its load) and that are replayed
+    /// as warm-up (the histogram policy learns from them online); only the
+    /// rest is measured. 0 sizes them on the measured trace itself: an
+    /// oracle no platform has.
     #[arg(long, default_value_t = 24)]
     train_hours: u32,
     /// Also write the generated trace to this CSV file.
@@ -109,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         measured_images = costs.measured_images(),
         "simulating"
     );
-    let (history, replay) = split(&trace, args.train_hours)?;
+    let measure_from_ms = measure_from(&trace, args.train_hours)?;
     let sweep_min = match (&args.keep_alive_sweep_min[..], args.sweep) {
         ([], true) => DEFAULT_KEEP_ALIVE_SWEEP_MIN.to_vec(),
         (list, _) => list.to_vec(),
@@ -118,7 +119,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         policies: args.policies.clone(),
         keep_alives_s: sweep_min.iter().map(|m| m * 60).collect(),
     };
-    let rows = sweep(&history, &replay, &costs, &params, &plan).context("simulating")?;
+    let rows = sweep(&trace, measure_from_ms, &costs, &params, &plan).context("simulating")?;
     if let Some(path) = &args.plot {
         crate::sim::plot::pareto(&rows, path)
             .with_context(|| format!("drawing {}", path.display()))?;
@@ -134,11 +135,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The history policies are sized from and the part replayed.
-fn split(trace: &Trace, train_hours: u32) -> anyhow::Result<(Trace, Trace)> {
+/// Where the measured part of the trace starts, ms (0: everywhere).
+fn measure_from(trace: &Trace, train_hours: u32) -> anyhow::Result<u64> {
     if train_hours == 0 {
         tracing::warn!("--train-hours 0: policies are sized on the trace they are judged on");
-        return Ok((trace.clone(), trace.clone()));
+        return Ok(0);
     }
     let cut = u64::from(train_hours) * 3_600_000;
     anyhow::ensure!(
@@ -146,7 +147,7 @@ fn split(trace: &Trace, train_hours: u32) -> anyhow::Result<(Trace, Trace)> {
         "the trace spans {:.1} h, not more than the {train_hours} h of history (--train-hours)",
         trace.span_ms() as f64 / 3_600_000.0
     );
-    Ok(trace.split_at(cut))
+    Ok(cut)
 }
 
 fn load_trace(args: &Args) -> anyhow::Result<Trace> {

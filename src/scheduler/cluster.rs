@@ -693,22 +693,50 @@ impl ClusterView {
     }
 
     /// Retires on-demand instances idle longer than their function's
-    /// keep-alive (or, under a histogram policy, the policy's).
+    /// keep-alive. Under a histogram policy the most recently busy idle
+    /// instance (the paper's one instance per application) is kept as the
+    /// policy plans, and any others as the function's keep-alive says, so
+    /// a burst's extra instances are neither dropped at once nor kept for
+    /// the policy's long windows.
     pub fn retire_idle(&mut self, now_ms: u64) -> Vec<RetiredInstance> {
-        let expired: Vec<InstanceId> = self
+        let idle_past = |i: &Instance, keep_alive_ms: u64| {
+            !i.reserved && i.in_flight == 0 && i.idle_since_ms + keep_alive_ms <= now_ms
+        };
+        let mut expired: Vec<InstanceId> = self
             .instances
             .iter()
             .filter(|(_, i)| {
                 let f = &self.functions[i.function];
-                let keep_alive_ms = f.spec.keep_alive_s * 1000;
-                let keep_alive_ms = f
-                    .policy
-                    .as_ref()
-                    .map_or(keep_alive_ms, |p| p.idle_keep_alive_ms(keep_alive_ms));
-                !i.reserved && i.in_flight == 0 && i.idle_since_ms + keep_alive_ms <= now_ms
+                !f.policy.as_ref().is_some_and(|p| p.keeps_one_idle())
+                    && idle_past(i, f.spec.keep_alive_s * 1000)
             })
             .map(|(&id, _)| id)
             .collect();
+        for f in &self.functions {
+            let Some(policy) = f.policy.as_ref().filter(|p| p.keeps_one_idle()) else {
+                continue;
+            };
+            let keep_alive_ms = f.spec.keep_alive_s * 1000;
+            let mut idle: Vec<(u64, InstanceId)> = f
+                .instances
+                .iter()
+                .map(|id| (id, &self.instances[id]))
+                .filter(|(_, i)| !i.reserved && i.in_flight == 0)
+                .map(|(id, i)| (i.idle_since_ms, *id))
+                .collect();
+            idle.sort_unstable_by(|a, b| b.cmp(a));
+            for (n, (_, id)) in idle.into_iter().enumerate() {
+                let keep = if n == 0 {
+                    policy.idle_keep_alive_ms(keep_alive_ms)
+                } else {
+                    keep_alive_ms
+                };
+                if idle_past(&self.instances[&id], keep) {
+                    expired.push(id);
+                }
+            }
+        }
+        expired.sort_unstable();
         expired
             .into_iter()
             .filter_map(|id| self.retire(id, StopReason::Retired, now_ms))

@@ -4,7 +4,7 @@
 //! measures what each policy costs and what start latency it gives.
 
 use super::costs::StartCosts;
-use super::sizing::{histories, policy_for, PolicyKind};
+use super::sizing::{load_profiles, policy_for, PolicyKind};
 use super::trace::Trace;
 use crate::scheduler::cluster::{ClusterView, Placement, RetiredInstance};
 use crate::scheduler::error::{FieldError, SchedulerError};
@@ -115,7 +115,7 @@ pub struct SimRow {
     pub cache_aware: bool,
     /// Idle seconds before an on-demand instance is retired.
     pub keep_alive_s: u64,
-    /// Invocations replayed.
+    /// Invocations replayed in the measured part.
     pub invocations: u64,
     /// Invocations that waited for an instance to start.
     pub cold_starts: u64,
@@ -197,6 +197,8 @@ struct Run<'a> {
     /// Memory held × time, MiB·ms; and the idle part of it.
     mib_ms: u128,
     idle_mib_ms: u128,
+    /// Start of the measured part, simulated Unix ms.
+    measure_from: u64,
 }
 
 impl<'a> Run<'a> {
@@ -215,13 +217,18 @@ impl<'a> Run<'a> {
         ready
     }
 
-    fn retired(&mut self, gone: &[RetiredInstance]) {
+    /// Accounts for instances retired at `now`, for their time after the
+    /// measurement start only (an instance alive across it counts its busy
+    /// time whole, so its idle time there is a little short).
+    fn retired(&mut self, gone: &[RetiredInstance], now: u64) {
         for r in gone {
-            let idle = r.lifetime_ms - r.busy_ms.min(r.lifetime_ms);
-            self.instance_ms += r.lifetime_ms;
+            let created = now - r.lifetime_ms;
+            let lifetime = now.saturating_sub(created.max(self.measure_from));
+            let idle = lifetime - r.busy_ms.min(lifetime);
+            self.instance_ms += lifetime;
             self.idle_ms += idle;
             let memory = u128::from(self.function_memory.get(&r.function).copied().unwrap_or(0));
-            self.mib_ms += memory * u128::from(r.lifetime_ms);
+            self.mib_ms += memory * u128::from(lifetime);
             self.idle_mib_ms += memory * u128::from(idle);
         }
     }
@@ -229,22 +236,25 @@ impl<'a> Run<'a> {
     fn tick(&mut self, now: u64) {
         let idle = self.view.retire_idle(now);
         let changes = self.view.reconcile_reservations(now);
-        self.retired(&idle);
-        self.retired(&changes.stopped);
+        self.retired(&idle, now);
+        self.retired(&changes.stopped, now);
         for p in &changes.started {
             self.started(p, now);
         }
     }
 }
 
-/// Runs one policy over `trace`: every function gets a policy of `kind`
-/// sized from `history` (see [`super::sizing`]): the days before `trace`,
-/// so that no policy knows what it is judged on (pass the trace itself
-/// only to measure what such an oracle would gain). The cluster starts
-/// empty at the tick of the trace's first arrival.
+/// Runs one policy over `trace`, measuring only from `measure_from_ms`
+/// (ms since the trace's start) on: every function gets a policy of `kind`
+/// sized from the invocations before it (see [`super::sizing`]), so that
+/// no policy knows what it is judged on, and that part is replayed first
+/// as warm-up (instances, caches and the histogram policy's learning carry
+/// over). With `measure_from_ms` 0 the policies are sized on the measured
+/// trace itself: an oracle. The cluster starts empty at the tick of the
+/// trace's first arrival.
 pub fn simulate(
-    history: &Trace,
     trace: &Trace,
+    measure_from_ms: u64,
     costs: &StartCosts,
     params: &ClusterParams,
     policy: PolicyKind,
@@ -273,13 +283,21 @@ pub fn simulate(
         view.apply_report(&report, SIM_EPOCH_MS)?;
         node_index.insert(node_id, n as usize);
     }
-    if history.functions.len() != trace.functions.len() {
+    if measure_from_ms > 0 && measure_from_ms >= trace.span_ms() {
         return Err(FieldError::new(
-            "history",
-            "must name the same functions as the trace",
+            "measure_from_ms",
+            format!(
+                "{measure_from_ms} leaves nothing to measure in a trace of {} ms",
+                trace.span_ms()
+            ),
         ));
     }
-    let profiles = histories(history);
+    let profiles = if measure_from_ms > 0 {
+        load_profiles(&trace.split_at(measure_from_ms).0)
+    } else {
+        load_profiles(trace)
+    };
+    let measure_from = SIM_EPOCH_MS + measure_from_ms;
     let mut function_ids = Vec::with_capacity(trace.functions.len());
     let mut image_ids = HashMap::new();
     let mut image_names = Vec::new();
@@ -293,7 +311,7 @@ pub fn simulate(
             concurrency: params.concurrency,
             timeout_s: crate::scheduler::function::MAX_TIMEOUT_S,
             keep_alive_s: params.keep_alive_s,
-            policy: policy_for(policy, profile, params.concurrency),
+            policy: policy_for(policy, profile, params.concurrency, params.keep_alive_s),
         };
         function_memory.insert(f.name.clone(), spec.memory_mib);
         function_ids.push(
@@ -321,6 +339,7 @@ pub fn simulate(
         function_memory,
         mib_ms: 0,
         idle_mib_ms: 0,
+        measure_from,
     };
 
     let mut completions: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
@@ -352,7 +371,7 @@ pub fn simulate(
         let routed = match run.view.route(function_ids[inv.function as usize], arrival) {
             Ok(r) => r,
             Err(SchedulerError::NoCapacity { .. }) => {
-                rejected += 1;
+                rejected += u64::from(arrival >= measure_from);
                 continue;
             }
             Err(other) => unreachable!("the simulator registers every function: {other}"),
@@ -362,14 +381,16 @@ pub fn simulate(
             None => routed.ready_at_ms,
         };
         let start = ready.max(arrival);
-        let counts = &mut per_function[inv.function as usize];
-        counts.0 += 1;
-        if start > arrival {
-            cold_starts += 1;
-            cold_wait_ms += start - arrival;
-            counts.1 += 1;
+        if arrival >= measure_from {
+            let counts = &mut per_function[inv.function as usize];
+            counts.0 += 1;
+            if start > arrival {
+                cold_starts += 1;
+                cold_wait_ms += start - arrival;
+                counts.1 += 1;
+            }
+            latencies.push((start - arrival).min(u64::from(u32::MAX)) as u32);
         }
-        latencies.push((start - arrival).min(u64::from(u32::MAX)) as u32);
         completions.push(Reverse((
             start + u64::from(inv.duration_ms),
             routed.invocation_id,
@@ -382,7 +403,7 @@ pub fn simulate(
         now = now.max(t);
     }
     let gone = run.view.retire_all(now);
-    run.retired(&gone);
+    run.retired(&gone, now);
 
     latencies.sort_unstable();
     let percentile = |p: f64| -> f64 {
@@ -409,7 +430,7 @@ pub fn simulate(
         policy,
         cache_aware,
         keep_alive_s: params.keep_alive_s,
-        invocations: trace.invocations.len() as u64,
+        invocations: per_function.iter().map(|c| c.0).sum::<u64>() + rejected,
         cold_starts,
         cold_start_pct_p75: across_functions(0.75),
         cold_start_pct_p99: across_functions(0.99),
@@ -455,7 +476,7 @@ mod tests {
     fn every_invocation_is_served_or_rejected_and_accounted() {
         let trace = small_trace();
         let costs = StartCosts::defaults(ColdMode::Lazy);
-        let row = simulate(&trace, &trace, &costs, &params(), PolicyKind::Utilisation, true).unwrap();
+        let row = simulate(&trace, 0, &costs, &params(), PolicyKind::Utilisation, true).unwrap();
         assert_eq!(row.invocations, 30_000);
         assert_eq!(row.rejected, 0, "20 nodes of 32 slots are plenty");
         assert!(row.cold_starts > 0 && row.cold_starts < 30_000);
@@ -468,8 +489,8 @@ mod tests {
     fn cache_aware_placement_starts_faster_than_cache_blind() {
         let trace = small_trace();
         let costs = StartCosts::defaults(ColdMode::Lazy);
-        let aware = simulate(&trace, &trace, &costs, &params(), PolicyKind::Fixed, true).unwrap();
-        let blind = simulate(&trace, &trace, &costs, &params(), PolicyKind::Fixed, false).unwrap();
+        let aware = simulate(&trace, 0, &costs, &params(), PolicyKind::Fixed, true).unwrap();
+        let blind = simulate(&trace, 0, &costs, &params(), PolicyKind::Fixed, false).unwrap();
         assert!(
             aware.mean_cold_start_ms < blind.mean_cold_start_ms,
             "{aware:?} vs {blind:?}"
@@ -480,8 +501,8 @@ mod tests {
     fn the_same_inputs_give_the_same_result() {
         let trace = small_trace();
         let costs = StartCosts::defaults(ColdMode::Lazy);
-        let mut a = simulate(&trace, &trace, &costs, &params(), PolicyKind::Hybrid, true).unwrap();
-        let mut b = simulate(&trace, &trace, &costs, &params(), PolicyKind::Hybrid, true).unwrap();
+        let mut a = simulate(&trace, 0, &costs, &params(), PolicyKind::Hybrid, true).unwrap();
+        let mut b = simulate(&trace, 0, &costs, &params(), PolicyKind::Hybrid, true).unwrap();
         a.placements_per_s = 0.0;
         b.placements_per_s = 0.0;
         assert_eq!(a, b);
@@ -499,7 +520,7 @@ mod tests {
                 keep_alive_s,
                 ..params()
             };
-            simulate(&trace, &trace, &costs, &params, PolicyKind::KeepAlive, true).unwrap()
+            simulate(&trace, 0, &costs, &params, PolicyKind::KeepAlive, true).unwrap()
         };
         let short = run(60);
         let long = run(1_200);

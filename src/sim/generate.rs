@@ -5,8 +5,9 @@
 //!   magnitude, so that the most popular fifth of the functions carries
 //!   well over 95 % of the invocations and about half the functions are
 //!   invoked at most once an hour;
-//! - 16 % of the functions timer-triggered (periodic, at most once a
-//!   minute: 2 % of invocations in the paper);
+//! - 16 % of the functions timer-triggered, drawn among the rarely
+//!   invoked ones (periodic, at most once every 10 minutes: 2 % of
+//!   invocations in the paper);
 //! - event- and queue-like functions arriving in bursts (inter-arrival
 //!   coefficient of variation well above 1);
 //! - diurnal cycles with per-function amplitude and peak hour, quieter
@@ -29,6 +30,9 @@ use rand_distr::{Distribution, LogNormal, StandardNormal};
 pub const POPULARITY_SIGMA: f64 = 3.0;
 /// Share of functions triggered by timers (periodic, no diurnal cycle).
 const TIMER_SHARE: f64 = 0.16;
+/// Timers are drawn among functions invoked at most once per this many
+/// minutes.
+const TIMER_MAX_RATE_MINUTES: u64 = 10;
 /// Share of the other functions whose arrivals come in bursts.
 const BURSTY_SHARE: f64 = 0.5;
 /// Mean gap between the invocations of one burst, ms.
@@ -104,6 +108,15 @@ pub fn generate(params: GeneratorParams) -> Result<Trace, FieldError> {
 
     let mut functions = Vec::with_capacity(counts.len());
     let mut invocations = Vec::with_capacity(params.invocations as usize);
+    // Timers are the rarely invoked functions' trigger (16 % of functions,
+    // 2 % of invocations in the paper): drawn among those invoked at most
+    // once per TIMER_MAX_RATE_MINUTES.
+    let timer_eligible = counts
+        .iter()
+        .filter(|&&c| c * TIMER_MAX_RATE_MINUTES <= minutes as u64)
+        .count();
+    let timer_chance =
+        (TIMER_SHARE * counts.len() as f64 / timer_eligible.max(1) as f64).min(1.0);
     for (f, &count) in counts.iter().enumerate() {
         functions.push(TraceFunction {
             name: format!("fn-{f:04}"),
@@ -117,8 +130,8 @@ pub fn generate(params: GeneratorParams) -> Result<Trace, FieldError> {
         let median_ms = mean_ms / (DURATION_SPREAD_SIGMA.powi(2) / 2.0).exp();
         let durations =
             LogNormal::new(median_ms.ln(), DURATION_SPREAD_SIGMA).expect("finite parameters");
-        // Timers fire at most once a minute.
-        let timer = rng.random_bool(TIMER_SHARE) && count <= minutes as u64;
+        let timer = rng.random_bool(timer_chance)
+            && count * TIMER_MAX_RATE_MINUTES <= minutes as u64;
         let bursty = rng.random_bool(BURSTY_SHARE);
         let arrivals = if timer {
             timer_arrivals(&mut rng, count, span_ms)

@@ -42,8 +42,16 @@ pub enum PolicyKind {
     KeepAlive,
     /// The hybrid histogram policy of "Serverless in the Wild": per
     /// function, unload, pre-warm and keep alive by the idle times it
-    /// learned (from the history, then online).
+    /// learned online.
     Histogram,
+}
+
+impl PolicyKind {
+    /// Whether a sweep runs the policy once per keep-alive: the baseline,
+    /// and the histogram policy, whose fallback is a keep-alive.
+    pub fn is_keep_alive_swept(self) -> bool {
+        matches!(self, PolicyKind::KeepAlive | PolicyKind::Histogram)
+    }
 }
 
 /// Average concurrency of one function, over the day and per time-of-day
@@ -105,60 +113,20 @@ fn utilisation() -> UtilisationConfig {
     }
 }
 
-/// Every function's idle times in `trace` (from the end of the last of
-/// its invocations in flight to its next arrival), as a histogram policy
-/// counts them: 1-minute bins up to `range_minutes`, then the count beyond.
-pub fn idle_histograms(trace: &Trace, range_minutes: u32) -> Vec<Vec<u32>> {
-    let range = range_minutes as usize;
-    let mut bins = vec![vec![0u32; range + 1]; trace.functions.len()];
-    let mut busy_until: Vec<Option<u64>> = vec![None; trace.functions.len()];
-    for inv in &trace.invocations {
-        let f = inv.function as usize;
-        let end = inv.timestamp_ms + u64::from(inv.duration_ms);
-        match busy_until[f] {
-            Some(until) if inv.timestamp_ms > until => {
-                let bin = (((inv.timestamp_ms - until) / 60_000) as usize).min(range);
-                bins[f][bin] = bins[f][bin].saturating_add(1);
-                busy_until[f] = Some(end);
-            }
-            Some(until) => busy_until[f] = Some(until.max(end)),
-            None => busy_until[f] = Some(end),
-        }
-    }
-    bins
-}
-
-/// What a function's policy is sized from: its history.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FunctionHistory {
-    /// Its load by time of day.
-    pub profile: LoadProfile,
-    /// Its idle-time histogram (see [`idle_histograms`]).
-    pub idle_bins: Vec<u32>,
-}
-
-/// Every function's history in `trace`.
-pub fn histories(trace: &Trace) -> Vec<FunctionHistory> {
-    let range = HistogramConfig::default().range_minutes;
-    load_profiles(trace)
-        .into_iter()
-        .zip(idle_histograms(trace, range))
-        .map(|(profile, idle_bins)| FunctionHistory { profile, idle_bins })
-        .collect()
-}
-
-/// The policy of `kind` for a function with `history` (None: no
-/// reservation, the keep-alive baseline).
+/// The policy of `kind` for a function with `profile` (None: no
+/// reservation, the keep-alive baseline). The histogram policy needs no
+/// sizing: it learns idle times online, so the history replayed before
+/// the measured part teaches it; `keep_alive_s` is its fallback.
 pub fn policy_for(
     kind: PolicyKind,
-    history: &FunctionHistory,
+    profile: &LoadProfile,
     concurrency: u32,
+    keep_alive_s: u64,
 ) -> Option<PolicyConfig> {
-    let profile = &history.profile;
     Some(match kind {
         PolicyKind::KeepAlive => return None,
         PolicyKind::Histogram => PolicyConfig::Histogram(HistogramConfig {
-            history: history.idle_bins.clone(),
+            fallback_keep_alive_s: keep_alive_s,
             ..HistogramConfig::default()
         }),
         PolicyKind::Fixed => PolicyConfig::Fixed {
@@ -198,20 +166,19 @@ mod tests {
                 },
             ],
         };
-        let h = &histories(&trace)[0];
-        let p = &h.profile;
+        let p = &load_profiles(&trace)[0];
         assert!((p.average - 1_440_000.0 / (DAY_MS - 1) as f64).abs() < 1e-9);
         assert!((p.per_block[0] - 0.1).abs() < 1e-9, "{:?}", p.per_block);
         assert_eq!(p.per_block[1], 0.0);
-        let Some(PolicyConfig::Scheduled(s)) = policy_for(PolicyKind::Scheduled, h, 1) else {
+        let Some(PolicyConfig::Scheduled(s)) = policy_for(PolicyKind::Scheduled, p, 1, 600) else {
             panic!()
         };
         assert_eq!(s.windows[0].instances, 1);
         assert_eq!(s.windows[0].cron, "0 0 * * *");
-        assert!(policy_for(PolicyKind::Hybrid, h, 1)
+        assert!(policy_for(PolicyKind::Hybrid, p, 1, 600)
             .unwrap()
             .compile()
             .is_ok());
-        assert!(policy_for(PolicyKind::KeepAlive, h, 1).is_none());
+        assert!(policy_for(PolicyKind::KeepAlive, p, 1, 600).is_none());
     }
 }

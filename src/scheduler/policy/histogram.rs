@@ -80,7 +80,7 @@ fn default_margin() -> f64 {
     0.1
 }
 fn default_min_samples() -> u32 {
-    5
+    3
 }
 fn default_min_cv() -> f64 {
     2.0

@@ -147,6 +147,13 @@ impl ReservationPolicy {
         }
     }
 
+    /// Whether the policy's idle keep-alive holds for one idle on-demand
+    /// instance only, the others following the function's keep-alive (the
+    /// histogram policy plans for the function as a whole).
+    pub fn keeps_one_idle(&self) -> bool {
+        matches!(self, ReservationPolicy::Histogram(_))
+    }
+
     /// How long an idle on-demand instance is kept, ms: the policy's say
     /// where it has one, else `keep_alive_ms` (the function's keep-alive).
     pub fn idle_keep_alive_ms(&self, keep_alive_ms: u64) -> u64 {

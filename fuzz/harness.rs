@@ -155,6 +155,44 @@ pub fn trace(data: &[u8]) {
     let _ = Trace::decode(data);
 }
 
+/// The public Azure Functions trace's files: the input split at its first
+/// NUL into the invocations file and the durations file (none without a
+/// NUL); when the first byte is odd it is replaced by the real header,
+/// so rows are reached. An accepted trace is sorted, names
+/// only its own functions and stays under the cap.
+pub fn azure_trace(data: &[u8]) {
+    let (invocations, durations) = match data.iter().position(|&b| b == 0) {
+        Some(at) => (&data[..at], Some(data[at + 1..].to_vec())),
+        None => (data, None),
+    };
+    let mut file = Vec::new();
+    let mut rows = invocations;
+    if let Some((_, rest)) = invocations.split_first().filter(|(b, _)| *b % 2 == 1) {
+        let minutes: Vec<String> = (1..=1440).map(|m| m.to_string()).collect();
+        file.extend_from_slice(
+            format!("HashOwner,HashApp,HashFunction,Trigger,{}\n", minutes.join(",")).as_bytes(),
+        );
+        rows = rest;
+    }
+    file.extend_from_slice(rows);
+    let day = loci::sim::azure::AzureDay {
+        name: "fuzz".into(),
+        invocations: Cursor::new(file),
+        durations: durations.map(Cursor::new),
+    };
+    if let Ok(trace) = loci::sim::azure::read_days(vec![day], 1, 10_000) {
+        assert!(trace.invocations.len() <= 10_000);
+        assert!(trace
+            .invocations
+            .windows(2)
+            .all(|w| w[0].timestamp_ms <= w[1].timestamp_ms));
+        assert!(trace
+            .invocations
+            .iter()
+            .all(|i| (i.function as usize) < trace.functions.len()));
+    }
+}
+
 /// A target's name and its function.
 pub type Target = (&'static str, fn(&[u8]));
 
@@ -168,4 +206,5 @@ pub const TARGETS: &[Target] = &[
     ("labels", labels),
     ("trace", trace),
     ("hosts_toml", hosts_toml),
+    ("azure_trace", azure_trace),
 ];

@@ -1,6 +1,7 @@
 //! `loci sim`: compares reservation policies and placement on a trace.
 
 use crate::sim::costs::{ColdMode, StartCosts};
+use crate::sim::azure::{read_days, AzureDay};
 use crate::sim::engine::ClusterParams;
 use crate::sim::generate::{generate, GeneratorParams};
 use crate::sim::sizing::PolicyKind;
@@ -18,15 +19,26 @@ pub struct Args {
     /// Trace CSV to replay (timestamp_ms,function,duration_ms[,image]).
     #[arg(
         long,
-        required_unless_present = "generate",
-        conflicts_with = "generate"
+        required_unless_present_any = ["generate", "azure"],
+        conflicts_with_all = ["generate", "azure"]
     )]
     trace: Option<PathBuf>,
+    /// Replay the public Azure Functions 2019 trace from this directory
+    /// (`invocations_per_function_md.anon.dNN.csv`, and
+    /// `function_durations_percentiles.anon.dNN.csv` where present).
+    #[arg(long, conflicts_with = "generate")]
+    azure: Option<PathBuf>,
+    /// Days of the Azure trace to replay, from d01.
+    #[arg(long, default_value_t = 2, requires = "azure")]
+    azure_days: u32,
+    /// Most invocations the Azure trace may expand to.
+    #[arg(long, default_value_t = 50_000_000, requires = "azure")]
+    azure_max_invocations: u64,
     /// Generate a synthetic Azure-Functions-shaped trace instead.
     #[arg(long)]
     generate: bool,
-    /// Generator seed.
-    #[arg(long, default_value_t = 1, requires = "generate")]
+    /// Generator seed (with `--azure`: the seed of execution-time draws).
+    #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Invocations to generate.
     #[arg(long, default_value_t = 1_000_000, requires = "generate")]
@@ -151,6 +163,30 @@ fn measure_from(trace: &Trace, train_hours: u32) -> anyhow::Result<u64> {
 }
 
 fn load_trace(args: &Args) -> anyhow::Result<Trace> {
+    if let Some(dir) = &args.azure {
+        let mut days = Vec::new();
+        for d in 1..=args.azure_days {
+            let open = |name: String| -> anyhow::Result<Option<BufReader<std::fs::File>>> {
+                let path = dir.join(&name);
+                match std::fs::File::open(&path) {
+                    Ok(f) => Ok(Some(BufReader::new(f))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e).with_context(|| format!("opening {}", path.display())),
+                }
+            };
+            let name = format!("invocations_per_function_md.anon.d{d:02}.csv");
+            let invocations = open(name.clone())?
+                .with_context(|| format!("{} has no {name}", dir.display()))?;
+            let durations = open(format!("function_durations_percentiles.anon.d{d:02}.csv"))?;
+            days.push(AzureDay {
+                name,
+                invocations,
+                durations,
+            });
+        }
+        return read_days(days, args.seed, args.azure_max_invocations)
+            .with_context(|| format!("Azure trace in {}", dir.display()));
+    }
     if let Some(path) = &args.trace {
         let file =
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;

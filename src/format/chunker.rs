@@ -120,7 +120,7 @@ mod tests {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            if x % 5 == 0 {
+            if x.is_multiple_of(5) {
                 let run = (x >> 8) as usize % 3000;
                 out.extend(std::iter::repeat_n(x as u8, run));
             } else {

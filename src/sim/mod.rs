@@ -2,6 +2,7 @@
 //! compare reservation policies with and without cache-aware placement.
 //! See `docs/scheduler.md` for the trace format and the results.
 
+pub mod azure;
 pub mod costs;
 pub mod engine;
 pub mod generate;

@@ -170,7 +170,11 @@ pub fn azure_trace(data: &[u8]) {
     if let Some((_, rest)) = invocations.split_first().filter(|(b, _)| *b % 2 == 1) {
         let minutes: Vec<String> = (1..=1440).map(|m| m.to_string()).collect();
         file.extend_from_slice(
-            format!("HashOwner,HashApp,HashFunction,Trigger,{}\n", minutes.join(",")).as_bytes(),
+            format!(
+                "HashOwner,HashApp,HashFunction,Trigger,{}\n",
+                minutes.join(",")
+            )
+            .as_bytes(),
         );
         rows = rest;
     }

@@ -12,4 +12,4 @@ apt-get install -y -q --no-install-recommends \
   docker-registry containerd runc skopeo umoci busybox-static fuse3 \
   zstd attr python3 ca-certificates iproute2 debootstrap curl \
   golang-go golang-github-containerd-containerd-dev \
-  cmake python3-matplotlib stargz-snapshotter
+  cmake python3-matplotlib fonts-dejavu-core stargz-snapshotter

@@ -1,7 +1,7 @@
 //! `loci sim`: compares reservation policies and placement on a trace.
 
-use crate::sim::costs::{ColdMode, StartCosts};
 use crate::sim::azure::{read_days, AzureDay};
+use crate::sim::costs::{ColdMode, StartCosts};
 use crate::sim::engine::ClusterParams;
 use crate::sim::generate::{generate, GeneratorParams};
 use crate::sim::sizing::PolicyKind;
@@ -175,8 +175,8 @@ fn load_trace(args: &Args) -> anyhow::Result<Trace> {
                 }
             };
             let name = format!("invocations_per_function_md.anon.d{d:02}.csv");
-            let invocations = open(name.clone())?
-                .with_context(|| format!("{} has no {name}", dir.display()))?;
+            let invocations =
+                open(name.clone())?.with_context(|| format!("{} has no {name}", dir.display()))?;
             let durations = open(format!("function_durations_percentiles.anon.d{d:02}.csv"))?;
             days.push(AzureDay {
                 name,

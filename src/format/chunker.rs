@@ -171,7 +171,11 @@ mod tests {
             }
             assert_eq!(got.concat(), data, "len {len} avg {avg}");
             let lens = |v: &[Vec<u8>]| v.iter().map(Vec::len).collect::<Vec<_>>();
-            assert_eq!(lens(&got), lens(&expected), "len {len} avg {avg} step {step}");
+            assert_eq!(
+                lens(&got),
+                lens(&expected),
+                "len {len} avg {avg} step {step}"
+            );
             if len > (8 * avg as usize) {
                 assert!(got.len() > 2, "content-defined cuts, not one chunk");
             }

@@ -166,18 +166,23 @@ fn interpolate(points: &[(f64, f64)], u: f64) -> f64 {
     points.last().map_or(0.0, |p| p.1)
 }
 
-fn read_durations(input: impl BufRead, file: &str) -> Result<HashMap<String, Percentiles>, AzureError> {
+fn read_durations(
+    input: impl BufRead,
+    file: &str,
+) -> Result<HashMap<String, Percentiles>, AzureError> {
     let mut out = HashMap::new();
     for_each_row(input, file, 7 + DURATION_PERCENTILES.len(), |line, cols| {
         let mut points = Vec::with_capacity(DURATION_PERCENTILES.len());
         for (&p, c) in DURATION_PERCENTILES.iter().zip(&cols[7..]) {
-            let v: f64 = c.parse().ok().filter(|v: &f64| v.is_finite() && *v >= 0.0).ok_or_else(|| {
-                AzureError::Line {
+            let v: f64 = c
+                .parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| AzureError::Line {
                     file: file.to_string(),
                     line,
                     message: format!("duration {c:?} is not a non-negative number"),
-                }
-            })?;
+                })?;
             points.push((p, v));
         }
         if points.windows(2).any(|w| w[1].1 < w[0].1) {
@@ -228,7 +233,10 @@ fn for_each_row(
         }
         line_no += 1;
         if buf.len() > MAX_LINE_BYTES {
-            return Err(line_err(line_no, format!("longer than {MAX_LINE_BYTES} bytes")));
+            return Err(line_err(
+                line_no,
+                format!("longer than {MAX_LINE_BYTES} bytes"),
+            ));
         }
         let text = std::str::from_utf8(&buf)
             .map_err(|_| line_err(line_no, "not UTF-8".into()))?
@@ -245,7 +253,10 @@ fn for_each_row(
         }
         if line_no == 1 {
             if cols[..3] != ["HashOwner", "HashApp", "HashFunction"] {
-                return Err(line_err(1, format!("unexpected header starting {:?}", &cols[..3])));
+                return Err(line_err(
+                    1,
+                    format!("unexpected header starting {:?}", &cols[..3]),
+                ));
             }
             continue;
         }
@@ -263,7 +274,10 @@ mod tests {
 
     fn header() -> String {
         let minutes: Vec<String> = (1..=1440).map(|m| m.to_string()).collect();
-        format!("HashOwner,HashApp,HashFunction,Trigger,{}\n", minutes.join(","))
+        format!(
+            "HashOwner,HashApp,HashFunction,Trigger,{}\n",
+            minutes.join(",")
+        )
     }
 
     fn row(owner: &str, app: &str, f: &str, counts: &[(usize, u64)]) -> String {
@@ -277,7 +291,10 @@ mod tests {
     const DURATIONS: &str = "HashOwner,HashApp,HashFunction,Average,Count,Minimum,Maximum,percentile_Average_0,percentile_Average_1,percentile_Average_25,percentile_Average_50,percentile_Average_75,percentile_Average_99,percentile_Average_100\n\
 o,a,f,100,3,10,300,10,10,50,100,150,290,300\n";
 
-    fn day(invocations: String, durations: Option<&str>) -> AzureDay<Cursor<Vec<u8>>, Cursor<Vec<u8>>> {
+    fn day(
+        invocations: String,
+        durations: Option<&str>,
+    ) -> AzureDay<Cursor<Vec<u8>>, Cursor<Vec<u8>>> {
         AzureDay {
             name: "d01".into(),
             invocations: Cursor::new(invocations.into_bytes()),
@@ -294,21 +311,30 @@ o,a,f,100,3,10,300,10,10,50,100,150,290,300\n";
             row("o", "a", "g", &[(10, 1)])
         );
         let second = format!("{}{}", header(), row("o", "a", "f", &[(0, 1)]));
-        let trace = read_days(
-            vec![day(first, Some(DURATIONS)), day(second, None)],
-            7,
-            100,
-        )
-        .unwrap();
+        let trace =
+            read_days(vec![day(first, Some(DURATIONS)), day(second, None)], 7, 100).unwrap();
         assert_eq!(trace.functions.len(), 2);
         assert_eq!(trace.functions[0].name, "o/a/f");
-        assert_eq!(trace.functions[0].image, "o/a", "an app's functions share its image");
+        assert_eq!(
+            trace.functions[0].image, "o/a",
+            "an app's functions share its image"
+        );
         let times: Vec<u64> = trace.invocations.iter().map(|i| i.timestamp_ms).collect();
         assert_eq!(
             times,
-            vec![15_000, 45_000, 630_000, 1439 * 60_000 + 30_000, DAY_MS + 30_000]
+            vec![
+                15_000,
+                45_000,
+                630_000,
+                1439 * 60_000 + 30_000,
+                DAY_MS + 30_000
+            ]
         );
-        for i in trace.invocations.iter().filter(|i| i.timestamp_ms < DAY_MS && i.function == 0) {
+        for i in trace
+            .invocations
+            .iter()
+            .filter(|i| i.timestamp_ms < DAY_MS && i.function == 0)
+        {
             assert!((10..=300).contains(&i.duration_ms), "{i:?}");
         }
         // g has no durations of its own: the day's median (f's, 100 ms).

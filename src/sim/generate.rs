@@ -115,8 +115,7 @@ pub fn generate(params: GeneratorParams) -> Result<Trace, FieldError> {
         .iter()
         .filter(|&&c| c * TIMER_MAX_RATE_MINUTES <= minutes as u64)
         .count();
-    let timer_chance =
-        (TIMER_SHARE * counts.len() as f64 / timer_eligible.max(1) as f64).min(1.0);
+    let timer_chance = (TIMER_SHARE * counts.len() as f64 / timer_eligible.max(1) as f64).min(1.0);
     for (f, &count) in counts.iter().enumerate() {
         functions.push(TraceFunction {
             name: format!("fn-{f:04}"),
@@ -130,8 +129,8 @@ pub fn generate(params: GeneratorParams) -> Result<Trace, FieldError> {
         let median_ms = mean_ms / (DURATION_SPREAD_SIGMA.powi(2) / 2.0).exp();
         let durations =
             LogNormal::new(median_ms.ln(), DURATION_SPREAD_SIGMA).expect("finite parameters");
-        let timer = rng.random_bool(timer_chance)
-            && count * TIMER_MAX_RATE_MINUTES <= minutes as u64;
+        let timer =
+            rng.random_bool(timer_chance) && count * TIMER_MAX_RATE_MINUTES <= minutes as u64;
         let bursty = rng.random_bool(BURSTY_SHARE);
         let arrivals = if timer {
             timer_arrivals(&mut rng, count, span_ms)
@@ -364,10 +363,19 @@ mod tests {
             let mut sorted = counts.clone();
             sorted.sort_unstable_by(|a, b| b.cmp(a));
             // Popularity: orders of magnitude and concentration.
-            let (max, min) = (sorted[0] as f64 / days, *sorted.last().unwrap() as f64 / days);
-            assert!(max / min >= 10f64.powf(4.5), "seed {seed}: daily counts {min}..{max}");
+            let (max, min) = (
+                sorted[0] as f64 / days,
+                *sorted.last().unwrap() as f64 / days,
+            );
+            assert!(
+                max / min >= 10f64.powf(4.5),
+                "seed {seed}: daily counts {min}..{max}"
+            );
             let top_fifth: u64 = sorted[..n / 5].iter().sum();
-            assert!(top_fifth as f64 / total > 0.95, "seed {seed}: top fifth {top_fifth}");
+            assert!(
+                top_fifth as f64 / total > 0.95,
+                "seed {seed}: top fifth {top_fifth}"
+            );
             let rare = counts.iter().filter(|&&c| c <= u64::from(hours)).count();
             assert!(
                 (0.30..0.70).contains(&(rare as f64 / n as f64)),
@@ -382,11 +390,16 @@ mod tests {
                 var.sqrt() / mean.max(1e-9)
             };
             let with_gaps: Vec<usize> = (0..n).filter(|&f| counts[f] >= 20).collect();
-            let periodic: Vec<usize> =
-                with_gaps.iter().copied().filter(|&f| cv(&times[f]) < 0.1).collect();
-            let periodic_share =
-                periodic.iter().map(|&f| counts[f]).sum::<u64>() as f64 / total;
-            assert!(!periodic.is_empty() && periodic_share < 0.10, "seed {seed}: timers {periodic_share}");
+            let periodic: Vec<usize> = with_gaps
+                .iter()
+                .copied()
+                .filter(|&f| cv(&times[f]) < 0.1)
+                .collect();
+            let periodic_share = periodic.iter().map(|&f| counts[f]).sum::<u64>() as f64 / total;
+            assert!(
+                !periodic.is_empty() && periodic_share < 0.10,
+                "seed {seed}: timers {periodic_share}"
+            );
             let bursty = with_gaps.iter().filter(|&&f| cv(&times[f]) > 2.0).count();
             assert!(
                 bursty as f64 / with_gaps.len() as f64 > 0.25,
@@ -398,8 +411,14 @@ mod tests {
             for i in &t.invocations {
                 by_hour[((i.timestamp_ms / 3_600_000) % 24) as usize] += 1;
             }
-            let (peak, trough) = (*by_hour.iter().max().unwrap(), *by_hour.iter().min().unwrap());
-            assert!(peak as f64 > 1.3 * trough as f64, "seed {seed}: hours {by_hour:?}");
+            let (peak, trough) = (
+                *by_hour.iter().max().unwrap(),
+                *by_hour.iter().min().unwrap(),
+            );
+            assert!(
+                peak as f64 > 1.3 * trough as f64,
+                "seed {seed}: hours {by_hour:?}"
+            );
             // Weekly: a week's invocations by day.
             let week = generate(GeneratorParams {
                 seed,

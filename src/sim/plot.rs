@@ -1,8 +1,9 @@
 //! The Pareto plot of a sweep: each function's cold-start share (75th
 //! percentile across functions) against wasted memory (idle GB-seconds
 //! normalised to the 10-minute keep-alive's), the keep-alive baseline as a
-//! curve over its keep-alives, every other policy as a point; filled marks
-//! with cache-aware placement, hollow without.
+//! curve over its keep-alives, the histogram policy as a thin curve over
+//! its fallback keep-alives, every other policy as a point; triangles with
+//! cache-aware placement, crosses without.
 
 use super::sizing::PolicyKind;
 use super::sweep::SweepRow;
@@ -85,7 +86,9 @@ pub fn pareto(rows: &[SweepRow], path: &Path) -> Result<(), PlotError> {
     font()?;
     let (lo, hi) = points
         .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), &(_, w)| (lo.min(w), hi.max(w)));
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &(_, w)| {
+            (lo.min(w), hi.max(w))
+        });
     let y_max = points
         .iter()
         .map(|(r, _)| r.row.cold_start_pct_p75)
@@ -113,7 +116,9 @@ pub fn pareto(rows: &[SweepRow], path: &Path) -> Result<(), PlotError> {
     for cache_aware in [true, false] {
         let mut curve: Vec<(f64, f64, u64)> = points
             .iter()
-            .filter(|(r, _)| r.row.policy == PolicyKind::KeepAlive && r.row.cache_aware == cache_aware)
+            .filter(|(r, _)| {
+                r.row.policy == PolicyKind::KeepAlive && r.row.cache_aware == cache_aware
+            })
             .map(|(r, w)| (*w, r.row.cold_start_pct_p75, r.row.keep_alive_s))
             .collect();
         curve.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -128,7 +133,10 @@ pub fn pareto(rows: &[SweepRow], path: &Path) -> Result<(), PlotError> {
             if cache_aware { "" } else { " (cache-blind)" }
         );
         chart
-            .draw_series(LineSeries::new(curve.iter().map(|&(x, y, _)| (x, y)), style))
+            .draw_series(LineSeries::new(
+                curve.iter().map(|&(x, y, _)| (x, y)),
+                style,
+            ))
             .map_err(draw_err)?
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
@@ -156,21 +164,38 @@ pub fn pareto(rows: &[SweepRow], path: &Path) -> Result<(), PlotError> {
             } else {
                 color.stroke_width(2)
             };
-            let marks: Vec<(f64, f64)> = points
+            let mut marks: Vec<(f64, f64)> = points
                 .iter()
                 .filter(|(r, _)| r.row.policy == policy && r.row.cache_aware == cache_aware)
                 .map(|(r, w)| (*w, r.row.cold_start_pct_p75))
                 .collect();
+            marks.sort_by(|a, b| a.0.total_cmp(&b.0));
             let label = format!(
                 "{}{}",
                 policy_name(policy),
                 if cache_aware { "" } else { " (cache-blind)" }
             );
-            chart
-                .draw_series(marks.iter().map(|&p| TriangleMarker::new(p, 7, style)))
+            if policy.is_keep_alive_swept() && cache_aware {
+                chart
+                    .draw_series(LineSeries::new(
+                        marks.iter().copied(),
+                        color.stroke_width(1),
+                    ))
+                    .map_err(draw_err)?;
+            }
+            let series = if cache_aware {
+                chart.draw_series(marks.iter().map(|&p| TriangleMarker::new(p, 7, style)))
+            } else {
+                chart.draw_series(marks.iter().map(|&p| Cross::new(p, 5, style)))
+            };
+            series
                 .map_err(draw_err)?
                 .label(label)
-                .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 6, style));
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x + 10, y))
+                        + TriangleMarker::new((0, 0), if cache_aware { 6 } else { 0 }, style)
+                        + Cross::new((0, 0), if cache_aware { 0 } else { 5 }, style)
+                });
         }
     }
     chart
@@ -183,4 +208,64 @@ pub fn pareto(rows: &[SweepRow], path: &Path) -> Result<(), PlotError> {
         .map_err(draw_err)?;
     root.present().map_err(draw_err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::costs::{ColdMode, StartCosts};
+    use crate::sim::engine::ClusterParams;
+    use crate::sim::generate::{generate, GeneratorParams};
+    use crate::sim::sweep::{sweep, SweepPlan};
+
+    #[test]
+    fn a_sweep_is_drawn_as_a_png_and_needs_its_reference() {
+        let trace = generate(GeneratorParams {
+            seed: 2,
+            invocations: 5_000,
+            functions: 20,
+            hours: 48,
+        })
+        .unwrap();
+        let params = ClusterParams {
+            nodes: 5,
+            cache_images: 4,
+            ..ClusterParams::default()
+        };
+        let costs = StartCosts::defaults(ColdMode::Lazy);
+        let plan = |policies| SweepPlan {
+            policies,
+            keep_alives_s: vec![300, 1200],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pareto.png");
+        let alone = sweep(
+            &trace,
+            86_400_000,
+            &costs,
+            &params,
+            &plan(vec![PolicyKind::Fixed]),
+        )
+        .unwrap();
+        assert!(matches!(pareto(&alone, &path), Err(PlotError::NoReference)));
+        let plan = plan(vec![
+            PolicyKind::KeepAlive,
+            PolicyKind::Histogram,
+            PolicyKind::Fixed,
+        ]);
+        let rows = sweep(&trace, 86_400_000, &costs, &params, &plan).unwrap();
+        match pareto(&rows, &path) {
+            Err(PlotError::Font(why))
+                if std::env::var_os("LOCI_REQUIRE_SYSTEM_TESTS").is_none() =>
+            {
+                eprintln!("skipped: no font to draw with ({why}); install fonts-dejavu-core");
+            }
+            other => {
+                other.unwrap();
+                let png = std::fs::read(&path).unwrap();
+                assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+                assert!(png.len() > 10_000, "a drawn chart, not a blank one");
+            }
+        }
+    }
 }

@@ -228,6 +228,22 @@ fn conversion_is_deterministic() {
 }
 
 #[test]
+fn chunk_sizes_outside_the_readers_limits_are_refused() {
+    let (tar, _) = sample_tar(5);
+    for chunk_size in [0, 255, (4 << 20) + 1, 64 << 20] {
+        let options = ConvertOptions {
+            chunk_size,
+            ..ConvertOptions::default()
+        };
+        let err = convert_layer(Cursor::new(&tar), Vec::new(), &options, &|_| {}).unwrap_err();
+        assert!(
+            err.to_string().contains("chunk size"),
+            "{chunk_size}: {err}"
+        );
+    }
+}
+
+#[test]
 fn verify_accepts_a_good_blob_and_checks_the_diff_id() {
     let (tar, _) = sample_tar(6);
     let (blob, summary) = convert(&tar, 32 * 1024);

@@ -351,7 +351,7 @@ def read_command(env, ref):
 class Image:
     """One image pushed, converted and prepared for every mode."""
 
-    def __init__(self, env, name, modes):
+    def __init__(self, env, name, modes, quick=False):
         self.name = name
         layout, tag = build_layout(env, name)
         self.original = f"{env.addr}/{name}:v1"
@@ -371,7 +371,7 @@ class Image:
         if "nydus-fs" in modes:
             self.nydus = nydus_convert(env, name, layout, tag)
         if env.peers["nydus"]["found"]:
-            self.side_by_side = convert_side_by_side(env, name, layout, tag)
+            self.side_by_side = convert_side_by_side(env, name, layout, tag, repeats=1 if quick else 3)
 
 
 def nydus_convert(env, name, layout, tag):
@@ -409,6 +409,12 @@ def convert_side_by_side(env, name, layout, tag, repeats=3):
     each; medians of CPU seconds (user + system)."""
     nydus_image = env.peers["nydus"]["nydus-image"]
     layers = layout_layers(layout, tag)
+    kind_of = ["targz-rafs" if media_type.endswith("gzip") else None if media_type.endswith("zstd")
+               else "tar-rafs" for _, media_type in layers]
+    if None in kind_of:
+        why = "a layer's compression is not one nydus-image reads (gzip or none)"
+        print(f"{name}: conversion side by side skipped: {why}", file=sys.stderr)
+        return {"skipped": why}
     work = os.path.join(env.work, f"side-by-side-{name}")
     loci_cpu, nydus_cpu = [], []
     for _ in range(repeats):
@@ -418,12 +424,19 @@ def convert_side_by_side(env, name, layout, tag, repeats=3):
         env.run(env.loci, "--log", "warn", "convert", f"oci:{layout}:{tag}", f"oci:{work}/loci:{tag}")
         loci_cpu.append(children_cpu() - c0)
         c0 = children_cpu()
-        for i, (blob, media_type) in enumerate(layers):
-            kind = "targz-rafs" if media_type.endswith("gzip") else "tar-rafs"
+        for i, ((blob, _), kind) in enumerate(zip(layers, kind_of)):
             blobs = os.path.join(work, f"nydus-{i}")
             os.makedirs(blobs)
-            env.run(nydus_image, "create", "--type", kind, "--fs-version", "6", "--blob-dir", blobs,
-                    "--bootstrap", os.path.join(blobs, "bootstrap"), "--log-level", "warn", blob)
+            try:
+                env.run(nydus_image, "create", "--type", kind, "--fs-version", "6", "--blob-dir", blobs,
+                        "--bootstrap", os.path.join(blobs, "bootstrap"), "--log-level", "warn", blob)
+            except subprocess.CalledProcessError as e:
+                # nydus-image 2.2's tar paths refuse some layers (the
+                # fixture's plain tar here): the comparison is skipped.
+                why = f"nydus-image {kind} failed on layer {i} (exit {e.returncode})"
+                print(f"{name}: conversion side by side skipped: {why}", file=sys.stderr)
+                shutil.rmtree(work, ignore_errors=True)
+                return {"skipped": why}
         nydus_cpu.append(children_cpu() - c0)
     shutil.rmtree(work, ignore_errors=True)
     return {"loci_cpu_s": statistics.median(loci_cpu), "nydus_cpu_s": statistics.median(nydus_cpu),
@@ -778,7 +791,7 @@ def main():
         env.start_snapshotter(fresh_cache=True)
         env.start_containerd()
         for name in images:
-            image = Image(env, name, modes)
+            image = Image(env, name, modes, quick=args.quick)
             images_done[name] = image
             for run in range(runs):
                 for mode in modes:
@@ -804,11 +817,13 @@ def main():
                                    "nydus_mb_per_cpu_s": mb / n["convert_cpu_s"] if n["convert_cpu_s"] else None,
                                    "nydus_unpack_cpu_s": n["unpack_cpu_s"],
                                    "nydus_from_image_mb_per_cpu_s": mb / from_image if from_image else None})
-        if hasattr(image, "side_by_side"):
-            sbs = image.side_by_side
+        sbs = getattr(image, "side_by_side", None)
+        if sbs and "skipped" not in sbs and sbs["loci_cpu_s"] > 0 and sbs["nydus_cpu_s"] > 0:
             converts[name]["same_input"] = dict(sbs, loci_mb_per_cpu_s=mb / sbs["loci_cpu_s"],
                                                 nydus_mb_per_cpu_s=mb / sbs["nydus_cpu_s"],
                                                 loci_to_nydus=sbs["nydus_cpu_s"] / sbs["loci_cpu_s"])
+        elif sbs:
+            converts[name]["same_input"] = sbs
         if image.traced:
             converts[name]["loci_ordered_s"] = image.ordered_convert_s
             converts[name]["loci_ordered_cpu_s"] = image.ordered_convert_cpu_s
@@ -823,7 +838,7 @@ def main():
                f"with unpacking the image for it, {c['nydus_unpack_cpu_s']:.1f} CPU-s more: "
                f"{c['nydus_from_image_mb_per_cpu_s'] or 0:.0f} MB/CPU-s)"
                if "nydus_cpu_s" in c else ""), file=sys.stderr)
-        if "same_input" in c:
+        if "loci_to_nydus" in c.get("same_input", {}):
             same = c["same_input"]
             print(f"{name}: conversion of the same compressed layers, local, medians of "
                   f"{len(same['loci_runs'])}: loci {same['loci_cpu_s']:.2f} CPU-s "

@@ -127,8 +127,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ([], true) => DEFAULT_KEEP_ALIVE_SWEEP_MIN.to_vec(),
         (list, _) => list.to_vec(),
     };
+    let mut policies = Vec::new();
+    for &p in &args.policies {
+        if !policies.contains(&p) {
+            policies.push(p);
+        }
+    }
     let plan = SweepPlan {
-        policies: args.policies.clone(),
+        policies,
         keep_alives_s: sweep_min.iter().map(|m| m * 60).collect(),
     };
     let rows = sweep(&trace, measure_from_ms, &costs, &params, &plan).context("simulating")?;
@@ -227,10 +233,7 @@ fn print_table(out: &mut impl Write, rows: &[SweepRow]) -> std::io::Result<()> {
         writeln!(
             out,
             "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} |",
-            serde_json::to_value(r.policy)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            r.policy.name(),
             r.keep_alive_s,
             if r.cache_aware { "yes" } else { "no" },
             wasted_vs_keep_alive_10min.map_or("-".to_string(), |w| format!("{w:.2}")),

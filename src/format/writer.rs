@@ -26,6 +26,11 @@ use std::sync::mpsc;
 /// smaller chunks cost conversion speed, TOC size and request count; larger
 /// ones over-fetch on small reads of large files.
 pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
+/// Smallest target chunk size (FastCDC's least average).
+pub const MIN_CHUNK_SIZE: u32 = 256;
+/// Largest target chunk size: chunks reach four times it, which readers'
+/// limits allow (see [`super::Limits`]).
+pub const MAX_CHUNK_SIZE: u32 = 4 << 20;
 /// Default zstd level for chunk frames, as `zstd` itself defaults to.
 pub const DEFAULT_LEVEL: i32 = 3;
 /// Default size at which a pack of small files is closed.
@@ -104,6 +109,12 @@ pub fn convert_layer<R: Read, W: Write + Send>(
     opts: &ConvertOptions,
     progress: &dyn Fn(u64),
 ) -> Result<LayerSummary, FormatError> {
+    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&opts.chunk_size) {
+        return Err(FormatError::Limit(format!(
+            "chunk size {} outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+            opts.chunk_size
+        )));
+    }
     let tap_state = Rc::new(RefCell::new(TapState::default()));
     let tap = Tap {
         inner: tar,
@@ -294,17 +305,26 @@ impl Cutter<'_> {
         opts: &ConvertOptions,
     ) -> Result<(), FormatError> {
         let mut block = std::mem::take(&mut self.chunk_block);
-        let mut chunker = Chunker::new(content, opts.chunk_size.max(256), &mut block);
+        let mut chunker = Chunker::new(content, opts.chunk_size, &mut block);
         let mut seen = 0u64;
-        while let Some(data) = chunker.next_chunk()? {
+        let cut = loop {
+            let data = match chunker.next_chunk() {
+                Ok(Some(data)) => data,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(FormatError::from(e)),
+            };
             seen += data.len() as u64;
-            self.push(Segment {
+            let pushed = self.push(Segment {
                 is_chunk: true,
                 files: vec![(entry, 0, data.len() as u32)],
                 data,
-            })?;
-        }
+            });
+            if pushed.is_err() {
+                break pushed;
+            }
+        };
         self.chunk_block = block;
+        cut?;
         if seen != size {
             let offset = self.tap_state.borrow().offset;
             return Err(FormatError::MalformedTar {

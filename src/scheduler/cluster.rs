@@ -693,11 +693,12 @@ impl ClusterView {
     }
 
     /// Retires on-demand instances idle longer than their function's
-    /// keep-alive. Under a histogram policy the most recently busy idle
-    /// instance (the paper's one instance per application) is kept as the
-    /// policy plans, and any others as the function's keep-alive says, so
-    /// a burst's extra instances are neither dropped at once nor kept for
-    /// the policy's long windows.
+    /// keep-alive. Under a histogram policy, once the function is idle, the
+    /// most recently busy idle instance (the paper's one instance per
+    /// application) is kept as the policy plans, and any others no longer
+    /// than that where it keeps one, else as the function's keep-alive
+    /// says: a burst's extra instances are neither dropped at once nor
+    /// kept for the policy's long windows.
     pub fn retire_idle(&mut self, now_ms: u64) -> Vec<RetiredInstance> {
         let idle_past = |i: &Instance, keep_alive_ms: u64| {
             !i.reserved && i.in_flight == 0 && i.idle_since_ms + keep_alive_ms <= now_ms
@@ -707,16 +708,17 @@ impl ClusterView {
             .iter()
             .filter(|(_, i)| {
                 let f = &self.functions[i.function];
-                !f.policy.as_ref().is_some_and(|p| p.keeps_one_idle())
+                !f.policy.as_ref().is_some_and(|p| p.plans_idle())
                     && idle_past(i, f.spec.keep_alive_s * 1000)
             })
             .map(|(&id, _)| id)
             .collect();
         for f in &self.functions {
-            let Some(policy) = f.policy.as_ref().filter(|p| p.keeps_one_idle()) else {
+            let Some(policy) = f.policy.as_ref().filter(|p| p.plans_idle()) else {
                 continue;
             };
             let keep_alive_ms = f.spec.keep_alive_s * 1000;
+            let planned = policy.planned_keep_alive_ms();
             let mut idle: Vec<(u64, InstanceId)> = f
                 .instances
                 .iter()
@@ -726,10 +728,13 @@ impl ClusterView {
                 .collect();
             idle.sort_unstable_by(|a, b| b.cmp(a));
             for (n, (_, id)) in idle.into_iter().enumerate() {
-                let keep = if n == 0 {
-                    policy.idle_keep_alive_ms(keep_alive_ms)
-                } else {
-                    keep_alive_ms
+                // The plan's instance; the others no longer than it where
+                // it keeps one (never dropped at once: the next burst wants
+                // them), else the function's keep-alive.
+                let keep = match (n, planned) {
+                    (0, Some(p)) => p,
+                    (_, Some(p)) if p > 0 => p.min(keep_alive_ms),
+                    _ => keep_alive_ms,
                 };
                 if idle_past(&self.instances[&id], keep) {
                     expired.push(id);
@@ -740,6 +745,22 @@ impl ClusterView {
         expired
             .into_iter()
             .filter_map(|id| self.retire(id, StopReason::Retired, now_ms))
+            .collect()
+    }
+
+    /// Every instance's busy time so far at `now_ms` (its current busy
+    /// period included), for accounting that starts mid-way.
+    pub fn busy_ms_so_far(&self, now_ms: u64) -> HashMap<InstanceId, u64> {
+        self.instances
+            .iter()
+            .map(|(&id, i)| {
+                let current = if i.in_flight > 0 {
+                    now_ms.saturating_sub(i.busy_since_ms)
+                } else {
+                    0
+                };
+                (id, i.busy_ms + current)
+            })
             .collect()
     }
 

@@ -9,8 +9,8 @@
 //! `percentile_Average_0,_1,_25,_50,_75,_99,_100`: execution time in ms).
 //! A minute's invocations are spread evenly over the minute; each one's
 //! execution time is drawn (seeded) from its function's percentiles of that
-//! day, interpolated linearly, or the day's median execution time where the
-//! function has none. A function is `owner/app/function`; its image is its
+//! day, interpolated linearly, or the median of the day's functions'
+//! medians where the function has none. A function is `owner/app/function`; its image is its
 //! application (`owner/app`), the unit Azure deploys and keeps warm.
 //! Memory is not read: instances get the simulator's drawn sizes.
 //!
@@ -209,6 +209,7 @@ fn for_each_row(
 ) -> Result<(), AzureError> {
     let mut buf = Vec::new();
     let mut line_no = 0usize;
+    let mut header_seen = false;
     let line_err = |line, message: String| AzureError::Line {
         file: file.to_string(),
         line,
@@ -225,10 +226,10 @@ fn for_each_row(
                 source,
             })?;
         if n == 0 {
-            return if line_no == 0 {
-                Err(line_err(1, "empty file".into()))
-            } else {
+            return if header_seen {
                 Ok(())
+            } else {
+                Err(line_err(line_no.max(1), "no header".into()))
             };
         }
         line_no += 1;
@@ -251,13 +252,14 @@ fn for_each_row(
                 format!("{} columns, expected {columns}", cols.len()),
             ));
         }
-        if line_no == 1 {
+        if !header_seen {
             if cols[..3] != ["HashOwner", "HashApp", "HashFunction"] {
                 return Err(line_err(
-                    1,
+                    line_no,
                     format!("unexpected header starting {:?}", &cols[..3]),
                 ));
             }
+            header_seen = true;
             continue;
         }
         if cols[..3].iter().any(|c| c.is_empty()) {
@@ -374,6 +376,14 @@ o,a,f,100,3,10,300,10,10,50,100,150,290,300\n";
         let ok_row = format!("{}{}", header(), row("o", "a", "f", &[(0, 1)]));
         let err = read_days(vec![day(ok_row, Some(&bad_durations))], 1, 50).unwrap_err();
         assert!(err.to_string().contains("decrease"), "{err}");
+        let blank_first = format!("\n{}", header());
+        let err = read_days(vec![day(blank_first, None)], 1, 50).unwrap_err();
+        assert!(
+            matches!(err, AzureError::Empty),
+            "a header after a blank line is still the header: {err}"
+        );
+        let err = read_days(vec![day("\n\n".into(), None)], 1, 50).unwrap_err();
+        assert!(err.to_string().contains("no header"), "{err}");
         let empty = format!("{}{}", header(), row("o", "a", "f", &[]));
         assert!(matches!(
             read_days(vec![day(empty, None)], 1, 50),

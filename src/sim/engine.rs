@@ -130,7 +130,7 @@ pub struct SimRow {
     pub mean_cold_start_ms: f64,
     /// Invocations dropped because no node had capacity.
     pub rejected: u64,
-    /// Instances placed (on demand and reserved).
+    /// Instances placed (on demand and reserved), over the whole run, warm-up included.
     pub placements: u64,
     /// Sum of all instances' lifetimes, s (what the platform pays for).
     pub instance_seconds: f64,
@@ -199,6 +199,8 @@ struct Run<'a> {
     idle_mib_ms: u128,
     /// Start of the measured part, simulated Unix ms.
     measure_from: u64,
+    /// Each instance's busy time when the measured part began.
+    busy_at_measure_start: Option<HashMap<u64, u64>>,
 }
 
 impl<'a> Run<'a> {
@@ -218,13 +220,20 @@ impl<'a> Run<'a> {
     }
 
     /// Accounts for instances retired at `now`, for their time after the
-    /// measurement start only (an instance alive across it counts its busy
-    /// time whole, so its idle time there is a little short).
+    /// measurement start only (busy time before it taken off by the
+    /// snapshot made there).
     fn retired(&mut self, gone: &[RetiredInstance], now: u64) {
         for r in gone {
-            let created = now - r.lifetime_ms;
+            let created = now.saturating_sub(r.lifetime_ms);
             let lifetime = now.saturating_sub(created.max(self.measure_from));
-            let idle = lifetime - r.busy_ms.min(lifetime);
+            let busy_before = self
+                .busy_at_measure_start
+                .as_ref()
+                .and_then(|b| b.get(&r.instance_id))
+                .copied()
+                .unwrap_or(0);
+            let busy = r.busy_ms.saturating_sub(busy_before).min(lifetime);
+            let idle = lifetime - busy;
             self.instance_ms += lifetime;
             self.idle_ms += idle;
             let memory = u128::from(self.function_memory.get(&r.function).copied().unwrap_or(0));
@@ -234,6 +243,9 @@ impl<'a> Run<'a> {
     }
 
     fn tick(&mut self, now: u64) {
+        if now >= self.measure_from && self.busy_at_measure_start.is_none() {
+            self.busy_at_measure_start = Some(self.view.busy_ms_so_far(now));
+        }
         let idle = self.view.retire_idle(now);
         let changes = self.view.reconcile_reservations(now);
         self.retired(&idle, now);
@@ -292,11 +304,7 @@ pub fn simulate(
             ),
         ));
     }
-    let profiles = if measure_from_ms > 0 {
-        load_profiles(&trace.split_at(measure_from_ms).0)
-    } else {
-        load_profiles(trace)
-    };
+    let profiles = load_profiles(trace, (measure_from_ms > 0).then_some(measure_from_ms));
     let measure_from = SIM_EPOCH_MS + measure_from_ms;
     let mut function_ids = Vec::with_capacity(trace.functions.len());
     let mut image_ids = HashMap::new();
@@ -340,6 +348,7 @@ pub fn simulate(
         mib_ms: 0,
         idle_mib_ms: 0,
         measure_from,
+        busy_at_measure_start: None,
     };
 
     let mut completions: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();

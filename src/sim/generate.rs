@@ -27,7 +27,7 @@ use rand_distr::{Distribution, LogNormal, StandardNormal};
 
 /// Spread of per-function popularity (log-normal sigma): +-2.5 sigma
 /// covers 6.5 orders of magnitude of daily rates.
-pub const POPULARITY_SIGMA: f64 = 3.0;
+const POPULARITY_SIGMA: f64 = 3.0;
 /// Share of functions triggered by timers (periodic, no diurnal cycle).
 const TIMER_SHARE: f64 = 0.16;
 /// Timers are drawn among functions invoked at most once per this many
@@ -444,7 +444,7 @@ mod tests {
             );
         }
         // The popularity model itself spans more than 6 orders of
-        // magnitude between its 1st and 99th... percentiles' ends.
+        // magnitude: the most and least popular of 500 functions' shares.
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let counts = split_counts(&mut rng, 1 << 40, 500);
         let (max, min) = (counts.iter().max().unwrap(), counts.iter().min().unwrap());

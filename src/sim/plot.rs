@@ -56,13 +56,6 @@ fn draw_err(e: impl std::fmt::Display) -> PlotError {
     PlotError::Draw(e.to_string())
 }
 
-fn policy_name(policy: PolicyKind) -> String {
-    serde_json::to_value(policy)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 fn policy_color(policy: PolicyKind) -> RGBColor {
     match policy {
         PolicyKind::KeepAlive => RGBColor(60, 60, 60),
@@ -172,7 +165,7 @@ pub fn pareto(rows: &[SweepRow], path: &Path) -> Result<(), PlotError> {
             marks.sort_by(|a, b| a.0.total_cmp(&b.0));
             let label = format!(
                 "{}{}",
-                policy_name(policy),
+                policy.name(),
                 if cache_aware { "" } else { " (cache-blind)" }
             );
             if policy.is_keep_alive_swept() && cache_aware {

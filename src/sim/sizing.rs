@@ -47,6 +47,18 @@ pub enum PolicyKind {
 }
 
 impl PolicyKind {
+    /// The name as typed on the command line and written in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Fixed => "fixed",
+            PolicyKind::Scheduled => "scheduled",
+            PolicyKind::Utilisation => "utilisation",
+            PolicyKind::Hybrid => "hybrid",
+            PolicyKind::KeepAlive => "keep-alive",
+            PolicyKind::Histogram => "histogram",
+        }
+    }
+
     /// Whether a sweep runs the policy once per keep-alive: the baseline,
     /// and the histogram policy, whose fallback is a keep-alive.
     pub fn is_keep_alive_swept(self) -> bool {
@@ -64,12 +76,17 @@ pub struct LoadProfile {
     pub per_block: [f64; BLOCKS],
 }
 
-/// Computes every function's load profile in one pass over the trace.
-pub fn load_profiles(trace: &Trace) -> Vec<LoadProfile> {
-    let span = trace.span_ms().max(1);
+/// Computes every function's load profile in one pass over the trace's
+/// invocations before `until_ms` (all of them with None).
+pub fn load_profiles(trace: &Trace, until_ms: Option<u64>) -> Vec<LoadProfile> {
+    let cut = until_ms.map_or(trace.invocations.len(), |ms| {
+        trace.invocations.partition_point(|i| i.timestamp_ms < ms)
+    });
+    let invocations = &trace.invocations[..cut];
+    let span = invocations.last().map_or(0, |i| i.timestamp_ms).max(1);
     let days = span.div_ceil(DAY_MS) as f64;
     let mut busy = vec![(0.0f64, [0.0f64; BLOCKS]); trace.functions.len()];
-    for inv in &trace.invocations {
+    for inv in invocations {
         let block = ((inv.timestamp_ms % DAY_MS) / BLOCK_MS) as usize;
         let entry = &mut busy[inv.function as usize];
         entry.0 += f64::from(inv.duration_ms);
@@ -166,7 +183,7 @@ mod tests {
                 },
             ],
         };
-        let p = &load_profiles(&trace)[0];
+        let p = &load_profiles(&trace, None)[0];
         assert!((p.average - 1_440_000.0 / (DAY_MS - 1) as f64).abs() < 1e-9);
         assert!((p.per_block[0] - 0.1).abs() < 1e-9, "{:?}", p.per_block);
         assert_eq!(p.per_block[1], 0.0);

@@ -22,9 +22,9 @@ pub struct SweepPlan {
     /// Policies to run.
     pub policies: Vec<PolicyKind>,
     /// Keep-alives (s) to run the keep-alive baseline with, and the
-    /// histogram policy (as its fallback); other policies run with
-    /// `params.keep_alive_s`. The reference keep-alive is added
-    /// when the baseline runs, so rows can be set against it.
+    /// histogram policy (as its fallback); empty, and for other policies,
+    /// `params.keep_alive_s`. The baseline also runs at the reference
+    /// keep-alive, so rows can be set against it.
     pub keep_alives_s: Vec<u64>,
 }
 
@@ -50,18 +50,16 @@ pub fn sweep(
 ) -> Result<Vec<SweepRow>, FieldError> {
     let mut rows = Vec::new();
     for &policy in &plan.policies {
-        let mut keep_alives = if policy.is_keep_alive_swept() {
-            let mut k = plan.keep_alives_s.clone();
-            k.push(REFERENCE_KEEP_ALIVE_S);
-            k.sort_unstable();
-            k.dedup();
-            k
+        let mut keep_alives = if policy.is_keep_alive_swept() && !plan.keep_alives_s.is_empty() {
+            plan.keep_alives_s.clone()
         } else {
             vec![params.keep_alive_s]
         };
-        if keep_alives.is_empty() {
-            keep_alives.push(params.keep_alive_s);
+        if policy == PolicyKind::KeepAlive {
+            keep_alives.push(REFERENCE_KEEP_ALIVE_S);
         }
+        keep_alives.sort_unstable();
+        keep_alives.dedup();
         for keep_alive_s in keep_alives {
             let params = ClusterParams {
                 keep_alive_s,
@@ -121,7 +119,11 @@ mod tests {
         })
         .unwrap();
         let day = 24 * 3_600_000;
-        let measured = trace.split_at(day).1.invocations.len() as u64;
+        let measured = trace
+            .invocations
+            .iter()
+            .filter(|i| i.timestamp_ms >= day)
+            .count() as u64;
         let params = ClusterParams {
             nodes: 10,
             cache_images: 4,
@@ -133,19 +135,29 @@ mod tests {
         };
         let costs = StartCosts::defaults(ColdMode::Lazy);
         let rows = sweep(&trace, day, &costs, &params, &plan).unwrap();
-        // 300, 600 (added), 3600 s for the baseline and for the histogram
-        // policy (its fallback and extra instances' keep-alive); each with
-        // and without cache-aware placement.
-        assert_eq!(rows.len(), 12);
-        for r in &rows {
-            let ratio = r.wasted_vs_keep_alive_10min.unwrap();
-            if r.row.policy == PolicyKind::KeepAlive && r.row.keep_alive_s == 600 {
-                assert_eq!(ratio, 1.0);
-            }
-            if r.row.policy == PolicyKind::KeepAlive && r.row.keep_alive_s == 3600 {
-                assert!(ratio > 1.0, "{r:?}");
-            }
+        // 300, 600 (the reference, added) and 3600 s for the baseline; 300
+        // and 3600 s for the histogram policy (its fallback and extra
+        // instances' keep-alive); each with and without cache-aware
+        // placement.
+        assert_eq!(rows.len(), 10);
+        let find = |keep_alive_s, cache_aware| {
+            rows.iter()
+                .find(|r| {
+                    r.row.policy == PolicyKind::KeepAlive
+                        && r.row.keep_alive_s == keep_alive_s
+                        && r.row.cache_aware == cache_aware
+                })
+                .unwrap()
+        };
+        for cache_aware in [true, false] {
+            let (short, long) = (find(300, cache_aware), find(3600, cache_aware));
+            let reference = find(600, cache_aware).row.idle_gb_seconds;
+            let ratio = long.wasted_vs_keep_alive_10min.unwrap();
+            assert!((ratio - long.row.idle_gb_seconds / reference).abs() < 1e-9);
+            assert!(ratio > 1.0, "{long:?}");
+            assert!(short.wasted_vs_keep_alive_10min.unwrap() < 1.0, "{short:?}");
         }
+        assert!(rows.iter().all(|r| r.wasted_vs_keep_alive_10min.is_some()));
         assert!(rows.iter().all(|r| r.row.invocations == measured));
     }
 }

@@ -72,21 +72,6 @@ impl Trace {
         self.invocations.last().map_or(0, |i| i.timestamp_ms)
     }
 
-    /// The invocations before `ms` and those from `ms` on, each with all
-    /// the functions (times unchanged): history to size policies from, and
-    /// the part to replay.
-    pub fn split_at(&self, ms: u64) -> (Trace, Trace) {
-        let cut = self.invocations.partition_point(|i| i.timestamp_ms < ms);
-        let part = |invocations: &[Invocation]| Trace {
-            functions: self.functions.clone(),
-            invocations: invocations.to_vec(),
-        };
-        (
-            part(&self.invocations[..cut]),
-            part(&self.invocations[cut..]),
-        )
-    }
-
     /// Reads and validates a CSV trace.
     pub fn read_csv(reader: impl BufRead) -> Result<Trace, TraceError> {
         let mut lines = reader.lines();

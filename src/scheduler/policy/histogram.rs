@@ -229,6 +229,12 @@ impl IdleHistogram {
     pub fn went_idle(&mut self, now_ms: u64) {
         self.idle_since_ms = Some(now_ms);
         self.plan = self.plan_idle();
+        tracing::trace!(
+            rule = ?self.plan.rule,
+            prewarm_ms = self.plan.prewarm_ms,
+            keep_alive_ms = self.plan.keep_alive_ms,
+            "idle planned"
+        );
     }
 
     /// An invocation arrived while the function was idle: learn the idle
@@ -251,19 +257,22 @@ impl IdleHistogram {
     }
 
     /// The plan made when the function last went idle.
+    #[cfg(test)]
     pub fn plan(&self) -> IdlePlan {
         self.plan
     }
 
-    /// How long an idle instance outside any reservation is kept, ms: the
-    /// keep-alive window when nothing is pre-warmed, else nothing (it is
-    /// unloaded and a new one pre-warmed).
-    pub fn idle_keep_alive_ms(&self) -> u64 {
-        if self.plan.prewarm_ms == 0 {
+    /// While the function is idle, how long its idle instance outside any
+    /// reservation is kept, ms: the keep-alive window when nothing is
+    /// pre-warmed, else nothing (it is unloaded and a new one pre-warmed).
+    /// None while the function is busy: no plan is in force.
+    pub fn idle_keep_alive_ms(&self) -> Option<u64> {
+        self.idle_since_ms?;
+        Some(if self.plan.prewarm_ms == 0 {
             self.plan.keep_alive_ms
         } else {
             0
-        }
+        })
     }
 
     /// Instances to keep ready at `now_ms`: one inside the planned window
@@ -302,7 +311,8 @@ impl IdleHistogram {
                 rule: IdleRule::Forecast,
             };
         }
-        if bin_cv(&self.bins[..range]) < c.min_cv {
+        let in_range: u64 = self.bins[..range].iter().map(|&b| u64::from(b)).sum();
+        if in_range == 0 || bin_cv(&self.bins[..range]) < c.min_cv {
             return fallback;
         }
         let head = self.percentile_bin(c.head_percentile) as f64;
@@ -380,13 +390,14 @@ mod tests {
         // min plus 10 %.
         assert_eq!(plan.prewarm_ms, 27 * MIN);
         assert_eq!(plan.keep_alive_ms, (35 - 27) * MIN);
-        assert_eq!(h.idle_keep_alive_ms(), 0, "unloaded at once");
+        assert_eq!(h.idle_keep_alive_ms(), Some(0), "unloaded at once");
         assert_eq!(h.instances_at(now + 26 * MIN), 0);
         assert_eq!(h.instances_at(now + 27 * MIN), 1, "pre-warmed");
         assert_eq!(h.instances_at(now + 34 * MIN), 1);
         assert_eq!(h.instances_at(now + 35 * MIN), 0, "window over");
         h.went_busy(now + 30 * MIN);
         assert_eq!(h.instances_at(now + 31 * MIN), 0, "busy: nothing reserved");
+        assert_eq!(h.idle_keep_alive_ms(), None, "busy: no plan in force");
     }
 
     #[test]
@@ -401,7 +412,7 @@ mod tests {
         // The 99th percentile is in bin 4: its end, 5 min, plus 10 %,
         // rounded up to whole minutes.
         assert_eq!(plan.keep_alive_ms, 6 * MIN);
-        assert_eq!(h.idle_keep_alive_ms(), 6 * MIN);
+        assert_eq!(h.idle_keep_alive_ms(), Some(6 * MIN));
         assert_eq!(h.instances_at(now + MIN), 0, "kept, not reserved");
     }
 
@@ -411,7 +422,7 @@ mod tests {
         let now = learn(&mut h, 0, &[10, 10]);
         h.went_idle(now);
         assert_eq!(h.plan().rule, IdleRule::Fallback);
-        assert_eq!(h.idle_keep_alive_ms(), 600_000);
+        assert_eq!(h.idle_keep_alive_ms(), Some(600_000));
         // One idle time in each bin: no pattern.
         let mut h = HistogramConfig::default().compile().unwrap();
         let spread: Vec<u64> = (0..240).collect();

@@ -147,19 +147,20 @@ impl ReservationPolicy {
         }
     }
 
-    /// Whether the policy's idle keep-alive holds for one idle on-demand
-    /// instance only, the others following the function's keep-alive (the
-    /// histogram policy plans for the function as a whole).
-    pub fn keeps_one_idle(&self) -> bool {
+    /// Whether the policy plans the function's idle time (the histogram
+    /// policy): its most recently busy idle instance is then kept as
+    /// [`Self::planned_keep_alive_ms`] says, the others by the function's
+    /// keep-alive.
+    pub fn plans_idle(&self) -> bool {
         matches!(self, ReservationPolicy::Histogram(_))
     }
 
-    /// How long an idle on-demand instance is kept, ms: the policy's say
-    /// where it has one, else `keep_alive_ms` (the function's keep-alive).
-    pub fn idle_keep_alive_ms(&self, keep_alive_ms: u64) -> u64 {
+    /// The planned keep-alive of the function's idle instance, ms (None
+    /// while the function is busy, or under a policy that plans nothing).
+    pub fn planned_keep_alive_ms(&self) -> Option<u64> {
         match self {
             ReservationPolicy::Histogram(h) => h.idle_keep_alive_ms(),
-            _ => keep_alive_ms,
+            _ => None,
         }
     }
 }

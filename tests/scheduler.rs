@@ -639,6 +639,8 @@ fn a_config_with_impossible_bounds_is_refused_at_startup() {
 
 #[test]
 fn sim_reports_one_json_row_per_policy_and_placement() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("pareto.png");
     let out = Command::new(LOCI)
         .args([
             "--log",
@@ -656,6 +658,8 @@ fn sim_reports_one_json_row_per_policy_and_placement() {
             "--keep-alive-sweep-min",
             "5,10,60",
             "--json",
+            "--plot",
+            plot.to_str().unwrap(),
         ])
         .output()
         .unwrap();
@@ -665,15 +669,20 @@ fn sim_reports_one_json_row_per_policy_and_placement() {
         String::from_utf8_lossy(&out.stderr)
     );
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    // The keep-alive baseline once per swept keep-alive, the four
-    // policies once; each with and without cache-aware placement.
-    assert_eq!(rows.len(), (3 + 4) * 2);
-    let swept: Vec<u64> = rows
-        .iter()
-        .filter(|r| r["policy"] == "keep-alive" && r["cache_aware"] == true)
-        .map(|r| r["keep_alive_s"].as_u64().unwrap())
-        .collect();
-    assert_eq!(swept, [300, 600, 3600]);
+    // The keep-alive baseline and the histogram policy once per swept
+    // keep-alive, the four others once; each with and without cache-aware
+    // placement.
+    assert_eq!(rows.len(), (3 + 3 + 4) * 2);
+    for policy in ["keep-alive", "histogram"] {
+        let swept: Vec<u64> = rows
+            .iter()
+            .filter(|r| r["policy"] == policy && r["cache_aware"] == true)
+            .map(|r| r["keep_alive_s"].as_u64().unwrap())
+            .collect();
+        assert_eq!(swept, [300, 600, 3600], "{policy}");
+    }
+    let png = std::fs::read(&plot).unwrap();
+    assert_eq!(&png[..4], b"\x89PNG");
     let kinds: Vec<(&str, bool)> = rows
         .iter()
         .map(|r| {
@@ -700,14 +709,26 @@ fn sim_reports_one_json_row_per_policy_and_placement() {
             "placements_per_s",
             "cold_start_pct_p75",
             "cold_start_pct_p99",
+            "wasted_vs_keep_alive_10min",
         ] {
             assert!(
                 r[field].as_f64().is_some_and(|v| v >= 0.0),
                 "{field} in {r}"
             );
         }
-        assert_eq!(r["invocations"], 5000);
+        // Only the second of the two generated days is measured.
+        let measured = r["invocations"].as_u64().unwrap();
+        assert!((1000..4000).contains(&measured), "{measured} of 5000");
     }
+    // One day cannot be both the history and what is measured.
+    let out = Command::new(LOCI)
+        .args(["sim", "--generate", "--invocations", "500", "--functions", "5"])
+        .args(["--hours", "24", "--nodes", "2", "--policies", "fixed"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--train-hours"), "{stderr}");
 }
 
 #[test]

@@ -722,7 +722,14 @@ fn sim_reports_one_json_row_per_policy_and_placement() {
     }
     // One day cannot be both the history and what is measured.
     let out = Command::new(LOCI)
-        .args(["sim", "--generate", "--invocations", "500", "--functions", "5"])
+        .args([
+            "sim",
+            "--generate",
+            "--invocations",
+            "500",
+            "--functions",
+            "5",
+        ])
         .args(["--hours", "24", "--nodes", "2", "--policies", "fixed"])
         .output()
         .unwrap();

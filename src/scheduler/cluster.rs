@@ -7,11 +7,12 @@
 
 use super::error::{FieldError, SchedulerError};
 use super::function::FunctionSpec;
+use super::node_index::{NodeIndex, COLD_CANDIDATES, WARM_CANDIDATES};
 use super::policy::ReservationPolicy;
 use super::report::{FunctionInstances, NodeReport, Resources, StopReason};
 use super::scoring::{warm_fraction, ScoringWeights};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
 /// Scheduler-assigned id of an instance, unique for the view's lifetime.
@@ -91,7 +92,9 @@ pub(super) struct Instance {
 
 struct Invocation {
     instance: InstanceId,
-    started_ms: u64,
+    /// When it times out: its start plus its function's timeout when it
+    /// was routed.
+    deadline_ms: u64,
 }
 
 /// Where a new instance went.
@@ -257,6 +260,15 @@ pub struct ClusterView {
     next_instance: InstanceId,
     next_invocation: InvocationId,
     placement_stats: PlacementStats,
+    /// Nodes ordered for placement; told of every change below.
+    index: NodeIndex,
+    /// When each idle on-demand instance's keep-alive runs out (instances
+    /// of functions whose policy plans idle time excepted): retirement
+    /// takes what is due instead of scanning every instance.
+    idle_timers: BTreeSet<(u64, InstanceId)>,
+    idle_timer_of: HashMap<InstanceId, u64>,
+    /// Invocations in flight by deadline: timeouts take what is due.
+    deadlines: BTreeSet<(u64, InvocationId)>,
 }
 
 impl ClusterView {
@@ -276,6 +288,56 @@ impl ClusterView {
             next_instance: 1,
             next_invocation: 1,
             placement_stats: PlacementStats::default(),
+            index: NodeIndex::default(),
+            idle_timers: BTreeSet::new(),
+            idle_timer_of: HashMap::new(),
+            deadlines: BTreeSet::new(),
+        }
+    }
+
+    /// Sets instance `id`'s idle timer from its state: due at the end of
+    /// its keep-alive when it is on demand, idle and its function's policy
+    /// plans no idle time; none otherwise (or when it is gone).
+    pub(super) fn retime(&mut self, id: InstanceId) {
+        if let Some(due) = self.idle_timer_of.remove(&id) {
+            self.idle_timers.remove(&(due, id));
+        }
+        let Some(i) = self.instances.get(&id) else {
+            return;
+        };
+        let f = &self.functions[i.function];
+        if i.reserved || i.in_flight > 0 || f.policy.as_ref().is_some_and(|p| p.plans_idle()) {
+            return;
+        }
+        let due = i.idle_since_ms + f.spec.keep_alive_s * 1000;
+        self.idle_timers.insert((due, id));
+        self.idle_timer_of.insert(id, due);
+    }
+
+    /// Re-keys node `idx` in the placement index after its capacity, use,
+    /// load or liveness changed.
+    fn reindex(&mut self, idx: usize) {
+        let node = &self.nodes[idx];
+        let cap = node.capacity;
+        let key = (node.alive && cap.cpu_millis > 0 && cap.memory_mib > 0).then(|| {
+            let free = node.free();
+            let free_frac = f64::min(
+                f64::from(free.cpu_millis) / f64::from(cap.cpu_millis),
+                f64::from(free.memory_mib) / f64::from(cap.memory_mib),
+            );
+            self.weights.score(0.0, free_frac, node.load())
+        });
+        self.index.set_capacity(idx, key);
+    }
+
+    /// Replaces node `idx`'s cached images, keeping the index in step.
+    fn set_node_warmth(&mut self, idx: usize, warm: HashMap<ImageKey, f64>) {
+        let old = std::mem::replace(&mut self.nodes[idx].warm, warm);
+        for (&image, &w) in &old {
+            self.index.set_warmth(image, idx, Some(w), None);
+        }
+        for (&image, &w) in &self.nodes[idx].warm {
+            self.index.set_warmth(image, idx, None, Some(w));
         }
     }
 
@@ -326,10 +388,11 @@ impl ClusterView {
         let node = &mut self.nodes[idx];
         node.capacity = report.capacity;
         node.reported_used = report.used;
-        node.warm = warm;
         node.reported_instances = report.instances.clone();
         node.last_report_ms = now_ms;
         node.alive = true;
+        self.set_node_warmth(idx, warm);
+        self.reindex(idx);
         Ok(())
     }
 
@@ -342,11 +405,13 @@ impl ClusterView {
             return false;
         };
         let cache = &mut self.nodes[idx].warm;
-        if warm > 0.0 {
-            cache.insert(key, warm.min(1.0));
+        let old = if warm > 0.0 {
+            cache.insert(key, warm.min(1.0))
         } else {
-            cache.remove(&key);
-        }
+            cache.remove(&key)
+        };
+        let new = cache.get(&key).copied();
+        self.index.set_warmth(key, idx, old, new);
         true
     }
 
@@ -365,6 +430,9 @@ impl ClusterView {
             f.spec = spec;
             f.image = image;
             f.policy = policy;
+            for id in self.functions[idx].instances.clone() {
+                self.retime(id);
+            }
             return Ok(FunctionId(idx));
         }
         self.function_ids
@@ -393,15 +461,28 @@ impl ClusterView {
     /// The best live node for an instance of `image` needing `need`, with its
     /// score and the image's warm fraction there. Never a node that lacks
     /// the capacity; ties go to the node that reported first.
+    /// The best node for an instance of `image` needing `need`: scored
+    /// exactly among the warmest nodes caching the image and the nodes
+    /// with the best capacity score (see [`NodeIndex`]), ties to the
+    /// earliest node.
     fn best_node(&self, image: ImageKey, need: Resources) -> Option<(usize, f64, f64)> {
+        let fits = |&idx: &usize| capacity_terms(&self.nodes[idx], need).is_some();
+        let warm = self
+            .index
+            .by_warmth(image)
+            .filter(fits)
+            .take(WARM_CANDIDATES);
+        let cold = self.index.by_capacity().filter(fits).take(COLD_CANDIDATES);
         let mut best: Option<(usize, f64, f64)> = None;
-        for (idx, node) in self.nodes.iter().enumerate() {
+        for idx in warm.chain(cold) {
+            let node = &self.nodes[idx];
             let Some((free_after, load)) = capacity_terms(node, need) else {
                 continue;
             };
             let warm = node.warm.get(&image).copied().unwrap_or(0.0);
             let score = self.weights.score(warm, free_after, load);
-            if best.is_none_or(|(_, s, _)| score > s) {
+            let better = best.is_none_or(|(b, s, _)| score > s || (score == s && idx < b));
+            if better {
                 best = Some((idx, score, warm));
             }
         }
@@ -491,6 +572,7 @@ impl ClusterView {
         node.reserved.cpu_millis += need.cpu_millis;
         node.reserved.memory_mib += need.memory_mib;
         node.instance_count += 1;
+        self.reindex(node_idx);
         self.instances.insert(
             id,
             Instance {
@@ -508,6 +590,8 @@ impl ClusterView {
         );
         let f = &mut self.functions[function.0];
         f.instances.push(id);
+        self.retime(id);
+        let f = &self.functions[function.0];
         Ok(Placement {
             instance_id: id,
             function: f.spec.name.clone(),
@@ -562,23 +646,34 @@ impl ClusterView {
             .expect("instance chosen above exists");
         if instance.in_flight == 0 {
             instance.busy_since_ms = now_ms;
-            self.nodes[instance.node].busy_cpu_millis += u64::from(instance.resources.cpu_millis);
+            let node = instance.node;
+            self.nodes[node].busy_cpu_millis += u64::from(instance.resources.cpu_millis);
+            self.reindex(node);
         }
+        let instance = self
+            .instances
+            .get_mut(&instance_id)
+            .expect("instance chosen above exists");
         instance.in_flight += 1;
+        let (in_flight, ready_at_ms) = (instance.in_flight, instance.ready_at_ms);
+        let deadline_ms =
+            now_ms.max(ready_at_ms) + self.functions[function.0].spec.timeout_s * 1000;
+        self.retime(instance_id);
         let invocation_id = self.next_invocation;
         self.next_invocation += 1;
         self.invocations.insert(
             invocation_id,
             Invocation {
                 instance: instance_id,
-                started_ms: now_ms.max(instance.ready_at_ms),
+                deadline_ms,
             },
         );
+        self.deadlines.insert((deadline_ms, invocation_id));
         Ok(Routed {
             invocation_id,
             instance_id,
-            in_flight: instance.in_flight,
-            ready_at_ms: instance.ready_at_ms,
+            in_flight,
+            ready_at_ms,
             cold_start,
         })
     }
@@ -595,18 +690,22 @@ impl ClusterView {
                 None => SchedulerError::UnknownInvocation(invocation),
             }
         })?;
+        self.deadlines.remove(&(record.deadline_ms, invocation));
         let instance = self
             .instances
             .get_mut(&record.instance)
             .expect("instances outlive their invocations");
         let function = instance.function;
         instance.in_flight -= 1;
-        if instance.in_flight == 0 {
+        let left = instance.in_flight;
+        if left == 0 {
             instance.idle_since_ms = now_ms;
             instance.busy_ms += now_ms.saturating_sub(instance.busy_since_ms);
-            self.nodes[instance.node].busy_cpu_millis -= u64::from(instance.resources.cpu_millis);
+            let node = instance.node;
+            self.nodes[node].busy_cpu_millis -= u64::from(instance.resources.cpu_millis);
+            self.reindex(node);
+            self.retime(record.instance);
         }
-        let left = instance.in_flight;
         self.note_demand_change(function, now_ms);
         self.function_in_flight_dropped(function, 1, now_ms);
         Ok((record.instance, left))
@@ -653,15 +752,18 @@ impl ClusterView {
         now_ms: u64,
     ) -> Option<RetiredInstance> {
         let instance = self.instances.remove(&id)?;
+        self.retime(id);
         let f = &mut self.functions[instance.function];
         f.instances.retain(|&i| i != id);
         let need = instance.resources;
         let mut failed_invocations = Vec::new();
         let busy_ms = if instance.in_flight > 0 {
+            let deadlines = &mut self.deadlines;
             self.invocations.retain(|&invocation, inv| {
                 let on_it = inv.instance == id;
                 if on_it {
                     failed_invocations.push(invocation);
+                    deadlines.remove(&(inv.deadline_ms, invocation));
                 }
                 !on_it
             });
@@ -680,6 +782,8 @@ impl ClusterView {
         node.reserved.cpu_millis -= need.cpu_millis;
         node.reserved.memory_mib -= need.memory_mib;
         node.instance_count -= 1;
+        self.reindex(instance.node);
+        let node = &self.nodes[instance.node];
         Some(RetiredInstance {
             instance_id: id,
             function: self.functions[instance.function].spec.name.clone(),
@@ -704,14 +808,9 @@ impl ClusterView {
             !i.reserved && i.in_flight == 0 && i.idle_since_ms + keep_alive_ms <= now_ms
         };
         let mut expired: Vec<InstanceId> = self
-            .instances
-            .iter()
-            .filter(|(_, i)| {
-                let f = &self.functions[i.function];
-                !f.policy.as_ref().is_some_and(|p| p.plans_idle())
-                    && idle_past(i, f.spec.keep_alive_s * 1000)
-            })
-            .map(|(&id, _)| id)
+            .idle_timers
+            .range(..=(now_ms, InstanceId::MAX))
+            .map(|&(_, id)| id)
             .collect();
         for f in &self.functions {
             let Some(policy) = f.policy.as_ref().filter(|p| p.plans_idle()) else {
@@ -774,18 +873,14 @@ impl ClusterView {
             .collect()
     }
 
-    /// Finds invocations running past their function's timeout and retires
-    /// their instances, to be killed by their nodes.
+    /// Finds invocations running past their function's timeout (as it was
+    /// when they were routed) and retires their instances, to be killed by
+    /// their nodes; it takes the due ones from the deadline index.
     pub fn kill_timed_out(&mut self, now_ms: u64) -> Vec<RetiredInstance> {
         let mut late: Vec<InstanceId> = self
-            .invocations
-            .values()
-            .filter(|inv| {
-                let instance = &self.instances[&inv.instance];
-                let timeout_ms = self.functions[instance.function].spec.timeout_s * 1000;
-                inv.started_ms + timeout_ms < now_ms
-            })
-            .map(|inv| inv.instance)
+            .deadlines
+            .range(..(now_ms, 0))
+            .map(|(_, invocation)| self.invocations[invocation].instance)
             .collect();
         late.sort_unstable();
         late.dedup();
@@ -819,9 +914,10 @@ impl ClusterView {
                 for &id in &on_node {
                     self.retire(id, StopReason::NodeLost, now_ms);
                 }
-                let node = &mut self.nodes[idx];
-                node.warm.clear();
-                node.reported_used = Resources::default();
+                self.set_node_warmth(idx, HashMap::new());
+                self.nodes[idx].reported_used = Resources::default();
+                self.reindex(idx);
+                let node = &self.nodes[idx];
                 LostNode {
                     node_id: node.id.clone(),
                     instances: on_node,
@@ -1047,6 +1143,31 @@ mod tests {
         assert_eq!(gone.len(), 1);
         assert_eq!((gone[0].lifetime_ms, gone[0].busy_ms), (61_000, 1_000));
         assert_eq!(v.node_summaries()[1].free.cpu_millis, 2000);
+    }
+
+    /// Idle retirement takes only what its timers say is due; a function
+    /// registered with a shorter keep-alive shortens its idle instances'
+    /// at once; no timer outlives its instance.
+    #[test]
+    fn idle_timers_follow_keep_alive_changes_and_leave_with_their_instance() {
+        let (mut v, _) = view();
+        let f = v.register_function(spec("g", "img", 1)).unwrap();
+        let a = v.route(f, 0).unwrap();
+        let b = v.route(f, 0).unwrap();
+        assert_ne!(a.instance_id, b.instance_id);
+        v.complete(a.invocation_id, 1_000).unwrap();
+        assert_eq!(v.idle_timers.len(), 1, "only the idle instance has a timer");
+        let mut shorter = spec("g", "img", 1);
+        shorter.keep_alive_s = 10;
+        v.register_function(shorter).unwrap();
+        assert!(v.retire_idle(10_999).is_empty());
+        let gone = v.retire_idle(11_000);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].instance_id, a.instance_id);
+        v.complete(b.invocation_id, 20_000).unwrap();
+        assert_eq!(v.retire_idle(30_000).len(), 1);
+        assert!(v.idle_timers.is_empty() && v.idle_timer_of.is_empty());
+        assert!(v.instances.is_empty());
     }
 
     #[test]

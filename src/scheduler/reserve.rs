@@ -51,6 +51,7 @@ impl ClusterView {
                         .get_mut(&id)
                         .expect("listed instance")
                         .reserved = true;
+                    self.retime(id);
                     reserved.push(id);
                 }
                 let fid = self
@@ -84,6 +85,7 @@ impl ClusterView {
                             .get_mut(&id)
                             .expect("listed instance")
                             .reserved = false;
+                        self.retime(id);
                     } else if let Some(r) = self.retire(id, StopReason::Retired, now_ms) {
                         changes.stopped.push(r);
                     }

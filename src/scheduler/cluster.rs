@@ -40,6 +40,8 @@ pub(super) struct Node {
     reported_instances: Vec<FunctionInstances>,
     last_report_ms: u64,
     alive: bool,
+    /// Lost long enough to be forgotten: its slot awaits a new node.
+    forgotten: bool,
     instance_count: u32,
 }
 
@@ -178,6 +180,69 @@ impl FailedInvocations {
     }
 }
 
+/// A lost node is forgotten after this many node timeouts without a
+/// report.
+pub const FORGET_LOST_AFTER_TIMEOUTS: u64 = 10;
+
+/// Interned image names, counted: each node cache entry and each function
+/// holds a reference, and an image nobody refers to is forgotten (its key
+/// reused), so names nodes report once do not pile up.
+#[derive(Default)]
+struct Images {
+    keys: HashMap<String, ImageKey>,
+    names: Vec<String>,
+    refs: Vec<u32>,
+    free: Vec<ImageKey>,
+}
+
+impl Images {
+    /// The key of `name`, taking a reference to it.
+    fn acquire(&mut self, name: &str) -> ImageKey {
+        let key = match self.keys.get(name) {
+            Some(&key) => key,
+            None => {
+                let key = match self.free.pop() {
+                    Some(key) => {
+                        self.names[key as usize] = name.to_string();
+                        key
+                    }
+                    None => {
+                        self.names.push(name.to_string());
+                        self.refs.push(0);
+                        self.names.len() as ImageKey - 1
+                    }
+                };
+                self.keys.insert(name.to_string(), key);
+                key
+            }
+        };
+        self.refs[key as usize] += 1;
+        key
+    }
+
+    /// Drops a reference; the last one forgets the image.
+    fn release(&mut self, key: ImageKey) {
+        let refs = &mut self.refs[key as usize];
+        *refs -= 1;
+        if *refs == 0 {
+            let name = std::mem::take(&mut self.names[key as usize]);
+            self.keys.remove(&name);
+            self.free.push(key);
+        }
+    }
+
+    /// The key of a known image.
+    fn get(&self, name: &str) -> Option<ImageKey> {
+        self.keys.get(name).copied()
+    }
+
+    /// Images known (referred to by a node or a function).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+}
+
 /// A node that stopped reporting and was dropped with its instances.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LostNode {
@@ -249,8 +314,9 @@ pub struct ClusterView {
     weights: ScoringWeights,
     pub(super) nodes: Vec<Node>,
     node_ids: HashMap<String, usize>,
-    images: HashMap<String, ImageKey>,
-    image_names: Vec<String>,
+    /// Slots of forgotten nodes, for new ones.
+    free_nodes: Vec<usize>,
+    images: Images,
     pub(super) functions: Vec<FunctionState>,
     function_ids: HashMap<String, usize>,
     pub(super) instances: HashMap<InstanceId, Instance>,
@@ -278,8 +344,8 @@ impl ClusterView {
             weights,
             nodes: Vec::new(),
             node_ids: HashMap::new(),
-            images: HashMap::new(),
-            image_names: Vec::new(),
+            free_nodes: Vec::new(),
+            images: Images::default(),
             functions: Vec::new(),
             function_ids: HashMap::new(),
             instances: HashMap::new(),
@@ -330,25 +396,17 @@ impl ClusterView {
         self.index.set_capacity(idx, key);
     }
 
-    /// Replaces node `idx`'s cached images, keeping the index in step.
+    /// Replaces node `idx`'s cached images (whose keys the caller
+    /// acquired), keeping the index in step and releasing the old ones.
     fn set_node_warmth(&mut self, idx: usize, warm: HashMap<ImageKey, f64>) {
         let old = std::mem::replace(&mut self.nodes[idx].warm, warm);
         for (&image, &w) in &old {
             self.index.set_warmth(image, idx, Some(w), None);
+            self.images.release(image);
         }
         for (&image, &w) in &self.nodes[idx].warm {
             self.index.set_warmth(image, idx, None, Some(w));
         }
-    }
-
-    fn intern_image(&mut self, image: &str) -> ImageKey {
-        if let Some(&key) = self.images.get(image) {
-            return key;
-        }
-        let key = self.image_names.len() as ImageKey;
-        self.image_names.push(image.to_string());
-        self.images.insert(image.to_string(), key);
-        key
     }
 
     /// Takes in a node report: creates the node or refreshes it (a lost node
@@ -360,7 +418,7 @@ impl ClusterView {
             .iter()
             .map(|c| {
                 (
-                    self.intern_image(&c.image),
+                    self.images.acquire(&c.image),
                     warm_fraction(c.chunks_cached, c.trace_cached),
                 )
             })
@@ -368,7 +426,7 @@ impl ClusterView {
         let idx = match self.node_ids.get(&report.node_id) {
             Some(&idx) => idx,
             None => {
-                self.nodes.push(Node {
+                let node = Node {
                     id: report.node_id.clone(),
                     capacity: report.capacity,
                     reported_used: Resources::default(),
@@ -378,11 +436,21 @@ impl ClusterView {
                     reported_instances: Vec::new(),
                     last_report_ms: now_ms,
                     alive: true,
+                    forgotten: false,
                     instance_count: 0,
-                });
-                self.node_ids
-                    .insert(report.node_id.clone(), self.nodes.len() - 1);
-                self.nodes.len() - 1
+                };
+                let idx = match self.free_nodes.pop() {
+                    Some(idx) => {
+                        self.nodes[idx] = node;
+                        idx
+                    }
+                    None => {
+                        self.nodes.push(node);
+                        self.nodes.len() - 1
+                    }
+                };
+                self.node_ids.insert(report.node_id.clone(), idx);
+                idx
             }
         };
         let node = &mut self.nodes[idx];
@@ -400,10 +468,10 @@ impl ClusterView {
     /// uses it as its nodes' caches fill and evict. A warmth of 0 forgets
     /// the image. Returns false for an unknown node.
     pub fn set_image_warmth(&mut self, node_id: &str, image: &str, warm: f64) -> bool {
-        let key = self.intern_image(image);
         let Some(&idx) = self.node_ids.get(node_id) else {
             return false;
         };
+        let key = self.images.acquire(image);
         let cache = &mut self.nodes[idx].warm;
         let old = if warm > 0.0 {
             cache.insert(key, warm.min(1.0))
@@ -412,6 +480,17 @@ impl ClusterView {
         };
         let new = cache.get(&key).copied();
         self.index.set_warmth(key, idx, old, new);
+        // The cache holds one reference to a key it has: the one taken
+        // above is it when the image came in; otherwise drop it, and the
+        // cache's own too when the image left.
+        match (old, new) {
+            (None, Some(_)) => {}
+            (Some(_), None) => {
+                self.images.release(key);
+                self.images.release(key);
+            }
+            _ => self.images.release(key),
+        }
         true
     }
 
@@ -424,12 +503,13 @@ impl ClusterView {
             .as_ref()
             .map(|p| p.compile().map_err(|e| e.within("policy")))
             .transpose()?;
-        let image = self.intern_image(&spec.image);
+        let image = self.images.acquire(&spec.image);
         if let Some(&idx) = self.function_ids.get(&spec.name) {
             let f = &mut self.functions[idx];
+            let old_image = std::mem::replace(&mut f.image, image);
             f.spec = spec;
-            f.image = image;
             f.policy = policy;
+            self.images.release(old_image);
             for id in self.functions[idx].instances.clone() {
                 self.retime(id);
             }
@@ -498,8 +578,7 @@ impl ClusterView {
         images: &[String],
         need: Resources,
     ) -> Vec<NodeFit> {
-        let keys: Vec<Option<ImageKey>> =
-            images.iter().map(|i| self.images.get(i).copied()).collect();
+        let keys: Vec<Option<ImageKey>> = images.iter().map(|i| self.images.get(i)).collect();
         node_ids
             .iter()
             .map(|id| {
@@ -890,8 +969,25 @@ impl ClusterView {
     }
 
     /// Drops nodes that have not reported for `node_timeout_ms`, with their
-    /// instances and invocations.
+    /// instances and invocations; forgets nodes lost for
+    /// [`FORGET_LOST_AFTER_TIMEOUTS`] times that (their slot is reused), so
+    /// node ids that stop reporting do not pile up.
     pub fn expire_lost_nodes(&mut self, now_ms: u64, node_timeout_ms: u64) -> Vec<LostNode> {
+        let forget_ms = node_timeout_ms.saturating_mul(FORGET_LOST_AFTER_TIMEOUTS);
+        for idx in 0..self.nodes.len() {
+            let node = &self.nodes[idx];
+            if !node.alive
+                && !node.forgotten
+                && node.last_report_ms.saturating_add(forget_ms) < now_ms
+            {
+                let node = &mut self.nodes[idx];
+                node.forgotten = true;
+                node.reported_instances.clear();
+                let id = std::mem::take(&mut node.id);
+                self.node_ids.remove(&id);
+                self.free_nodes.push(idx);
+            }
+        }
         let lost: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| {
                 self.nodes[i].alive && self.nodes[i].last_report_ms + node_timeout_ms < now_ms
@@ -931,6 +1027,7 @@ impl ClusterView {
     pub fn node_summaries(&self) -> Vec<NodeSummary> {
         self.nodes
             .iter()
+            .filter(|n| !n.forgotten)
             .map(|n| NodeSummary {
                 node_id: n.id.clone(),
                 alive: n.alive,
@@ -1168,6 +1265,42 @@ mod tests {
         assert_eq!(v.retire_idle(30_000).len(), 1);
         assert!(v.idle_timers.is_empty() && v.idle_timer_of.is_empty());
         assert!(v.instances.is_empty());
+    }
+
+    /// Images nobody refers to any more, and nodes lost long ago, are
+    /// forgotten: what reports name once does not stay in memory.
+    #[test]
+    fn state_nobody_refreshes_is_forgotten() {
+        let (mut v, f) = view();
+        assert_eq!(v.images.len(), 1, "img: the function's and the warm node's");
+        for n in 0..50 {
+            let image = format!("passing-{n}");
+            v.apply_report(&report("warm", 2000, &[(&image, 0.5)]), n)
+                .unwrap();
+        }
+        assert_eq!(v.images.len(), 2, "img and the last one reported");
+        v.set_image_warmth("cold", "briefly", 1.0);
+        v.set_image_warmth("cold", "briefly", 0.7);
+        assert_eq!(v.images.len(), 3);
+        v.set_image_warmth("cold", "briefly", 0.0);
+        assert_eq!(v.images.len(), 2);
+        v.register_function(spec("f", "img-2", 2)).unwrap();
+        assert!(
+            v.images.get("img").is_none(),
+            "no node or function refers to it"
+        );
+        // "cold" is lost after 15 s and forgotten after 10 timeouts; a new
+        // node takes its slot and is placed on.
+        v.apply_report(&report("warm", 2000, &[]), 200_000).unwrap();
+        assert_eq!(v.expire_lost_nodes(20_000, 15_000).len(), 1);
+        assert_eq!(v.node_summaries().len(), 2, "lost, not yet forgotten");
+        v.expire_lost_nodes(151_000, 15_000);
+        let names: Vec<String> = v.node_summaries().into_iter().map(|n| n.node_id).collect();
+        assert_eq!(names, ["warm"]);
+        v.apply_report(&report("new", 8000, &[("img-2", 1.0)]), 151_000)
+            .unwrap();
+        assert_eq!(v.nodes.len(), 2, "the forgotten slot is reused");
+        assert_eq!(v.place(f, false, 151_000).unwrap().node_id, "new");
     }
 
     #[test]

@@ -120,6 +120,8 @@ class Env:
         self.log = open(os.path.join(self.work, "log"), "w")
         self.procs = []
         self.loci = args.loci
+        # Extra `loci convert` options (e.g. a chunk size) for every conversion.
+        self.convert_args = args.convert_args.split() if args.convert_args else []
         self.netns = None
         self.delay_line = None
         self.link_note = "loopback"
@@ -360,8 +362,8 @@ class Image:
                 f"docker://{self.original}")
         self.ordered = f"{env.addr}/{name}:ordered"
         t0, c0 = time.perf_counter(), children_cpu()
-        out = subprocess.run([env.loci, "--log", "warn", "convert", "--plain-http", "--sign-key",
-                              env.signing_key(), self.original, self.converted],
+        out = subprocess.run([env.loci, "--log", "warn", "convert", "--plain-http", *env.convert_args,
+                              "--sign-key", env.signing_key(), self.original, self.converted],
                              check=True, stdout=subprocess.PIPE, stderr=env.log, text=True).stdout
         self.convert_s, self.convert_cpu_s = time.perf_counter() - t0, children_cpu() - c0
         self.tar_bytes = sum(float(m.group(1)) * 1e6 for m in re.finditer(r"([0-9.]+) MB tar", out))
@@ -553,8 +555,8 @@ def record_trace(env, image):
     env.run(env.loci, "--log", "warn", "trace", "record", "--plain-http", "--address", env.sock,
             "--namespace", f"rec-{image.name}", "--out", trace, image.converted, "--", *image.command)
     t0, c0 = time.perf_counter(), children_cpu()
-    env.run(env.loci, "--log", "warn", "convert", "--plain-http", "--sign-key", env.signing_key(),
-            "--trace-of", image.converted, image.original, image.ordered)
+    env.run(env.loci, "--log", "warn", "convert", "--plain-http", *env.convert_args, "--sign-key",
+            env.signing_key(), "--trace-of", image.converted, image.original, image.ordered)
     image.ordered_convert_s, image.ordered_convert_cpu_s = time.perf_counter() - t0, children_cpu() - c0
     for ref in (image.converted, image.ordered):
         out = subprocess.run([env.loci, "--log", "warn", "trace", "show", "--opened", "--plain-http", ref],
@@ -763,6 +765,7 @@ def main():
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) afterwards")
     ap.add_argument("--link", help="RATE,RTT for a shaped link to the registry, e.g. 200mbit,10ms")
+    ap.add_argument("--convert-args", help="extra `loci convert` options, e.g. '--chunk-size-kib 1024'")
     args = ap.parse_args()
     images = (args.images or (",".join(QUICK_IMAGES) if args.quick else "python,nginx,jre,busybox")).split(",")
     for name in images:

@@ -223,7 +223,8 @@ impl Images {
     /// Drops a reference; the last one forgets the image.
     fn release(&mut self, key: ImageKey) {
         let refs = &mut self.refs[key as usize];
-        *refs -= 1;
+        debug_assert!(*refs > 0, "image key {key} released more than acquired");
+        *refs = refs.saturating_sub(1);
         if *refs == 0 {
             let name = std::mem::take(&mut self.names[key as usize]);
             self.keys.remove(&name);

@@ -224,7 +224,10 @@ impl Images {
     fn release(&mut self, key: ImageKey) {
         let refs = &mut self.refs[key as usize];
         debug_assert!(*refs > 0, "image key {key} released more than acquired");
-        *refs = refs.saturating_sub(1);
+        if *refs == 0 {
+            return;
+        }
+        *refs -= 1;
         if *refs == 0 {
             let name = std::mem::take(&mut self.names[key as usize]);
             self.keys.remove(&name);

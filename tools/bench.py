@@ -122,6 +122,8 @@ class Env:
         self.loci = args.loci
         # Extra `loci convert` options (e.g. a chunk size) for every conversion.
         self.convert_args = args.convert_args.split() if args.convert_args else []
+        # Extra `[fetch]` lines (TOML) for the `loci mount` modes.
+        self.fetch_config = args.fetch_config
         self.netns = None
         self.delay_line = None
         self.link_note = "loopback"
@@ -528,6 +530,8 @@ def loci_mount(env, image, tag, record=None):
     cfg = os.path.join(env.work, f"{tag}.toml")
     with open(cfg, "w") as f:
         f.write(f'[cache]\ndir = "{cache}"\n')
+        if env.fetch_config:
+            f.write(f"[fetch]\n{env.fetch_config}\n")
     extra = ["--record-trace", record, "--publish-trace"] if record else []
     p = subprocess.Popen([env.loci, "--log", "warn", "mount", "--plain-http", "--config", cfg, "--no-prefetch",
                           *extra, image.converted, mnt], stdout=env.log, stderr=env.log)
@@ -766,6 +770,7 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) afterwards")
     ap.add_argument("--link", help="RATE,RTT for a shaped link to the registry, e.g. 200mbit,10ms")
     ap.add_argument("--convert-args", help="extra `loci convert` options, e.g. '--chunk-size-kib 1024'")
+    ap.add_argument("--fetch-config", help="extra [fetch] TOML for the loci-fs mode, e.g. 'amplify_bytes = 4194304'")
     args = ap.parse_args()
     images = (args.images or (",".join(QUICK_IMAGES) if args.quick else "python,nginx,jre,busybox")).split(",")
     for name in images:

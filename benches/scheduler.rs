@@ -3,10 +3,12 @@
 //! a random few nodes each. The platform's bar is 20,000 instances a minute
 //! (333 a second).
 
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use loci::scheduler::cluster::{ClusterView, FunctionId};
-use loci::scheduler::function::FunctionSpec;
-use loci::scheduler::report::{ImageCache, NodeReport, Resources};
+use loci::scheduler::report::{NodeReport, Resources};
 use loci::scheduler::scoring::ScoringWeights;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -23,16 +25,7 @@ fn cluster() -> (ClusterView, Vec<FunctionId>) {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut view = ClusterView::new(ScoringWeights::default());
     for n in 0..NODES {
-        let images = (0..CACHED_PER_NODE)
-            .map(|_| rng.random_range(0..FUNCTIONS))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .map(|i| ImageCache {
-                image: format!("img-{i:04}"),
-                chunks_cached: rng.random_range(0.0..1.0),
-                trace_cached: rng.random_range(0.5..1.0),
-            })
-            .collect();
+        let images = cluster::warm_images(&mut rng, CACHED_PER_NODE, FUNCTIONS);
         let report = NodeReport {
             node_id: format!("node-{n:03}"),
             capacity: Resources {
@@ -50,17 +43,8 @@ fn cluster() -> (ClusterView, Vec<FunctionId>) {
     }
     let functions = (0..FUNCTIONS)
         .map(|f| {
-            view.register_function(FunctionSpec {
-                name: format!("fn-{f:04}"),
-                image: format!("img-{f:04}"),
-                cpu_millis: 500,
-                memory_mib: 512,
-                concurrency: 1,
-                timeout_s: 60,
-                keep_alive_s: 0,
-                policy: None,
-            })
-            .expect("valid spec")
+            view.register_function(cluster::function(f, 500, 512, 60, 0))
+                .expect("valid spec")
         })
         .collect();
     (view, functions)

@@ -8,9 +8,11 @@
 //! `cargo bench --bench scheduler_scale` (about a minute; `LOCI_SCALE=0.1`
 //! runs a tenth of every count).
 
+#[path = "support/cluster.rs"]
+mod cluster;
+
 use loci::scheduler::cluster::{ClusterView, FunctionId};
-use loci::scheduler::function::FunctionSpec;
-use loci::scheduler::report::{ImageCache, NodeReport, Resources};
+use loci::scheduler::report::{NodeReport, Resources};
 use loci::scheduler::scoring::ScoringWeights;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -28,16 +30,7 @@ fn report(rng: &mut ChaCha8Rng, n: usize, functions: usize) -> NodeReport {
         },
         used: Resources::default(),
         instances: vec![],
-        images: (0..CACHED_PER_NODE)
-            .map(|_| rng.random_range(0..functions))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .map(|i| ImageCache {
-                image: format!("img-{i:06}"),
-                chunks_cached: rng.random_range(0.0..1.0),
-                trace_cached: rng.random_range(0.5..1.0),
-            })
-            .collect(),
+        images: cluster::warm_images(rng, CACHED_PER_NODE, functions),
     }
 }
 
@@ -66,17 +59,8 @@ fn main() {
     }
     let ids: Vec<FunctionId> = (0..functions)
         .map(|f| {
-            view.register_function(FunctionSpec {
-                name: format!("fn-{f:06}"),
-                image: format!("img-{f:06}"),
-                cpu_millis: 100,
-                memory_mib: 128,
-                concurrency: 1,
-                timeout_s: 3600,
-                keep_alive_s: 600,
-                policy: None,
-            })
-            .expect("valid spec")
+            view.register_function(cluster::function(f, 100, 128, 3600, 600))
+                .expect("valid spec")
         })
         .collect();
     // Fill the cluster: every route to a function whose instances are all

@@ -132,7 +132,8 @@ pub fn read_days<I: BufRead, D: BufRead>(
             let percentiles = durations.get(&key);
             for (minute, &n) in counts.iter().enumerate() {
                 for k in 0..n {
-                    let offset = (k * 60_000 + 30_000) / n;
+                    // In u128: `n` is the file's word, bounded only by the cap.
+                    let offset = ((u128::from(k) * 60_000 + 30_000) / u128::from(n)) as u64;
                     let u: f64 = rng.random_range(0.0..100.0);
                     let ms = percentiles.map_or(day_median, |p| interpolate(p, u));
                     trace.invocations.push(Invocation {

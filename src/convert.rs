@@ -4,7 +4,7 @@
 
 use crate::digest::Digest;
 use crate::format::{self, annotations, ConvertOptions, FormatError, LayerSummary};
-use crate::image::{media_types, ImageError, ImageStore};
+use crate::image::{media_types, remove_scratch_file, ImageError, ImageStore};
 use crate::progress::Progress;
 use crate::registry::{Manifest, MAX_CONFIG_BYTES};
 use bytes::Bytes;
@@ -269,7 +269,7 @@ impl Converter {
                     .blob_file(&digest, layer.size(), scratch, &|_| {})
                     .await?;
                 dst.put_blob_file(&digest, &path, Some(src)).await?;
-                remove_scratch(scratch, &path);
+                remove_scratch_file(scratch, &path);
             }
             tracing::info!(layer = %digest, "already converted; passed through");
             let report = LayerReport {
@@ -351,8 +351,8 @@ impl Converter {
         }
         dst.put_blob_file(&summary.blob_digest, &output, None)
             .await?;
-        remove_scratch(scratch, &input);
-        remove_scratch(scratch, &output);
+        remove_scratch_file(scratch, &input);
+        remove_scratch_file(scratch, &output);
         tracing::info!(
             layer = %digest,
             converted = %summary.blob_digest,
@@ -412,13 +412,6 @@ fn converted_descriptor(
     }
     descriptor.set_annotations(Some(annotations));
     descriptor
-}
-
-/// Removes a file we put in scratch; never a layout's own blob.
-fn remove_scratch(scratch: &Path, path: &Path) {
-    if path.starts_with(scratch) {
-        let _ = std::fs::remove_file(path);
-    }
 }
 
 /// How a source layer is compressed.

@@ -76,6 +76,11 @@ fn converted_image_unpacks_and_runs_in_plain_containerd() {
         ])
         .arg(format!("docker://{converted}"))
         .arg(format!("oci:{}:c", converted_layout.display())));
+    // Verifying an image in a layout reads its blobs in place and leaves
+    // them there (the tars are read from them next).
+    run(loci()
+        .args(["inspect", "--verify"])
+        .arg(format!("oci:{}:c", converted_layout.display())));
     let original_tars = layer_tars(&layout, "v1");
     let converted_tars = layer_tars(&converted_layout, "c");
     assert_eq!(original_tars.len(), converted_tars.len());

@@ -5,7 +5,7 @@ use super::registry_args::RegistryArgs;
 use crate::fetch::{fetch_toc, toc_location};
 use crate::format::{self, EntryKind, Toc, TocEntry};
 use crate::image::platform_image;
-use crate::image::{ImageRef, ImageStore};
+use crate::image::{remove_scratch_file, ImageRef, ImageStore};
 use anyhow::Context;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -181,7 +181,7 @@ async fn remote_tocs(store: &ImageStore, verify: bool) -> anyhow::Result<Vec<Ins
                 "{}: verified {} chunks against diff_id {}",
                 layer.digest, report.chunks, report.diff_id
             );
-            std::fs::remove_file(&path)?;
+            remove_scratch_file(scratch.path(), &path);
         }
         out.push(Inspected {
             name: layer.digest.to_string(),

@@ -13,7 +13,7 @@ pub use platform::{
     ImageLayer, PlatformImage,
 };
 pub use process::{resolve_user, Process, ResolvedUser, RunConfig, DEFAULT_PATH};
-pub use store::{ImageError, ImageStore};
+pub use store::{remove_scratch_file, ImageError, ImageStore};
 
 use crate::registry::Reference;
 use std::path::PathBuf;

@@ -334,3 +334,12 @@ fn sniff_media_type(bytes: &[u8]) -> Option<String> {
         None
     }
 }
+
+/// Removes a file [`ImageStore::blob_file`] returned (or any file made in
+/// `scratch`) once it is no longer needed; a layout's own blob, which
+/// `blob_file` hands out in place, is left alone.
+pub fn remove_scratch_file(scratch: &Path, path: &Path) {
+    if path.starts_with(scratch) {
+        let _ = std::fs::remove_file(path);
+    }
+}

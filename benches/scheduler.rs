@@ -38,6 +38,8 @@ fn cluster() -> (ClusterView, Vec<FunctionId>) {
             },
             instances: vec![],
             images,
+            running: Vec::new(),
+            starts_instances: false,
         };
         view.apply_report(&report, 0).expect("valid report");
     }

@@ -31,6 +31,8 @@ fn report(rng: &mut ChaCha8Rng, n: usize, functions: usize) -> NodeReport {
         used: Resources::default(),
         instances: vec![],
         images: cluster::warm_images(rng, CACHED_PER_NODE, functions),
+        running: Vec::new(),
+        starts_instances: false,
     }
 }
 

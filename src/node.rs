@@ -95,12 +95,14 @@ pub fn build_report(
                 }
             })
             .collect(),
+        running: Vec::new(),
+        starts_instances: false,
     }
 }
 
 /// Capacity (all CPUs and memory) and use (CPU busy since the last report,
 /// memory not available), read from /proc.
-fn host_resources(cpu: &mut CpuSampler) -> (Resources, Resources) {
+pub fn host_resources(cpu: &mut CpuSampler) -> (Resources, Resources) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     let busy = cpu.busy_share();
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
@@ -138,6 +140,18 @@ pub struct SchedulerLink {
     pub token_file: Option<std::path::PathBuf>,
 }
 
+/// The bearer token a node sends the scheduler: the first in its token
+/// file, read at each call so a rotated token is picked up without a
+/// restart. None without a file, or (with a warning) when it holds none.
+pub fn scheduler_token(file: Option<&std::path::Path>) -> Option<String> {
+    let path = file?;
+    let first = read_tokens(path).and_then(|tokens| tokens.into_iter().next());
+    if first.is_none() {
+        tracing::warn!(file = %path.display(), "no scheduler token readable in the token file");
+    }
+    first
+}
+
 /// Sends a report every `interval`, and at once whenever `now` is notified
 /// (on demand), until the task is dropped. Failures are logged and retried
 /// at the next tick: the node keeps serving whatever the scheduler does.
@@ -151,14 +165,7 @@ pub async fn report_loop(
     let url = &link.url;
     loop {
         let report = build_report(&link.node_id, &cache, &images, &mut cpu);
-        // Read each time: a rotated token is picked up without a restart.
-        let token = link.token_file.as_deref().and_then(|path| {
-            let first = read_tokens(path).and_then(|tokens| tokens.into_iter().next());
-            if first.is_none() {
-                tracing::warn!(file = %path.display(), "no scheduler token readable in the token file");
-            }
-            first
-        });
+        let token = scheduler_token(link.token_file.as_deref());
         match report_to(url, &report, token.as_deref()).await {
             Ok(_) => {
                 tracing::debug!(scheduler = %url, images = report.images.len(), "reported")

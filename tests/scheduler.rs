@@ -316,6 +316,205 @@ async fn a_node_that_stops_reporting_is_dropped_with_its_instances() {
     assert_eq!(p["node_id"], "doomed");
 }
 
+/// A function instance as a test plays it: HTTP on 127.0.0.1 that answers
+/// a POST with its body, after `sleep N` seconds when the body says so.
+async fn fake_instance() -> String {
+    async fn answer(body: String) -> String {
+        if let Some(secs) = body.strip_prefix("sleep ") {
+            tokio::time::sleep(Duration::from_secs(secs.trim().parse().unwrap())).await;
+        }
+        format!("echo: {body}")
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route("/", axum::routing::post(answer));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    endpoint
+}
+
+impl Scheduler {
+    /// A report from a node agent (`starts_instances`) running `running`.
+    async fn agent_report(&self, node: &str, running: Value) -> Value {
+        self.ok(
+            "/v1/reports",
+            json!({
+                "node_id": node,
+                "capacity": {"cpu_millis": 8000, "memory_mib": 16384},
+                "used": {"cpu_millis": 0, "memory_mib": 0},
+                "running": running,
+                "starts_instances": true,
+            }),
+        )
+        .await
+    }
+
+    /// An agent's long poll for orders.
+    async fn poll_orders(&self, node: &str, wait_ms: u64) -> (StatusCode, Value) {
+        self.post(&format!("/v1/nodes/{node}/orders"), &json!({"wait_ms": wait_ms}))
+            .await
+    }
+
+    /// `POST /v1/invoke/{function}`: status, body text, and whether the
+    /// answer says the invocation started an instance.
+    async fn invoke(&self, function: &str, body: &str) -> (StatusCode, String, Option<bool>) {
+        let response = self
+            .http
+            .post(format!("{}/v1/invoke/{function}", self.base))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let cold = response
+            .headers()
+            .get("x-loci-cold-start")
+            .map(|v| v == "true");
+        (status, response.text().await.unwrap(), cold)
+    }
+}
+
+const FUNCTION_ECHO: &str = r#"
+[[functions]]
+name = "echo"
+image = "img-e"
+cpu_millis = 500
+memory_mib = 128
+concurrency = 2
+timeout_s = 2
+start_timeout_s = 30
+command = ["python3", "-m", "server"]
+"#;
+
+/// The loop closed without containerd: an invocation places an instance,
+/// its start order reaches the polling agent at once, the invocation waits
+/// until the agent says the instance is ready and is then proxied to it;
+/// at the timeout the caller gets a 504, the instance a kill order, and the
+/// other invocation on it a 502 naming why, before its own timeout.
+#[tokio::test]
+async fn invocations_are_proxied_to_instances_their_agent_made_ready() {
+    let s = std::sync::Arc::new(start(&format!("reconcile_interval_ms = 100\n{FUNCTION_ECHO}")).await);
+    s.agent_report("n1", json!([])).await;
+    let (status, orders) = s.poll_orders("n1", 0).await;
+    assert_eq!((status, orders["start"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
+
+    let first = tokio::spawn({
+        let s = s.clone();
+        async move { s.invoke("echo", "hello").await }
+    });
+    let asked = Instant::now();
+    let (status, orders) = s.poll_orders("n1", 10_000).await;
+    assert_eq!(status, StatusCode::OK, "{orders}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "the start order waited {:?} instead of reaching the polling agent",
+        asked.elapsed()
+    );
+    let order = &orders["start"][0];
+    assert_eq!(order["function"], "echo");
+    assert_eq!(order["command"], json!(["python3", "-m", "server"]));
+    assert_eq!(order["start_timeout_s"], 30);
+    let id = order["instance_id"].clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!first.is_finished(), "the invocation waits for its instance to be ready");
+    s.agent_report("n1", json!([{"instance_id": id, "function": "echo", "ready": false}]))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!first.is_finished(), "a starting instance gets no invocation");
+
+    let endpoint = fake_instance().await;
+    s.agent_report(
+        "n1",
+        json!([{"instance_id": id, "function": "echo", "ready": true, "endpoint": endpoint}]),
+    )
+    .await;
+    let (status, body, cold) = first.await.unwrap();
+    assert_eq!((status, body.as_str(), cold), (StatusCode::OK, "echo: hello", Some(true)));
+    let (status, body, cold) = s.invoke("echo", "again").await;
+    assert_eq!((status, body.as_str(), cold), (StatusCode::OK, "echo: again", Some(false)));
+
+    // Two slow invocations on the one instance (concurrency 2): the first
+    // runs past the 2 s timeout; the second, sent later, fails with it.
+    let slow = tokio::spawn({
+        let s = s.clone();
+        async move { s.invoke("echo", "sleep 30").await }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let sent = Instant::now();
+    let (status, body, _) = s.invoke("echo", "sleep 30").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("ran past the function's timeout"), "{body}");
+    assert!(
+        sent.elapsed() < Duration::from_millis(1_800),
+        "failed when its instance was killed, not at its own timeout: {:?}",
+        sent.elapsed()
+    );
+    let (status, body, _) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("timeout of 2 s"), "{body}");
+    let (_, orders) = s.poll_orders("n1", 1_000).await;
+    assert_eq!(orders["stop"][0]["instance_id"], id, "{orders}");
+    assert_eq!(orders["stop"][0]["reason"], "timeout");
+
+    let (_, cluster) = s.get("/v1/cluster").await;
+    assert_eq!(cluster["starts"]["ready"], 1, "{cluster}");
+    assert!(cluster["starts"]["p50_ms"].as_u64().unwrap() >= 500, "{cluster}");
+}
+
+/// What a node agent reports is reconciled with what the scheduler wants:
+/// an instance it does not know is ordered stopped; one that stops being
+/// reported has exited (its invocations fail, naming that); one not ready
+/// within its start timeout is stopped. Orders are only for known nodes.
+#[tokio::test]
+async fn agent_reports_are_reconciled_with_what_the_scheduler_wants() {
+    let s = start(&format!(
+        "reconcile_interval_ms = 100\n{}",
+        FUNCTION_ECHO.replace("start_timeout_s = 30", "start_timeout_s = 1")
+    ))
+    .await;
+    let (status, body) = s.poll_orders("stranger", 0).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+
+    let orders = s
+        .agent_report("n1", json!([{"instance_id": 999, "function": "echo", "ready": false}]))
+        .await;
+    assert_eq!(orders["stop"][0]["instance_id"], 999, "{orders}");
+    assert_eq!(orders["stop"][0]["reason"], "unwanted");
+
+    let endpoint = fake_instance().await;
+    let placed = s.ok("/v1/place", json!({"function": "echo"})).await;
+    let id = placed["instance_id"].clone();
+    s.agent_report(
+        "n1",
+        json!([{"instance_id": id, "function": "echo", "ready": true, "endpoint": endpoint}]),
+    )
+    .await;
+    let routed = s.ok("/v1/route", json!({"function": "echo"})).await;
+    assert_eq!(routed["instance_id"], id);
+    s.agent_report("n1", json!([])).await;
+    let (status, body) = s
+        .post("/v1/complete", &json!({"invocation_id": routed["invocation_id"]}))
+        .await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("Exited"), "{body}");
+    s.wait_for_function("echo", |f| f["on_demand_instances"] == 0).await;
+
+    // Placed, never ready: stopped at its start timeout.
+    let placed = s.ok("/v1/place", json!({"function": "echo"})).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, orders) = s.poll_orders("n1", 500).await;
+        let stops = orders["stop"].as_array().cloned().unwrap_or_default();
+        if let Some(stop) = stops.iter().find(|o| o["instance_id"] == placed["instance_id"]) {
+            assert_eq!(stop["reason"], "start_failed");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no stop order for a start that never finished");
+        s.agent_report("n1", json!([])).await;
+    }
+    let (_, cluster) = s.get("/v1/cluster").await;
+    assert_eq!(cluster["starts"]["failed"], 1, "{cluster}");
+}
+
 fn function_with_policy(name: &str, policy: Value) -> Value {
     json!({"name": name, "image": "img-p", "cpu_millis": 100, "memory_mib": 64, "policy": policy})
 }
@@ -801,6 +1000,8 @@ async fn calls_without_a_valid_token_are_refused_and_tokens_rotate() {
     for (method, path) in [
         ("POST", "/v1/place"),
         ("POST", "/v1/reports"),
+        ("POST", "/v1/invoke/f"),
+        ("POST", "/v1/nodes/n1/orders"),
         ("GET", "/v1/cluster"),
     ] {
         assert_eq!(

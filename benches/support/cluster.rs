@@ -43,5 +43,7 @@ pub fn function(
         timeout_s,
         keep_alive_s,
         policy: None,
+        command: None,
+        start_timeout_s: 120,
     }
 }

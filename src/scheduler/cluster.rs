@@ -86,6 +86,9 @@ pub(super) struct Instance {
     pub(super) reserved: bool,
     pub(super) in_flight: u32,
     ready_at_ms: u64,
+    /// Started by a node agent that has not said it is ready yet (the
+    /// service's instances; the simulator models starts by `ready_at_ms`).
+    starting: bool,
     created_ms: u64,
     pub(super) idle_since_ms: u64,
     busy_since_ms: u64,
@@ -665,6 +668,7 @@ impl ClusterView {
                 reserved,
                 in_flight: 0,
                 ready_at_ms: now_ms,
+                starting: false,
                 created_ms: now_ms,
                 idle_since_ms: now_ms,
                 busy_since_ms: now_ms,
@@ -695,6 +699,50 @@ impl ClusterView {
         }
     }
 
+    /// Marks an instance as started by its node but not ready (`true`), or
+    /// ready (`false`): routing prefers ready instances. Returns false for
+    /// an instance the view does not have.
+    pub fn set_starting(&mut self, instance: InstanceId, starting: bool) -> bool {
+        match self.instances.get_mut(&instance) {
+            Some(i) => {
+                i.starting = starting;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A registered function's spec.
+    pub fn spec(&self, function: FunctionId) -> &FunctionSpec {
+        &self.functions[function.0].spec
+    }
+
+    /// Whether a node of this name has reported and not been forgotten.
+    pub fn knows_node(&self, node_id: &str) -> bool {
+        self.node_ids.contains_key(node_id)
+    }
+
+    /// Numbers instances from `first` on: a restarted service starts past
+    /// the ids its predecessor gave, so a node still running one of those
+    /// is not taken for a new instance of the same id.
+    pub fn number_instances_from(&mut self, first: InstanceId) {
+        self.next_instance = self.next_instance.max(first);
+    }
+
+    /// The node and function of an instance, if the view has it.
+    pub fn instance_home(&self, instance: InstanceId) -> Option<(&str, &str)> {
+        let i = self.instances.get(&instance)?;
+        Some((
+            self.nodes[i.node].id.as_str(),
+            self.functions[i.function].spec.name.as_str(),
+        ))
+    }
+
+    /// The instance an invocation in flight runs on.
+    pub fn invocation_instance(&self, invocation: InvocationId) -> Option<InstanceId> {
+        self.invocations.get(&invocation).map(|i| i.instance)
+    }
+
     /// Routes an invocation of `function`: to the instance with the fewest
     /// invocations in flight among those with a free slot (ready ones
     /// first), or to a newly placed instance when every slot is taken.
@@ -706,7 +754,10 @@ impl ClusterView {
             .iter()
             .filter_map(|id| self.instances.get(id).map(|i| (*id, i)))
             .filter(|(_, i)| i.in_flight < concurrency)
-            .min_by_key(|(id, i)| (i.ready_at_ms > now_ms, i.in_flight, i.ready_at_ms, *id))
+            .min_by_key(|(id, i)| {
+                let not_ready = i.starting || i.ready_at_ms > now_ms;
+                (not_ready, i.in_flight, i.ready_at_ms, *id)
+            })
             .map(|(id, _)| id);
         let (instance_id, cold_start) = match best {
             Some(id) => (id, None),
@@ -1123,6 +1174,8 @@ mod tests {
                     trace_cached: f,
                 })
                 .collect(),
+            running: Vec::new(),
+            starts_instances: false,
         }
     }
 
@@ -1136,6 +1189,8 @@ mod tests {
             timeout_s: 10,
             keep_alive_s: 60,
             policy: None,
+            command: None,
+            start_timeout_s: 120,
         }
     }
 

@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 pub const MAX_CONCURRENCY: u32 = 1_000;
 /// Longest function timeout accepted (one day).
 pub const MAX_TIMEOUT_S: u64 = 86_400;
+/// Longest start timeout accepted (an hour).
+pub const MAX_START_TIMEOUT_S: u64 = 3_600;
+/// Most arguments a function's command may have.
+pub const MAX_COMMAND_ARGS: usize = 256;
+/// Most bytes a function's command may take, all arguments together.
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
 /// A function as registered with the scheduler (config file or
 /// `POST /v1/functions`).
@@ -36,6 +42,14 @@ pub struct FunctionSpec {
     /// How many instances to keep ready; none means purely on demand.
     #[serde(default)]
     pub policy: Option<PolicyConfig>,
+    /// The command an instance runs instead of the image's Entrypoint and
+    /// Cmd; it must serve HTTP on the port in `$PORT`.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// An instance not ready (its HTTP port answering) this long after it
+    /// was placed is stopped, and invocations waiting for it fail.
+    #[serde(default = "super::report::default_start_timeout_s")]
+    pub start_timeout_s: u64,
 }
 
 fn one() -> u32 {
@@ -84,11 +98,60 @@ impl FunctionSpec {
                 format!("must be within 1..={MAX_TIMEOUT_S}, got {}", self.timeout_s),
             ));
         }
+        if !(1..=MAX_START_TIMEOUT_S).contains(&self.start_timeout_s) {
+            return Err(FieldError::new(
+                "start_timeout_s",
+                format!(
+                    "must be within 1..={MAX_START_TIMEOUT_S}, got {}",
+                    self.start_timeout_s
+                ),
+            ));
+        }
+        if let Some(command) = &self.command {
+            check_command(command)?;
+        }
         if let Some(policy) = &self.policy {
             policy.compile().map_err(|e| e.within("policy"))?;
         }
         Ok(())
     }
+}
+
+/// A command is passed to the container runtime as its argv: it must have
+/// a program, stay small, and hold no NUL (which argv cannot carry).
+fn check_command(command: &[String]) -> Result<(), FieldError> {
+    if command.is_empty() {
+        return Err(FieldError::new(
+            "command",
+            "must name a program (leave it out for the image's own)",
+        ));
+    }
+    if command.len() > MAX_COMMAND_ARGS {
+        return Err(FieldError::new(
+            "command",
+            format!(
+                "{} arguments, at most {MAX_COMMAND_ARGS} allowed",
+                command.len()
+            ),
+        ));
+    }
+    let bytes: usize = command.iter().map(String::len).sum();
+    if bytes > MAX_COMMAND_BYTES {
+        return Err(FieldError::new(
+            "command",
+            format!("{bytes} bytes, at most {MAX_COMMAND_BYTES} allowed"),
+        ));
+    }
+    if let Some(i) = command.iter().position(|a| a.contains('\0')) {
+        return Err(FieldError::new(
+            format!("command[{i}]"),
+            "must not contain NUL",
+        ));
+    }
+    if command[0].is_empty() {
+        return Err(FieldError::new("command[0]", "must not be empty"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -105,6 +168,28 @@ mod tests {
             (1, 60, 600)
         );
         assert_eq!(spec.validate().unwrap_err().field, "policy.min");
+    }
+
+    #[test]
+    fn bad_commands_and_start_timeouts_are_named() {
+        let cases = [
+            (r#""command":[]"#, "command"),
+            (r#""command":[""]"#, "command[0]"),
+            (r#""command":["sh","a\u0000b"]"#, "command[1]"),
+            (r#""start_timeout_s":0"#, "start_timeout_s"),
+            (r#""start_timeout_s":3601"#, "start_timeout_s"),
+        ];
+        for (field, named) in cases {
+            let json = format!(r#"{{"name":"f","image":"i","cpu_millis":1,"memory_mib":1,{field}}}"#);
+            let spec: FunctionSpec = serde_json::from_str(&json).unwrap();
+            assert_eq!(spec.validate().unwrap_err().field, named, "{json}");
+        }
+        let long = format!(
+            r#"{{"name":"f","image":"i","cpu_millis":1,"memory_mib":1,"command":["{}"]}}"#,
+            "x".repeat(MAX_COMMAND_BYTES + 1)
+        );
+        let spec: FunctionSpec = serde_json::from_str(&long).unwrap();
+        assert_eq!(spec.validate().unwrap_err().field, "command");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod extender;
 pub mod function;
+mod lifecycle;
 mod node_index;
 pub mod policy;
 pub mod report;

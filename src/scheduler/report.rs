@@ -1,11 +1,14 @@
-//! The node report: the public contract between a loci node daemon (today
-//! `loci mount --scheduler`; the snapshotter does not report yet) and
+//! The node report: the public contract between a loci node daemon (the
+//! node agent `loci node`, or `loci mount --scheduler` for one image) and
 //! `loci scheduler`.
 //!
 //! A daemon sends a [`NodeReport`] to `POST {scheduler}/v1/reports`
-//! periodically and whenever its cache changes much; [`report_to`] does that.
-//! The answer is the node's [`NodeOrders`]: instances the scheduler wants
-//! started there (reservations) and stopped (timeouts, retirements).
+//! periodically and whenever its cache or its instances change; [`report_to`]
+//! does that. The answer is the node's [`NodeOrders`]: instances the
+//! scheduler wants started there (placements, reservations) and stopped
+//! (timeouts, retirements, instances it does not know). A node agent also
+//! waits for its orders at `POST {scheduler}/v1/nodes/{node}/orders`, so an
+//! order reaches it when it is given, not at the next report.
 //! A report stays small whatever the cache holds: at most
 //! [`MAX_REPORTED_IMAGES`] images and [`MAX_REPORTED_FUNCTIONS`] functions,
 //! so a daemon with a larger cache reports its most recently used images.
@@ -23,6 +26,10 @@ pub const MAX_REPORTED_IMAGES: usize = 512;
 pub const MAX_REPORTED_FUNCTIONS: usize = 1024;
 /// Longest node id, function or image name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 512;
+/// Most instances one report may say the node runs.
+pub const MAX_REPORTED_INSTANCES: usize = 4096;
+/// Longest instance endpoint accepted, in bytes.
+pub const MAX_ENDPOINT_LEN: usize = 256;
 
 /// One node's state as its loci daemon sees it. Serialized as JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +46,33 @@ pub struct NodeReport {
     /// How much of each known image is in the node's chunk cache.
     #[serde(default)]
     pub images: Vec<ImageCache>,
+    /// The instances a node agent runs, each by the id the scheduler gave
+    /// it: how the scheduler learns that one is ready or has exited, and
+    /// finds the ones it no longer wants (after a restart of either side).
+    /// Empty for a daemon that runs no instances.
+    #[serde(default)]
+    pub running: Vec<RunningInstance>,
+    /// This daemon starts the instances ordered to it and reports them in
+    /// `running`: the scheduler waits for their readiness and sends them
+    /// invocations. Otherwise the platform starts instances itself, and
+    /// they count as ready when placed.
+    #[serde(default)]
+    pub starts_instances: bool,
+}
+
+/// One instance a node agent runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunningInstance {
+    /// The id from the instance's [`StartOrder`].
+    pub instance_id: u64,
+    /// The function it serves.
+    pub function: String,
+    /// Its readiness check passed: invocations may be sent to `endpoint`.
+    pub ready: bool,
+    /// Where it serves HTTP, `http://HOST:PORT`; required once ready.
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// CPU and memory, the two resources placement checks.
@@ -146,8 +180,69 @@ impl NodeReport {
             check_fraction(&format!("images[{i}].chunks_cached"), entry.chunks_cached)?;
             check_fraction(&format!("images[{i}].trace_cached"), entry.trace_cached)?;
         }
+        if self.running.len() > MAX_REPORTED_INSTANCES {
+            return Err(FieldError::new(
+                "running",
+                format!(
+                    "{} entries, at most {MAX_REPORTED_INSTANCES} allowed",
+                    self.running.len()
+                ),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, entry) in self.running.iter().enumerate() {
+            check_name(&format!("running[{i}].function"), &entry.function)?;
+            if !seen.insert(entry.instance_id) {
+                return Err(FieldError::new(
+                    format!("running[{i}].instance_id"),
+                    format!("{} is listed twice", entry.instance_id),
+                ));
+            }
+            match &entry.endpoint {
+                Some(endpoint) => check_endpoint(&format!("running[{i}].endpoint"), endpoint)?,
+                None if entry.ready => {
+                    return Err(FieldError::new(
+                        format!("running[{i}].endpoint"),
+                        "a ready instance needs an endpoint",
+                    ))
+                }
+                None => {}
+            }
+        }
         Ok(())
     }
+}
+
+/// Checks that an instance endpoint is `http://HOST[:PORT]` and nothing
+/// more: the scheduler sends invocations there, so no credentials, path or
+/// query ride along, and no other scheme.
+pub fn check_endpoint(field: &str, endpoint: &str) -> Result<(), FieldError> {
+    if endpoint.len() > MAX_ENDPOINT_LEN {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "{} bytes long, at most {MAX_ENDPOINT_LEN} allowed",
+                endpoint.len()
+            ),
+        ));
+    }
+    let bad = |why: &str| FieldError::new(field, format!("{endpoint:?}: {why}"));
+    let url = reqwest::Url::parse(endpoint).map_err(|e| bad(&e.to_string()))?;
+    if url.scheme() != "http" {
+        return Err(bad("must be http://HOST:PORT"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("must name a host"));
+    }
+    if !url.username().is_empty()
+        || url.password().is_some()
+        || url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(bad("must be http://HOST:PORT, nothing more"));
+    }
+    Ok(())
 }
 
 /// Checks that a name is non-empty and not longer than [`MAX_NAME_LEN`].
@@ -192,8 +287,20 @@ pub struct StartOrder {
     pub function: String,
     /// Image to start it from.
     pub image: String,
-    /// Resources reserved for it.
+    /// Resources reserved for it (the agent makes them its limits).
     pub resources: Resources,
+    /// The command to run instead of the image's own; empty for the
+    /// image's Entrypoint and Cmd. It serves HTTP on `$PORT`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// How long it may take to become ready before it counts as failed.
+    #[serde(default = "default_start_timeout_s")]
+    pub start_timeout_s: u64,
+}
+
+/// The start timeout a function without one gets.
+pub fn default_start_timeout_s() -> u64 {
+    120
 }
 
 /// Stop one instance on the reporting node.
@@ -218,6 +325,13 @@ pub enum StopReason {
     /// Its node stopped reporting and was dropped (no order is sent: the
     /// reason is for the invocations that failed with it).
     NodeLost,
+    /// Its process ended on the node (crashed, or exited by itself).
+    Exited,
+    /// It did not pass its readiness check within its start timeout.
+    StartFailed,
+    /// Its node runs it but the scheduler does not want it (a node or the
+    /// scheduler came back after a restart): stop it.
+    Unwanted,
 }
 
 /// Why [`report_to`] failed.
@@ -308,6 +422,13 @@ mod tests {
                 chunks_cached: 0.5,
                 trace_cached: 1.0,
             }],
+            running: vec![RunningInstance {
+                instance_id: 7,
+                function: "f".into(),
+                ready: true,
+                endpoint: Some("http://127.0.0.1:8080".into()),
+            }],
+            starts_instances: true,
         }
     }
 
@@ -349,6 +470,54 @@ mod tests {
         let mut r = report();
         r.images.push(r.images[0].clone());
         assert_eq!(r.validate().unwrap_err().field, "images[1].image");
+    }
+
+    #[test]
+    fn endpoints_must_be_plain_host_and_port() {
+        let cases = [
+            ("http://10.0.0.2:8080", true),
+            ("http://[::1]:80", true),
+            ("https://10.0.0.2:8080", false),
+            ("http://10.0.0.2", true),
+            ("http://:80", false),
+            ("http://user:pw@10.0.0.2:80", false),
+            ("http://10.0.0.2:80/admin", false),
+            ("http://10.0.0.2:80/?q", false),
+            ("file:///etc/passwd", false),
+            ("not a url", false),
+        ];
+        for (endpoint, ok) in cases {
+            let mut r = report();
+            r.running[0].endpoint = Some(endpoint.into());
+            let checked = r.validate();
+            assert_eq!(checked.is_ok(), ok, "{endpoint}: {checked:?}");
+            if !ok {
+                assert_eq!(checked.unwrap_err().field, "running[0].endpoint");
+            }
+        }
+        let mut r = report();
+        r.running[0].endpoint = Some(format!("http://{}.example:80", "a".repeat(300)));
+        assert_eq!(r.validate().unwrap_err().field, "running[0].endpoint");
+    }
+
+    #[test]
+    fn running_instances_are_checked() {
+        let mut r = report();
+        r.running[0].endpoint = None;
+        assert_eq!(r.validate().unwrap_err().field, "running[0].endpoint");
+        r.running[0].ready = false;
+        assert_eq!(r.validate(), Ok(()), "a starting instance has no endpoint yet");
+        r.running.push(r.running[0].clone());
+        assert_eq!(r.validate().unwrap_err().field, "running[1].instance_id");
+        r.running = (0..=MAX_REPORTED_INSTANCES as u64)
+            .map(|i| RunningInstance {
+                instance_id: i,
+                function: "f".into(),
+                ready: false,
+                endpoint: None,
+            })
+            .collect();
+        assert_eq!(r.validate().unwrap_err().field, "running");
     }
 
     #[tokio::test]

@@ -115,6 +115,8 @@ mod tests {
             used: Resources::default(),
             instances: vec![],
             images: vec![],
+            running: Vec::new(),
+            starts_instances: false,
         };
         v.apply_report(&node, 0).unwrap();
         let f = v
@@ -127,6 +129,8 @@ mod tests {
                 timeout_s: 60,
                 keep_alive_s: 60,
                 policy: Some(policy),
+                command: None,
+                start_timeout_s: 120,
             })
             .unwrap();
         (v, f)

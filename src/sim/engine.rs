@@ -291,6 +291,8 @@ pub fn simulate(
             used: Resources::default(),
             instances: vec![],
             images: vec![],
+            running: Vec::new(),
+            starts_instances: false,
         };
         view.apply_report(&report, SIM_EPOCH_MS)?;
         node_index.insert(node_id, n as usize);
@@ -320,6 +322,8 @@ pub fn simulate(
             timeout_s: crate::scheduler::function::MAX_TIMEOUT_S,
             keep_alive_s: params.keep_alive_s,
             policy: policy_for(policy, profile, params.concurrency, params.keep_alive_s),
+            command: None,
+            start_timeout_s: 120,
         };
         function_memory.insert(f.name.clone(), spec.memory_mib);
         function_ids.push(

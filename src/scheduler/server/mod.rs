@@ -7,6 +7,8 @@
 //! `{"error": "...", "field": "..."}` naming the field, and the service keeps
 //! serving.
 
+mod invoke;
+
 use super::access::{AccessConfig, Tokens};
 use super::cluster::{
     ClusterView, FunctionSummary, NodeSummary, Placement, PlacementStats, RetiredInstance, Routed,
@@ -15,7 +17,9 @@ use super::config::SchedulerConfig;
 use super::error::{FieldError, SchedulerError};
 use super::extender::{self, ExtenderArgs, ExtenderFilterResult, HostPriority};
 use super::function::FunctionSpec;
-use super::report::{NodeOrders, NodeReport, StartOrder, StopOrder};
+use super::cluster::InstanceId;
+use super::lifecycle::{Lifecycle, StartStats};
+use super::report::{check_name, NodeOrders, NodeReport, StartOrder, StopOrder, StopReason};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -24,16 +28,22 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
 
-/// The service state: the cluster view plus the orders waiting for each
-/// node's next report.
+/// The service state: the cluster view, the orders waiting for each node,
+/// and what node agents did with the instances they were given.
 struct Service {
     view: ClusterView,
     orders: HashMap<String, NodeOrders>,
+    /// Rung when a node has new orders, for its agent's long poll.
+    order_bells: HashMap<String, Arc<Notify>>,
+    /// Nodes whose daemon starts instances (`starts_instances`).
+    agent_nodes: HashSet<String>,
+    lifecycle: Lifecycle,
     node_timeout_ms: u64,
 }
 
@@ -54,21 +64,44 @@ fn now_ms() -> u64 {
 }
 
 impl Service {
-    fn order_start(&mut self, p: &Placement) {
-        self.orders
-            .entry(p.node_id.clone())
-            .or_default()
-            .start
-            .push(StartOrder {
-                instance_id: p.instance_id,
-                function: p.function.clone(),
-                image: p.image.clone(),
-                resources: p.resources,
-            });
+    fn orders_for(&mut self, node: &str) -> &mut NodeOrders {
+        if let Some(bell) = self.order_bells.get(node) {
+            // A permit is kept when nobody waits: the next poll returns at once.
+            bell.notify_one();
+        }
+        self.orders.entry(node.to_string()).or_default()
     }
 
-    fn order_stop(&mut self, r: &RetiredInstance) {
-        let orders = self.orders.entry(r.node_id.clone()).or_default();
+    /// Orders the new instance started on its node, and follows its start
+    /// when the node's agent reports on it.
+    fn order_start(&mut self, p: &Placement, now: u64) {
+        let Ok(id) = self.view.function_id(&p.function) else {
+            return;
+        };
+        let spec = self.view.spec(id);
+        let order = StartOrder {
+            instance_id: p.instance_id,
+            function: p.function.clone(),
+            image: p.image.clone(),
+            resources: p.resources,
+            command: spec.command.clone().unwrap_or_default(),
+            start_timeout_s: spec.start_timeout_s,
+        };
+        if self.agent_nodes.contains(&p.node_id) {
+            self.lifecycle
+                .placed(p.instance_id, now, order.start_timeout_s * 1000);
+            self.view.set_starting(p.instance_id, true);
+        } else {
+            self.lifecycle.unmanaged(p.instance_id);
+        }
+        self.orders_for(&p.node_id).start.push(order);
+    }
+
+    /// An instance left the view: its node is told to stop it (unless it
+    /// never got the start), and invocations waiting on it look again.
+    fn stopped(&mut self, r: &RetiredInstance) {
+        self.lifecycle.gone(r.instance_id);
+        let orders = self.orders_for(&r.node_id);
         // An instance never started by its node needs no stop: drop the start.
         let before = orders.start.len();
         orders.start.retain(|s| s.instance_id != r.instance_id);
@@ -81,28 +114,89 @@ impl Service {
         }
     }
 
+    /// Retires an instance for `reason`, if the view still has it.
+    fn retire(&mut self, instance: InstanceId, reason: StopReason, now: u64) -> Option<RetiredInstance> {
+        let r = self.view.retire(instance, reason, now)?;
+        self.stopped(&r);
+        Some(r)
+    }
+
+    /// Takes in what a node agent says it runs: ready instances become
+    /// routable, instances that stopped running leave the view (their
+    /// invocations fail), and instances the view does not have on that node
+    /// are ordered stopped (a node or the scheduler restarted).
+    fn reconcile(&mut self, report: &NodeReport, now: u64) {
+        if !report.starts_instances {
+            self.agent_nodes.remove(&report.node_id);
+            return;
+        }
+        self.agent_nodes.insert(report.node_id.clone());
+        let mut runs = HashSet::new();
+        for r in &report.running {
+            let ours = self
+                .view
+                .instance_home(r.instance_id)
+                .is_some_and(|(node, f)| node == report.node_id && f == r.function);
+            if !ours {
+                let orders = self.orders_for(&report.node_id);
+                if !orders.stop.iter().any(|s| s.instance_id == r.instance_id) {
+                    tracing::warn!(node = %report.node_id, instance = r.instance_id, function = %r.function, "node runs an instance the scheduler does not have there: stopping it");
+                    orders.stop.push(StopOrder {
+                        instance_id: r.instance_id,
+                        function: r.function.clone(),
+                        reason: StopReason::Unwanted,
+                    });
+                }
+                continue;
+            }
+            runs.insert(r.instance_id);
+            if let (true, Some(endpoint)) = (r.ready, &r.endpoint) {
+                if let Some(took) = self.lifecycle.ready(r.instance_id, endpoint, now) {
+                    self.view.set_starting(r.instance_id, false);
+                    tracing::info!(node = %report.node_id, instance = r.instance_id, function = %r.function, %endpoint, start_ms = took, "instance ready");
+                }
+            }
+        }
+        for id in self.lifecycle.node_runs(&report.node_id, runs) {
+            if let Some(r) = self.retire(id, StopReason::Exited, now) {
+                tracing::warn!(node = %r.node_id, instance = id, function = %r.function, failed_invocations = ?r.failed_invocations, "instance exited on its node");
+            }
+        }
+    }
+
     /// One pass of the background loop.
     fn tick(&mut self, now: u64) {
         for r in self.view.kill_timed_out(now) {
             tracing::warn!(instance = r.instance_id, function = %r.function, node = %r.node_id, failed_invocations = ?r.failed_invocations, "invocation ran past its timeout: killing instance; its invocations fail (410 on completion)");
-            self.order_stop(&r);
+            self.stopped(&r);
+        }
+        for id in self.lifecycle.take_expired_starts(now) {
+            if let Some(r) = self.retire(id, StopReason::StartFailed, now) {
+                tracing::warn!(instance = id, function = %r.function, node = %r.node_id, "instance not ready within its start timeout: stopping it");
+            }
         }
         for lost in self.view.expire_lost_nodes(now, self.node_timeout_ms) {
             tracing::warn!(node = %lost.node_id, instances = lost.instances.len(), invocations = lost.invocations, "node stopped reporting: dropped");
+            for &id in &lost.instances {
+                self.lifecycle.gone(id);
+            }
+            self.lifecycle.forget_node(&lost.node_id);
             self.orders.remove(&lost.node_id);
+            self.order_bells.remove(&lost.node_id);
+            self.agent_nodes.remove(&lost.node_id);
         }
         for r in self.view.retire_idle(now) {
             tracing::debug!(instance = r.instance_id, function = %r.function, "idle past keep-alive: retiring");
-            self.order_stop(&r);
+            self.stopped(&r);
         }
         let changes = self.view.reconcile_reservations(now);
         for p in &changes.started {
             tracing::info!(instance = p.instance_id, function = %p.function, node = %p.node_id, warm = p.warm_fraction, "reserved instance placed");
-            self.order_start(p);
+            self.order_start(p, now);
         }
         for r in &changes.stopped {
             tracing::info!(instance = r.instance_id, function = %r.function, "reservation shrank: retiring");
-            self.order_stop(r);
+            self.stopped(r);
         }
     }
 }
@@ -193,6 +287,8 @@ struct ClusterSummary {
     nodes: Vec<NodeSummary>,
     functions: Vec<FunctionSummary>,
     placement: PlacementStats,
+    /// Starts node agents carried out: from decision to ready.
+    starts: StartStats,
 }
 
 async fn post_report(
@@ -200,9 +296,11 @@ async fn post_report(
     body: Bytes,
 ) -> Result<Json<NodeOrders>, ApiError> {
     let report: NodeReport = decode(&body)?;
+    let now = now_ms();
     let mut s = lock(&state);
-    s.view.apply_report(&report, now_ms())?;
-    tracing::debug!(node = %report.node_id, images = report.images.len(), "report");
+    s.view.apply_report(&report, now)?;
+    s.reconcile(&report, now);
+    tracing::debug!(node = %report.node_id, images = report.images.len(), running = report.running.len(), "report");
     Ok(Json(s.orders.remove(&report.node_id).unwrap_or_default()))
 }
 
@@ -231,8 +329,9 @@ async fn post_place(State(state): State<Shared>, body: Bytes) -> Result<Json<Pla
     let request: FunctionRequest = decode(&body)?;
     let mut s = lock(&state);
     let id = s.view.function_id(&request.function)?;
-    let placement = s.view.place(id, false, now_ms())?;
-    s.order_start(&placement);
+    let now = now_ms();
+    let placement = s.view.place(id, false, now)?;
+    s.order_start(&placement, now);
     Ok(Json(placement))
 }
 
@@ -240,9 +339,10 @@ async fn post_route(State(state): State<Shared>, body: Bytes) -> Result<Json<Rou
     let request: FunctionRequest = decode(&body)?;
     let mut s = lock(&state);
     let id = s.view.function_id(&request.function)?;
-    let routed = s.view.route(id, now_ms())?;
+    let now = now_ms();
+    let routed = s.view.route(id, now)?;
     if let Some(p) = &routed.cold_start {
-        s.order_start(p);
+        s.order_start(p, now);
     }
     Ok(Json(routed))
 }
@@ -261,6 +361,53 @@ async fn post_complete(
     }))
 }
 
+/// `POST /v1/nodes/{node}/orders` body.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OrdersRequest {
+    /// How long to wait for an order when none is waiting, at most
+    /// [`MAX_ORDER_WAIT_MS`].
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+/// Longest a node agent's poll for orders is held open.
+const MAX_ORDER_WAIT_MS: u64 = 60_000;
+
+/// A node agent's long poll: its waiting orders at once, or the first that
+/// is given within `wait_ms`, or none. Only for nodes that have reported.
+async fn post_orders(
+    State(state): State<Shared>,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> Result<Json<NodeOrders>, ApiError> {
+    check_name("node", &node)?;
+    let request: OrdersRequest = if body.is_empty() {
+        OrdersRequest::default()
+    } else {
+        decode(&body)?
+    };
+    let wait = Duration::from_millis(request.wait_ms.min(MAX_ORDER_WAIT_MS));
+    let bell = {
+        let mut s = lock(&state);
+        if !s.view.knows_node(&node) {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                error: format!("node {node:?} has not reported: report before polling for orders"),
+                field: Some("node".into()),
+            });
+        }
+        if let Some(orders) = s.orders.remove(&node) {
+            if !orders.start.is_empty() || !orders.stop.is_empty() {
+                return Ok(Json(orders));
+            }
+        }
+        s.order_bells.entry(node.clone()).or_default().clone()
+    };
+    let _ = tokio::time::timeout(wait, bell.notified()).await;
+    Ok(Json(lock(&state).orders.remove(&node).unwrap_or_default()))
+}
+
 async fn get_cluster(State(state): State<Shared>) -> Json<ClusterSummary> {
     let s = lock(&state);
     Json(ClusterSummary {
@@ -271,6 +418,7 @@ async fn get_cluster(State(state): State<Shared>) -> Json<ClusterSummary> {
             .map(|id| s.view.function_summary(id))
             .collect(),
         placement: s.view.placement_stats(),
+        starts: s.lifecycle.stats(),
     })
 }
 
@@ -303,9 +451,16 @@ pub async fn serve(
     for spec in config.functions {
         view.register_function(spec)?;
     }
+    // Ids after any a previous run of the service gave (milliseconds since
+    // the epoch, times 1024: a thousand placements a millisecond before
+    // the next run's ids could meet these).
+    view.number_instances_from(now_ms().saturating_mul(1024));
     let state: Shared = Arc::new(Mutex::new(Service {
         view,
         orders: HashMap::new(),
+        order_bells: HashMap::new(),
+        agent_nodes: HashSet::new(),
+        lifecycle: Lifecycle::default(),
         node_timeout_ms: config.node_timeout_ms,
     }));
     let ticker = {
@@ -328,6 +483,8 @@ pub async fn serve(
         .route("/v1/place", post(post_place))
         .route("/v1/route", post(post_route))
         .route("/v1/complete", post(post_complete))
+        .route("/v1/nodes/{node}/orders", post(post_orders))
+        .route("/v1/invoke/{function}", post(invoke::post_invoke))
         .route("/v1/cluster", get(get_cluster))
         .route("/k8s/filter", post(post_filter))
         .route("/k8s/prioritize", post(post_prioritize))

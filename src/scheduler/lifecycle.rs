@@ -1,0 +1,225 @@
+//! The life of the instances node agents start, as the service sees it:
+//! placed and starting (with a deadline), ready at an endpoint, or gone;
+//! what each node last said it runs; and how long starts took, from the
+//! scheduler's decision to the agent's word that the instance is ready.
+//!
+//! The cluster view decides; this records what the nodes did about it, so
+//! invocations can wait for a starting instance and be sent to a ready one.
+
+use super::cluster::InstanceId;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// How many start latencies are kept for the percentiles (the most recent).
+const LATENCIES_KEPT: usize = 10_000;
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Placed, its node not yet saying it is ready.
+    Starting,
+    /// Ready at this endpoint (`http://HOST:PORT`).
+    Ready(String),
+    /// Stopped, failed or never known.
+    Gone,
+}
+
+struct Starting {
+    placed_ms: u64,
+    deadline_ms: u64,
+}
+
+/// Start latencies and outcomes, for `GET /v1/cluster`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StartStats {
+    /// Instances whose node said they were ready.
+    pub ready: u64,
+    /// Instances that were not ready within their start timeout.
+    pub failed: u64,
+    /// Median time from placement to ready, over the last starts.
+    pub p50_ms: Option<u64>,
+    /// 99th percentile of the same.
+    pub p99_ms: Option<u64>,
+}
+
+/// The instances of agent-run nodes, by id.
+#[derive(Default)]
+pub(super) struct Lifecycle {
+    starting: HashMap<InstanceId, Starting>,
+    ready: HashMap<InstanceId, String>,
+    /// Rung when an instance becomes ready or goes: invocations waiting
+    /// for it or running on it look again.
+    bells: HashMap<InstanceId, Arc<Notify>>,
+    /// What each node said it runs in its last report.
+    reported: HashMap<String, HashSet<InstanceId>>,
+    latencies: VecDeque<u64>,
+    stats: StartStats,
+}
+
+impl Lifecycle {
+    /// An instance was placed on a node whose agent starts it.
+    pub(super) fn placed(&mut self, id: InstanceId, now_ms: u64, start_timeout_ms: u64) {
+        self.starting.insert(
+            id,
+            Starting {
+                placed_ms: now_ms,
+                deadline_ms: now_ms.saturating_add(start_timeout_ms),
+            },
+        );
+    }
+
+    /// An instance was placed where nothing reports its start: it counts
+    /// as ready at once, with no endpoint the scheduler could proxy to.
+    pub(super) fn unmanaged(&mut self, id: InstanceId) {
+        self.starting.remove(&id);
+    }
+
+    /// The node said the instance is ready at `endpoint`. Returns the
+    /// decision-to-ready time the first time, None after.
+    pub(super) fn ready(&mut self, id: InstanceId, endpoint: &str, now_ms: u64) -> Option<u64> {
+        let started = self.starting.remove(&id)?;
+        self.ready.insert(id, endpoint.to_string());
+        let took = now_ms.saturating_sub(started.placed_ms);
+        if self.latencies.len() == LATENCIES_KEPT {
+            self.latencies.pop_front();
+        }
+        self.latencies.push_back(took);
+        self.stats.ready += 1;
+        self.ring(id);
+        Some(took)
+    }
+
+    /// The instance left the view (stopped, failed, its node lost).
+    pub(super) fn gone(&mut self, id: InstanceId) {
+        self.starting.remove(&id);
+        self.ready.remove(&id);
+        self.ring(id);
+        self.bells.remove(&id);
+    }
+
+    fn ring(&self, id: InstanceId) {
+        if let Some(bell) = self.bells.get(&id) {
+            bell.notify_waiters();
+        }
+    }
+
+    /// Where the instance is; `known` says whether the view still has it
+    /// (an instance on a node without an agent is ready with no endpoint).
+    pub(super) fn stage(&self, id: InstanceId) -> Stage {
+        if let Some(endpoint) = self.ready.get(&id) {
+            return Stage::Ready(endpoint.clone());
+        }
+        if self.starting.contains_key(&id) {
+            return Stage::Starting;
+        }
+        Stage::Gone
+    }
+
+    /// The bell that rings when the instance becomes ready or goes. Only
+    /// for instances that are starting or ready, so bells do not pile up.
+    pub(super) fn bell(&mut self, id: InstanceId) -> Option<Arc<Notify>> {
+        if !self.starting.contains_key(&id) && !self.ready.contains_key(&id) {
+            return None;
+        }
+        Some(self.bells.entry(id).or_default().clone())
+    }
+
+    /// Instances past their start deadline, counted as failed starts.
+    pub(super) fn take_expired_starts(&mut self, now_ms: u64) -> Vec<InstanceId> {
+        let mut late: Vec<InstanceId> = self
+            .starting
+            .iter()
+            .filter(|(_, s)| s.deadline_ms <= now_ms)
+            .map(|(&id, _)| id)
+            .collect();
+        late.sort_unstable();
+        for id in &late {
+            self.starting.remove(id);
+        }
+        self.stats.failed += late.len() as u64;
+        late
+    }
+
+    /// Records what `node` runs now; returns what it ran at its previous
+    /// report and no longer does.
+    pub(super) fn node_runs(&mut self, node: &str, now: HashSet<InstanceId>) -> Vec<InstanceId> {
+        let before = self.reported.insert(node.to_string(), now).unwrap_or_default();
+        let now = &self.reported[node];
+        let mut left: Vec<InstanceId> = before.difference(now).copied().collect();
+        left.sort_unstable();
+        left
+    }
+
+    /// Forgets a node's reports (it was lost).
+    pub(super) fn forget_node(&mut self, node: &str) {
+        self.reported.remove(node);
+    }
+
+    /// Start counts and latency percentiles.
+    pub(super) fn stats(&self) -> StartStats {
+        let mut sorted: Vec<u64> = self.latencies.iter().copied().collect();
+        sorted.sort_unstable();
+        let pick = |q: f64| {
+            (!sorted.is_empty())
+                .then(|| sorted[((sorted.len() - 1) as f64 * q).round() as usize])
+        };
+        StartStats {
+            p50_ms: pick(0.5),
+            p99_ms: pick(0.99),
+            ..self.stats.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_goes_from_starting_to_ready_to_gone() {
+        let mut l = Lifecycle::default();
+        l.placed(1, 1_000, 5_000);
+        assert_eq!(l.stage(1), Stage::Starting);
+        let bell = l.bell(1).expect("a starting instance has a bell");
+        let rung = bell.notified();
+        tokio::pin!(rung);
+        rung.as_mut().enable();
+        assert_eq!(l.ready(1, "http://127.0.0.1:9000", 1_250), Some(250));
+        assert_eq!(l.ready(1, "http://127.0.0.1:9000", 1_300), None, "counted once");
+        assert!(futures_ready(rung), "waiters are woken when it is ready");
+        assert_eq!(l.stage(1), Stage::Ready("http://127.0.0.1:9000".into()));
+        l.gone(1);
+        assert_eq!(l.stage(1), Stage::Gone);
+        assert!(l.bell(1).is_none(), "no bell for what is gone");
+        let stats = l.stats();
+        assert_eq!((stats.ready, stats.p50_ms, stats.p99_ms), (1, Some(250), Some(250)));
+    }
+
+    #[test]
+    fn starts_past_their_deadline_fail_once() {
+        let mut l = Lifecycle::default();
+        l.placed(1, 0, 100);
+        l.placed(2, 0, 1_000);
+        assert!(l.take_expired_starts(99).is_empty());
+        assert_eq!(l.take_expired_starts(100), vec![1]);
+        assert!(l.take_expired_starts(500).is_empty());
+        assert_eq!(l.stats().failed, 1);
+        assert_eq!(l.stage(2), Stage::Starting);
+    }
+
+    #[test]
+    fn a_node_report_says_what_stopped_running() {
+        let mut l = Lifecycle::default();
+        assert!(l.node_runs("n", HashSet::from([1, 2, 3])).is_empty());
+        assert_eq!(l.node_runs("n", HashSet::from([2, 4])), vec![1, 3]);
+        l.forget_node("n");
+        assert!(l.node_runs("n", HashSet::new()).is_empty());
+    }
+
+    fn futures_ready(f: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>) -> bool {
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        std::future::Future::poll(f, &mut cx).is_ready()
+    }
+}

@@ -9,6 +9,7 @@
 //! `prefetch` (start traces), `node` (reports), `scheduler` and `sim`
 //! beside; `cli` parses and wires.
 
+pub mod agent;
 pub mod cache;
 pub mod cli;
 pub mod config;

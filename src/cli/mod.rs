@@ -5,6 +5,7 @@ mod convert;
 mod inspect;
 mod key;
 mod mount;
+mod node;
 mod pull;
 mod registry_args;
 
@@ -48,6 +49,9 @@ enum Command {
     /// Run the scheduler service: cache-aware placement, load-aware routing,
     /// reservation policies, Kubernetes extender.
     Scheduler(scheduler::Args),
+    /// Run the node agent: start, stop and kill function instances through
+    /// containerd as the scheduler orders, and report what runs.
+    Node(node::Args),
     /// Run the containerd remote snapshotter: layers of converted images
     /// are mounted lazily instead of downloaded.
     Snapshotter(snapshotter::Args),
@@ -82,6 +86,7 @@ pub fn main() -> ExitCode {
         Command::Release(args) => snapshotter::run_release(args),
         Command::FdHolder(args) => snapshotter::run_holder(args),
         Command::Sim(args) => sim::run(args),
+        Command::Node(args) => node::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,442 @@
+//! The node agent (`loci node`): carries out the scheduler's orders on its
+//! node. It starts instances through containerd (roots from the loci
+//! snapshotter, so a start is lazy), checks that each answers HTTP on its
+//! port, stops and kills them, and tells the scheduler what runs and what
+//! is ready: at once when something changes, and periodically. Orders
+//! reach it by a long poll, when they are given. Instances outlive the
+//! agent: a restarted agent finds them by their labels and reports them,
+//! and the scheduler stops the ones it no longer wants.
+
+pub mod runtime;
+
+use crate::node::{host_resources, scheduler_token, CpuSampler};
+use crate::registry::RegistryOptions;
+use crate::scheduler::report::{
+    report_to, NodeOrders, NodeReport, Resources, RunningInstance, StartOrder, StopOrder,
+    StopReason,
+};
+use runtime::{Containerd, Launch};
+use std::collections::{HashMap, HashSet};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Everything the agent is told at start.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// The scheduler's URL, e.g. `http://sched:7070`.
+    pub scheduler_url: String,
+    /// File holding the bearer token (first line; re-read for each call).
+    pub token_file: Option<PathBuf>,
+    /// This node's id in reports.
+    pub node_id: String,
+    /// Where instances run.
+    pub containerd: Containerd,
+    /// How images are pulled (plain HTTP, hosts directory, credentials).
+    pub registry: RegistryOptions,
+    /// The host the scheduler reaches instances at.
+    pub advertise_host: String,
+    /// Ports instances are given, one each.
+    pub ports: RangeInclusive<u16>,
+    /// What instances may use; None for the whole host.
+    pub capacity: Option<Resources>,
+    /// Time between reports when nothing changes.
+    pub report_interval: Duration,
+}
+
+/// How long a stopped instance is given to exit before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the scheduler is asked to hold a poll for orders open.
+const ORDER_WAIT: Duration = Duration::from_secs(30);
+/// Time between readiness probes of a starting instance.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The containers it runs could not be listed at start.
+    #[error("finding the instances this node runs")]
+    List(#[source] runtime::RuntimeError),
+}
+
+struct Instance {
+    function: String,
+    port: u16,
+    resources: Resources,
+    /// Its container has been created and started (until then, a missing
+    /// task is not an exit).
+    launched: bool,
+    ready: bool,
+    stopping: bool,
+}
+
+struct Agent {
+    config: AgentConfig,
+    instances: Mutex<HashMap<u64, Instance>>,
+    /// Images pulled into containerd by this agent; the lock is held for a
+    /// pull so one image is pulled once.
+    pulled: tokio::sync::Mutex<HashSet<String>>,
+    /// Rung when an instance appears, becomes ready or goes.
+    changed: Notify,
+    http: reqwest::Client,
+}
+
+/// Runs the agent until `shutdown` resolves. Instances keep running when it
+/// stops.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let agent = Arc::new(Agent {
+        http: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("a reqwest client without TLS settings always builds"),
+        config,
+        instances: Mutex::new(HashMap::new()),
+        pulled: tokio::sync::Mutex::new(HashSet::new()),
+        changed: Notify::new(),
+    });
+    agent.adopt().await?;
+    let reports = tokio::spawn(agent.clone().report_loop());
+    let orders = tokio::spawn(agent.clone().order_loop());
+    shutdown.await;
+    reports.abort();
+    orders.abort();
+    tracing::info!("node agent stopping; its instances keep running");
+    Ok(())
+}
+
+impl Agent {
+    fn instances(&self) -> MutexGuard<'_, HashMap<u64, Instance>> {
+        self.instances
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes over the instances a previous run of the agent started: the
+    /// running ones are probed and reported, the rest removed.
+    async fn adopt(self: &Arc<Self>) -> Result<(), AgentError> {
+        let found = self
+            .config
+            .containerd
+            .list()
+            .await
+            .map_err(AgentError::List)?;
+        for f in found {
+            if !f.running {
+                tracing::info!(instance = f.instance_id, "removing an instance that exited while the agent was away");
+                if let Err(e) = self.config.containerd.remove(f.instance_id).await {
+                    tracing::warn!(instance = f.instance_id, error = %e, "removing it failed");
+                }
+                continue;
+            }
+            tracing::info!(instance = f.instance_id, function = %f.function, port = f.port, "found a running instance");
+            self.instances().insert(
+                f.instance_id,
+                Instance {
+                    function: f.function,
+                    port: f.port,
+                    resources: Resources::default(),
+                    launched: true,
+                    ready: false,
+                    stopping: false,
+                },
+            );
+            let agent = self.clone();
+            tokio::spawn(async move {
+                agent
+                    .probe_until_ready(f.instance_id, f.port, Duration::from_secs(10))
+                    .await
+            });
+        }
+        Ok(())
+    }
+
+    fn build_report(&self, cpu: &mut CpuSampler) -> NodeReport {
+        let (host_capacity, _) = host_resources(cpu);
+        let capacity = self.config.capacity.unwrap_or(host_capacity);
+        let instances = self.instances();
+        let mut used = Resources::default();
+        let mut running: Vec<RunningInstance> = instances
+            .iter()
+            .filter(|(_, i)| !i.stopping)
+            .map(|(&id, i)| {
+                used.cpu_millis = used.cpu_millis.saturating_add(i.resources.cpu_millis);
+                used.memory_mib = used.memory_mib.saturating_add(i.resources.memory_mib);
+                RunningInstance {
+                    instance_id: id,
+                    function: i.function.clone(),
+                    ready: i.ready,
+                    endpoint: i
+                        .ready
+                        .then(|| format!("http://{}:{}", self.config.advertise_host, i.port)),
+                }
+            })
+            .collect();
+        running.sort_by_key(|r| r.instance_id);
+        running.truncate(crate::scheduler::report::MAX_REPORTED_INSTANCES);
+        NodeReport {
+            node_id: self.config.node_id.clone(),
+            capacity,
+            used: Resources {
+                cpu_millis: used.cpu_millis.min(capacity.cpu_millis),
+                memory_mib: used.memory_mib.min(capacity.memory_mib),
+            },
+            instances: Vec::new(),
+            images: Vec::new(),
+            running,
+            starts_instances: true,
+        }
+    }
+
+    /// Reports every interval and whenever an instance changes; carries
+    /// out the orders each answer brings.
+    async fn report_loop(self: Arc<Self>) {
+        let mut cpu = CpuSampler::default();
+        loop {
+            self.notice_exits().await;
+            let report = self.build_report(&mut cpu);
+            let token = scheduler_token(self.config.token_file.as_deref());
+            match report_to(&self.config.scheduler_url, &report, token.as_deref()).await {
+                Ok(orders) => self.carry_out(orders),
+                Err(e) => tracing::warn!(scheduler = %self.config.scheduler_url, error = %e, "report failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.report_interval) => {}
+                _ = self.changed.notified() => {}
+            }
+        }
+    }
+
+    /// Polls for orders, held open by the scheduler until it has some.
+    async fn order_loop(self: Arc<Self>) {
+        let url = format!(
+            "{}/v1/nodes/{}/orders",
+            self.config.scheduler_url.trim_end_matches('/'),
+            self.config.node_id
+        );
+        loop {
+            let token = scheduler_token(self.config.token_file.as_deref());
+            let mut request = self
+                .http
+                .post(&url)
+                .timeout(ORDER_WAIT + Duration::from_secs(10))
+                .json(&serde_json::json!({ "wait_ms": ORDER_WAIT.as_millis() as u64 }));
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            let polled = match request.send().await {
+                Ok(r) if r.status().is_success() => r.json::<NodeOrders>().await.map_err(|e| e.to_string()),
+                Ok(r) => Err(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
+                Err(e) => Err(e.to_string()),
+            };
+            match polled {
+                Ok(orders) => self.carry_out(orders),
+                Err(e) => {
+                    // Not known yet (no report has arrived) or unreachable.
+                    tracing::debug!(error = %e, "polling for orders failed; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    fn carry_out(self: &Arc<Self>, orders: NodeOrders) {
+        for order in orders.start {
+            tokio::spawn(self.clone().start(order));
+        }
+        for order in orders.stop {
+            tokio::spawn(self.clone().stop(order));
+        }
+    }
+
+    /// The lowest port of the range no instance has and nothing listens on.
+    fn free_port(&self, taken: &HashMap<u64, Instance>) -> Option<u16> {
+        let used: HashSet<u16> = taken.values().map(|i| i.port).collect();
+        self.config.ports.clone().find(|port| {
+            !used.contains(port) && std::net::TcpListener::bind(("0.0.0.0", *port)).is_ok()
+        })
+    }
+
+    async fn start(self: Arc<Self>, order: StartOrder) {
+        let id = order.instance_id;
+        let port = {
+            let mut instances = self.instances();
+            if instances.contains_key(&id) {
+                return;
+            }
+            let Some(port) = self.free_port(&instances) else {
+                tracing::error!(instance = id, function = %order.function, "no free port left in the agent's range: not starting it");
+                return;
+            };
+            instances.insert(
+                id,
+                Instance {
+                    function: order.function.clone(),
+                    port,
+                    resources: order.resources,
+                    launched: false,
+                    ready: false,
+                    stopping: false,
+                },
+            );
+            port
+        };
+        self.changed.notify_one();
+        let clock = Instant::now();
+        let launched = async {
+            self.pull(&order.image).await?;
+            self.config
+                .containerd
+                .start(&Launch {
+                    instance_id: id,
+                    function: &order.function,
+                    image: &order.image,
+                    command: &order.command,
+                    port,
+                    resources: order.resources,
+                })
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(error) = launched {
+            tracing::error!(instance = id, function = %order.function, image = %order.image, %error, "starting the instance failed");
+            let _ = self.config.containerd.remove(id).await;
+            self.instances().remove(&id);
+            self.changed.notify_one();
+            return;
+        }
+        let still_wanted = match self.instances().get_mut(&id) {
+            Some(i) => {
+                i.launched = true;
+                true
+            }
+            None => false,
+        };
+        if !still_wanted {
+            // Stopped while it was being created: the stop removed nothing.
+            let _ = self.config.containerd.remove(id).await;
+            return;
+        }
+        tracing::info!(instance = id, function = %order.function, port, launch_ms = clock.elapsed().as_millis() as u64, "instance started; waiting for it to answer");
+        self.probe_until_ready(id, port, Duration::from_secs(order.start_timeout_s))
+            .await;
+    }
+
+    /// Pulls an image through the loci snapshotter, once per agent run.
+    async fn pull(&self, image: &str) -> Result<(), String> {
+        let mut pulled = self.pulled.lock().await;
+        if pulled.contains(image) {
+            return Ok(());
+        }
+        let c = &self.config.containerd;
+        let report = crate::pull::pull(&c.address, &c.namespace, image, &self.config.registry)
+            .await
+            .map_err(|e| crate::error_chain::chain(&e).to_string())?;
+        tracing::info!(image, lazy = report.lazy_layers, unpacked = report.unpacked_layers, "image pulled");
+        pulled.insert(image.to_string());
+        Ok(())
+    }
+
+    /// Sends GET / to the instance until it answers with anything HTTP (it
+    /// is ready), it goes, or `within` passes (the scheduler then counts
+    /// the start as failed and stops it).
+    async fn probe_until_ready(&self, id: u64, port: u16, within: Duration) {
+        let url = format!("http://127.0.0.1:{port}/");
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if !self.instances().contains_key(&id) {
+                return;
+            }
+            let answered = self
+                .http
+                .get(&url)
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok();
+            if answered {
+                if let Some(i) = self.instances().get_mut(&id) {
+                    i.ready = true;
+                }
+                tracing::info!(instance = id, port, "instance ready");
+                self.changed.notify_one();
+                return;
+            }
+            tokio::time::sleep(PROBE_EVERY).await;
+        }
+        tracing::warn!(instance = id, port, "instance did not answer within its start timeout");
+    }
+
+    /// Stops an instance: SIGTERM and a grace period when it is retired,
+    /// SIGKILL at once when it is killed (timeout) or failed.
+    async fn stop(self: Arc<Self>, order: StopOrder) {
+        let id = order.instance_id;
+        let launched = match self.instances().get_mut(&id) {
+            Some(i) => {
+                i.stopping = true;
+                i.launched
+            }
+            None => true,
+        };
+        self.changed.notify_one();
+        let c = &self.config.containerd;
+        if launched {
+            let graceful = matches!(order.reason, StopReason::Retired | StopReason::Unwanted);
+            if graceful && c.signal(id, "SIGTERM").await.is_ok() {
+                let until = Instant::now() + STOP_GRACE;
+                while Instant::now() < until {
+                    match c.still_running().await {
+                        Ok(tasks) if tasks.get(&id) != Some(&true) => break,
+                        _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+            if let Err(e) = c.remove(id).await {
+                tracing::warn!(instance = id, error = %e, "removing the instance failed");
+            }
+        }
+        tracing::info!(instance = id, function = %order.function, reason = ?order.reason, "instance stopped");
+        self.instances().remove(&id);
+        self.changed.notify_one();
+    }
+
+    /// Removes instances whose task has ended by itself, so the next report
+    /// tells the scheduler they exited.
+    async fn notice_exits(&self) {
+        let watched: Vec<u64> = self
+            .instances()
+            .iter()
+            .filter(|(_, i)| i.launched && !i.stopping)
+            .map(|(&id, _)| id)
+            .collect();
+        if watched.is_empty() {
+            return;
+        }
+        let tasks = match self.config.containerd.still_running().await {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing tasks failed");
+                return;
+            }
+        };
+        for id in watched {
+            if tasks.get(&id) == Some(&true) {
+                continue;
+            }
+            let gone = self
+                .instances()
+                .get(&id)
+                .is_some_and(|i| i.launched && !i.stopping);
+            if gone {
+                tracing::warn!(instance = id, "instance exited");
+                self.instances().remove(&id);
+                let _ = self.config.containerd.remove(id).await;
+            }
+        }
+    }
+}

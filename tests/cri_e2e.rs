@@ -120,32 +120,10 @@ impl Drop for Node {
     }
 }
 
-/// Starts `loci snapshotter` with the node's config (no docker config in
-/// its environment) and waits for its socket.
+/// Starts `loci snapshotter` with the node's config, no docker config in
+/// its environment.
 fn spawn_snapshotter(work: &Path) -> Daemon {
-    let socket = work.join("loci.sock");
-    let _ = std::fs::remove_file(&socket);
-    let mut cmd = loci();
-    cmd.arg("snapshotter")
-        .arg("--address")
-        .arg(&socket)
-        .arg("--root")
-        .arg(work.join("root"))
-        .arg("--config")
-        .arg(work.join("loci.toml"))
-        .env("DOCKER_CONFIG", work.join("no-docker-config"));
-    let n = std::fs::read_dir(work).unwrap().count();
-    let snapshotter = Daemon::spawn(cmd, work.join(format!("snapshotter-{n}.log")));
-    let start = Instant::now();
-    while !socket.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no snapshotter socket:\n{}",
-            snapshotter.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    snapshotter
+    spawn_snapshotter_at(work, &[("DOCKER_CONFIG", &work.join("no-docker-config"))])
 }
 
 /// A pause image of busybox that waits for its end, pushed to `registry`.

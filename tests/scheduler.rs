@@ -350,8 +350,11 @@ impl Scheduler {
 
     /// An agent's long poll for orders.
     async fn poll_orders(&self, node: &str, wait_ms: u64) -> (StatusCode, Value) {
-        self.post(&format!("/v1/nodes/{node}/orders"), &json!({"wait_ms": wait_ms}))
-            .await
+        self.post(
+            &format!("/v1/nodes/{node}/orders"),
+            &json!({"wait_ms": wait_ms}),
+        )
+        .await
     }
 
     /// `POST /v1/invoke/{function}`: status, body text, and whether the
@@ -392,10 +395,14 @@ command = ["python3", "-m", "server"]
 /// other invocation on it a 502 naming why, before its own timeout.
 #[tokio::test]
 async fn invocations_are_proxied_to_instances_their_agent_made_ready() {
-    let s = std::sync::Arc::new(start(&format!("reconcile_interval_ms = 100\n{FUNCTION_ECHO}")).await);
+    let s =
+        std::sync::Arc::new(start(&format!("reconcile_interval_ms = 100\n{FUNCTION_ECHO}")).await);
     s.agent_report("n1", json!([])).await;
     let (status, orders) = s.poll_orders("n1", 0).await;
-    assert_eq!((status, orders["start"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
+    assert_eq!(
+        (status, orders["start"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0))
+    );
 
     let first = tokio::spawn({
         let s = s.clone();
@@ -415,11 +422,20 @@ async fn invocations_are_proxied_to_instances_their_agent_made_ready() {
     assert_eq!(order["start_timeout_s"], 30);
     let id = order["instance_id"].clone();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!first.is_finished(), "the invocation waits for its instance to be ready");
-    s.agent_report("n1", json!([{"instance_id": id, "function": "echo", "ready": false}]))
-        .await;
+    assert!(
+        !first.is_finished(),
+        "the invocation waits for its instance to be ready"
+    );
+    s.agent_report(
+        "n1",
+        json!([{"instance_id": id, "function": "echo", "ready": false}]),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!first.is_finished(), "a starting instance gets no invocation");
+    assert!(
+        !first.is_finished(),
+        "a starting instance gets no invocation"
+    );
 
     let endpoint = fake_instance().await;
     s.agent_report(
@@ -428,9 +444,15 @@ async fn invocations_are_proxied_to_instances_their_agent_made_ready() {
     )
     .await;
     let (status, body, cold) = first.await.unwrap();
-    assert_eq!((status, body.as_str(), cold), (StatusCode::OK, "echo: hello", Some(true)));
+    assert_eq!(
+        (status, body.as_str(), cold),
+        (StatusCode::OK, "echo: hello", Some(true))
+    );
     let (status, body, cold) = s.invoke("echo", "again").await;
-    assert_eq!((status, body.as_str(), cold), (StatusCode::OK, "echo: again", Some(false)));
+    assert_eq!(
+        (status, body.as_str(), cold),
+        (StatusCode::OK, "echo: again", Some(false))
+    );
 
     // Two slow invocations on the one instance (concurrency 2): the first
     // runs past the 2 s timeout; the second, sent later, fails with it.
@@ -457,7 +479,10 @@ async fn invocations_are_proxied_to_instances_their_agent_made_ready() {
 
     let (_, cluster) = s.get("/v1/cluster").await;
     assert_eq!(cluster["starts"]["ready"], 1, "{cluster}");
-    assert!(cluster["starts"]["p50_ms"].as_u64().unwrap() >= 500, "{cluster}");
+    assert!(
+        cluster["starts"]["p50_ms"].as_u64().unwrap() >= 500,
+        "{cluster}"
+    );
 }
 
 /// What a node agent reports is reconciled with what the scheduler wants:
@@ -475,7 +500,10 @@ async fn agent_reports_are_reconciled_with_what_the_scheduler_wants() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
     let orders = s
-        .agent_report("n1", json!([{"instance_id": 999, "function": "echo", "ready": false}]))
+        .agent_report(
+            "n1",
+            json!([{"instance_id": 999, "function": "echo", "ready": false}]),
+        )
         .await;
     assert_eq!(orders["stop"][0]["instance_id"], 999, "{orders}");
     assert_eq!(orders["stop"][0]["reason"], "unwanted");
@@ -492,11 +520,15 @@ async fn agent_reports_are_reconciled_with_what_the_scheduler_wants() {
     assert_eq!(routed["instance_id"], id);
     s.agent_report("n1", json!([])).await;
     let (status, body) = s
-        .post("/v1/complete", &json!({"invocation_id": routed["invocation_id"]}))
+        .post(
+            "/v1/complete",
+            &json!({"invocation_id": routed["invocation_id"]}),
+        )
         .await;
     assert_eq!(status, StatusCode::GONE, "{body}");
     assert!(body["error"].as_str().unwrap().contains("Exited"), "{body}");
-    s.wait_for_function("echo", |f| f["on_demand_instances"] == 0).await;
+    s.wait_for_function("echo", |f| f["on_demand_instances"] == 0)
+        .await;
 
     // Placed, never ready: stopped at its start timeout.
     let placed = s.ok("/v1/place", json!({"function": "echo"})).await;
@@ -504,11 +536,17 @@ async fn agent_reports_are_reconciled_with_what_the_scheduler_wants() {
     loop {
         let (_, orders) = s.poll_orders("n1", 500).await;
         let stops = orders["stop"].as_array().cloned().unwrap_or_default();
-        if let Some(stop) = stops.iter().find(|o| o["instance_id"] == placed["instance_id"]) {
+        if let Some(stop) = stops
+            .iter()
+            .find(|o| o["instance_id"] == placed["instance_id"])
+        {
             assert_eq!(stop["reason"], "start_failed");
             break;
         }
-        assert!(Instant::now() < deadline, "no stop order for a start that never finished");
+        assert!(
+            Instant::now() < deadline,
+            "no stop order for a start that never finished"
+        );
         s.agent_report("n1", json!([])).await;
     }
     let (_, cluster) = s.get("/v1/cluster").await;

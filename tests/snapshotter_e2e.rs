@@ -195,10 +195,13 @@ impl Setup {
 
 impl Drop for Setup {
     /// After a failed test: the daemon leaves lazy mounts to its fd holder,
-    /// which would keep them (and itself) alive. End both.
+    /// which would keep them (and itself) alive. End both, and the views
+    /// a test mounted.
     fn drop(&mut self) {
         self.snapshotter.stop();
         release_snapshotter_root(&self.work.path().join("root"));
+        // Views a test mounted in its work directory (over the lazy mounts).
+        unmount_all_under(self.work.path());
     }
 }
 

@@ -127,7 +127,10 @@ impl Agent {
             .map_err(AgentError::List)?;
         for f in found {
             if !f.running {
-                tracing::info!(instance = f.instance_id, "removing an instance that exited while the agent was away");
+                tracing::info!(
+                    instance = f.instance_id,
+                    "removing an instance that exited while the agent was away"
+                );
                 if let Err(e) = self.config.containerd.remove(f.instance_id).await {
                     tracing::warn!(instance = f.instance_id, error = %e, "removing it failed");
                 }
@@ -202,7 +205,9 @@ impl Agent {
             let token = scheduler_token(self.config.token_file.as_deref());
             match report_to(&self.config.scheduler_url, &report, token.as_deref()).await {
                 Ok(orders) => self.carry_out(orders),
-                Err(e) => tracing::warn!(scheduler = %self.config.scheduler_url, error = %e, "report failed"),
+                Err(e) => {
+                    tracing::warn!(scheduler = %self.config.scheduler_url, error = %e, "report failed")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.config.report_interval) => {}
@@ -229,8 +234,14 @@ impl Agent {
                 request = request.bearer_auth(token);
             }
             let polled = match request.send().await {
-                Ok(r) if r.status().is_success() => r.json::<NodeOrders>().await.map_err(|e| e.to_string()),
-                Ok(r) => Err(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
+                Ok(r) if r.status().is_success() => {
+                    r.json::<NodeOrders>().await.map_err(|e| e.to_string())
+                }
+                Ok(r) => Err(format!(
+                    "{}: {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                )),
                 Err(e) => Err(e.to_string()),
             };
             match polled {
@@ -337,7 +348,12 @@ impl Agent {
         let report = crate::pull::pull(&c.address, &c.namespace, image, &self.config.registry)
             .await
             .map_err(|e| crate::error_chain::chain(&e).to_string())?;
-        tracing::info!(image, lazy = report.lazy_layers, unpacked = report.unpacked_layers, "image pulled");
+        tracing::info!(
+            image,
+            lazy = report.lazy_layers,
+            unpacked = report.unpacked_layers,
+            "image pulled"
+        );
         pulled.insert(image.to_string());
         Ok(())
     }
@@ -369,7 +385,11 @@ impl Agent {
             }
             tokio::time::sleep(PROBE_EVERY).await;
         }
-        tracing::warn!(instance = id, port, "instance did not answer within its start timeout");
+        tracing::warn!(
+            instance = id,
+            port,
+            "instance did not answer within its start timeout"
+        );
     }
 
     /// Stops an instance: SIGTERM and a grace period when it is retired,

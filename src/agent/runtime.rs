@@ -172,8 +172,13 @@ impl Containerd {
             other => other.map(|_| ()),
         };
         not_found(
-            self.ctr(&["task".into(), "delete".into(), "--force".into(), name.clone()])
-                .await,
+            self.ctr(&[
+                "task".into(),
+                "delete".into(),
+                "--force".into(),
+                name.clone(),
+            ])
+            .await,
         )?;
         not_found(self.ctr(&["container".into(), "delete".into(), name]).await)
     }

@@ -180,7 +180,8 @@ mod tests {
             (r#""start_timeout_s":3601"#, "start_timeout_s"),
         ];
         for (field, named) in cases {
-            let json = format!(r#"{{"name":"f","image":"i","cpu_millis":1,"memory_mib":1,{field}}}"#);
+            let json =
+                format!(r#"{{"name":"f","image":"i","cpu_millis":1,"memory_mib":1,{field}}}"#);
             let spec: FunctionSpec = serde_json::from_str(&json).unwrap();
             assert_eq!(spec.validate().unwrap_err().field, named, "{json}");
         }

@@ -144,7 +144,10 @@ impl Lifecycle {
     /// Records what `node` runs now; returns what it ran at its previous
     /// report and no longer does.
     pub(super) fn node_runs(&mut self, node: &str, now: HashSet<InstanceId>) -> Vec<InstanceId> {
-        let before = self.reported.insert(node.to_string(), now).unwrap_or_default();
+        let before = self
+            .reported
+            .insert(node.to_string(), now)
+            .unwrap_or_default();
         let now = &self.reported[node];
         let mut left: Vec<InstanceId> = before.difference(now).copied().collect();
         left.sort_unstable();
@@ -161,8 +164,7 @@ impl Lifecycle {
         let mut sorted: Vec<u64> = self.latencies.iter().copied().collect();
         sorted.sort_unstable();
         let pick = |q: f64| {
-            (!sorted.is_empty())
-                .then(|| sorted[((sorted.len() - 1) as f64 * q).round() as usize])
+            (!sorted.is_empty()).then(|| sorted[((sorted.len() - 1) as f64 * q).round() as usize])
         };
         StartStats {
             p50_ms: pick(0.5),
@@ -186,14 +188,21 @@ mod tests {
         tokio::pin!(rung);
         rung.as_mut().enable();
         assert_eq!(l.ready(1, "http://127.0.0.1:9000", 1_250), Some(250));
-        assert_eq!(l.ready(1, "http://127.0.0.1:9000", 1_300), None, "counted once");
+        assert_eq!(
+            l.ready(1, "http://127.0.0.1:9000", 1_300),
+            None,
+            "counted once"
+        );
         assert!(futures_ready(rung), "waiters are woken when it is ready");
         assert_eq!(l.stage(1), Stage::Ready("http://127.0.0.1:9000".into()));
         l.gone(1);
         assert_eq!(l.stage(1), Stage::Gone);
         assert!(l.bell(1).is_none(), "no bell for what is gone");
         let stats = l.stats();
-        assert_eq!((stats.ready, stats.p50_ms, stats.p99_ms), (1, Some(250), Some(250)));
+        assert_eq!(
+            (stats.ready, stats.p50_ms, stats.p99_ms),
+            (1, Some(250), Some(250))
+        );
     }
 
     #[test]

@@ -506,7 +506,11 @@ mod tests {
         r.running[0].endpoint = None;
         assert_eq!(r.validate().unwrap_err().field, "running[0].endpoint");
         r.running[0].ready = false;
-        assert_eq!(r.validate(), Ok(()), "a starting instance has no endpoint yet");
+        assert_eq!(
+            r.validate(),
+            Ok(()),
+            "a starting instance has no endpoint yet"
+        );
         r.running.push(r.running[0].clone());
         assert_eq!(r.validate().unwrap_err().field, "running[1].instance_id");
         r.running = (0..=MAX_REPORTED_INSTANCES as u64)

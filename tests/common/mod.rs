@@ -427,17 +427,7 @@ impl Drop for Containerd {
         }
         self.daemon.stop();
         // Unmount anything a test left mounted below our directory.
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let dir = self.dir.path().to_str().unwrap().to_string();
-        let mut targets: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(1))
-            .filter(|t| t.starts_with(&dir))
-            .collect();
-        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
-        for t in targets {
-            let _ = Command::new("umount").arg("-l").arg(t).status();
-        }
+        unmount_all_under(self.dir.path());
     }
 }
 
@@ -725,6 +715,43 @@ impl Drop for LociMount {
     }
 }
 
+/// Starts `loci snapshotter` on `work`/loci.sock, its state in
+/// `work`/root and its config `work`/loci.toml, with `env` set; waits for
+/// its socket. Its log is a new `work`/snapshotter-N.log each start.
+pub fn spawn_snapshotter_at(work: &Path, env: &[(&str, &Path)]) -> Daemon {
+    let socket = work.join("loci.sock");
+    let _ = std::fs::remove_file(&socket);
+    let mut cmd = loci();
+    cmd.arg("snapshotter")
+        .arg("--address")
+        .arg(&socket)
+        .arg("--root")
+        .arg(work.join("root"))
+        .arg("--config")
+        .arg(work.join("loci.toml"));
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let n = std::fs::read_dir(work).unwrap().count();
+    let mut snapshotter = Daemon::spawn(cmd, work.join(format!("snapshotter-{n}.log")));
+    let start = Instant::now();
+    while !socket.exists() {
+        if let Ok(Some(status)) = snapshotter.child.try_wait() {
+            panic!(
+                "loci snapshotter exited ({status}):\n{}",
+                snapshotter.log_text()
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no snapshotter socket:\n{}",
+            snapshotter.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    snapshotter
+}
+
 /// Writes a node config with the cache in `cache_dir`.
 pub fn write_config(path: &Path, cache_dir: &Path, read_timeout_secs: u64) {
     std::fs::write(
@@ -844,11 +871,15 @@ pub fn release_snapshotter_root(root: &Path) {
         .arg("-f")
         .arg(format!("fd-holder --socket {}", root.display()))
         .status();
-    let mut mounts = mounts_under(root);
-    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
-    for mount in mounts {
-        if let Some(target) = mount.split(' ').nth(1) {
-            let _ = Command::new("umount").arg("-l").arg(target).status();
-        }
+    unmount_all_under(root);
+}
+
+/// Lazily unmounts every mount below `dir`, deepest first.
+pub fn unmount_all_under(dir: &Path) {
+    let mounts = mounts_under(dir);
+    let mut targets: Vec<&str> = mounts.iter().filter_map(|m| m.split(' ').nth(1)).collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for target in targets {
+        let _ = Command::new("umount").arg("-l").arg(target).status();
     }
 }

@@ -10,6 +10,7 @@
 mod invoke;
 
 use super::access::{AccessConfig, Tokens};
+use super::cluster::InstanceId;
 use super::cluster::{
     ClusterView, FunctionSummary, NodeSummary, Placement, PlacementStats, RetiredInstance, Routed,
 };
@@ -17,7 +18,6 @@ use super::config::SchedulerConfig;
 use super::error::{FieldError, SchedulerError};
 use super::extender::{self, ExtenderArgs, ExtenderFilterResult, HostPriority};
 use super::function::FunctionSpec;
-use super::cluster::InstanceId;
 use super::lifecycle::{Lifecycle, StartStats};
 use super::report::{check_name, NodeOrders, NodeReport, StartOrder, StopOrder, StopReason};
 use axum::body::Bytes;
@@ -115,7 +115,12 @@ impl Service {
     }
 
     /// Retires an instance for `reason`, if the view still has it.
-    fn retire(&mut self, instance: InstanceId, reason: StopReason, now: u64) -> Option<RetiredInstance> {
+    fn retire(
+        &mut self,
+        instance: InstanceId,
+        reason: StopReason,
+        now: u64,
+    ) -> Option<RetiredInstance> {
         let r = self.view.retire(instance, reason, now)?;
         self.stopped(&r);
         Some(r)

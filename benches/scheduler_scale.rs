@@ -120,7 +120,7 @@ fn main() {
         let now = 4 + k * 1000;
         let t = Instant::now();
         view.kill_timed_out(now);
-        view.expire_lost_nodes(now, 15_000);
+        view.expire_lost_nodes(now, 15_000, 60_000);
         view.retire_idle(now);
         view.reconcile_reservations(now);
         ticks.push(t.elapsed());

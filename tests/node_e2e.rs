@@ -46,7 +46,7 @@ http.server.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), Handler)
 
 /// The scheduler's config: `echo` on demand (four invocations at once on
 /// an instance), `kept` with two instances reserved; 3 s timeouts; a node
-/// that misses 3 s of reports is lost.
+/// that misses 2 s of reports is lost, 6 s dead.
 fn scheduler_config(image: &str, tokens: &Path) -> String {
     let function = |name: &str, extra: &str| {
         format!(
@@ -54,7 +54,7 @@ fn scheduler_config(image: &str, tokens: &Path) -> String {
         )
     };
     format!(
-        "node_timeout_ms = 3000\nreconcile_interval_ms = 200\n\n{}{}[access]\ntoken_file = {tokens:?}\n",
+        "node_timeout_ms = 2000\nnode_dead_ms = 6000\nreconcile_interval_ms = 200\n\n{}{}[access]\ntoken_file = {tokens:?}\n",
         function("echo", "concurrency = 4"),
         function("kept", "policy = { kind = \"fixed\", instances = 2 }"),
     )
@@ -437,9 +437,13 @@ fn the_scheduler_starts_routes_kills_and_reconciles_instances_through_a_node_age
         "one of {kept:?} replaced: {replaced:?}"
     );
 
-    // A restarted agent takes its instances back: the scheduler still
-    // wants them, so the same instances answer.
+    // Its agent away past the node timeout, the node is lost but its
+    // instances are kept; the restarted agent finds them and reports them,
+    // and the same instances answer again.
     let log = cluster.stop_agent();
+    cluster.wait_for("the node is lost", Duration::from_secs(15), |c| {
+        c["nodes"][0]["alive"] == false && c["nodes"][0]["instances"] == 2
+    });
     assert!(
         replaced.is_subset(&cluster.running_tasks()),
         "instances outlive their agent"
@@ -448,15 +452,15 @@ fn the_scheduler_starts_routes_kills_and_reconciles_instances_through_a_node_age
     let after = cluster.kept_ready(Duration::from_secs(30));
     assert_eq!(
         after, replaced,
-        "the same instances after a short restart\n{log}"
+        "the same instances after the node came back\n{log}"
     );
 
-    // Away longer than the node timeout, the node is lost and its
-    // instances dropped; when its agent returns, it reports them, they are
-    // stopped as unwanted, and the policy starts new ones.
+    // Away past the dead timeout, its instances are dropped; when its
+    // agent returns, it reports them, they are stopped as unwanted, and the
+    // policy starts new ones.
     cluster.stop_agent();
-    cluster.wait_for("the node is lost", Duration::from_secs(15), |c| {
-        c["nodes"][0]["alive"] == false
+    cluster.wait_for("the node is dead", Duration::from_secs(20), |c| {
+        c["nodes"][0]["alive"] == false && c["nodes"][0]["instances"] == 0
     });
     let orphans = cluster.running_tasks();
     assert!(replaced.is_subset(&orphans), "{orphans:?}");

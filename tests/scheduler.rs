@@ -277,40 +277,66 @@ async fn invocations_past_their_timeout_get_the_instance_killed() {
 }
 
 #[tokio::test]
-async fn a_node_that_stops_reporting_is_dropped_with_its_instances() {
+async fn a_silent_node_is_lost_then_dead_and_its_instances_kept_until_then() {
     let s = start(&format!(
-        "node_timeout_ms = 600\nreconcile_interval_ms = 100\n{FUNCTION_F}"
+        "node_timeout_ms = 600\nnode_dead_ms = 2000\nreconcile_interval_ms = 100\n{FUNCTION_F}"
     ))
     .await;
     s.report("doomed", 8000, &[("img-a", 1.0)]).await;
     s.report("survivor", 8000, &[]).await;
     let p = s.ok("/v1/place", json!({"function": "f"})).await;
     assert_eq!(p["node_id"], "doomed");
+    let node = |cluster: &Value, id: &str| {
+        cluster["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node_id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    // Lost: nothing new goes there, its instance is kept.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         s.report("survivor", 8000, &[]).await;
         let (_, cluster) = s.get("/v1/cluster").await;
-        let doomed = cluster["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["node_id"] == "doomed")
-            .cloned()
-            .unwrap();
+        let doomed = node(&cluster, "doomed");
         if doomed["alive"] == false {
-            assert_eq!(doomed["instances"], 0, "{doomed}");
+            assert_eq!(doomed["instances"], 1, "{doomed}");
             break;
         }
-        assert!(Instant::now() < deadline, "node never dropped");
+        assert!(Instant::now() < deadline, "node never lost");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let summary = s
-        .wait_for_function("f", |f| f["on_demand_instances"] == 0)
-        .await;
-    assert_eq!(summary["reserved_instances"], 0);
-    let p = s.ok("/v1/place", json!({"function": "f"})).await;
-    assert_eq!(p["node_id"], "survivor");
-    // A lost node that reports again is back, empty.
+    let routed = s.ok("/v1/route", json!({"function": "f"})).await;
+    assert_ne!(
+        routed["instance_id"], p["instance_id"],
+        "not routed to a lost node"
+    );
+    s.ok(
+        "/v1/complete",
+        json!({"invocation_id": routed["invocation_id"]}),
+    )
+    .await;
+    assert_eq!(
+        s.ok("/v1/place", json!({"function": "f"})).await["node_id"],
+        "survivor"
+    );
+    // Dead: its instance is dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        s.report("survivor", 8000, &[]).await;
+        let (_, cluster) = s.get("/v1/cluster").await;
+        if node(&cluster, "doomed")["instances"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node never dead");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The survivor's two are left (it reported just before).
+    let (_, summary) = s.get("/v1/functions/f").await;
+    assert_eq!(summary["on_demand_instances"], 2, "{summary}");
+    // A dead node that reports again is back, empty.
     s.report("doomed", 8000, &[("img-a", 1.0)]).await;
     let p = s.ok("/v1/place", json!({"function": "f"})).await;
     assert_eq!(p["node_id"], "doomed");

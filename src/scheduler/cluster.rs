@@ -40,6 +40,8 @@ pub(super) struct Node {
     reported_instances: Vec<FunctionInstances>,
     last_report_ms: u64,
     alive: bool,
+    /// Silent past the dead timeout: its instances were retired.
+    dead: bool,
     /// Lost long enough to be forgotten: its slot awaits a new node.
     forgotten: bool,
     instance_count: u32,
@@ -255,10 +257,12 @@ impl Images {
 pub struct LostNode {
     /// The node.
     pub node_id: String,
-    /// Instances that were on it.
+    /// Its instances: kept while it is lost, retired once it is dead.
     pub instances: Vec<InstanceId>,
-    /// Invocations that were running there and are now lost.
+    /// Invocations running on them.
     pub invocations: usize,
+    /// Declared dead (its instances were retired), not just lost.
+    pub dead: bool,
 }
 
 /// Summary of one node for `GET /v1/cluster`.
@@ -417,7 +421,8 @@ impl ClusterView {
     }
 
     /// Takes in a node report: creates the node or refreshes it (a lost node
-    /// that reports again is alive again, with no instances).
+    /// that reports again is alive again, with the instances it had unless
+    /// it was dead by then).
     pub fn apply_report(&mut self, report: &NodeReport, now_ms: u64) -> Result<(), FieldError> {
         report.validate()?;
         let warm: HashMap<ImageKey, f64> = report
@@ -443,6 +448,7 @@ impl ClusterView {
                     reported_instances: Vec::new(),
                     last_report_ms: now_ms,
                     alive: true,
+                    dead: false,
                     forgotten: false,
                     instance_count: 0,
                 };
@@ -466,6 +472,7 @@ impl ClusterView {
         node.reported_instances = report.instances.clone();
         node.last_report_ms = now_ms;
         node.alive = true;
+        node.dead = false;
         self.set_node_warmth(idx, warm);
         self.reindex(idx);
         Ok(())
@@ -753,7 +760,7 @@ impl ClusterView {
             .instances
             .iter()
             .filter_map(|id| self.instances.get(id).map(|i| (*id, i)))
-            .filter(|(_, i)| i.in_flight < concurrency)
+            .filter(|(_, i)| i.in_flight < concurrency && self.nodes[i.node].alive)
             .min_by_key(|(id, i)| {
                 let not_ready = i.starting || i.ready_at_ms > now_ms;
                 (not_ready, i.in_flight, i.ready_at_ms, *id)
@@ -1023,18 +1030,45 @@ impl ClusterView {
             .collect()
     }
 
-    /// Drops nodes that have not reported for `node_timeout_ms`, with their
-    /// instances and invocations; forgets nodes lost for
-    /// [`FORGET_LOST_AFTER_TIMEOUTS`] times that (their slot is reused), so
-    /// node ids that stop reporting do not pile up.
-    pub fn expire_lost_nodes(&mut self, now_ms: u64, node_timeout_ms: u64) -> Vec<LostNode> {
-        let forget_ms = node_timeout_ms.saturating_mul(FORGET_LOST_AFTER_TIMEOUTS);
+    /// Follows nodes that stopped reporting. Silent for `node_timeout_ms`,
+    /// a node is lost: nothing is placed or routed there, its instances are
+    /// kept for when it comes back. Silent for `node_dead_ms`, it is dead:
+    /// its instances are retired (their invocations fail) so reservation
+    /// policies replace them. Silent for [`FORGET_LOST_AFTER_TIMEOUTS`]
+    /// node timeouts (and at least until dead), it is forgotten and its
+    /// slot reused, so node ids that stop reporting do not pile up.
+    pub fn expire_lost_nodes(
+        &mut self,
+        now_ms: u64,
+        node_timeout_ms: u64,
+        node_dead_ms: u64,
+    ) -> Vec<LostNode> {
+        let forget_ms = node_timeout_ms
+            .saturating_mul(FORGET_LOST_AFTER_TIMEOUTS)
+            .max(node_dead_ms);
+        let mut changes = Vec::new();
         for idx in 0..self.nodes.len() {
             let node = &self.nodes[idx];
-            if !node.alive
-                && !node.forgotten
-                && node.last_report_ms.saturating_add(forget_ms) < now_ms
-            {
+            if node.forgotten {
+                continue;
+            }
+            let silent_ms = now_ms.saturating_sub(node.last_report_ms);
+            if node.alive && silent_ms > node_timeout_ms {
+                self.nodes[idx].alive = false;
+                self.set_node_warmth(idx, HashMap::new());
+                self.nodes[idx].reported_used = Resources::default();
+                self.reindex(idx);
+                changes.push(self.lost_node(idx, false));
+            }
+            if !self.nodes[idx].alive && !self.nodes[idx].dead && silent_ms > node_dead_ms {
+                self.nodes[idx].dead = true;
+                let lost = self.lost_node(idx, true);
+                for &id in &lost.instances {
+                    self.retire(id, StopReason::NodeLost, now_ms);
+                }
+                changes.push(lost);
+            }
+            if !self.nodes[idx].alive && silent_ms > forget_ms {
                 let node = &mut self.nodes[idx];
                 node.forgotten = true;
                 node.reported_instances.clear();
@@ -1043,39 +1077,29 @@ impl ClusterView {
                 self.free_nodes.push(idx);
             }
         }
-        let lost: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| {
-                self.nodes[i].alive && self.nodes[i].last_report_ms + node_timeout_ms < now_ms
-            })
+        changes
+    }
+
+    /// Node `idx`'s instances and the invocations running on them.
+    fn lost_node(&self, idx: usize, dead: bool) -> LostNode {
+        let mut instances: Vec<InstanceId> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.node == idx)
+            .map(|(&id, _)| id)
             .collect();
-        lost.into_iter()
-            .map(|idx| {
-                self.nodes[idx].alive = false;
-                let on_node: Vec<InstanceId> = self
-                    .instances
-                    .iter()
-                    .filter(|(_, i)| i.node == idx)
-                    .map(|(&id, _)| id)
-                    .collect();
-                let invocations = self
-                    .invocations
-                    .values()
-                    .filter(|inv| on_node.contains(&inv.instance))
-                    .count();
-                for &id in &on_node {
-                    self.retire(id, StopReason::NodeLost, now_ms);
-                }
-                self.set_node_warmth(idx, HashMap::new());
-                self.nodes[idx].reported_used = Resources::default();
-                self.reindex(idx);
-                let node = &self.nodes[idx];
-                LostNode {
-                    node_id: node.id.clone(),
-                    instances: on_node,
-                    invocations,
-                }
-            })
-            .collect()
+        instances.sort_unstable();
+        let invocations = self
+            .invocations
+            .values()
+            .filter(|inv| instances.binary_search(&inv.instance).is_ok())
+            .count();
+        LostNode {
+            node_id: self.nodes[idx].id.clone(),
+            instances,
+            invocations,
+            dead,
+        }
     }
 
     /// Every node, for the cluster summary.
@@ -1351,9 +1375,9 @@ mod tests {
         // "cold" is lost after 15 s and forgotten after 10 timeouts; a new
         // node takes its slot and is placed on.
         v.apply_report(&report("warm", 2000, &[]), 200_000).unwrap();
-        assert_eq!(v.expire_lost_nodes(20_000, 15_000).len(), 1);
+        assert_eq!(v.expire_lost_nodes(20_000, 15_000, 60_000).len(), 1);
         assert_eq!(v.node_summaries().len(), 2, "lost, not yet forgotten");
-        v.expire_lost_nodes(151_000, 15_000);
+        v.expire_lost_nodes(151_000, 15_000, 60_000);
         let names: Vec<String> = v.node_summaries().into_iter().map(|n| n.node_id).collect();
         assert_eq!(names, ["warm"]);
         v.apply_report(&report("new", 8000, &[("img-2", 1.0)]), 151_000)
@@ -1408,23 +1432,41 @@ mod tests {
     }
 
     #[test]
-    fn lost_nodes_take_their_instances_with_them() {
+    fn lost_nodes_keep_their_instances_until_they_are_dead() {
         let (mut v, f) = view();
-        let routed = v.route(f, 0).unwrap();
+        let first = v.route(f, 0).unwrap();
+        let warm_instance = first.instance_id;
         v.apply_report(&report("cold", 8000, &[]), 5_000).unwrap();
-        let lost = v.expire_lost_nodes(6_000, 5_000);
+        let lost = v.expire_lost_nodes(6_000, 5_000, 20_000);
         assert_eq!(lost.len(), 1);
+        let l = &lost[0];
         assert_eq!(
             (
-                lost[0].node_id.as_str(),
-                lost[0].instances.len(),
-                lost[0].invocations
+                l.node_id.as_str(),
+                l.instances.clone(),
+                l.invocations,
+                l.dead
             ),
-            ("warm", 1, 1)
+            ("warm", vec![warm_instance], 1, false)
         );
+        // Nothing new goes to the lost node, not even to its free slots.
         assert_eq!(v.place(f, false, 6_000).unwrap().node_id, "cold");
+        let routed = v.route(f, 6_000).unwrap();
+        assert_ne!(routed.instance_id, warm_instance);
+        // Back before it is dead: its instance and invocation are there.
+        v.apply_report(&report("warm", 8000, &[]), 7_000).unwrap();
+        assert!(v.complete(first.invocation_id, 7_001).is_ok());
+        let again = v.route(f, 7_002).unwrap();
+        assert_eq!(again.instance_id, warm_instance, "routable again");
+        // Silent past the dead timeout: lost and dead at once, instance gone.
+        v.apply_report(&report("cold", 8000, &[]), 27_000).unwrap();
+        let gone = v.expire_lost_nodes(27_002, 5_000, 20_000);
+        let summary: Vec<(&str, bool)> =
+            gone.iter().map(|l| (l.node_id.as_str(), l.dead)).collect();
+        assert_eq!(summary, [("warm", false), ("warm", true)]);
+        assert!(v.instance_home(warm_instance).is_none());
         assert!(matches!(
-            v.complete(routed.invocation_id, 6_001),
+            v.complete(again.invocation_id, 27_003),
             Err(SchedulerError::InvocationFailed {
                 reason: StopReason::NodeLost,
                 ..

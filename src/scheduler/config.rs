@@ -14,10 +14,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
-    /// A node that has not reported for this long is lost, with its
-    /// instances.
+    /// A node that has not reported for this long is lost: nothing new is
+    /// placed or routed there, its instances are kept (a node that comes
+    /// back reconciles them).
     #[serde(default = "default_node_timeout_ms")]
     pub node_timeout_ms: u64,
+    /// A node that has not reported for this long is dead: its instances
+    /// are dropped (their invocations fail) and reservation policies
+    /// replace them elsewhere. At least `node_timeout_ms`.
+    #[serde(default = "default_node_dead_ms")]
+    pub node_dead_ms: u64,
     /// How often timeouts, node loss, keep-alives and reservation policies
     /// are evaluated.
     #[serde(default = "default_reconcile_interval_ms")]
@@ -37,6 +43,10 @@ fn default_node_timeout_ms() -> u64 {
     15_000
 }
 
+fn default_node_dead_ms() -> u64 {
+    60_000
+}
+
 fn default_reconcile_interval_ms() -> u64 {
     1_000
 }
@@ -45,6 +55,7 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             node_timeout_ms: default_node_timeout_ms(),
+            node_dead_ms: default_node_dead_ms(),
             reconcile_interval_ms: default_reconcile_interval_ms(),
             scoring: ScoringWeights::default(),
             functions: Vec::new(),
@@ -115,6 +126,15 @@ impl SchedulerConfig {
                 format!(
                     "{} is shorter than reconcile_interval_ms {}",
                     self.node_timeout_ms, self.reconcile_interval_ms
+                ),
+            ));
+        }
+        if self.node_dead_ms < self.node_timeout_ms {
+            return Err(FieldError::new(
+                "node_dead_ms",
+                format!(
+                    "{} is shorter than node_timeout_ms {}",
+                    self.node_dead_ms, self.node_timeout_ms
                 ),
             ));
         }

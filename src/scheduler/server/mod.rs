@@ -45,6 +45,7 @@ struct Service {
     agent_nodes: HashSet<String>,
     lifecycle: Lifecycle,
     node_timeout_ms: u64,
+    node_dead_ms: u64,
 }
 
 type Shared = Arc<Mutex<Service>>;
@@ -180,8 +181,15 @@ impl Service {
                 tracing::warn!(instance = id, function = %r.function, node = %r.node_id, "instance not ready within its start timeout: stopping it");
             }
         }
-        for lost in self.view.expire_lost_nodes(now, self.node_timeout_ms) {
-            tracing::warn!(node = %lost.node_id, instances = lost.instances.len(), invocations = lost.invocations, "node stopped reporting: dropped");
+        for lost in self
+            .view
+            .expire_lost_nodes(now, self.node_timeout_ms, self.node_dead_ms)
+        {
+            if !lost.dead {
+                tracing::warn!(node = %lost.node_id, instances = lost.instances.len(), invocations = lost.invocations, "node stopped reporting: lost; nothing new goes there, its instances are kept until it is dead");
+                continue;
+            }
+            tracing::warn!(node = %lost.node_id, instances = lost.instances.len(), invocations = lost.invocations, "node dead: its instances are dropped");
             for &id in &lost.instances {
                 self.lifecycle.gone(id);
             }
@@ -467,6 +475,7 @@ pub async fn serve(
         agent_nodes: HashSet::new(),
         lifecycle: Lifecycle::default(),
         node_timeout_ms: config.node_timeout_ms,
+        node_dead_ms: config.node_dead_ms,
     }));
     let ticker = {
         let state = state.clone();

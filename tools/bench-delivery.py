@@ -49,8 +49,8 @@ def api(base, method, path, body=None):
         return json.loads(r.read() or b"null")
 
 
-def function(image, instances):
-    return {"name": "svc", "image": image, "cpu_millis": 10, "memory_mib": 48, "timeout_s": 30,
+def function(image, instances, cpu_millis):
+    return {"name": "svc", "image": image, "cpu_millis": cpu_millis, "memory_mib": 64, "timeout_s": 30,
             "start_timeout_s": 600, "command": ["python3", "-c", SERVER],
             "policy": {"kind": "fixed", "instances": instances}}
 
@@ -78,10 +78,10 @@ def running(env, ns):
     return sum(1 for l in out.splitlines() if l.startswith("loci-instance-") and "RUNNING" in l)
 
 
-def round_(env, base, image, n, sched_log, ns, name):
+def round_(env, base, image, n, cpu, sched_log, ns, name):
     offset = os.path.getsize(sched_log)
     t0 = time.time()
-    api(base, "POST", "/v1/functions", function(image, n))
+    api(base, "POST", "/v1/functions", function(image, n, cpu))
 
     def ready_lines():
         with open(sched_log) as f:
@@ -107,6 +107,9 @@ def main():
     ap.add_argument("--image", default="python", help=f"one of {','.join(bench.IMAGES)}")
     ap.add_argument("--instances", type=int, default=20)
     ap.add_argument("--loci", default=os.path.join(bench.ROOT, "target/release/loci"))
+    ap.add_argument("--cpu-millis", type=int, default=500,
+                    help="CPU each instance reserves, its cgroup quota (the node is overcommitted to hold them all)")
+    ap.add_argument("--max-concurrent-starts", type=int, default=4, help="the agent's option of that name")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) afterwards")
     args = ap.parse_args()
@@ -141,18 +144,21 @@ def main():
         env.spawn([args.loci, "node", "--scheduler", base, "--token-file", tokens, "--node-id", "bench-node",
                    "--address", env.sock, "--namespace", ns, "--plain-http",
                    "--ports", f"{ports}-{ports + 4 * args.instances}",
-                   "--report-interval-secs", "1"], "agent")
+                   "--cpu-millis", str(args.instances * args.cpu_millis), "--memory-mib", str(args.instances * 64),
+                   "--report-interval-secs", "1", "--max-concurrent-starts", str(args.max_concurrent_starts)],
+                  "agent")
         wait_for(lambda: api(base, "GET", "/v1/cluster")["nodes"], "the node agent's first report")
-        rows.append(round_(env, base, image, args.instances, sched.log_path, ns, "lazy"))
-        api(base, "POST", "/v1/functions", function(image, 0))
+        rows.append(round_(env, base, image, args.instances, args.cpu_millis, sched.log_path, ns, "lazy"))
+        api(base, "POST", "/v1/functions", function(image, 0, args.cpu_millis))
         wait_for(lambda: running(env, ns) == 0, "every instance stopped", timeout=300)
-        rows.append(round_(env, base, image, args.instances, sched.log_path, ns, "warm"))
-        api(base, "POST", "/v1/functions", function(image, 0))
+        rows.append(round_(env, base, image, args.instances, args.cpu_millis, sched.log_path, ns, "warm"))
+        api(base, "POST", "/v1/functions", function(image, 0, args.cpu_millis))
         wait_for(lambda: running(env, ns) == 0, "every instance stopped", timeout=300)
     finally:
         remove_instances(env, ns)
         env.close()
-    out = {"image": args.image, "machine": f"{os.cpu_count()} CPUs", "rows": rows}
+    out = {"image": args.image, "machine": f"{os.cpu_count()} CPUs", "cpu_millis": args.cpu_millis,
+           "max_concurrent_starts": args.max_concurrent_starts, "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -44,6 +44,10 @@ pub struct AgentConfig {
     pub capacity: Option<Resources>,
     /// Time between reports when nothing changes.
     pub report_interval: Duration,
+    /// Instances started at once; the others wait their turn, first
+    /// ordered first (starting all of a burst at once makes every one of
+    /// them as late as the last).
+    pub max_concurrent_starts: usize,
 }
 
 /// How long a stopped instance is given to exit before it is killed.
@@ -80,6 +84,8 @@ struct Agent {
     pulled: tokio::sync::Mutex<HashSet<String>>,
     /// Rung when an instance appears, becomes ready or goes.
     changed: Notify,
+    /// Turns to start an instance (create it, wait until it answers).
+    start_turns: tokio::sync::Semaphore,
     http: reqwest::Client,
 }
 
@@ -89,6 +95,7 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    let turns = config.max_concurrent_starts.max(1);
     let agent = Arc::new(Agent {
         http: reqwest::Client::builder()
             .no_proxy()
@@ -98,6 +105,7 @@ pub async fn run(
         instances: Mutex::new(HashMap::new()),
         pulled: tokio::sync::Mutex::new(HashSet::new()),
         changed: Notify::new(),
+        start_turns: tokio::sync::Semaphore::new(turns),
     });
     agent.adopt().await?;
     let reports = tokio::spawn(agent.clone().report_loop());
@@ -297,6 +305,12 @@ impl Agent {
             port
         };
         self.changed.notify_one();
+        let Ok(_turn) = self.start_turns.acquire().await else {
+            return;
+        };
+        if !self.instances().contains_key(&id) {
+            return; // stopped while it waited for its turn
+        }
         let clock = Instant::now();
         let launched = async {
             self.pull(&order.image).await?;

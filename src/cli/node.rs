@@ -50,6 +50,10 @@ pub struct Args {
     /// Seconds between reports when nothing changes.
     #[arg(long, default_value_t = 5)]
     report_interval_secs: u64,
+    /// Instances started at once (creating the container and waiting for
+    /// it to answer); more wait their turn in order.
+    #[arg(long, default_value_t = 4)]
+    max_concurrent_starts: usize,
 }
 
 fn parse_ports(text: &str) -> Result<(u16, u16), String> {
@@ -97,6 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ports: args.ports.0..=args.ports.1,
         capacity,
         report_interval: Duration::from_secs(args.report_interval_secs.max(1)),
+        max_concurrent_starts: args.max_concurrent_starts,
     };
     super::runtime()?.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

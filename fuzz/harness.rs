@@ -201,6 +201,41 @@ pub fn azure_trace(data: &[u8]) {
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target, by name, for the corpus replay.
+/// A node report as the scheduler takes it (JSON, then validation): a
+/// report that validates has only plain `http://HOST[:PORT]` endpoints and
+/// stays within its bounds.
+pub fn node_report(data: &[u8]) {
+    use loci::scheduler::report::{NodeReport, MAX_REPORTED_INSTANCES};
+    let Ok(report) = serde_json::from_slice::<NodeReport>(data) else {
+        return;
+    };
+    if report.validate().is_ok() {
+        assert!(report.running.len() <= MAX_REPORTED_INSTANCES);
+        for r in &report.running {
+            if let Some(endpoint) = &r.endpoint {
+                assert!(endpoint.starts_with("http://"), "{endpoint}");
+                let after_host = endpoint["http://".len()..].trim_end_matches('/');
+                assert!(
+                    !after_host.contains(['@', '?', '#', '/', '\\']),
+                    "{endpoint}"
+                );
+            }
+        }
+    }
+}
+
+/// The snapshotter's metrics page as the node agent reads it: whatever it
+/// holds, the images read are ones the scheduler accepts.
+pub fn snapshotter_metrics(data: &[u8]) {
+    use loci::scheduler::report::MAX_REPORTED_IMAGES;
+    let images = loci::agent::warmth::parse(&String::from_utf8_lossy(data));
+    assert!(images.len() <= MAX_REPORTED_IMAGES);
+    for i in &images {
+        assert!(!i.image.is_empty() && i.image.len() <= 512);
+        assert!((0.0..=1.0).contains(&i.chunks_cached) && (0.0..=1.0).contains(&i.trace_cached));
+    }
+}
+
 pub const TARGETS: &[Target] = &[
     ("toc", toc),
     ("footer", footer),
@@ -211,4 +246,6 @@ pub const TARGETS: &[Target] = &[
     ("trace", trace),
     ("hosts_toml", hosts_toml),
     ("azure_trace", azure_trace),
+    ("node_report", node_report),
+    ("snapshotter_metrics", snapshotter_metrics),
 ];

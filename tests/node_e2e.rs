@@ -71,6 +71,8 @@ struct Cluster {
     http: reqwest::Client,
     runtime: tokio::runtime::Runtime,
     ports: (u16, u16),
+    /// The snapshotter's metrics, which the agent reads its cache from.
+    metrics: String,
 }
 
 impl Cluster {
@@ -87,8 +89,9 @@ impl Cluster {
         let config = work.path().join("loci.toml");
         write_config(&config, &work.path().join("cache"), 30);
         let mut text = std::fs::read_to_string(&config).unwrap();
+        let metrics_port = free_port();
         text.push_str(&format!(
-            "\n[snapshotter]\nplain_http_registries = [{:?}]\ntrusted_keys = [{:?}]\n",
+            "\n[snapshotter]\nplain_http_registries = [{:?}]\ntrusted_keys = [{:?}]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\n",
             registry.addr,
             signing_key(work.path()).with_extension("key.pub"),
         ));
@@ -139,6 +142,7 @@ impl Cluster {
                 .unwrap(),
             runtime: tokio::runtime::Runtime::new().unwrap(),
             ports: (first, first.saturating_add(50)),
+            metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
         };
         cluster.start_agent();
         cluster
@@ -158,7 +162,8 @@ impl Cluster {
             .args(["--namespace", &self.containerd.namespace, "--plain-http"])
             .args(["--ports", &format!("{}-{}", self.ports.0, self.ports.1)])
             .args(["--cpu-millis", "2000", "--memory-mib", "4096"])
-            .args(["--report-interval-secs", "1"]);
+            .args(["--report-interval-secs", "1"])
+            .args(["--snapshotter-metrics", &self.metrics]);
         let n = std::fs::read_dir(self.work.path()).unwrap().count();
         self.agent = Some(Daemon::spawn(cmd, self.path(&format!("agent-{n}.log"))));
     }
@@ -368,6 +373,28 @@ fn the_scheduler_starts_routes_kills_and_reconciles_instances_through_a_node_age
     assert!(
         !lazy.is_empty(),
         "the instances' roots come from the loci snapshotter"
+    );
+    // The agent reports what the snapshotter's cache holds of the image.
+    let view = cluster.wait_for("the image reported warm", Duration::from_secs(15), |c| {
+        c["nodes"][0]["warm_images"] == 1
+    });
+    eprintln!("node after the first starts: {}", view["nodes"][0]);
+    let page = cluster.runtime.block_on(async {
+        reqwest::get(&cluster.metrics)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    let cached: f64 = page
+        .lines()
+        .find(|l| l.starts_with("loci_image_cached_ratio{") && l.contains("of=\"chunks\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no cached share of the image in the metrics:\n{page}"));
+    assert!(
+        cached > 0.0 && cached < 1.0,
+        "a lazy start caches part of the image: {cached}"
     );
 
     // An invocation of the on-demand function starts an instance for

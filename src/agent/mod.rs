@@ -8,12 +8,13 @@
 //! and the scheduler stops the ones it no longer wants.
 
 pub mod runtime;
+pub mod warmth;
 
 use crate::node::{host_resources, scheduler_token, CpuSampler};
 use crate::registry::RegistryOptions;
 use crate::scheduler::report::{
-    report_to, NodeOrders, NodeReport, Resources, RunningInstance, StartOrder, StopOrder,
-    StopReason,
+    report_to, ImageCache, NodeOrders, NodeReport, Resources, RunningInstance, StartOrder,
+    StopOrder, StopReason,
 };
 use runtime::{Containerd, Launch};
 use std::collections::{HashMap, HashSet};
@@ -44,6 +45,9 @@ pub struct AgentConfig {
     pub capacity: Option<Resources>,
     /// Time between reports when nothing changes.
     pub report_interval: Duration,
+    /// The snapshotter's metrics URL (`http://127.0.0.1:PORT/metrics`),
+    /// for how warm its cache is for each image; None: no images reported.
+    pub snapshotter_metrics: Option<String>,
     /// Instances started at once; the others wait their turn, first
     /// ordered first (starting all of a burst at once makes every one of
     /// them as late as the last).
@@ -166,7 +170,22 @@ impl Agent {
         Ok(())
     }
 
-    fn build_report(&self, cpu: &mut CpuSampler) -> NodeReport {
+    /// The images' warmth from the snapshotter, or none (logged) if it
+    /// cannot be read.
+    async fn images(&self) -> Vec<ImageCache> {
+        let Some(url) = &self.config.snapshotter_metrics else {
+            return Vec::new();
+        };
+        match warmth::read(&self.http, url).await {
+            Ok(images) => images,
+            Err(e) => {
+                tracing::warn!(error = %e, "the snapshotter's cache could not be read: reporting no images");
+                Vec::new()
+            }
+        }
+    }
+
+    fn build_report(&self, cpu: &mut CpuSampler, images: Vec<ImageCache>) -> NodeReport {
         let (host_capacity, _) = host_resources(cpu);
         let capacity = self.config.capacity.unwrap_or(host_capacity);
         let instances = self.instances();
@@ -197,7 +216,7 @@ impl Agent {
                 memory_mib: used.memory_mib.min(capacity.memory_mib),
             },
             instances: Vec::new(),
-            images: Vec::new(),
+            images,
             running,
             starts_instances: true,
         }
@@ -209,7 +228,8 @@ impl Agent {
         let mut cpu = CpuSampler::default();
         loop {
             self.notice_exits().await;
-            let report = self.build_report(&mut cpu);
+            let images = self.images().await;
+            let report = self.build_report(&mut cpu, images);
             let token = scheduler_token(self.config.token_file.as_deref());
             match report_to(&self.config.scheduler_url, &report, token.as_deref()).await {
                 Ok(orders) => self.carry_out(orders),

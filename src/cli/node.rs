@@ -50,6 +50,11 @@ pub struct Args {
     /// Seconds between reports when nothing changes.
     #[arg(long, default_value_t = 5)]
     report_interval_secs: u64,
+    /// `loci snapshotter`'s metrics URL (its `[snapshotter] metrics_address`
+    /// plus `/metrics`): how much of each image its cache holds is reported
+    /// to the scheduler, which places instances where it is warm.
+    #[arg(long)]
+    snapshotter_metrics: Option<String>,
     /// Instances started at once (creating the container and waiting for
     /// it to answer); more wait their turn in order.
     #[arg(long, default_value_t = 4)]
@@ -102,6 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         capacity,
         report_interval: Duration::from_secs(args.report_interval_secs.max(1)),
         max_concurrent_starts: args.max_concurrent_starts,
+        snapshotter_metrics: args.snapshotter_metrics,
     };
     super::runtime()?.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

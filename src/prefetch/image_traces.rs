@@ -19,7 +19,9 @@ pub struct ImageTraces {
 
 impl ImageTraces {
     /// Replays, in the background of the caller, the accesses of `image`'s
-    /// trace that read `layer` (the only entry of `layers`).
+    /// trace that read `layer` (the only entry of `layers`); `traced` is
+    /// told which of the layer's chunks the trace reads, before they are
+    /// fetched.
     pub async fn prefetch_layer(
         &self,
         image: &str,
@@ -27,6 +29,7 @@ impl ImageTraces {
         layers: Arc<Vec<RemoteLayer>>,
         fetcher: Arc<Fetcher>,
         config: PrefetchConfig,
+        traced: impl FnOnce(Vec<u32>),
     ) {
         let Some(trace) = self.trace_of(image, store).await else {
             return;
@@ -55,6 +58,7 @@ impl ImageTraces {
             tracing::warn!(image, layer = %layer.digest, error = %e, "ignoring the image's trace for this layer");
             return;
         }
+        traced(sub.accesses.iter().map(|a| a.chunk).collect());
         prefetch(fetcher, layers, sub, config).await;
     }
 

@@ -234,13 +234,20 @@ pub fn check_endpoint(field: &str, endpoint: &str) -> Result<(), FieldError> {
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("must name a host"));
     }
+    // Checked on the text as well as on the parsed URL: the text is what
+    // invocations are sent to, and parsing normalises (`/x/..` is `/`).
+    let after_scheme = endpoint.get("http://".len()..).unwrap_or_default();
     if !url.username().is_empty()
         || url.password().is_some()
         || url.path() != "/"
         || url.query().is_some()
         || url.fragment().is_some()
+        || after_scheme
+            .trim_end_matches('/')
+            .contains(['@', '?', '#', '/', '\\'])
+        || !endpoint.starts_with("http://")
     {
-        return Err(bad("must be http://HOST:PORT, nothing more"));
+        return Err(bad("must be http://HOST[:PORT], nothing more"));
     }
     Ok(())
 }
@@ -484,6 +491,9 @@ mod tests {
             ("http://10.0.0.2:80/admin", false),
             ("http://10.0.0.2:80/?q", false),
             ("file:///etc/passwd", false),
+            ("http://10.0.0.2:80/x/..", false),
+            ("HTTP://10.0.0.2:80", false),
+            ("http://10.0.0.2:80\\x", false),
             ("not a url", false),
         ];
         for (endpoint, ok) in cases {

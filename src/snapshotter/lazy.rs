@@ -402,19 +402,25 @@ impl LazyLayers {
                 native: Some(native.clone()),
             },
         )?;
+        // Before the prefetch below learns which chunks the trace reads.
+        let chunks = layer.image.layers[0].chunks.clone();
+        self.metrics
+            .layer_mounted(&image, &digest, fetcher.clone(), chunks);
         if self.prefetch.enabled {
             let traces = self.traces.clone();
             let layers = layer.image.layers.clone();
             let (image, fetcher, config) = (image.clone(), fetcher.clone(), self.prefetch.clone());
+            let (metrics, digest) = (self.metrics.clone(), digest.clone());
             self.runtime.spawn(async move {
                 let store = layers[0].store.clone();
+                let traced = |chunks| metrics.layer_traced(&image, &digest, chunks);
                 traces
-                    .prefetch_layer(&image, &store, layers, fetcher, config)
+                    .prefetch_layer(&image, &store, layers, fetcher, config, traced)
                     .await;
             });
         }
         let completion = self.complete_in_background(id, &layer, &fetcher, &native, dir);
-        self.metrics.layer_mounted(&image, &digest, fetcher);
+
         let old = self.mounts.lock().expect("lazy mounts lock").insert(
             id,
             Mounted {

@@ -5,15 +5,26 @@
 
 use crate::cache::ChunkCache;
 use crate::fetch::Fetcher;
+use crate::format::Chunk;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// The fetcher of each mounted layer, by image and layer digest.
-type LayerFetchers = Arc<Mutex<BTreeMap<(String, String), Arc<Fetcher>>>>;
+/// A mounted layer as the metrics see it.
+struct MountedLayer {
+    fetcher: Arc<Fetcher>,
+    /// Its chunk table (TOC order).
+    chunks: Arc<[Chunk]>,
+    /// The indices of the chunks its image's start trace reads, once the
+    /// trace has been found.
+    traced: OnceLock<Vec<u32>>,
+}
+
+/// Each mounted layer, by image and layer digest.
+type LayerFetchers = Arc<Mutex<BTreeMap<(String, String), Arc<MountedLayer>>>>;
 
 /// Every metric the daemon serves.
 pub struct Metrics {
@@ -92,13 +103,35 @@ impl Metrics {
         }
     }
 
-    /// A layer was mounted; its fetcher is reported until it is unmounted.
-    pub fn layer_mounted(&self, image: &str, layer: &str, fetcher: Arc<Fetcher>) {
+    /// A layer was mounted; its fetcher, and how much of its chunk table
+    /// the cache holds, are reported until it is unmounted.
+    pub fn layer_mounted(
+        &self,
+        image: &str,
+        layer: &str,
+        fetcher: Arc<Fetcher>,
+        chunks: Arc<[Chunk]>,
+    ) {
         self.mounts.inc();
+        let mounted = MountedLayer {
+            fetcher,
+            chunks,
+            traced: OnceLock::new(),
+        };
         self.layers
             .lock()
             .expect("metrics lock")
-            .insert((image.to_string(), layer.to_string()), fetcher);
+            .insert((image.to_string(), layer.to_string()), Arc::new(mounted));
+    }
+
+    /// The image's start trace reads these chunks (indices into the
+    /// layer's chunk table) of a mounted layer: the share of them cached is
+    /// reported from now on.
+    pub fn layer_traced(&self, image: &str, layer: &str, chunks: Vec<u32>) {
+        let layers = self.layers.lock().expect("metrics lock");
+        if let Some(mounted) = layers.get(&(image.to_string(), layer.to_string())) {
+            let _ = mounted.traced.set(chunks);
+        }
     }
 
     /// A layer was unmounted.
@@ -135,6 +168,8 @@ const FETCH_LATENCY: &str = "loci_fetch_latency_seconds";
 const DISK_USED: &str = "loci_disk_used_bytes";
 const DISK_BOUND: &str = "loci_disk_bound_bytes";
 const LAYERS_EVICTED: &str = "loci_completed_layers_evicted_total";
+/// The gauge the node agent reads (`agent::warmth`).
+pub const IMAGE_CACHED: &str = "loci_image_cached_ratio";
 
 impl FetchCollector {
     fn new(cache: Arc<ChunkCache>, layers: LayerFetchers) -> FetchCollector {
@@ -161,6 +196,7 @@ impl FetchCollector {
                 desc(DISK_USED, "Bytes of the disk budget in use, by what holds them: cached chunks, or completed layers (blobs and written-out files).", &["kind"]),
                 desc(DISK_BOUND, "The disk budget chunks and completed layers share ([cache] disk_bytes).", &[]),
                 desc(LAYERS_EVICTED, "Completed layers evicted for room on disk (their reads went back to the lazy path).", &[]),
+                desc(IMAGE_CACHED, "Share of an image's chunks (of=\"chunks\") and of the chunks its start trace reads (of=\"trace\", once the trace is known) in the chunk cache, over its mounted layers: what the node agent reports to the scheduler.", &["image", "of"]),
             ],
         }
     }
@@ -218,7 +254,20 @@ impl Collector for FetchCollector {
         let mut completion = Vec::new();
         let mut demand = Vec::new();
         let mut latency_sum_us = 0u64;
-        for ((image, layer), fetcher) in &layers {
+        let mut warmth: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
+        for ((image, layer), mounted) in &layers {
+            let w = warmth.entry(image.as_str()).or_default();
+            for chunk in mounted.chunks.iter() {
+                w[0] += u64::from(self.cache.contains(&chunk.digest));
+                w[1] += 1;
+            }
+            for &i in mounted.traced.get().map(Vec::as_slice).unwrap_or_default() {
+                if let Some(chunk) = mounted.chunks.get(i as usize) {
+                    w[2] += u64::from(self.cache.contains(&chunk.digest));
+                    w[3] += 1;
+                }
+            }
+            let fetcher = &mounted.fetcher;
             let s = fetcher.stats.snapshot();
             let labels = [("image", image.as_str()), ("layer", layer.as_str())];
             bytes.push(counter(&labels, s.bytes_fetched as f64));
@@ -323,6 +372,29 @@ impl Collector for FetchCollector {
                 &help(LAYERS_EVICTED),
                 MetricType::COUNTER,
                 vec![counter(&[], cache.layers_evicted as f64)],
+            ),
+            family(
+                IMAGE_CACHED,
+                &help(IMAGE_CACHED),
+                MetricType::GAUGE,
+                warmth
+                    .iter()
+                    .flat_map(|(image, [cached, total, t_cached, t_total])| {
+                        let ratio =
+                            |a: &u64, b: &u64| if *b == 0 { 1.0 } else { *a as f64 / *b as f64 };
+                        let mut samples = vec![gauge(
+                            &[("image", image), ("of", "chunks")],
+                            ratio(cached, total),
+                        )];
+                        if *t_total > 0 {
+                            samples.push(gauge(
+                                &[("image", image), ("of", "trace")],
+                                ratio(t_cached, t_total),
+                            ));
+                        }
+                        samples
+                    })
+                    .collect(),
             ),
         ]
     }

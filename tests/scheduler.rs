@@ -447,7 +447,9 @@ async fn invocations_are_proxied_to_instances_their_agent_made_ready() {
     assert_eq!(order["command"], json!(["python3", "-m", "server"]));
     assert_eq!(order["start_timeout_s"], 30);
     let id = order["instance_id"].clone();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Longer than the function's 2 s timeout: waiting for a start is not
+    // running past it.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert!(
         !first.is_finished(),
         "the invocation waits for its instance to be ready"
@@ -506,8 +508,47 @@ async fn invocations_are_proxied_to_instances_their_agent_made_ready() {
     let (_, cluster) = s.get("/v1/cluster").await;
     assert_eq!(cluster["starts"]["ready"], 1, "{cluster}");
     assert!(
-        cluster["starts"]["p50_ms"].as_u64().unwrap() >= 500,
+        cluster["starts"]["p50_ms"].as_u64().unwrap() >= 2_500,
         "{cluster}"
+    );
+}
+
+/// A caller that hangs up ends its invocation: it does not run past the
+/// function's timeout and take the instance (and whatever else runs on it)
+/// down with it.
+#[tokio::test]
+async fn a_caller_that_hangs_up_ends_its_invocation() {
+    let s = start(&format!("reconcile_interval_ms = 100\n{FUNCTION_ECHO}")).await;
+    s.agent_report("n1", json!([])).await;
+    let placed = s.ok("/v1/place", json!({"function": "echo"})).await;
+    let id = placed["instance_id"].clone();
+    let endpoint = fake_instance().await;
+    s.agent_report(
+        "n1",
+        json!([{"instance_id": id, "function": "echo", "ready": true, "endpoint": endpoint}]),
+    )
+    .await;
+    let impatient = s
+        .http
+        .post(format!("{}/v1/invoke/echo", s.base))
+        .body("sleep 30")
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(impatient.is_err(), "the caller gave up");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (_, orders) = s.poll_orders("n1", 0).await;
+    assert_eq!(
+        orders["stop"],
+        json!([]),
+        "nothing ran past the timeout: {orders}"
+    );
+    let (_, summary) = s.get("/v1/functions/echo").await;
+    assert_eq!(summary["in_flight"], 0, "{summary}");
+    let (status, body, cold) = s.invoke("echo", "still here").await;
+    assert_eq!(
+        (status, body.as_str(), cold),
+        (StatusCode::OK, "echo: still here", Some(false))
     );
 }
 
@@ -556,12 +597,26 @@ async fn agent_reports_are_reconciled_with_what_the_scheduler_wants() {
     s.wait_for_function("echo", |f| f["on_demand_instances"] == 0)
         .await;
 
-    // Placed, never ready: stopped at its start timeout.
+    // Placed, its start order taken by a poll whose agent never saw it:
+    // ordered again while the node does not report it, and stopped at its
+    // start timeout.
     let placed = s.ok("/v1/place", json!({"function": "echo"})).await;
+    let (_, taken) = s.poll_orders("n1", 0).await;
+    assert_eq!(taken["start"][0]["instance_id"], placed["instance_id"]);
+    let again = s.agent_report("n1", json!([])).await;
+    assert_eq!(
+        again["start"][0]["instance_id"], placed["instance_id"],
+        "{again}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut answers = Vec::new();
     loop {
         let (_, orders) = s.poll_orders("n1", 500).await;
-        let stops = orders["stop"].as_array().cloned().unwrap_or_default();
+        answers.push(orders);
+        let stops: Vec<Value> = answers
+            .iter()
+            .flat_map(|o| o["stop"].as_array().cloned().unwrap_or_default())
+            .collect();
         if let Some(stop) = stops
             .iter()
             .find(|o| o["instance_id"] == placed["instance_id"])
@@ -573,10 +628,27 @@ async fn agent_reports_are_reconciled_with_what_the_scheduler_wants() {
             Instant::now() < deadline,
             "no stop order for a start that never finished"
         );
-        s.agent_report("n1", json!([])).await;
+        answers.push(s.agent_report("n1", json!([])).await);
     }
     let (_, cluster) = s.get("/v1/cluster").await;
     assert_eq!(cluster["starts"]["failed"], 1, "{cluster}");
+
+    // Endpoints are the reporting node's own address or listed hosts.
+    let (status, body) = s
+        .post(
+            "/v1/reports",
+            &json!({
+                "node_id": "n1",
+                "capacity": {"cpu_millis": 8000, "memory_mib": 16384},
+                "used": {"cpu_millis": 0, "memory_mib": 0},
+                "running": [{"instance_id": 5, "function": "echo", "ready": true,
+                             "endpoint": "http://169.254.169.254:80"}],
+                "starts_instances": true,
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "running[0].endpoint");
 }
 
 fn function_with_policy(name: &str, policy: Value) -> Value {

@@ -37,8 +37,9 @@ pub struct AgentConfig {
     pub containerd: Containerd,
     /// How images are pulled (plain HTTP, hosts directory, credentials).
     pub registry: RegistryOptions,
-    /// The host the scheduler reaches instances at.
-    pub advertise_host: String,
+    /// `http://HOST` the scheduler reaches instances at (see
+    /// [`advertised_base`]); each instance's port is added.
+    pub endpoint_base: String,
     /// Ports instances are given, one each.
     pub ports: RangeInclusive<u16>,
     /// What instances may use; None for the whole host.
@@ -60,6 +61,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const ORDER_WAIT: Duration = Duration::from_secs(30);
 /// Time between readiness probes of a starting instance.
 const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// Longest a starting instance keeps its start turn while it is probed.
+const PROBE_WITH_TURN: Duration = Duration::from_secs(10);
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +122,30 @@ pub async fn run(
     orders.abort();
     tracing::info!("node agent stopping; its instances keep running");
     Ok(())
+}
+
+/// `{scheduler}/v1/nodes/{node}/orders`, the node id escaped as a path
+/// segment.
+fn orders_url(scheduler: &str, node: &str) -> Result<reqwest::Url, String> {
+    let mut url = reqwest::Url::parse(scheduler).map_err(|e| e.to_string())?;
+    url.path_segments_mut()
+        .map_err(|()| format!("{scheduler} cannot take a path"))?
+        .pop_if_empty()
+        .extend(["v1", "nodes", node, "orders"]);
+    Ok(url)
+}
+
+/// The endpoint base the scheduler is told, `http://HOST`, checked as the
+/// scheduler checks it (an IPv6 address is bracketed).
+pub fn advertised_base(host: &str) -> Result<String, String> {
+    let host = match host.parse::<std::net::Ipv6Addr>() {
+        Ok(ip) => format!("[{ip}]"),
+        Err(_) => host.to_string(),
+    };
+    let base = format!("http://{host}");
+    crate::scheduler::report::check_endpoint("--advertise-host", &format!("{base}:1"))
+        .map_err(|e| e.to_string())?;
+    Ok(base)
 }
 
 impl Agent {
@@ -202,7 +229,7 @@ impl Agent {
                     ready: i.ready,
                     endpoint: i
                         .ready
-                        .then(|| format!("http://{}:{}", self.config.advertise_host, i.port)),
+                        .then(|| format!("{}:{}", self.config.endpoint_base, i.port)),
                 }
             })
             .collect();
@@ -246,16 +273,18 @@ impl Agent {
 
     /// Polls for orders, held open by the scheduler until it has some.
     async fn order_loop(self: Arc<Self>) {
-        let url = format!(
-            "{}/v1/nodes/{}/orders",
-            self.config.scheduler_url.trim_end_matches('/'),
-            self.config.node_id
-        );
+        let url = match orders_url(&self.config.scheduler_url, &self.config.node_id) {
+            Ok(url) => url,
+            Err(e) => {
+                tracing::error!(scheduler = %self.config.scheduler_url, error = %e, "no orders can be polled: the scheduler URL does not parse");
+                return;
+            }
+        };
         loop {
             let token = scheduler_token(self.config.token_file.as_deref());
             let mut request = self
                 .http
-                .post(&url)
+                .post(url.clone())
                 .timeout(ORDER_WAIT + Duration::from_secs(10))
                 .json(&serde_json::json!({ "wait_ms": ORDER_WAIT.as_millis() as u64 }));
             if let Some(token) = &token {
@@ -325,7 +354,7 @@ impl Agent {
             port
         };
         self.changed.notify_one();
-        let Ok(_turn) = self.start_turns.acquire().await else {
+        let Ok(turn) = self.start_turns.acquire().await else {
             return;
         };
         if !self.instances().contains_key(&id) {
@@ -368,8 +397,25 @@ impl Agent {
             return;
         }
         tracing::info!(instance = id, function = %order.function, port, launch_ms = clock.elapsed().as_millis() as u64, "instance started; waiting for it to answer");
-        self.probe_until_ready(id, port, Duration::from_secs(order.start_timeout_s))
-            .await;
+        // The turn covers the program's own start, but not for long: an
+        // instance that never answers must not hold back every other start.
+        let within = Duration::from_secs(order.start_timeout_s);
+        if !self
+            .probe_until_ready(id, port, within.min(PROBE_WITH_TURN))
+            .await
+        {
+            drop(turn);
+            if !self
+                .probe_until_ready(id, port, within.saturating_sub(PROBE_WITH_TURN))
+                .await
+            {
+                tracing::warn!(
+                    instance = id,
+                    port,
+                    "instance did not answer within its start timeout"
+                );
+            }
+        }
     }
 
     /// Pulls an image through the loci snapshotter, once per agent run.
@@ -393,14 +439,14 @@ impl Agent {
     }
 
     /// Sends GET / to the instance until it answers with anything HTTP (it
-    /// is ready), it goes, or `within` passes (the scheduler then counts
-    /// the start as failed and stops it).
-    async fn probe_until_ready(&self, id: u64, port: u16, within: Duration) {
+    /// is ready: true), it goes, or `within` passes (false; past its start
+    /// timeout the scheduler counts the start as failed and stops it).
+    async fn probe_until_ready(&self, id: u64, port: u16, within: Duration) -> bool {
         let url = format!("http://127.0.0.1:{port}/");
         let until = Instant::now() + within;
         while Instant::now() < until {
             if !self.instances().contains_key(&id) {
-                return;
+                return false;
             }
             let answered = self
                 .http
@@ -415,15 +461,11 @@ impl Agent {
                 }
                 tracing::info!(instance = id, port, "instance ready");
                 self.changed.notify_one();
-                return;
+                return true;
             }
             tokio::time::sleep(PROBE_EVERY).await;
         }
-        tracing::warn!(
-            instance = id,
-            port,
-            "instance did not answer within its start timeout"
-        );
+        false
     }
 
     /// Stops an instance: SIGTERM and a grace period when it is retired,
@@ -492,5 +534,34 @@ impl Agent {
                 let _ = self.config.containerd.remove(id).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_hosts_are_checked_and_ipv6_bracketed() {
+        assert_eq!(advertised_base("10.0.0.17").unwrap(), "http://10.0.0.17");
+        assert_eq!(advertised_base("fd00::1").unwrap(), "http://[fd00::1]");
+        assert_eq!(
+            advertised_base("node-17.example").unwrap(),
+            "http://node-17.example"
+        );
+        for bad in ["", "a/b", "user@host", "h?x", "h:1"] {
+            assert!(advertised_base(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_orders_url_escapes_the_node_id() {
+        let url = orders_url("http://sched:7070/", "node a/b").unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://sched:7070/v1/nodes/node%20a%2Fb/orders"
+        );
+        let url = orders_url("http://sched:7070/base", "n").unwrap();
+        assert_eq!(url.as_str(), "http://sched:7070/base/v1/nodes/n/orders");
     }
 }

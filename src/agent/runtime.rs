@@ -190,7 +190,7 @@ impl Containerd {
     }
 
     /// Every container this agent started (by its name and labels), with
-    /// whether its task runs.
+    /// whether its task runs; one that cannot be read is skipped (logged).
     pub async fn list(&self) -> Result<Vec<Found>, RuntimeError> {
         let names = self
             .ctr(&["container".into(), "list".into(), "--quiet".into()])
@@ -204,12 +204,20 @@ impl Containerd {
             let Ok(instance_id) = id.parse::<u64>() else {
                 continue;
             };
+            // One container that went meanwhile or has no labels of ours
+            // does not hide the others.
             let args = ["container".into(), "info".into(), name.to_string()];
-            let info = self.ctr(&args).await?;
-            let (function, port) = parse_labels(&info).map_err(|why| RuntimeError::Output {
-                args: args.join(" "),
-                why,
-            })?;
+            let labels = match self.ctr(&args).await {
+                Ok(info) => parse_labels(&info),
+                Err(e) => Err(e.to_string()),
+            };
+            let (function, port) = match labels {
+                Ok(labels) => labels,
+                Err(why) => {
+                    tracing::warn!(container = name, %why, "skipping a container that looks like an instance but cannot be read");
+                    continue;
+                }
+            };
             found.push(Found {
                 instance_id,
                 function,

@@ -102,7 +102,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             snapshotter: args.snapshotter,
         },
         registry: args.registry.options(),
-        advertise_host: args.advertise_host,
+        endpoint_base: crate::agent::advertised_base(&args.advertise_host)
+            .map_err(|e| anyhow::anyhow!(e))?,
         ports: args.ports.0..=args.ports.1,
         capacity,
         report_interval: Duration::from_secs(args.report_interval_secs.max(1)),

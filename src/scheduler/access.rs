@@ -25,6 +25,10 @@ pub struct AccessConfig {
     /// Serve without any token: anyone who reaches the address may place,
     /// route and report. Only for a scheduler on a private loopback.
     pub insecure_no_token: bool,
+    /// Hosts (names or addresses) a node may report its instances'
+    /// endpoints at besides its own address: invocations are sent there,
+    /// so a report cannot point the scheduler anywhere else.
+    pub instance_hosts: Vec<String>,
 }
 
 /// The accepted tokens, re-read when their file changes.

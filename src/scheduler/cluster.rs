@@ -42,6 +42,9 @@ pub(super) struct Node {
     alive: bool,
     /// Silent past the dead timeout: its instances were retired.
     dead: bool,
+    /// Its daemon starts the instances placed there and says when they
+    /// are ready (`starts_instances`): they start out starting.
+    starts_instances: bool,
     /// Lost long enough to be forgotten: its slot awaits a new node.
     forgotten: bool,
     instance_count: u32,
@@ -252,7 +255,8 @@ impl Images {
     }
 }
 
-/// A node that stopped reporting and was dropped with its instances.
+/// A node that stopped reporting: lost (its instances kept) or dead (its
+/// instances retired).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LostNode {
     /// The node.
@@ -449,6 +453,7 @@ impl ClusterView {
                     last_report_ms: now_ms,
                     alive: true,
                     dead: false,
+                    starts_instances: false,
                     forgotten: false,
                     instance_count: 0,
                 };
@@ -473,6 +478,7 @@ impl ClusterView {
         node.last_report_ms = now_ms;
         node.alive = true;
         node.dead = false;
+        node.starts_instances = report.starts_instances;
         self.set_node_warmth(idx, warm);
         self.reindex(idx);
         Ok(())
@@ -675,7 +681,7 @@ impl ClusterView {
                 reserved,
                 in_flight: 0,
                 ready_at_ms: now_ms,
-                starting: false,
+                starting: self.nodes[node_idx].starts_instances,
                 created_ms: now_ms,
                 idle_since_ms: now_ms,
                 busy_since_ms: now_ms,
@@ -706,16 +712,14 @@ impl ClusterView {
         }
     }
 
-    /// Marks an instance as started by its node but not ready (`true`), or
-    /// ready (`false`): routing prefers ready instances. Returns false for
-    /// an instance the view does not have.
-    pub fn set_starting(&mut self, instance: InstanceId, starting: bool) -> bool {
-        match self.instances.get_mut(&instance) {
-            Some(i) => {
-                i.starting = starting;
-                true
-            }
-            None => false,
+    /// Marks an instance its node's agent reported ready. Until then (from
+    /// its placement on a node that `starts_instances`) it is starting:
+    /// routing prefers ready instances, and an invocation sent to a
+    /// starting one may wait its function's start timeout before its own
+    /// timeout counts.
+    pub fn set_ready(&mut self, instance: InstanceId) {
+        if let Some(i) = self.instances.get_mut(&instance) {
+            i.starting = false;
         }
     }
 
@@ -743,11 +747,6 @@ impl ClusterView {
             self.nodes[i.node].id.as_str(),
             self.functions[i.function].spec.name.as_str(),
         ))
-    }
-
-    /// The instance an invocation in flight runs on.
-    pub fn invocation_instance(&self, invocation: InvocationId) -> Option<InstanceId> {
-        self.invocations.get(&invocation).map(|i| i.instance)
     }
 
     /// Routes an invocation of `function`: to the instance with the fewest
@@ -797,8 +796,15 @@ impl ClusterView {
             .expect("instance chosen above exists");
         instance.in_flight += 1;
         let (in_flight, ready_at_ms) = (instance.in_flight, instance.ready_at_ms);
-        let deadline_ms =
-            now_ms.max(ready_at_ms) + self.functions[function.0].spec.timeout_s * 1000;
+        let spec = &self.functions[function.0].spec;
+        // Waiting for a start is not running past the timeout: a starting
+        // instance gets its start timeout first (it is stopped past it).
+        let start_wait_ms = if instance.starting {
+            spec.start_timeout_s * 1000
+        } else {
+            0
+        };
+        let deadline_ms = now_ms.max(ready_at_ms) + start_wait_ms + spec.timeout_s * 1000;
         self.retime(instance_id);
         let invocation_id = self.next_invocation;
         self.next_invocation += 1;

@@ -7,6 +7,7 @@
 //! invocations can wait for a starting instance and be sent to a ready one.
 
 use super::cluster::InstanceId;
+use super::report::StartOrder;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -28,6 +29,10 @@ pub(super) enum Stage {
 struct Starting {
     placed_ms: u64,
     deadline_ms: u64,
+    node: String,
+    /// Sent again while the node does not report the instance: an order
+    /// taken by a poll whose agent died is not lost.
+    order: StartOrder,
 }
 
 /// Start latencies and outcomes, for `GET /v1/cluster`.
@@ -58,21 +63,35 @@ pub(super) struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// An instance was placed on a node whose agent starts it.
-    pub(super) fn placed(&mut self, id: InstanceId, now_ms: u64, start_timeout_ms: u64) {
+    /// An instance was ordered started on `node`, whose agent reports it.
+    pub(super) fn placed(&mut self, node: &str, order: StartOrder, now_ms: u64) {
+        let deadline_ms = now_ms.saturating_add(order.start_timeout_s.saturating_mul(1000));
         self.starting.insert(
-            id,
+            order.instance_id,
             Starting {
                 placed_ms: now_ms,
-                deadline_ms: now_ms.saturating_add(start_timeout_ms),
+                deadline_ms,
+                node: node.to_string(),
+                order,
             },
         );
     }
 
-    /// An instance was placed where nothing reports its start: it counts
-    /// as ready at once, with no endpoint the scheduler could proxy to.
-    pub(super) fn unmanaged(&mut self, id: InstanceId) {
-        self.starting.remove(&id);
+    /// The start orders of `node`'s instances that are starting and not
+    /// among `reported` (the instances the node says it runs).
+    pub(super) fn unreported_starts(
+        &self,
+        node: &str,
+        reported: &HashSet<InstanceId>,
+    ) -> Vec<StartOrder> {
+        let mut orders: Vec<StartOrder> = self
+            .starting
+            .iter()
+            .filter(|(id, s)| s.node == node && !reported.contains(id))
+            .map(|(_, s)| s.order.clone())
+            .collect();
+        orders.sort_by_key(|o| o.instance_id);
+        orders
     }
 
     /// The node said the instance is ready at `endpoint`. Returns the
@@ -104,8 +123,8 @@ impl Lifecycle {
         }
     }
 
-    /// Where the instance is; `known` says whether the view still has it
-    /// (an instance on a node without an agent is ready with no endpoint).
+    /// Where the instance is (an instance on a node without an agent is
+    /// never starting nor ready here: the view alone knows it).
     pub(super) fn stage(&self, id: InstanceId) -> Stage {
         if let Some(endpoint) = self.ready.get(&id) {
             return Stage::Ready(endpoint.clone());
@@ -178,10 +197,25 @@ impl Lifecycle {
 mod tests {
     use super::*;
 
+    fn order(id: InstanceId, start_timeout_s: u64) -> StartOrder {
+        StartOrder {
+            instance_id: id,
+            function: "f".into(),
+            image: "i".into(),
+            resources: Default::default(),
+            command: Vec::new(),
+            start_timeout_s,
+        }
+    }
+
     #[test]
     fn an_instance_goes_from_starting_to_ready_to_gone() {
         let mut l = Lifecycle::default();
-        l.placed(1, 1_000, 5_000);
+        l.placed("n", order(1, 5), 1_000);
+        let unreported = l.unreported_starts("n", &HashSet::new());
+        assert_eq!(unreported.len(), 1, "sent again until the node reports it");
+        assert!(l.unreported_starts("n", &HashSet::from([1])).is_empty());
+        assert!(l.unreported_starts("other", &HashSet::new()).is_empty());
         assert_eq!(l.stage(1), Stage::Starting);
         let bell = l.bell(1).expect("a starting instance has a bell");
         let rung = bell.notified();
@@ -208,11 +242,11 @@ mod tests {
     #[test]
     fn starts_past_their_deadline_fail_once() {
         let mut l = Lifecycle::default();
-        l.placed(1, 0, 100);
-        l.placed(2, 0, 1_000);
-        assert!(l.take_expired_starts(99).is_empty());
-        assert_eq!(l.take_expired_starts(100), vec![1]);
-        assert!(l.take_expired_starts(500).is_empty());
+        l.placed("n", order(1, 1), 0);
+        l.placed("n", order(2, 10), 0);
+        assert!(l.take_expired_starts(999).is_empty());
+        assert_eq!(l.take_expired_starts(1_000), vec![1]);
+        assert!(l.take_expired_starts(5_000).is_empty());
         assert_eq!(l.stats().failed, 1);
         assert_eq!(l.stage(2), Stage::Starting);
     }

@@ -242,9 +242,7 @@ pub fn check_endpoint(field: &str, endpoint: &str) -> Result<(), FieldError> {
         || url.path() != "/"
         || url.query().is_some()
         || url.fragment().is_some()
-        || after_scheme
-            .trim_end_matches('/')
-            .contains(['@', '?', '#', '/', '\\'])
+        || after_scheme.contains(['@', '?', '#', '/', '\\'])
         || !endpoint.starts_with("http://")
     {
         return Err(bad("must be http://HOST[:PORT], nothing more"));
@@ -492,6 +490,7 @@ mod tests {
             ("http://10.0.0.2:80/?q", false),
             ("file:///etc/passwd", false),
             ("http://10.0.0.2:80/x/..", false),
+            ("http://10.0.0.2:80/", false),
             ("HTTP://10.0.0.2:80", false),
             ("http://10.0.0.2:80\\x", false),
             ("not a url", false),

@@ -1,10 +1,12 @@
 //! `POST /v1/invoke/{function}`: an invocation routed for real. The
 //! scheduler picks the instance (the ready one with the fewest invocations
 //! in flight, or a new one when all are full), waits for it to be ready if
-//! it is starting, sends the request body to its endpoint, and enforces the
-//! function's timeout: past it the caller gets a 504, the instance is
-//! killed (a reservation policy replaces it), and the other invocations on
-//! it get a 502 naming why, at once, not when their callers give up.
+//! it is starting (up to the function's start timeout, which does not count
+//! against its timeout), sends the request body to its endpoint, and
+//! enforces the function's timeout: past it the caller gets a 504, the
+//! instance is killed (a reservation policy replaces it), and the other
+//! invocations on it get a 502 naming why, at once, not when their callers
+//! give up. A caller that goes away ends its invocation.
 
 use super::{lock, now_ms, ApiError, Shared};
 use crate::scheduler::cluster::{InstanceId, InvocationId};
@@ -21,6 +23,31 @@ use tokio::time::Instant;
 
 /// Largest response an instance may send back through the scheduler.
 pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// Ends the invocation when dropped, unless something else did: a caller
+/// that hangs up (axum drops the handler) leaves no invocation in flight
+/// to run past its timeout and take the instance down with it.
+struct InFlight {
+    state: Shared,
+    invocation: InvocationId,
+    ended: bool,
+}
+
+impl InFlight {
+    /// The invocation's end is someone else's now (it failed with its
+    /// instance, or the instance was retired for it).
+    fn ended(mut self) {
+        self.ended = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = lock(&self.state).view.complete(self.invocation, now_ms());
+        }
+    }
+}
 
 enum Waited {
     Ready(String),
@@ -124,8 +151,10 @@ fn bad_gateway(error: String) -> ApiError {
 
 /// The invocation ended without an answer because its instance went:
 /// says why, as the view remembers it.
-fn failed(state: &Shared, invocation: InvocationId, instance: InstanceId) -> ApiError {
-    let why = match lock(state).view.complete(invocation, now_ms()) {
+fn failed(guard: InFlight, instance: InstanceId) -> ApiError {
+    let (state, invocation) = (guard.state.clone(), guard.invocation);
+    guard.ended();
+    let why = match lock(&state).view.complete(invocation, now_ms()) {
         Err(SchedulerError::InvocationFailed { reason, .. }) => reason_text(reason),
         _ => "it stopped".to_string(),
     };
@@ -147,13 +176,10 @@ fn reason_text(reason: StopReason) -> String {
 
 /// Past the function's timeout: the instance is killed (if the background
 /// loop has not done it already), and the caller learns so.
-fn timed_out(
-    state: &Shared,
-    invocation: InvocationId,
-    instance: InstanceId,
-    timeout: Duration,
-) -> ApiError {
-    let mut s = lock(state);
+fn timed_out(guard: InFlight, instance: InstanceId, timeout: Duration) -> ApiError {
+    let (state, invocation) = (guard.state.clone(), guard.invocation);
+    guard.ended();
+    let mut s = lock(&state);
     if let Some(r) = s.retire(instance, StopReason::Timeout, now_ms()) {
         tracing::warn!(instance, invocation, function = %r.function, node = %r.node_id, failed_invocations = ?r.failed_invocations, "invocation ran past its timeout: killing its instance");
     }
@@ -177,26 +203,31 @@ pub(super) async fn post_invoke(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let now = now_ms();
-    let (invocation, instance, timeout, cold) = {
+    let (guard, instance, timeout, start_timeout, cold) = {
         let mut s = lock(&state);
         let id = s.view.function_id(&function)?;
-        let timeout = Duration::from_secs(s.view.spec(id).timeout_s);
+        let spec = s.view.spec(id);
+        let timeout = Duration::from_secs(spec.timeout_s);
+        let start_timeout = Duration::from_secs(spec.start_timeout_s);
         let routed = s.view.route(id, now)?;
         if let Some(p) = &routed.cold_start {
             s.order_start(p, now);
         }
-        (
-            routed.invocation_id,
-            routed.instance_id,
-            timeout,
-            routed.cold_start.is_some(),
-        )
+        let guard = InFlight {
+            state: state.clone(),
+            invocation: routed.invocation_id,
+            ended: false,
+        };
+        let cold = routed.cold_start.is_some();
+        (guard, routed.instance_id, timeout, start_timeout, cold)
     };
-    let deadline = Instant::now() + timeout;
-    let endpoint = match wait_ready(&state, instance, deadline).await {
+    let invocation = guard.invocation;
+    // A start that does not finish is stopped by the background loop at
+    // its start timeout, which wakes this wait; the margin is for its tick.
+    let start_deadline = Instant::now() + start_timeout + Duration::from_secs(5);
+    let endpoint = match wait_ready(&state, instance, start_deadline).await {
         Waited::Ready(endpoint) => endpoint,
         Waited::Unmanaged => {
-            let _ = lock(&state).view.complete(invocation, now_ms());
             return Err(ApiError {
                 status: StatusCode::CONFLICT,
                 error: format!(
@@ -205,17 +236,28 @@ pub(super) async fn post_invoke(
                 field: None,
             });
         }
-        Waited::Gone => return Err(failed(&state, invocation, instance)),
-        Waited::TimedOut => return Err(timed_out(&state, invocation, instance, timeout)),
+        Waited::Gone => return Err(failed(guard, instance)),
+        Waited::TimedOut => {
+            return Err(ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                error: format!(
+                    "invocation {invocation}: instance {instance} was not ready within the function's start timeout of {} s",
+                    start_timeout.as_secs()
+                ),
+                field: None,
+            })
+        }
     };
+    // The function's timeout counts from here: waiting for a start is not
+    // running.
+    let deadline = Instant::now() + timeout;
     let answer = tokio::select! {
         answer = tokio::time::timeout_at(deadline, forward(&endpoint, &headers, body)) => answer,
-        () = gone(&state, instance) => return Err(failed(&state, invocation, instance)),
+        () = gone(&state, instance) => return Err(failed(guard, instance)),
     };
     let answer = match answer {
-        Err(_) => return Err(timed_out(&state, invocation, instance, timeout)),
+        Err(_) => return Err(timed_out(guard, instance, timeout)),
         Ok(Err(error)) => {
-            let _ = lock(&state).view.complete(invocation, now_ms());
             return Err(bad_gateway(format!(
                 "invocation {invocation}: instance {instance} at {endpoint} did not answer: {error}"
             )));
@@ -223,8 +265,8 @@ pub(super) async fn post_invoke(
         Ok(Ok(answer)) => answer,
     };
     // An answer that arrived is passed on even if the instance was killed
-    // for another invocation's timeout as it came.
-    let _ = lock(&state).view.complete(invocation, now_ms());
+    // for another invocation's timeout as it came; the guard ends it.
+    drop(guard);
     let mut response = (answer.status, answer.body).into_response();
     let headers = response.headers_mut();
     if let Some(ct) = answer.content_type {

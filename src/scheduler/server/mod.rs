@@ -21,7 +21,7 @@ use super::function::FunctionSpec;
 use super::lifecycle::{Lifecycle, StartStats};
 use super::report::{check_name, NodeOrders, NodeReport, StartOrder, StopOrder, StopReason};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,6 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -46,6 +47,9 @@ struct Service {
     lifecycle: Lifecycle,
     node_timeout_ms: u64,
     node_dead_ms: u64,
+    /// Hosts instance endpoints may name besides the reporting node's own
+    /// address (`[access] instance_hosts`).
+    instance_hosts: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Service>>;
@@ -89,11 +93,7 @@ impl Service {
             start_timeout_s: spec.start_timeout_s,
         };
         if self.agent_nodes.contains(&p.node_id) {
-            self.lifecycle
-                .placed(p.instance_id, now, order.start_timeout_s * 1000);
-            self.view.set_starting(p.instance_id, true);
-        } else {
-            self.lifecycle.unmanaged(p.instance_id);
+            self.lifecycle.placed(&p.node_id, order.clone(), now);
         }
         self.orders_for(&p.node_id).start.push(order);
     }
@@ -129,8 +129,9 @@ impl Service {
 
     /// Takes in what a node agent says it runs: ready instances become
     /// routable, instances that stopped running leave the view (their
-    /// invocations fail), and instances the view does not have on that node
-    /// are ordered stopped (a node or the scheduler restarted).
+    /// invocations fail), instances the view does not have on that node
+    /// are ordered stopped (a node or the scheduler restarted), and starts
+    /// the node does not know of are ordered again (their order was lost).
     fn reconcile(&mut self, report: &NodeReport, now: u64) {
         if !report.starts_instances {
             self.agent_nodes.remove(&report.node_id);
@@ -158,9 +159,20 @@ impl Service {
             runs.insert(r.instance_id);
             if let (true, Some(endpoint)) = (r.ready, &r.endpoint) {
                 if let Some(took) = self.lifecycle.ready(r.instance_id, endpoint, now) {
-                    self.view.set_starting(r.instance_id, false);
+                    self.view.set_ready(r.instance_id);
                     tracing::info!(node = %report.node_id, instance = r.instance_id, function = %r.function, %endpoint, start_ms = took, "instance ready");
                 }
+            }
+        }
+        for order in self.lifecycle.unreported_starts(&report.node_id, &runs) {
+            let orders = self.orders_for(&report.node_id);
+            if !orders
+                .start
+                .iter()
+                .any(|s| s.instance_id == order.instance_id)
+            {
+                tracing::debug!(node = %report.node_id, instance = order.instance_id, "node does not know a start it was ordered: ordering it again");
+                orders.start.push(order);
             }
         }
         for id in self.lifecycle.node_runs(&report.node_id, runs) {
@@ -212,6 +224,41 @@ impl Service {
             self.stopped(r);
         }
     }
+}
+
+/// Invocations are sent to the endpoints nodes report: each must be the
+/// reporting node's own address, or a host the configuration lists, so a
+/// report cannot point the scheduler at anything else on its network.
+fn check_endpoint_hosts(
+    report: &NodeReport,
+    peer: IpAddr,
+    allowed: &[String],
+) -> Result<(), FieldError> {
+    for (i, r) in report.running.iter().enumerate() {
+        let Some(endpoint) = &r.endpoint else {
+            continue;
+        };
+        // Validated already: an http URL with a host.
+        let Ok(url) = reqwest::Url::parse(endpoint) else {
+            continue;
+        };
+        let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
+        let own = host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical() == peer.to_canonical());
+        let listed = allowed
+            .iter()
+            .any(|h| h.trim_matches(['[', ']']).eq_ignore_ascii_case(host));
+        if !own && !listed {
+            return Err(FieldError::new(
+                format!("running[{i}].endpoint"),
+                format!(
+                    "{endpoint:?} is neither the reporting node's address ({peer}) nor in [access] instance_hosts"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An error answer: status plus `{"error", "field"}`.
@@ -306,11 +353,13 @@ struct ClusterSummary {
 
 async fn post_report(
     State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Bytes,
 ) -> Result<Json<NodeOrders>, ApiError> {
     let report: NodeReport = decode(&body)?;
     let now = now_ms();
     let mut s = lock(&state);
+    check_endpoint_hosts(&report, peer.ip(), &s.instance_hosts)?;
     s.view.apply_report(&report, now)?;
     s.reconcile(&report, now);
     tracing::debug!(node = %report.node_id, images = report.images.len(), running = report.running.len(), "report");
@@ -476,6 +525,7 @@ pub async fn serve(
         lifecycle: Lifecycle::default(),
         node_timeout_ms: config.node_timeout_ms,
         node_dead_ms: config.node_dead_ms,
+        instance_hosts: config.access.instance_hosts.clone(),
     }));
     let ticker = {
         let state = state.clone();
@@ -504,9 +554,12 @@ pub async fn serve(
         .route("/k8s/prioritize", post(post_prioritize))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(gate, check_token));
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     ticker.abort();
     served.map_err(ServeError::Io)
 }

@@ -12,7 +12,7 @@ use super::policy::ReservationPolicy;
 use super::report::{FunctionInstances, NodeReport, Resources, StopReason};
 use super::scoring::{warm_fraction, ScoringWeights};
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 /// Scheduler-assigned id of an instance, unique for the view's lifetime.
@@ -47,7 +47,9 @@ pub(super) struct Node {
     starts_instances: bool,
     /// Lost long enough to be forgotten: its slot awaits a new node.
     forgotten: bool,
-    instance_count: u32,
+    /// The instances the view has on it, so a lost node's are found
+    /// without a scan.
+    instances: HashSet<InstanceId>,
 }
 
 impl Node {
@@ -90,6 +92,9 @@ pub(super) struct Instance {
     resources: Resources,
     pub(super) reserved: bool,
     pub(super) in_flight: u32,
+    /// The invocations in flight on it (at most its concurrency), so
+    /// retiring it fails them without a scan.
+    invocations: Vec<InvocationId>,
     ready_at_ms: u64,
     /// Started by a node agent that has not said it is ready yet (the
     /// service's instances; the simulator models starts by `ready_at_ms`).
@@ -455,7 +460,7 @@ impl ClusterView {
                     dead: false,
                     starts_instances: false,
                     forgotten: false,
-                    instance_count: 0,
+                    instances: HashSet::new(),
                 };
                 let idx = match self.free_nodes.pop() {
                     Some(idx) => {
@@ -670,7 +675,7 @@ impl ClusterView {
         let node = &mut self.nodes[node_idx];
         node.reserved.cpu_millis += need.cpu_millis;
         node.reserved.memory_mib += need.memory_mib;
-        node.instance_count += 1;
+        node.instances.insert(id);
         self.reindex(node_idx);
         self.instances.insert(
             id,
@@ -680,6 +685,7 @@ impl ClusterView {
                 resources: need,
                 reserved,
                 in_flight: 0,
+                invocations: Vec::new(),
                 ready_at_ms: now_ms,
                 starting: self.nodes[node_idx].starts_instances,
                 created_ms: now_ms,
@@ -808,6 +814,9 @@ impl ClusterView {
         self.retime(instance_id);
         let invocation_id = self.next_invocation;
         self.next_invocation += 1;
+        if let Some(i) = self.instances.get_mut(&instance_id) {
+            i.invocations.push(invocation_id);
+        }
         self.invocations.insert(
             invocation_id,
             Invocation {
@@ -843,6 +852,9 @@ impl ClusterView {
             .get_mut(&record.instance)
             .expect("instances outlive their invocations");
         let function = instance.function;
+        if let Some(at) = instance.invocations.iter().position(|&i| i == invocation) {
+            instance.invocations.swap_remove(at);
+        }
         instance.in_flight -= 1;
         let left = instance.in_flight;
         if left == 0 {
@@ -905,15 +917,12 @@ impl ClusterView {
         let need = instance.resources;
         let mut failed_invocations = Vec::new();
         let busy_ms = if instance.in_flight > 0 {
-            let deadlines = &mut self.deadlines;
-            self.invocations.retain(|&invocation, inv| {
-                let on_it = inv.instance == id;
-                if on_it {
+            for &invocation in &instance.invocations {
+                if let Some(inv) = self.invocations.remove(&invocation) {
+                    self.deadlines.remove(&(inv.deadline_ms, invocation));
                     failed_invocations.push(invocation);
-                    deadlines.remove(&(inv.deadline_ms, invocation));
                 }
-                !on_it
-            });
+            }
             failed_invocations.sort_unstable();
             for &invocation in &failed_invocations {
                 self.failed.remember(invocation, reason);
@@ -928,7 +937,7 @@ impl ClusterView {
         let node = &mut self.nodes[instance.node];
         node.reserved.cpu_millis -= need.cpu_millis;
         node.reserved.memory_mib -= need.memory_mib;
-        node.instance_count -= 1;
+        node.instances.remove(&id);
         self.reindex(instance.node);
         let node = &self.nodes[instance.node];
         Some(RetiredInstance {
@@ -1088,18 +1097,13 @@ impl ClusterView {
 
     /// Node `idx`'s instances and the invocations running on them.
     fn lost_node(&self, idx: usize, dead: bool) -> LostNode {
-        let mut instances: Vec<InstanceId> = self
-            .instances
-            .iter()
-            .filter(|(_, i)| i.node == idx)
-            .map(|(&id, _)| id)
-            .collect();
+        let mut instances: Vec<InstanceId> = self.nodes[idx].instances.iter().copied().collect();
         instances.sort_unstable();
-        let invocations = self
-            .invocations
-            .values()
-            .filter(|inv| instances.binary_search(&inv.instance).is_ok())
-            .count();
+        let invocations = instances
+            .iter()
+            .filter_map(|id| self.instances.get(id))
+            .map(|i| i.invocations.len())
+            .sum();
         LostNode {
             node_id: self.nodes[idx].id.clone(),
             instances,
@@ -1122,7 +1126,7 @@ impl ClusterView {
                 } else {
                     Resources::default()
                 },
-                instances: n.instance_count,
+                instances: n.instances.len() as u32,
                 reported_instances: n.reported_instances.clone(),
                 warm_images: n.warm.len(),
                 last_report_ms: n.last_report_ms,

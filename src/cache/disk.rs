@@ -484,15 +484,6 @@ fn rocksdb_options(config: &CacheConfig) -> (Options, Vec<ColumnFamilyDescriptor
     table.set_cache_index_and_filter_blocks(true);
 
     let mut db = Options::default();
-    // Flushes and compactions only move chunks the memory tier already
-    // serves: at the lowest CPU priority they never take a core from the
-    // container whose start fetched them (measured: a lazy JVM start spent
-    // ~10 % of the daemon's CPU in RocksDB's flush thread).
-    if let Ok(mut env) = rocksdb::Env::new() {
-        env.lower_thread_pool_cpu_priority();
-        env.lower_high_priority_thread_pool_cpu_priority();
-        db.set_env(&env);
-    }
     db.create_if_missing(true);
     db.create_missing_column_families(true);
     db.set_max_background_jobs(knobs.max_background_jobs as i32);

@@ -116,7 +116,7 @@ def main():
     if os.geteuid() != 0:
         sys.exit("bench-delivery: run as root (containerd, FUSE, mounts)")
     # What bench.Env expects of its arguments.
-    args.link, args.convert_args, args.fetch_config = None, None, None
+    args.link, args.convert_args, args.fetch_config, args.nydus_validate = None, None, None, False
     env = bench.Env(args)
     env.peers = {"nydus": {"found": False}}
     ns = "delivery"

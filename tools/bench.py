@@ -395,7 +395,8 @@ def nydus_convert(env, name, layout, tag):
     # nydusd's registry backend here (a panic with RAFS v6, short reads
     # with v5), its directory path works.
     t0, c0 = time.perf_counter(), children_cpu()
-    env.run(nydus_image, "create", "--fs-version", "6", "--blob-dir", blobs, "--bootstrap", bootstrap,
+    env.run(nydus_image, "create", "--fs-version", "5" if env.args.nydus_validate else "6",
+            "--blob-dir", blobs, "--bootstrap", bootstrap,
             "--log-level", "warn", rootfs)
     convert_s, convert_cpu_s = time.perf_counter() - t0, children_cpu() - c0
     shutil.rmtree(rootfs)
@@ -639,7 +640,7 @@ def timed_nydus_fs(env, image, run_index):
             "scheme": "http", "host": host, "repo": image.nydus["repo"], "timeout": 30,
             "connect_timeout": 5, "retry_limit": 2}},
             "cache": {"type": "blobcache", "config": {"work_dir": cache}}},
-            "mode": "direct", "digest_validate": False, "iostats_files": False,
+            "mode": "direct", "digest_validate": env.args.nydus_validate, "iostats_files": False,
             "enable_xattr": True, "fs_prefetch": {"enable": False}}, f)
     drop_caches()
     since = env.registry_log_size()
@@ -771,6 +772,8 @@ def main():
     ap.add_argument("--link", help="RATE,RTT for a shaped link to the registry, e.g. 200mbit,10ms")
     ap.add_argument("--convert-args", help="extra `loci convert` options, e.g. '--chunk-size-kib 1024'")
     ap.add_argument("--fetch-config", help="extra [fetch] TOML for the loci-fs mode, e.g. 'amplify_bytes = 4194304'")
+    ap.add_argument("--nydus-validate", action="store_true",
+                    help="Nydus verifies every chunk's digest, as loci does (RAFS v5: v6 cannot validate in nydusd 2.2)")
     args = ap.parse_args()
     images = (args.images or (",".join(QUICK_IMAGES) if args.quick else "python,nginx,jre,busybox")).split(",")
     for name in images:

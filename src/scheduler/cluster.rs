@@ -734,11 +734,6 @@ impl ClusterView {
         &self.functions[function.0].spec
     }
 
-    /// Whether a node of this name has reported and not been forgotten.
-    pub fn knows_node(&self, node_id: &str) -> bool {
-        self.node_ids.contains_key(node_id)
-    }
-
     /// Numbers instances from `first` on: a restarted service starts past
     /// the ids its predecessor gave, so a node still running one of those
     /// is not taken for a new instance of the same id.

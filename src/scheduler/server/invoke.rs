@@ -8,7 +8,7 @@
 //! invocations on it get a 502 naming why, at once, not when their callers
 //! give up. A caller that goes away ends its invocation.
 
-use super::{lock, now_ms, ApiError, Shared};
+use super::{agents, both, now_ms, view, ApiError, Shared};
 use crate::scheduler::cluster::{InstanceId, InvocationId};
 use crate::scheduler::error::SchedulerError;
 use crate::scheduler::lifecycle::Stage;
@@ -44,7 +44,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if !self.ended {
-            let _ = lock(&self.state).view.complete(self.invocation, now_ms());
+            let _ = view(&self.state).complete(self.invocation, now_ms());
         }
     }
 }
@@ -61,18 +61,21 @@ enum Waited {
 /// Waits until `instance` is ready, gone, or `deadline` passes.
 async fn wait_ready(state: &Shared, instance: InstanceId, deadline: Instant) -> Waited {
     loop {
-        let bell = {
-            let mut s = lock(state);
-            match s.lifecycle.bell(instance) {
-                Some(bell) => bell,
-                None if s.view.instance_home(instance).is_some() => return Waited::Unmanaged,
-                None => return Waited::Gone,
-            }
+        // Its own statement: the agents' lock is let go before the view's
+        // is taken below (the view is always locked first).
+        let bell = agents(state).lifecycle.bell(instance);
+        let Some(bell) = bell else {
+            // Not followed by the agents' half: either on a node without an
+            // agent (the view has it) or gone.
+            return match view(state).instance_home(instance) {
+                Some(_) => Waited::Unmanaged,
+                None => Waited::Gone,
+            };
         };
         let rung = bell.notified();
         tokio::pin!(rung);
         rung.as_mut().enable();
-        match lock(state).lifecycle.stage(instance) {
+        match agents(state).lifecycle.stage(instance) {
             Stage::Ready(endpoint) => return Waited::Ready(endpoint),
             Stage::Gone => return Waited::Gone,
             Stage::Starting => {}
@@ -86,13 +89,13 @@ async fn wait_ready(state: &Shared, instance: InstanceId, deadline: Instant) -> 
 /// Resolves when `instance` is no longer ready (stopped, killed, exited).
 async fn gone(state: &Shared, instance: InstanceId) {
     loop {
-        let Some(bell) = lock(state).lifecycle.bell(instance) else {
+        let Some(bell) = agents(state).lifecycle.bell(instance) else {
             return;
         };
         let rung = bell.notified();
         tokio::pin!(rung);
         rung.as_mut().enable();
-        if !matches!(lock(state).lifecycle.stage(instance), Stage::Ready(_)) {
+        if !matches!(agents(state).lifecycle.stage(instance), Stage::Ready(_)) {
             return;
         }
         rung.await;
@@ -154,7 +157,7 @@ fn bad_gateway(error: String) -> ApiError {
 fn failed(guard: InFlight, instance: InstanceId) -> ApiError {
     let (state, invocation) = (guard.state.clone(), guard.invocation);
     guard.ended();
-    let why = match lock(&state).view.complete(invocation, now_ms()) {
+    let why = match view(&state).complete(invocation, now_ms()) {
         Err(SchedulerError::InvocationFailed { reason, .. }) => reason_text(reason),
         _ => "it stopped".to_string(),
     };
@@ -179,7 +182,7 @@ fn reason_text(reason: StopReason) -> String {
 fn timed_out(guard: InFlight, instance: InstanceId, timeout: Duration) -> ApiError {
     let (state, invocation) = (guard.state.clone(), guard.invocation);
     guard.ended();
-    let mut s = lock(&state);
+    let mut s = both(&state);
     if let Some(r) = s.retire(instance, StopReason::Timeout, now_ms()) {
         tracing::warn!(instance, invocation, function = %r.function, node = %r.node_id, failed_invocations = ?r.failed_invocations, "invocation ran past its timeout: killing its instance");
     }
@@ -204,7 +207,7 @@ pub(super) async fn post_invoke(
 ) -> Result<Response, ApiError> {
     let now = now_ms();
     let (guard, instance, timeout, start_timeout, cold) = {
-        let mut s = lock(&state);
+        let mut s = both(&state);
         let id = s.view.function_id(&function)?;
         let spec = s.view.spec(id);
         let timeout = Duration::from_secs(spec.timeout_s);

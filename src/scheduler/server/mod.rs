@@ -35,16 +35,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
-/// The service state: the cluster view, the orders waiting for each node,
-/// and what node agents did with the instances they were given.
+/// The service state, in two halves with a lock each, so that node agents'
+/// polls and invocations waiting for or watching their instance do not
+/// queue behind placement and routing: the cluster view, and what node
+/// agents were ordered and did. Work that spans both takes the view first.
 struct Service {
-    view: ClusterView,
-    orders: HashMap<String, NodeOrders>,
-    /// Rung when a node has new orders, for its agent's long poll.
-    order_bells: HashMap<String, Arc<Notify>>,
-    /// Nodes whose daemon starts instances (`starts_instances`).
-    agent_nodes: HashSet<String>,
-    lifecycle: Lifecycle,
+    view: Mutex<ClusterView>,
+    agents: Mutex<Agents>,
     node_timeout_ms: u64,
     node_dead_ms: u64,
     /// Hosts instance endpoints may name besides the reporting node's own
@@ -52,14 +49,57 @@ struct Service {
     instance_hosts: Vec<String>,
 }
 
-type Shared = Arc<Mutex<Service>>;
+/// The orders waiting for each node and what node agents did with the
+/// instances they were given.
+#[derive(Default)]
+struct Agents {
+    orders: HashMap<String, NodeOrders>,
+    /// Rung when a node has new orders, for its agent's long poll.
+    order_bells: HashMap<String, Arc<Notify>>,
+    /// Nodes whose daemon starts instances (`starts_instances`).
+    agent_nodes: HashSet<String>,
+    lifecycle: Lifecycle,
+}
 
-fn lock(state: &Shared) -> MutexGuard<'_, Service> {
-    // Handlers do not panic on bad input (it is validated first); should one
-    // panic anyway, keep answering rather than fail every later request.
-    state
+type Shared = Arc<Service>;
+
+/// Takes a lock even if a handler panicked holding it: handlers do not
+/// panic on bad input (it is validated first); should one anyway, keep
+/// answering rather than fail every later request.
+fn take<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The cluster view alone.
+fn view(state: &Shared) -> MutexGuard<'_, ClusterView> {
+    take(&state.view)
+}
+
+/// The agents' half alone (never taken before the view by the same task).
+fn agents(state: &Shared) -> MutexGuard<'_, Agents> {
+    take(&state.agents)
+}
+
+/// Both halves, the view first.
+fn both(state: &Shared) -> Both<'_> {
+    let view = take(&state.view);
+    let agents = take(&state.agents);
+    Both {
+        view,
+        agents,
+        node_timeout_ms: state.node_timeout_ms,
+        node_dead_ms: state.node_dead_ms,
+    }
+}
+
+/// Both halves held, for work that spans them.
+struct Both<'a> {
+    view: MutexGuard<'a, ClusterView>,
+    agents: MutexGuard<'a, Agents>,
+    node_timeout_ms: u64,
+    node_dead_ms: u64,
 }
 
 fn now_ms() -> u64 {
@@ -68,34 +108,13 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl Service {
+impl Agents {
     fn orders_for(&mut self, node: &str) -> &mut NodeOrders {
         if let Some(bell) = self.order_bells.get(node) {
             // A permit is kept when nobody waits: the next poll returns at once.
             bell.notify_one();
         }
         self.orders.entry(node.to_string()).or_default()
-    }
-
-    /// Orders the new instance started on its node, and follows its start
-    /// when the node's agent reports on it.
-    fn order_start(&mut self, p: &Placement, now: u64) {
-        let Ok(id) = self.view.function_id(&p.function) else {
-            return;
-        };
-        let spec = self.view.spec(id);
-        let order = StartOrder {
-            instance_id: p.instance_id,
-            function: p.function.clone(),
-            image: p.image.clone(),
-            resources: p.resources,
-            command: spec.command.clone().unwrap_or_default(),
-            start_timeout_s: spec.start_timeout_s,
-        };
-        if self.agent_nodes.contains(&p.node_id) {
-            self.lifecycle.placed(&p.node_id, order.clone(), now);
-        }
-        self.orders_for(&p.node_id).start.push(order);
     }
 
     /// An instance left the view: its node is told to stop it (unless it
@@ -114,6 +133,29 @@ impl Service {
             });
         }
     }
+}
+
+impl Both<'_> {
+    /// Orders the new instance started on its node, and follows its start
+    /// when the node's agent reports on it.
+    fn order_start(&mut self, p: &Placement, now: u64) {
+        let Ok(id) = self.view.function_id(&p.function) else {
+            return;
+        };
+        let spec = self.view.spec(id);
+        let order = StartOrder {
+            instance_id: p.instance_id,
+            function: p.function.clone(),
+            image: p.image.clone(),
+            resources: p.resources,
+            command: spec.command.clone().unwrap_or_default(),
+            start_timeout_s: spec.start_timeout_s,
+        };
+        if self.agents.agent_nodes.contains(&p.node_id) {
+            self.agents.lifecycle.placed(&p.node_id, order.clone(), now);
+        }
+        self.agents.orders_for(&p.node_id).start.push(order);
+    }
 
     /// Retires an instance for `reason`, if the view still has it.
     fn retire(
@@ -123,7 +165,7 @@ impl Service {
         now: u64,
     ) -> Option<RetiredInstance> {
         let r = self.view.retire(instance, reason, now)?;
-        self.stopped(&r);
+        self.agents.stopped(&r);
         Some(r)
     }
 
@@ -134,10 +176,10 @@ impl Service {
     /// the node does not know of are ordered again (their order was lost).
     fn reconcile(&mut self, report: &NodeReport, now: u64) {
         if !report.starts_instances {
-            self.agent_nodes.remove(&report.node_id);
+            self.agents.agent_nodes.remove(&report.node_id);
             return;
         }
-        self.agent_nodes.insert(report.node_id.clone());
+        self.agents.agent_nodes.insert(report.node_id.clone());
         let mut runs = HashSet::new();
         for r in &report.running {
             let ours = self
@@ -145,7 +187,7 @@ impl Service {
                 .instance_home(r.instance_id)
                 .is_some_and(|(node, f)| node == report.node_id && f == r.function);
             if !ours {
-                let orders = self.orders_for(&report.node_id);
+                let orders = self.agents.orders_for(&report.node_id);
                 if !orders.stop.iter().any(|s| s.instance_id == r.instance_id) {
                     tracing::warn!(node = %report.node_id, instance = r.instance_id, function = %r.function, "node runs an instance the scheduler does not have there: stopping it");
                     orders.stop.push(StopOrder {
@@ -158,14 +200,18 @@ impl Service {
             }
             runs.insert(r.instance_id);
             if let (true, Some(endpoint)) = (r.ready, &r.endpoint) {
-                if let Some(took) = self.lifecycle.ready(r.instance_id, endpoint, now) {
+                if let Some(took) = self.agents.lifecycle.ready(r.instance_id, endpoint, now) {
                     self.view.set_ready(r.instance_id);
                     tracing::info!(node = %report.node_id, instance = r.instance_id, function = %r.function, %endpoint, start_ms = took, "instance ready");
                 }
             }
         }
-        for order in self.lifecycle.unreported_starts(&report.node_id, &runs) {
-            let orders = self.orders_for(&report.node_id);
+        for order in self
+            .agents
+            .lifecycle
+            .unreported_starts(&report.node_id, &runs)
+        {
+            let orders = self.agents.orders_for(&report.node_id);
             if !orders
                 .start
                 .iter()
@@ -175,7 +221,7 @@ impl Service {
                 orders.start.push(order);
             }
         }
-        for id in self.lifecycle.node_runs(&report.node_id, runs) {
+        for id in self.agents.lifecycle.node_runs(&report.node_id, runs) {
             if let Some(r) = self.retire(id, StopReason::Exited, now) {
                 tracing::warn!(node = %r.node_id, instance = id, function = %r.function, failed_invocations = ?r.failed_invocations, "instance exited on its node");
             }
@@ -186,9 +232,9 @@ impl Service {
     fn tick(&mut self, now: u64) {
         for r in self.view.kill_timed_out(now) {
             tracing::warn!(instance = r.instance_id, function = %r.function, node = %r.node_id, failed_invocations = ?r.failed_invocations, "invocation ran past its timeout: killing instance; its invocations fail (410 on completion)");
-            self.stopped(&r);
+            self.agents.stopped(&r);
         }
-        for id in self.lifecycle.take_expired_starts(now) {
+        for id in self.agents.lifecycle.take_expired_starts(now) {
             if let Some(r) = self.retire(id, StopReason::StartFailed, now) {
                 tracing::warn!(instance = id, function = %r.function, node = %r.node_id, "instance not ready within its start timeout: stopping it");
             }
@@ -203,16 +249,16 @@ impl Service {
             }
             tracing::warn!(node = %lost.node_id, instances = lost.instances.len(), invocations = lost.invocations, "node dead: its instances are dropped");
             for &id in &lost.instances {
-                self.lifecycle.gone(id);
+                self.agents.lifecycle.gone(id);
             }
-            self.lifecycle.forget_node(&lost.node_id);
-            self.orders.remove(&lost.node_id);
-            self.order_bells.remove(&lost.node_id);
-            self.agent_nodes.remove(&lost.node_id);
+            self.agents.lifecycle.forget_node(&lost.node_id);
+            self.agents.orders.remove(&lost.node_id);
+            self.agents.order_bells.remove(&lost.node_id);
+            self.agents.agent_nodes.remove(&lost.node_id);
         }
         for r in self.view.retire_idle(now) {
             tracing::debug!(instance = r.instance_id, function = %r.function, "idle past keep-alive: retiring");
-            self.stopped(&r);
+            self.agents.stopped(&r);
         }
         let changes = self.view.reconcile_reservations(now);
         for p in &changes.started {
@@ -221,7 +267,7 @@ impl Service {
         }
         for r in &changes.stopped {
             tracing::info!(instance = r.instance_id, function = %r.function, "reservation shrank: retiring");
-            self.stopped(r);
+            self.agents.stopped(r);
         }
     }
 }
@@ -358,12 +404,14 @@ async fn post_report(
 ) -> Result<Json<NodeOrders>, ApiError> {
     let report: NodeReport = decode(&body)?;
     let now = now_ms();
-    let mut s = lock(&state);
-    check_endpoint_hosts(&report, peer.ip(), &s.instance_hosts)?;
+    check_endpoint_hosts(&report, peer.ip(), &state.instance_hosts)?;
+    let mut s = both(&state);
     s.view.apply_report(&report, now)?;
     s.reconcile(&report, now);
     tracing::debug!(node = %report.node_id, images = report.images.len(), running = report.running.len(), "report");
-    Ok(Json(s.orders.remove(&report.node_id).unwrap_or_default()))
+    Ok(Json(
+        s.agents.orders.remove(&report.node_id).unwrap_or_default(),
+    ))
 }
 
 async fn post_function(
@@ -371,9 +419,9 @@ async fn post_function(
     body: Bytes,
 ) -> Result<Json<FunctionSummary>, ApiError> {
     let spec: FunctionSpec = decode(&body)?;
-    let mut s = lock(&state);
-    let id = s.view.register_function(spec)?;
-    let summary = s.view.function_summary(id);
+    let mut view = view(&state);
+    let id = view.register_function(spec)?;
+    let summary = view.function_summary(id);
     tracing::info!(function = %summary.name, policy = ?summary.policy, "function registered");
     Ok(Json(summary))
 }
@@ -382,14 +430,14 @@ async fn get_function(
     State(state): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Json<FunctionSummary>, ApiError> {
-    let s = lock(&state);
-    let id = s.view.function_id(&name)?;
-    Ok(Json(s.view.function_summary(id)))
+    let view = view(&state);
+    let id = view.function_id(&name)?;
+    Ok(Json(view.function_summary(id)))
 }
 
 async fn post_place(State(state): State<Shared>, body: Bytes) -> Result<Json<Placement>, ApiError> {
     let request: FunctionRequest = decode(&body)?;
-    let mut s = lock(&state);
+    let mut s = both(&state);
     let id = s.view.function_id(&request.function)?;
     let now = now_ms();
     let placement = s.view.place(id, false, now)?;
@@ -399,7 +447,7 @@ async fn post_place(State(state): State<Shared>, body: Bytes) -> Result<Json<Pla
 
 async fn post_route(State(state): State<Shared>, body: Bytes) -> Result<Json<Routed>, ApiError> {
     let request: FunctionRequest = decode(&body)?;
-    let mut s = lock(&state);
+    let mut s = both(&state);
     let id = s.view.function_id(&request.function)?;
     let now = now_ms();
     let routed = s.view.route(id, now)?;
@@ -414,9 +462,7 @@ async fn post_complete(
     body: Bytes,
 ) -> Result<Json<Completed>, ApiError> {
     let request: CompleteRequest = decode(&body)?;
-    let (instance_id, in_flight) = lock(&state)
-        .view
-        .complete(request.invocation_id, now_ms())?;
+    let (instance_id, in_flight) = view(&state).complete(request.invocation_id, now_ms())?;
     Ok(Json(Completed {
         instance_id,
         in_flight,
@@ -437,7 +483,8 @@ struct OrdersRequest {
 const MAX_ORDER_WAIT_MS: u64 = 60_000;
 
 /// A node agent's long poll: its waiting orders at once, or the first that
-/// is given within `wait_ms`, or none. Only for nodes that have reported.
+/// is given within `wait_ms`, or none. Only for nodes that have reported
+/// as node agents. Takes only the agents' lock.
 async fn post_orders(
     State(state): State<Shared>,
     Path(node): Path<String>,
@@ -451,11 +498,11 @@ async fn post_orders(
     };
     let wait = Duration::from_millis(request.wait_ms.min(MAX_ORDER_WAIT_MS));
     let bell = {
-        let mut s = lock(&state);
-        if !s.view.knows_node(&node) {
+        let mut s = agents(&state);
+        if !s.agent_nodes.contains(&node) {
             return Err(ApiError {
                 status: StatusCode::NOT_FOUND,
-                error: format!("node {node:?} has not reported: report before polling for orders"),
+                error: format!("node {node:?} has not reported as a node agent: report (with starts_instances) before polling for orders"),
                 field: Some("node".into()),
             });
         }
@@ -467,11 +514,13 @@ async fn post_orders(
         s.order_bells.entry(node.clone()).or_default().clone()
     };
     let _ = tokio::time::timeout(wait, bell.notified()).await;
-    Ok(Json(lock(&state).orders.remove(&node).unwrap_or_default()))
+    Ok(Json(
+        agents(&state).orders.remove(&node).unwrap_or_default(),
+    ))
 }
 
 async fn get_cluster(State(state): State<Shared>) -> Json<ClusterSummary> {
-    let s = lock(&state);
+    let s = both(&state);
     Json(ClusterSummary {
         nodes: s.view.node_summaries(),
         functions: s
@@ -480,7 +529,7 @@ async fn get_cluster(State(state): State<Shared>) -> Json<ClusterSummary> {
             .map(|id| s.view.function_summary(id))
             .collect(),
         placement: s.view.placement_stats(),
-        starts: s.lifecycle.stats(),
+        starts: s.agents.lifecycle.stats(),
     })
 }
 
@@ -489,7 +538,7 @@ async fn post_filter(
     body: Bytes,
 ) -> Result<Json<ExtenderFilterResult>, ApiError> {
     let args: ExtenderArgs = decode(&body)?;
-    Ok(Json(extender::filter(&lock(&state).view, &args)?))
+    Ok(Json(extender::filter(&view(&state), &args)?))
 }
 
 async fn post_prioritize(
@@ -497,7 +546,7 @@ async fn post_prioritize(
     body: Bytes,
 ) -> Result<Json<Vec<HostPriority>>, ApiError> {
     let args: ExtenderArgs = decode(&body)?;
-    Ok(Json(extender::prioritize(&lock(&state).view, &args)?))
+    Ok(Json(extender::prioritize(&view(&state), &args)?))
 }
 
 /// Serves the scheduler on `listener` until `shutdown` resolves. The
@@ -517,16 +566,13 @@ pub async fn serve(
     // the epoch, times 1024: a thousand placements a millisecond before
     // the next run's ids could meet these).
     view.number_instances_from(now_ms().saturating_mul(1024));
-    let state: Shared = Arc::new(Mutex::new(Service {
-        view,
-        orders: HashMap::new(),
-        order_bells: HashMap::new(),
-        agent_nodes: HashSet::new(),
-        lifecycle: Lifecycle::default(),
+    let state: Shared = Arc::new(Service {
+        view: Mutex::new(view),
+        agents: Mutex::new(Agents::default()),
         node_timeout_ms: config.node_timeout_ms,
         node_dead_ms: config.node_dead_ms,
         instance_hosts: config.access.instance_hosts.clone(),
-    }));
+    });
     let ticker = {
         let state = state.clone();
         let period = Duration::from_millis(config.reconcile_interval_ms);
@@ -535,7 +581,7 @@ pub async fn serve(
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
-                lock(&state).tick(now_ms());
+                both(&state).tick(now_ms());
             }
         })
     };

@@ -16,6 +16,7 @@ mod memory;
 mod recency;
 mod single_flight;
 mod stats;
+mod write_behind;
 
 pub use config::{CacheConfig, Compression, RocksDbOptions};
 pub use layers::LayerClaim;
@@ -34,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Instant;
+use write_behind::WriteBehind;
 
 /// Why a cache operation failed. Cloneable so that one failed fetch can be
 /// handed to every caller that waited on it.
@@ -95,6 +97,9 @@ struct Tiers {
     counters: Counters,
     /// Logical time of uses, shared by both tiers' LRU orders.
     clock: AtomicU64,
+    /// Fetched chunks waiting for their disk copy (written by the
+    /// `loci-disk-behind` thread once fetching is quiet, and at persist).
+    behind: Arc<WriteBehind>,
 }
 
 impl Tiers {
@@ -164,18 +169,22 @@ impl Tiers {
         Ok(())
     }
 
-    /// Stores a chunk its caller has verified: in memory now, on disk from
-    /// tokio's blocking pool, off the reader's path (a failed disk write
-    /// only loses the copy on disk).
+    /// Stores a chunk its caller has verified: in memory now, on disk
+    /// once fetching is quiet (see [`write_behind`]), off the reader's path
+    /// (a failed disk write only loses the copy on disk).
     fn store_verified_behind(self: &Arc<Self>, digest: Digest, data: Bytes) {
         let tick = self.tick();
         self.put_in_memory(digest, data.clone(), tick);
-        let tiers = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            if let Err(error) = tiers.store_on_disk(&digest, &data, tick) {
+        self.behind.push((digest, data, tick));
+    }
+
+    /// Writes pending disk copies.
+    fn write_behind(&self, chunks: Vec<write_behind::Pending>) {
+        for (digest, data, tick) in chunks {
+            if let Err(error) = self.store_on_disk(&digest, &data, tick) {
                 tracing::warn!(%digest, %error, "could not store a fetched chunk on disk");
             }
-        });
+        }
     }
 }
 
@@ -186,6 +195,7 @@ impl Tiers {
     /// since the last memtable flush (they are fetched again), never
     /// consistency.
     fn persist(&self) {
+        self.write_behind(self.behind.take_all());
         for chunk in self.memory.last_uses() {
             self.disk.touch(&chunk.digest, chunk.tick);
         }
@@ -196,6 +206,7 @@ impl Tiers {
 impl Drop for Tiers {
     fn drop(&mut self) {
         self.persist();
+        self.behind.stop();
     }
 }
 
@@ -239,14 +250,34 @@ impl ChunkCache {
             memory_bound = config.memory_bytes,
             "chunk cache open"
         );
+        // Pending copies share their bytes with the memory tier; bounded
+        // to half of it beyond what it holds.
+        let behind = Arc::new(WriteBehind::new(config.memory_bytes / 2));
+        let tiers = Arc::new(Tiers {
+            memory: MemoryTier::new(config.memory_bytes),
+            disk,
+            layers: Mutex::new(Ledger::default()),
+            counters: Counters::default(),
+            clock: AtomicU64::new(clock),
+            behind: behind.clone(),
+        });
+        let writer = Arc::downgrade(&tiers);
+        std::thread::Builder::new()
+            .name("loci-disk-behind".into())
+            .spawn(move || {
+                while let Some(chunks) = behind.wait_due() {
+                    match writer.upgrade() {
+                        Some(tiers) => tiers.write_behind(chunks),
+                        None => return,
+                    }
+                }
+            })
+            .map_err(|e| CacheError::Open {
+                dir: config.dir.clone(),
+                source: Arc::new(e),
+            })?;
         Ok(Arc::new(ChunkCache {
-            tiers: Arc::new(Tiers {
-                memory: MemoryTier::new(config.memory_bytes),
-                disk,
-                layers: Mutex::new(Ledger::default()),
-                counters: Counters::default(),
-                clock: AtomicU64::new(clock),
-            }),
+            tiers,
             flights: SingleFlight::new(),
         }))
     }

@@ -276,16 +276,25 @@ fn a_cache_on_a_full_filesystem_still_serves_the_right_bytes() {
                 assert_eq!(got, want, "{name}: {file}, pass {pass}");
             }
         }
-        let log = full.daemon.log_text();
-        assert!(
-            full.daemon.child.try_wait().unwrap().is_none(),
-            "{name}: {log}"
-        );
         let said = if min_free.is_none() {
             "nearly full"
         } else {
             "takes no more until loci restarts"
         };
+        // Disk copies are written once fetching is quiet (1 s): wait for
+        // them to meet the full filesystem.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let log = loop {
+            let log = full.daemon.log_text();
+            if log.contains(said) || Instant::now() > deadline {
+                break log;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(
+            full.daemon.child.try_wait().unwrap().is_none(),
+            "{name}: {log}"
+        );
         assert!(
             log.contains(said),
             "{name}: the log does not say {said:?}:\n{log}"

@@ -86,16 +86,8 @@ impl Cluster {
             .arg(signing_key(work.path()))
             .arg(format!("oci:{}:py3-nobody", layout.display()))
             .arg(&image));
-        let config = work.path().join("loci.toml");
-        write_config(&config, &work.path().join("cache"), 30);
-        let mut text = std::fs::read_to_string(&config).unwrap();
         let metrics_port = free_port();
-        text.push_str(&format!(
-            "\n[snapshotter]\nplain_http_registries = [{:?}]\ntrusted_keys = [{:?}]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\n",
-            registry.addr,
-            signing_key(work.path()).with_extension("key.pub"),
-        ));
-        std::fs::write(&config, text).unwrap();
+        write_snapshotter_config(work.path(), &registry.addr, metrics_port, "");
         let snapshotter = spawn_snapshotter_at(work.path(), &[]);
         let containerd = Containerd::start(&format!(
             "[proxy_plugins.loci]\n  type = \"snapshot\"\n  address = \"{}\"\n",

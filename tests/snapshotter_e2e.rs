@@ -60,43 +60,14 @@ fn start_snapshotter_budgeted(
     extra: &str,
     disk_bytes: Option<u64>,
 ) -> Daemon {
-    let sock = socket(work);
-    let _ = std::fs::remove_file(&sock);
-    let config = work.join("loci.toml");
-    write_config(&config, &work.join("cache"), 30);
-    let mut text = std::fs::read_to_string(&config).unwrap();
+    write_snapshotter_config(work, registry, metrics_port, extra);
     if let Some(bytes) = disk_bytes {
-        text = text.replace("disk_bytes = 4294967296", &format!("disk_bytes = {bytes}"));
+        let config = work.join("loci.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.replace("disk_bytes = 4294967296", &format!("disk_bytes = {bytes}"));
+        std::fs::write(&config, text).unwrap();
     }
-    text.push_str(&format!(
-        "\n[snapshotter]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\nplain_http_registries = [\"{registry}\"]\ntrusted_keys = [{:?}]\n{extra}\n",
-        signing_key(work).with_extension("key.pub")
-    ));
-    std::fs::write(&config, text).unwrap();
-    let mut cmd = loci();
-    cmd.arg("snapshotter")
-        .arg("--address")
-        .arg(&sock)
-        .arg("--root")
-        .arg(work.join("root"))
-        .arg("--config")
-        .arg(&config);
-    let n = std::fs::read_dir(work).unwrap().count();
-    let log = work.join(format!("snapshotter-{n}.log"));
-    let mut daemon = Daemon::spawn(cmd, log);
-    let start = Instant::now();
-    while !sock.exists() {
-        if let Ok(Some(status)) = daemon.child.try_wait() {
-            panic!("loci snapshotter exited ({status}):\n{}", daemon.log_text());
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no socket:\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    daemon
+    spawn_snapshotter_at(work, &[])
 }
 
 impl Setup {

@@ -253,10 +253,21 @@ impl Agent {
     /// out the orders each answer brings.
     async fn report_loop(self: Arc<Self>) {
         let mut cpu = CpuSampler::default();
+        // Warmth is read at most once an interval: the reports an instance's
+        // start or readiness sends at once carry the last reading, so a
+        // burst of starts does not make the snapshotter walk every chunk
+        // while it serves them.
+        let mut images: Option<(Instant, Vec<ImageCache>)> = None;
         loop {
             self.notice_exits().await;
-            let images = self.images().await;
-            let report = self.build_report(&mut cpu, images);
+            if images
+                .as_ref()
+                .is_none_or(|(read, _)| read.elapsed() >= self.config.report_interval)
+            {
+                images = Some((Instant::now(), self.images().await));
+            }
+            let warmth = images.as_ref().map(|(_, i)| i.clone()).unwrap_or_default();
+            let report = self.build_report(&mut cpu, warmth);
             let token = scheduler_token(self.config.token_file.as_deref());
             match report_to(&self.config.scheduler_url, &report, token.as_deref()).await {
                 Ok(orders) => self.carry_out(orders),

@@ -157,21 +157,14 @@ impl Containerd {
             signal.into(),
             container_name(instance_id),
         ];
-        match self.ctr(&args).await {
-            Err(RuntimeError::Failed { stderr, .. }) if stderr.contains("not found") => Ok(()),
-            other => other.map(|_| ()),
-        }
+        already_gone(self.ctr(&args).await)
     }
 
     /// Removes an instance's task (killing it) and container with its
     /// snapshot; what is already gone is skipped.
     pub async fn remove(&self, instance_id: u64) -> Result<(), RuntimeError> {
         let name = container_name(instance_id);
-        let not_found = |r: Result<String, RuntimeError>| match r {
-            Err(RuntimeError::Failed { stderr, .. }) if stderr.contains("not found") => Ok(()),
-            other => other.map(|_| ()),
-        };
-        not_found(
+        already_gone(
             self.ctr(&[
                 "task".into(),
                 "delete".into(),
@@ -180,7 +173,7 @@ impl Containerd {
             ])
             .await,
         )?;
-        not_found(self.ctr(&["container".into(), "delete".into(), name]).await)
+        already_gone(self.ctr(&["container".into(), "delete".into(), name]).await)
     }
 
     /// Which tasks are running, by container name.
@@ -239,6 +232,15 @@ impl Containerd {
                 Some((id, running))
             })
             .collect())
+    }
+}
+
+/// A `ctr` call on a task or container that no longer exists did what
+/// was wanted.
+fn already_gone(result: Result<String, RuntimeError>) -> Result<(), RuntimeError> {
+    match result {
+        Err(RuntimeError::Failed { stderr, .. }) if stderr.contains("not found") => Ok(()),
+        other => other.map(|_| ()),
     }
 }
 

@@ -52,6 +52,9 @@ pub struct StartStats {
 #[derive(Default)]
 pub(super) struct Lifecycle {
     starting: HashMap<InstanceId, Starting>,
+    /// The starting instances of each node, so a report looks only at its
+    /// own node's.
+    starting_on: HashMap<String, HashSet<InstanceId>>,
     ready: HashMap<InstanceId, String>,
     /// Rung when an instance becomes ready or goes: invocations waiting
     /// for it or running on it look again.
@@ -66,6 +69,10 @@ impl Lifecycle {
     /// An instance was ordered started on `node`, whose agent reports it.
     pub(super) fn placed(&mut self, node: &str, order: StartOrder, now_ms: u64) {
         let deadline_ms = now_ms.saturating_add(order.start_timeout_s.saturating_mul(1000));
+        self.starting_on
+            .entry(node.to_string())
+            .or_default()
+            .insert(order.instance_id);
         self.starting.insert(
             order.instance_id,
             Starting {
@@ -85,10 +92,13 @@ impl Lifecycle {
         reported: &HashSet<InstanceId>,
     ) -> Vec<StartOrder> {
         let mut orders: Vec<StartOrder> = self
-            .starting
-            .iter()
-            .filter(|(id, s)| s.node == node && !reported.contains(id))
-            .map(|(_, s)| s.order.clone())
+            .starting_on
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter(|id| !reported.contains(id))
+            .filter_map(|id| self.starting.get(id))
+            .map(|s| s.order.clone())
             .collect();
         orders.sort_by_key(|o| o.instance_id);
         orders
@@ -97,7 +107,7 @@ impl Lifecycle {
     /// The node said the instance is ready at `endpoint`. Returns the
     /// decision-to-ready time the first time, None after.
     pub(super) fn ready(&mut self, id: InstanceId, endpoint: &str, now_ms: u64) -> Option<u64> {
-        let started = self.starting.remove(&id)?;
+        let started = self.unstart(id)?;
         self.ready.insert(id, endpoint.to_string());
         let took = now_ms.saturating_sub(started.placed_ms);
         if self.latencies.len() == LATENCIES_KEPT {
@@ -111,10 +121,22 @@ impl Lifecycle {
 
     /// The instance left the view (stopped, failed, its node lost).
     pub(super) fn gone(&mut self, id: InstanceId) {
-        self.starting.remove(&id);
+        self.unstart(id);
         self.ready.remove(&id);
         self.ring(id);
         self.bells.remove(&id);
+    }
+
+    /// Takes an instance out of the starting ones (and its node's).
+    fn unstart(&mut self, id: InstanceId) -> Option<Starting> {
+        let started = self.starting.remove(&id)?;
+        if let Some(on_node) = self.starting_on.get_mut(&started.node) {
+            on_node.remove(&id);
+            if on_node.is_empty() {
+                self.starting_on.remove(&started.node);
+            }
+        }
+        Some(started)
     }
 
     fn ring(&self, id: InstanceId) {
@@ -153,8 +175,8 @@ impl Lifecycle {
             .map(|(&id, _)| id)
             .collect();
         late.sort_unstable();
-        for id in &late {
-            self.starting.remove(id);
+        for &id in &late {
+            self.unstart(id);
         }
         self.stats.failed += late.len() as u64;
         late
@@ -230,6 +252,10 @@ mod tests {
         assert!(futures_ready(rung), "waiters are woken when it is ready");
         assert_eq!(l.stage(1), Stage::Ready("http://127.0.0.1:9000".into()));
         l.gone(1);
+        assert!(
+            l.starting_on.is_empty(),
+            "nodes with nothing starting are dropped"
+        );
         assert_eq!(l.stage(1), Stage::Gone);
         assert!(l.bell(1).is_none(), "no bell for what is gone");
         let stats = l.stats();

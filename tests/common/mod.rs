@@ -752,6 +752,22 @@ pub fn spawn_snapshotter_at(work: &Path, env: &[(&str, &Path)]) -> Daemon {
     snapshotter
 }
 
+/// Writes `work`/loci.toml for [`spawn_snapshotter_at`]: the cache in
+/// `work`/cache, `registry` (host:port) reached over plain HTTP as the
+/// node's configuration says, layers signed by `work`'s key trusted,
+/// metrics on 127.0.0.1:`metrics_port`, and `extra` lines after them in
+/// the `[snapshotter]` table (or tables of their own).
+pub fn write_snapshotter_config(work: &Path, registry: &str, metrics_port: u16, extra: &str) {
+    let config = work.join("loci.toml");
+    write_config(&config, &work.join("cache"), 30);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[snapshotter]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\nplain_http_registries = [{registry:?}]\ntrusted_keys = [{:?}]\n{extra}\n",
+        signing_key(work).with_extension("key.pub")
+    ));
+    std::fs::write(&config, text).unwrap();
+}
+
 /// Writes a node config with the cache in `cache_dir`.
 pub fn write_config(path: &Path, cache_dir: &Path, read_timeout_secs: u64) {
     std::fs::write(

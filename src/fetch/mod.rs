@@ -352,6 +352,7 @@ impl Fetcher {
     ) -> Result<Vec<u8>, FetchError> {
         let end = offset.saturating_add(len);
         let needed = content.extents_in(offset, end);
+        let readahead = self.read_ahead(layer, indexes, readahead);
         let mut ahead = if readahead > 0 {
             content.chunks_in(end, end.saturating_add(readahead).min(content.size()))
         } else {
@@ -433,6 +434,21 @@ impl Fetcher {
             })
             .filter(|&i| !cached(i))
             .collect()
+    }
+
+    /// The read-ahead of a read of `indexes` that a sequential reader's
+    /// pattern earned `readahead`: none when a followed trace holds every
+    /// chunk of the read. The reads after it are the trace's, which its
+    /// prefetch brings; read-ahead would only put bytes the start does not
+    /// read on the link ahead of them (on the JVM's mapped libraries, 4.7
+    /// of the 20.9 MB a traced start fetched). Reads outside the trace keep
+    /// it, as they keep amplification.
+    fn read_ahead(&self, layer: &RemoteLayer, indexes: &[u32], readahead: u64) -> u64 {
+        if self.all_traced(layer, indexes) {
+            0
+        } else {
+            readahead
+        }
     }
 
     /// The amplification of an on-demand read that must fetch `missing`:
@@ -532,26 +548,9 @@ impl Fetcher {
                 .store(self.clock_ms(), Ordering::Relaxed);
         }
         self.count_demand(layer, &missing);
-        // A read a followed trace foresaw waits only for the runs holding
-        // its chunks: runs of read-ahead alone (the rest of a file whose
-        // start the prefetch brought) are fetched behind it. Other reads
-        // keep the untraced policy and wait for their read-ahead too.
-        let foreseen = self.all_traced(layer, indexes);
-        let (runs, ahead_only): (Vec<Vec<u32>>, Vec<Vec<u32>>) = self
-            .runs(layer, &missing)
-            .into_iter()
-            .partition(|run| !foreseen || run.iter().any(|i| indexes.binary_search(i).is_ok()));
-        if !ahead_only.is_empty() {
-            let fetcher = Arc::clone(self);
-            let layer = layer.clone();
-            tokio::spawn(async move {
-                // Failures were logged by the cache; a reader fetches again.
-                let _ = futures::future::join_all(
-                    ahead_only.iter().map(|run| fetcher.fetch_run(&layer, run)),
-                )
-                .await;
-            });
-        }
+        // Reads wait for their read-ahead and neighbours too: a read a
+        // followed trace foresaw has neither (see `read_ahead`).
+        let runs = self.runs(layer, &missing);
         let leaders =
             futures::future::try_join_all(runs.iter().map(|run| self.fetch_run(layer, run)))
                 .await?;

@@ -178,6 +178,9 @@ fn a_followed_trace_spares_neighbours_only_for_the_reads_it_foresaw() {
             neighbours.to_vec(),
             "read {read:?}"
         );
+        // Read-ahead likewise: none for what the trace foresaw.
+        let ahead = if neighbours.is_empty() { 0 } else { 4096 };
+        assert_eq!(f.read_ahead(&layer, read, 4096), ahead, "read {read:?}");
     }
     f.count_demand(&layer, &[0, 2, 3, 4]);
     let stats = f.stats.snapshot();
@@ -402,39 +405,34 @@ fn a_run_whose_first_chunk_came_otherwise_still_fetches_the_rest() {
 }
 
 #[test]
-fn a_foreseen_read_of_cached_chunks_does_not_wait_for_its_read_ahead() {
+fn a_foreseen_read_has_no_read_ahead_and_others_wait_for_theirs() {
     let c = converted();
     let runtime = current_thread();
-    let dir = tempfile::tempdir().unwrap();
-    let f = fetcher(dir.path(), FetchConfig::default());
     let content = content_of(&c.toc, "big1.bin");
     let first = content.extents[0].chunk;
-    // The read is one a followed trace foresaw (its chunk traced and
-    // prefetched); the read-ahead past it is not.
-    f.follow_trace([c.layer.chunks[first as usize].digest]);
-    runtime.block_on(f.fetch_run(&c.layer, &[first])).unwrap();
-    let len = u64::from(content.extents[0].len);
-    let got = runtime
-        .block_on(f.read_file(&c.layer, &content, 0, len, 64 << 10))
-        .unwrap();
-    let data = &c.files.iter().find(|(n, _)| *n == "big1.bin").unwrap().1;
-    assert_eq!(got, data[..len as usize]);
-    // The read returned without a request: the read-ahead goes behind it.
-    assert_eq!(f.stats.requests.load(Ordering::Relaxed), 1);
     let next = &c.layer.chunks[content.extents[1].chunk as usize].digest;
-    runtime.block_on(async {
-        for _ in 0..500 {
-            if f.cache().contains(next) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let len = u64::from(content.extents[0].len);
+    let data = &c.files.iter().find(|(n, _)| *n == "big1.bin").unwrap().1;
+    // (the read is one a followed trace foresaw, requests when it returns)
+    for (foreseen, requests) in [(false, 2), (true, 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let f = fetcher(dir.path(), FetchConfig::default());
+        if foreseen {
+            f.follow_trace([c.layer.chunks[first as usize].digest]);
         }
-    });
-    assert!(
-        f.cache().contains(next),
-        "the read-ahead arrived behind the read"
-    );
-    assert_eq!(f.stats.requests.load(Ordering::Relaxed), 2);
+        runtime.block_on(f.fetch_run(&c.layer, &[first])).unwrap();
+        let got = runtime
+            .block_on(f.read_file(&c.layer, &content, 0, len, 64 << 10))
+            .unwrap();
+        assert_eq!(got, data[..len as usize]);
+        assert_eq!(f.cache().contains(next), !foreseen, "foreseen: {foreseen}");
+        runtime.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
+        assert_eq!(
+            f.stats.requests.load(Ordering::Relaxed),
+            requests,
+            "foreseen: {foreseen}"
+        );
+    }
 }
 
 #[test]

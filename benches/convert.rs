@@ -52,6 +52,7 @@ fn bench(c: &mut Criterion) {
             chunk_size: chunk_kib * 1024,
             pack_size: DEFAULT_PACK_SIZE,
             level: 3,
+            ..ConvertOptions::default()
         };
         let mut out = Vec::with_capacity(tar.len());
         let summary = convert_layer(&tar[..], &mut out, &opts, &|_| {}).unwrap();

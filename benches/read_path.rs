@@ -50,6 +50,7 @@ fn bench(c: &mut Criterion) {
         chunk_size: DEFAULT_CHUNK_SIZE,
         pack_size: DEFAULT_PACK_SIZE,
         level: 3,
+        ..ConvertOptions::default()
     };
     let mut blob = Vec::with_capacity(tar.len());
     convert_layer(&tar[..], &mut blob, &opts, &|_| {}).unwrap();

@@ -85,6 +85,7 @@ pub fn convert(data: &[u8]) {
         chunk_size: 4096,
         pack_size: 2048,
         level: 1,
+        cuts: Default::default(),
     };
     let mut blob = Vec::new();
     let Ok(summary) = format::convert_layer(reader, &mut blob, &options, &|_| {}) else {
@@ -150,9 +151,18 @@ pub fn labels(data: &[u8]) {
     }
 }
 
-/// A start trace artifact.
+/// A start trace artifact: a decoded one encodes back to itself, and
+/// reads that pass their check are sorted and disjoint.
 pub fn trace(data: &[u8]) {
-    let _ = Trace::decode(data);
+    let Ok(trace) = Trace::decode(data) else {
+        return;
+    };
+    assert_eq!(Trace::decode(&trace.encode()).unwrap(), trace);
+    if trace.check_reads().is_ok() {
+        for reads in &trace.reads {
+            assert!(reads.ranges.windows(2).all(|w| w[0].1 < w[1].0));
+        }
+    }
 }
 
 /// The public Azure Functions trace's files: the input split at its first

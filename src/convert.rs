@@ -91,10 +91,21 @@ pub struct Converter {
     /// Signs each converted layer's (blob, TOC, diff_id), so nodes that
     /// trust the key serve it lazily (see [`format::SigningKey`]).
     pub sign_key: Option<format::SigningKey>,
-    /// Files a start reads, in first-read order, by the diff_id of the
-    /// source layer holding them: those layers are written trace-ordered
+    /// What a start reads, by the diff_id of the source layer holding
+    /// it: those layers are written trace-ordered
     /// ([`format::reorder_tar`]), with new diff_ids in a rewritten config.
-    pub read_order: HashMap<Digest, Vec<Vec<u8>>>,
+    pub read_order: HashMap<Digest, LayerOrder>,
+}
+
+/// How one layer is written trace-ordered.
+#[derive(Clone, Debug, Default)]
+pub struct LayerOrder {
+    /// The files a start reads (TOC paths), in first-read order: moved to
+    /// the front of the tar.
+    pub files: Vec<Vec<u8>>,
+    /// Chunk boundaries at the edges of the bytes it reads of them (see
+    /// [`ConvertOptions::cuts`]).
+    pub cuts: HashMap<Vec<u8>, Vec<u64>>,
 }
 
 fn invalid(what: impl std::fmt::Display, reason: impl std::fmt::Display) -> ConvertError {
@@ -311,9 +322,13 @@ impl Converter {
         let started = Instant::now();
         let order = self.read_order.get(&expected_diff_id).cloned();
         let (summary, reordered) = {
-            let (input, output, options) = (input.clone(), output.clone(), self.options.clone());
+            let (input, output, mut options) =
+                (input.clone(), output.clone(), self.options.clone());
             let task = task.clone();
             let scratch = scratch.clone();
+            if let Some(order) = &order {
+                options.cuts = order.cuts.clone();
+            }
             tokio::task::spawn_blocking(move || match order {
                 None => convert_file(&input, &output, decompression, &options, &|n| task.set(n))
                     .map(|summary| (summary, None)),
@@ -322,7 +337,7 @@ impl Converter {
                     &output,
                     &scratch,
                     decompression,
-                    &order,
+                    &order.files,
                     &expected_diff_id,
                     &options,
                     &|n| task.set(n),

@@ -84,6 +84,7 @@ fn convert(tar: &[u8], chunk_size: u32) -> (Vec<u8>, loci::format::LayerSummary)
         chunk_size,
         pack_size: 64 * 1024,
         level: 3,
+        ..ConvertOptions::default()
     };
     let summary = convert_layer(tar, &mut out, &opts, &|_| {}).unwrap();
     (out, summary)
@@ -295,4 +296,61 @@ fn toc_stays_small_for_many_files() {
         per_1000 < 10_000.0,
         "TOC too large: {per_1000} bytes per 1,000 files"
     );
+}
+
+#[test]
+fn cuts_give_the_bytes_a_start_reads_chunks_of_their_own() {
+    let (tar, files) = sample_tar(5);
+    let (name, data) = files.iter().find(|(_, d)| d.len() == 3 << 20).unwrap();
+    // (cuts asked for, boundaries expected among the file's extents)
+    let cases: &[(&[u64], &[u64])] = &[
+        (
+            &[4096, 8192, 2_000_000, 2_000_001],
+            &[4096, 8192, 2_000_000, 2_000_001],
+        ),
+        // Out of the file, or out of order: ignored.
+        (&[0, 500_000, 100, 4 << 20], &[500_000]),
+        (&[], &[]),
+    ];
+    for (cuts, want) in cases {
+        let opts = ConvertOptions {
+            cuts: [(name.as_bytes().to_vec(), cuts.to_vec())].into(),
+            ..ConvertOptions::default()
+        };
+        let mut blob = Vec::new();
+        let summary = convert_layer(&tar[..], &mut blob, &opts, &|_| {}).unwrap();
+        assert_eq!(summary.diff_id, loci::digest::Digest::of(&tar), "{cuts:?}");
+        let (_, toc) = read_toc(&mut Cursor::new(&blob), blob.len() as u64, None).unwrap();
+        let entry = toc
+            .entries
+            .iter()
+            .find(|e| e.path == name.as_bytes())
+            .unwrap();
+        let mut boundaries = Vec::new();
+        let mut at = 0u64;
+        let mut rebuilt = Vec::new();
+        for extent in &entry.extents {
+            let chunk = &toc.chunks[extent.chunk as usize];
+            assert_eq!(extent.offset, 0, "a cut file's chunks are its own");
+            let start = chunk.blob_offset as usize;
+            let plain =
+                decode_chunk(&blob[start..start + chunk.compressed_len as usize], chunk).unwrap();
+            rebuilt.extend_from_slice(&plain[..extent.len as usize]);
+            at += u64::from(extent.len);
+            boundaries.push(at);
+        }
+        assert!(
+            rebuilt == *data,
+            "{cuts:?}: extents do not reassemble the file"
+        );
+        for cut in *want {
+            assert!(boundaries.contains(cut), "{cuts:?}: no chunk ends at {cut}");
+        }
+        // Between cuts, content-defined chunks as usual: a 3 MiB file in
+        // 256 KiB chunks has several whatever the cuts.
+        assert!(
+            boundaries.len() >= 4 + want.len(),
+            "{cuts:?}: {boundaries:?}"
+        );
+    }
 }

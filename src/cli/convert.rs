@@ -1,7 +1,7 @@
 //! `loci convert SRC DST`.
 
 use super::registry_args::RegistryArgs;
-use crate::convert::Converter;
+use crate::convert::{Converter, LayerOrder};
 use crate::format::{
     ConvertOptions, SigningKey, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_PACK_SIZE,
 };
@@ -80,6 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             chunk_size: args.chunk_size_kib.saturating_mul(1024),
             pack_size: args.pack_size_kib.saturating_mul(1024),
             level: args.level,
+            cuts: Default::default(),
         },
         parallel_layers: args.parallel_layers,
         progress: Progress::new(),
@@ -87,7 +88,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         sign_key,
         read_order: orders
             .iter()
-            .map(|(diff_id, files)| (*diff_id, files.iter().map(|f| f.path.clone()).collect()))
+            .map(|(diff_id, files)| {
+                let order = LayerOrder {
+                    files: files.iter().map(|f| f.path.clone()).collect(),
+                    cuts: files.iter().map(|f| (f.path.clone(), f.cuts())).collect(),
+                };
+                (*diff_id, order)
+            })
             .collect(),
     };
     let report = runtime

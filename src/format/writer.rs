@@ -17,7 +17,7 @@ use super::{
 use crate::digest::{Digest, Hasher, HashingWriter};
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::rc::Rc;
 use std::sync::mpsc;
@@ -52,6 +52,12 @@ pub struct ConvertOptions {
     pub pack_size: u32,
     /// zstd compression level of chunk frames.
     pub level: i32,
+    /// Chunk boundaries forced at these byte offsets of these files (by
+    /// TOC path; offsets sorted): a trace-ordered layer gives the bytes a
+    /// start reads chunks of their own, so its traced prefetch fetches
+    /// those bytes and not the rest of the chunks around them. Content
+    /// between two cuts is chunked as any content is.
+    pub cuts: HashMap<Vec<u8>, Vec<u64>>,
 }
 
 impl Default for ConvertOptions {
@@ -60,6 +66,7 @@ impl Default for ConvertOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
             pack_size: DEFAULT_PACK_SIZE,
             level: DEFAULT_LEVEL,
+            cuts: HashMap::new(),
         }
     }
 }
@@ -264,6 +271,7 @@ impl Cutter<'_> {
             let index = entries.len();
             let size = entry.size;
             let is_content = entry.kind == EntryKind::File && size > 0;
+            let cuts = opts.cuts.get(&entry.path).map_or(&[][..], Vec::as_slice);
             entries.push(entry);
             if is_content {
                 if item.raw_file_position() != offset {
@@ -277,7 +285,7 @@ impl Cutter<'_> {
                 } else {
                     self.flush_kept()?;
                     self.tap_state.borrow_mut().recording = false;
-                    self.cut_content(&mut item, index, size, opts)?;
+                    self.cut_content(&mut item, index, size, cuts, opts)?;
                     self.tap_state.borrow_mut().recording = true;
                 }
             }
@@ -296,33 +304,51 @@ impl Cutter<'_> {
         Ok((entries, state.hasher.finish(), state.offset))
     }
 
-    /// Cuts one file's content into content-defined chunks.
+    /// Cuts one file's content into content-defined chunks, with a chunk
+    /// boundary at each of `cuts` (offsets in the file; those outside it
+    /// or out of order are ignored).
     fn cut_content(
         &mut self,
         content: &mut impl Read,
         entry: usize,
         size: u64,
+        cuts: &[u64],
         opts: &ConvertOptions,
     ) -> Result<(), FormatError> {
-        let mut block = std::mem::take(&mut self.chunk_block);
-        let mut chunker = Chunker::new(content, opts.chunk_size, &mut block);
         let mut seen = 0u64;
-        let cut = loop {
-            let data = match chunker.next_chunk() {
-                Ok(Some(data)) => data,
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(FormatError::from(e)),
-            };
-            seen += data.len() as u64;
-            let pushed = self.push(Segment {
-                is_chunk: true,
-                files: vec![(entry, 0, data.len() as u32)],
-                data,
-            });
-            if pushed.is_err() {
-                break pushed;
+        let mut pieces = Vec::with_capacity(cuts.len() + 1);
+        let mut at = 0u64;
+        for &cut in cuts.iter().chain([&size]) {
+            if cut > at && cut <= size {
+                pieces.push(cut - at);
+                at = cut;
             }
-        };
+        }
+        let mut block = std::mem::take(&mut self.chunk_block);
+        let mut cut = Ok(());
+        for piece in pieces {
+            let mut chunker =
+                Chunker::new((&mut *content).take(piece), opts.chunk_size, &mut block);
+            cut = loop {
+                let data = match chunker.next_chunk() {
+                    Ok(Some(data)) => data,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(FormatError::from(e)),
+                };
+                seen += data.len() as u64;
+                let pushed = self.push(Segment {
+                    is_chunk: true,
+                    files: vec![(entry, 0, data.len() as u32)],
+                    data,
+                });
+                if pushed.is_err() {
+                    break pushed;
+                }
+            };
+            if cut.is_err() {
+                break;
+            }
+        }
         self.chunk_block = block;
         cut?;
         if seen != size {

@@ -15,12 +15,14 @@ pub use native::NativeFiles;
 /// is recorded from. Implemented by `prefetch::TraceRecorder`; `fs` knows
 /// nothing of traces.
 pub trait ReadRecorder: Send + Sync {
-    /// `chunks` (index and digest) of layer `layer` were read for the file
-    /// `file` (an inode number of this mount), which `path()` names.
+    /// `chunks` (index and digest) of layer `layer` were read for the
+    /// bytes `range` of the file `file` (an inode number of this mount),
+    /// which `path()` names.
     fn record(
         &self,
         layer: usize,
         file: u64,
+        range: std::ops::Range<u64>,
         chunks: &[(u32, crate::digest::Digest)],
         path: &mut dyn FnMut() -> String,
     );

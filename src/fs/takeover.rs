@@ -130,7 +130,7 @@ fn synthetic_init() -> Vec<u8> {
     m.extend_from_slice(&0u32.to_ne_bytes()); // total_extlen, padding
     m.extend_from_slice(&7u32.to_ne_bytes()); // major
     m.extend_from_slice(&31u32.to_ne_bytes()); // minor
-    m.extend_from_slice(&(1u32 << 20).to_ne_bytes()); // max_readahead
+    m.extend_from_slice(&super::fuse::KERNEL_READAHEAD.to_ne_bytes()); // max_readahead
     m.extend_from_slice(&u32::MAX.to_ne_bytes()); // flags: any capability
     m.extend_from_slice(&u32::MAX.to_ne_bytes()); // flags2
     m.resize(HEADER + INIT_IN, 0);

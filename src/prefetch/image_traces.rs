@@ -50,6 +50,7 @@ impl ImageTraces {
                     ..a.clone()
                 })
                 .collect(),
+            reads: Vec::new(), // a replay fetches chunks
         };
         if sub.accesses.is_empty() {
             return;

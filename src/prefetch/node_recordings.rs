@@ -7,7 +7,7 @@
 
 use super::publish::{fetch_trace, push_trace};
 use super::recorder::TraceRecorder;
-use super::trace::{Access, Trace, TRACE_VERSION};
+use super::trace::{Access, FileReads, Trace, TRACE_VERSION};
 use crate::digest::Digest;
 use crate::fs::ReadRecorder;
 use crate::image::{platform_image, ImageStore};
@@ -106,6 +106,7 @@ impl ReadRecorder for LayerRecorder {
         &self,
         _layer: usize,
         file: u64,
+        range: std::ops::Range<u64>,
         chunks: &[(u32, Digest)],
         path: &mut dyn FnMut() -> String,
     ) {
@@ -114,7 +115,7 @@ impl ReadRecorder for LayerRecorder {
             return;
         }
         if let Some(recorder) = &*recording.recorder.lock().unwrap_or_else(|e| e.into_inner()) {
-            recorder.record(self.index, file, chunks, path);
+            recorder.record(self.index, file, range, chunks, path);
         }
         if !recording.started.swap(true, Ordering::Relaxed) {
             tracing::info!(
@@ -161,7 +162,7 @@ impl Recording {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let Some(trace) = in_image_order(&recorder.trace().accesses, &mounted, order) else {
+        let Some(trace) = in_image_order(recorder.trace(), &mounted, order) else {
             tracing::warn!(
                 image,
                 "the recorded start is not published: it read layers the image does not have"
@@ -192,23 +193,37 @@ impl Recording {
     }
 }
 
-/// The accesses recorded against `mounted` (layer digests by recording
+/// The trace recorded against `mounted` (layer digests by recording
 /// index) as a trace of the image whose layers are `order`; None if a
 /// recorded layer is not the image's.
-fn in_image_order(accesses: &[Access], mounted: &[Digest], order: Vec<Digest>) -> Option<Trace> {
+fn in_image_order(recorded: Trace, mounted: &[Digest], order: Vec<Digest>) -> Option<Trace> {
     let index: Vec<u32> = mounted
         .iter()
         .map(|d| order.iter().position(|o| o == d).map(|i| i as u32))
         .collect::<Option<_>>()?;
+    let layer = |recorded: u32| index.get(recorded as usize).copied();
     Some(Trace {
         version: TRACE_VERSION,
-        accesses: accesses
-            .iter()
-            .map(|a| Access {
-                layer: index[a.layer as usize],
-                ..a.clone()
+        accesses: recorded
+            .accesses
+            .into_iter()
+            .map(|a| {
+                Some(Access {
+                    layer: layer(a.layer)?,
+                    ..a
+                })
             })
-            .collect(),
+            .collect::<Option<_>>()?,
+        reads: recorded
+            .reads
+            .into_iter()
+            .map(|r| {
+                Some(FileReads {
+                    layer: layer(r.layer)?,
+                    ..r
+                })
+            })
+            .collect::<Option<_>>()?,
         layers: order,
     })
 }
@@ -231,11 +246,21 @@ mod tests {
     fn layers_recorded_in_mount_order_are_put_in_the_images_order() {
         let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
         // Mounted top first: c, then a (b was unpacked, not lazy).
-        let recorded = [access(0, 5), access(1, 2), access(0, 6)];
-        let trace = in_image_order(&recorded, &[c, a], vec![a, b, c]).unwrap();
+        let recorded = Trace {
+            version: TRACE_VERSION,
+            layers: Vec::new(),
+            accesses: vec![access(0, 5), access(1, 2), access(0, 6)],
+            reads: vec![FileReads {
+                layer: 1,
+                path: "f1-2".into(),
+                ranges: vec![(0, 4096)],
+            }],
+        };
+        let trace = in_image_order(recorded.clone(), &[c, a], vec![a, b, c]).unwrap();
         assert_eq!(trace.layers, [a, b, c]);
         let got: Vec<(u32, u32)> = trace.accesses.iter().map(|x| (x.layer, x.chunk)).collect();
         assert_eq!(got, [(2, 5), (0, 2), (2, 6)]);
-        assert!(in_image_order(&recorded, &[c, Digest::of(b"z")], vec![a, b, c]).is_none());
+        assert_eq!(trace.reads[0].layer, 0);
+        assert!(in_image_order(recorded, &[c, Digest::of(b"z")], vec![a, b, c]).is_none());
     }
 }

@@ -19,7 +19,29 @@ pub struct Trace {
     pub layers: Vec<Digest>,
     /// First accesses, in order.
     pub accesses: Vec<Access>,
+    /// The bytes of each file the start read (as the kernel asked for
+    /// them: page faults with their read-around, read-ahead), finer than
+    /// the chunks in `accesses`: what a trace-ordered layout cuts into
+    /// chunks of their own. Empty in traces from older builds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reads: Vec<FileReads>,
 }
+
+/// The byte ranges of one file a start read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileReads {
+    /// Index into [`Trace::layers`].
+    pub layer: u32,
+    /// The file's path in its layer, as [`Access::path`] names it.
+    pub path: String,
+    /// Sorted, disjoint, non-empty `[start, end)` byte ranges of the file.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// Most ranges kept for one file: a start that reads a file in more
+/// pieces than this has its nearest pieces merged (see
+/// [`FileReads::add`]).
+pub const MAX_RANGES_PER_FILE: usize = 1024;
 
 /// The first read of one chunk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +70,10 @@ pub enum TraceError {
         trace: Vec<Digest>,
         image: Vec<Digest>,
     },
+    /// A file's reads name a layer the trace does not have, or ranges
+    /// that are not sorted, disjoint and non-empty, or too many.
+    #[error("trace reads of {path:?} (layer {layer}) are malformed")]
+    BadReads { layer: u32, path: String },
     /// An access names a chunk the layer does not have.
     #[error("trace access {index} names chunk {chunk} of layer {layer}, which does not match the layer's TOC")]
     BadAccess {
@@ -76,9 +102,31 @@ impl Trace {
         serde_json::to_vec(self).expect("a trace serializes")
     }
 
+    /// Checks that every file's reads name one of the trace's layers and
+    /// hold at most [`MAX_RANGES_PER_FILE`] sorted, disjoint, non-empty
+    /// ranges.
+    pub fn check_reads(&self) -> Result<(), TraceError> {
+        for reads in &self.reads {
+            let sorted = reads.ranges.iter().all(|&(s, e)| s < e)
+                && reads.ranges.windows(2).all(|w| w[0].1 < w[1].0);
+            if reads.layer as usize >= self.layers.len()
+                || !sorted
+                || reads.ranges.len() > MAX_RANGES_PER_FILE
+            {
+                return Err(TraceError::BadReads {
+                    layer: reads.layer,
+                    path: reads.path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the trace against the layers it would be replayed on: the
-    /// same layers, and every access naming a chunk with that digest.
+    /// same layers, every access naming a chunk with that digest, and
+    /// well-formed reads.
     pub fn validate(&self, layers: &[RemoteLayer]) -> Result<(), TraceError> {
+        self.check_reads()?;
         let image: Vec<Digest> = layers.iter().map(|l| l.digest).collect();
         if image != self.layers {
             return Err(TraceError::OtherImage {
@@ -100,5 +148,121 @@ impl Trace {
             }
         }
         Ok(())
+    }
+}
+
+impl FileReads {
+    /// Adds `range` (start < end), merging it with the ranges it touches;
+    /// past [`MAX_RANGES_PER_FILE`], the pieces closest to each other are
+    /// merged until the count is under it again (a bounded, coarser record
+    /// of a file read in many small pieces).
+    pub fn add(&mut self, range: (u64, u64)) {
+        let (mut start, mut end) = range;
+        if start >= end {
+            return;
+        }
+        let at = self.ranges.partition_point(|&(_, e)| e < start);
+        let mut past = at;
+        while past < self.ranges.len() && self.ranges[past].0 <= end {
+            start = start.min(self.ranges[past].0);
+            end = end.max(self.ranges[past].1);
+            past += 1;
+        }
+        self.ranges.splice(at..past, [(start, end)]);
+        let mut gap = 4096u64;
+        while self.ranges.len() > MAX_RANGES_PER_FILE {
+            let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.ranges.len());
+            for &(s, e) in &self.ranges {
+                match merged.last_mut() {
+                    Some(last) if s - last.1 <= gap => last.1 = e,
+                    _ => merged.push((s, e)),
+                }
+            }
+            self.ranges = merged;
+            gap *= 2;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_merge_what_touches_and_stay_bounded() {
+        let mut reads = FileReads {
+            layer: 0,
+            path: "f".into(),
+            ranges: Vec::new(),
+        };
+        // (range added, ranges after)
+        type Step<'a> = ((u64, u64), &'a [(u64, u64)]);
+        let steps: &[Step] = &[
+            ((8192, 12288), &[(8192, 12288)]),
+            ((0, 4096), &[(0, 4096), (8192, 12288)]),
+            ((4096, 8192), &[(0, 12288)]),
+            ((20000, 30000), &[(0, 12288), (20000, 30000)]),
+            ((10000, 25000), &[(0, 30000)]),
+            ((5, 5), &[(0, 30000)]),
+        ];
+        for (add, want) in steps {
+            reads.add(*add);
+            assert_eq!(reads.ranges, *want, "after {add:?}");
+        }
+        for i in 0..5000u64 {
+            reads.add((100_000 + i * 8192, 100_000 + i * 8192 + 4096));
+        }
+        assert!(reads.ranges.len() <= MAX_RANGES_PER_FILE);
+        assert_eq!(reads.ranges.first().unwrap().0, 0);
+        assert_eq!(reads.ranges.last().unwrap().1, 100_000 + 4999 * 8192 + 4096);
+    }
+
+    fn trace_with_reads(reads: Vec<FileReads>) -> Trace {
+        Trace {
+            version: TRACE_VERSION,
+            layers: vec![Digest::of(b"layer")],
+            accesses: Vec::new(),
+            reads,
+        }
+    }
+
+    #[test]
+    fn malformed_reads_are_refused() {
+        let reads = |layer, ranges: &[(u64, u64)]| FileReads {
+            layer,
+            path: "f".into(),
+            ranges: ranges.to_vec(),
+        };
+        let too_many: Vec<(u64, u64)> = (0..=MAX_RANGES_PER_FILE as u64)
+            .map(|i| (i * 10, i * 10 + 5))
+            .collect();
+        // (reads, valid)
+        let cases = [
+            (reads(0, &[(0, 10), (20, 30)]), true),
+            (reads(1, &[(0, 10)]), false),
+            (reads(0, &[(10, 10)]), false),
+            (reads(0, &[(20, 30), (0, 10)]), false),
+            (reads(0, &[(0, 10), (10, 30)]), false),
+            (reads(0, &too_many), false),
+        ];
+        for (reads, valid) in cases {
+            let trace = trace_with_reads(vec![reads.clone()]);
+            let result = trace.validate(&[]);
+            // No layers to check accesses against: only the reads decide,
+            // and the layers' mismatch comes after them.
+            assert_eq!(
+                !matches!(result, Err(TraceError::BadReads { .. })),
+                valid,
+                "{reads:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn traces_without_reads_still_decode() {
+        let old = br#"{"version":1,"layers":[],"accesses":[]}"#;
+        let trace = Trace::decode(old).unwrap();
+        assert!(trace.reads.is_empty());
+        assert!(!String::from_utf8(trace.encode()).unwrap().contains("reads"));
     }
 }

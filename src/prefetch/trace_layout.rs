@@ -6,7 +6,7 @@
 
 use super::lookup::find_trace;
 use super::publish::{push_trace, PublishError};
-use super::trace::{Access, Trace, TRACE_VERSION};
+use super::trace::{Access, FileReads, Trace, TRACE_VERSION};
 use crate::digest::Digest;
 use crate::fetch::{fetch_toc, LayerError};
 use crate::format::Toc;
@@ -14,8 +14,9 @@ use crate::image::{platform_image, ImageError, ImageStore};
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
-/// One file a start read: where, which bytes (chunk-granular, merged), and
-/// when first (its first access's position in the trace).
+/// One file a start read: where, which bytes (as the trace's reads name
+/// them, or the chunks it read when the trace has no reads for it;
+/// merged), and when first (its first access's position in the trace).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TracedFile {
     /// The file's path in its layer (as in the TOC).
@@ -24,6 +25,26 @@ pub struct TracedFile {
     pub ranges: Vec<Range<u64>>,
     /// Position of its first access in the trace.
     pub first: usize,
+}
+
+/// Gaps between a file's read ranges up to this are cut with them (read
+/// along): a hole this small is not worth a chunk and a request of its own.
+const CUT_GAP: u64 = 16 << 10;
+
+impl TracedFile {
+    /// Where a trace-ordered layer cuts this file's chunks: at both edges
+    /// of each run of read ranges (runs joined across gaps up to
+    /// [`CUT_GAP`]), so the bytes read are chunks of their own.
+    pub fn cuts(&self) -> Vec<u64> {
+        let mut cuts: Vec<u64> = Vec::with_capacity(self.ranges.len() * 2);
+        for r in &self.ranges {
+            match cuts.last_mut() {
+                Some(end) if r.start <= *end + CUT_GAP => *end = (*end).max(r.end),
+                _ => cuts.extend([r.start, r.end]),
+            }
+        }
+        cuts
+    }
 }
 
 /// Traced files in first-read order, by the diff_id of the layer holding
@@ -43,6 +64,9 @@ pub enum TraceLayoutError {
     /// The image has no trace that fits it.
     #[error("{0} has no start trace that fits it")]
     NoTrace(String),
+    /// The trace's reads are malformed.
+    #[error(transparent)]
+    Trace(#[from] super::trace::TraceError),
     /// Publishing the new trace failed.
     #[error(transparent)]
     Publish(#[from] PublishError),
@@ -51,7 +75,14 @@ pub enum TraceLayoutError {
 /// The reads of `trace`, whose layers are `layers` (diff_id and TOC each,
 /// in the trace's layer order), per layer diff_id. Accesses naming a path
 /// the TOC has no file at, or a chunk the file does not use, are skipped.
+/// A file's bytes are those of its reads in the trace where it has them
+/// (page-granular), else those of the chunks it read.
 pub fn read_orders(trace: &Trace, layers: &[(Digest, &Toc)]) -> ReadOrders {
+    let fine: HashMap<(u32, &str), &[(u64, u64)]> = trace
+        .reads
+        .iter()
+        .map(|r| ((r.layer, r.path.as_str()), r.ranges.as_slice()))
+        .collect();
     let by_path: Vec<_> = layers.iter().map(|(_, toc)| entries_by_path(toc)).collect();
     let mut files: Vec<Vec<TracedFile>> = vec![Vec::new(); layers.len()];
     let mut slot: Vec<HashMap<usize, usize>> = vec![HashMap::new(); layers.len()];
@@ -75,6 +106,13 @@ pub fn read_orders(trace: &Trace, layers: &[(Digest, &Toc)]) -> ReadOrders {
         }
         if ranges.is_empty() {
             continue;
+        }
+        if let Some(read) = fine.get(&(access.layer, access.path.as_str())) {
+            ranges = read
+                .iter()
+                .map(|&(start, end)| start.min(entry.size)..end.min(entry.size))
+                .filter(|r| !r.is_empty())
+                .collect();
         }
         let file = *slot[layer].entry(entry_index).or_insert_with(|| {
             files[layer].push(TracedFile {
@@ -145,12 +183,22 @@ pub fn trace_for(orders: &ReadOrders, layers: &[(Digest, Digest, &Toc)]) -> Trac
     // Once per (chunk, file), as a recording names every file read.
     let mut seen: HashSet<(usize, u32, usize)> = HashSet::new();
     let mut accesses = Vec::new();
+    let mut reads = Vec::new();
     for (first, layer, file) in files {
         let toc = layers[layer].2;
         let Some(&entry_index) = by_path[layer].get(file.path.as_slice()) else {
             continue;
         };
         let entry = &toc.entries[entry_index];
+        let mut read = FileReads {
+            layer: layer as u32,
+            path: entry.display_path(),
+            ranges: Vec::new(),
+        };
+        for r in &file.ranges {
+            read.add((r.start, r.end));
+        }
+        reads.push(read);
         let mut at = 0u64;
         for extent in &entry.extents {
             let span = at..at + u64::from(extent.len);
@@ -174,6 +222,7 @@ pub fn trace_for(orders: &ReadOrders, layers: &[(Digest, Digest, &Toc)]) -> Trac
         version: TRACE_VERSION,
         layers: layers.iter().map(|(digest, _, _)| *digest).collect(),
         accesses,
+        reads,
     }
 }
 
@@ -226,6 +275,7 @@ pub async fn read_orders_of(store: &ImageStore) -> Result<ReadOrders, TraceLayou
     let trace = find_trace(store, &image.manifest.digest, &digests)
         .await
         .ok_or_else(|| TraceLayoutError::NoTrace(store.to_string()))?;
+    trace.check_reads()?;
     let mut tocs = Vec::new();
     for layer in &image.layers {
         tocs.push(fetch_toc(store, layer).await?.1);
@@ -337,6 +387,7 @@ mod tests {
                 access(0, 0, "usr/lib/big.so"),
                 access(0, 9, "no/such/file"),
             ],
+            reads: Vec::new(),
         };
         let orders = read_orders(&trace, &[(old_diff, &old)]);
         assert_eq!(
@@ -384,5 +435,73 @@ mod tests {
         let got: Vec<(u32, u32)> = trace.accesses.iter().map(|a| (a.layer, a.chunk)).collect();
         assert_eq!(got, [(0, 0), (0, 1), (0, 3)]);
         assert_eq!(trace.accesses[1].digest, new.chunks[1].digest);
+    }
+
+    #[test]
+    fn a_traces_reads_are_the_bytes_cut_and_replayed() {
+        // big.so in chunks 0..3 (1000 bytes each); the start read two
+        // pieces of it, inside chunks 0 and 2.
+        let old = Toc {
+            version: 1,
+            chunks: (0..3).map(chunk).collect(),
+            entries: vec![file(
+                "usr/lib/big.so",
+                &[(0, 0, 1000), (1, 0, 1000), (2, 0, 1000)],
+            )],
+        };
+        let diff = Digest::of(b"d0");
+        let trace = Trace {
+            version: TRACE_VERSION,
+            layers: vec![Digest::of(b"old")],
+            accesses: vec![
+                access(0, 0, "usr/lib/big.so"),
+                access(0, 2, "usr/lib/big.so"),
+            ],
+            reads: vec![FileReads {
+                layer: 0,
+                path: "usr/lib/big.so".into(),
+                ranges: vec![(100, 200), (2500, 2600), (2900, 9000)],
+            }],
+        };
+        let orders = read_orders(&trace, &[(diff, &old)]);
+        let big = &orders[&diff][0];
+        assert_eq!(big.ranges, [100..200, 2500..2600, 2900..3000]);
+        // Holes under CUT_GAP are read along.
+        assert_eq!(big.cuts(), [100, 3000]);
+        let apart = TracedFile {
+            path: Vec::new(),
+            ranges: vec![0..4096, 100_000..110_000, 120_000..130_000],
+            first: 0,
+        };
+        assert_eq!(apart.cuts(), [0, 4096, 100_000, 130_000]);
+        // Without reads, the chunks read.
+        let coarse = Trace {
+            reads: Vec::new(),
+            ..trace
+        };
+        assert_eq!(
+            read_orders(&coarse, &[(diff, &old)])[&diff][0].ranges,
+            [0..1000, 2000..3000]
+        );
+        // The layer cut there: the new trace replays only the chunks of
+        // the read pieces, and carries the reads on.
+        let new = Toc {
+            version: 1,
+            chunks: (0..4).map(chunk).collect(),
+            entries: vec![file(
+                "usr/lib/big.so",
+                &[(0, 0, 100), (1, 0, 100), (2, 0, 2300), (3, 0, 500)],
+            )],
+        };
+        let blob = Digest::of(b"b1");
+        let trace = trace_for(&orders, &[(blob, diff, &new)]);
+        let got: Vec<u32> = trace.accesses.iter().map(|a| a.chunk).collect();
+        assert_eq!(got, [1, 3]);
+        assert_eq!(trace.reads.len(), 1);
+        assert_eq!(
+            trace.reads[0].ranges,
+            [(100, 200), (2500, 2600), (2900, 3000)]
+        );
+        assert!(trace.check_reads().is_ok());
     }
 }

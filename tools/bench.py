@@ -238,6 +238,7 @@ class Env:
         with open(cfg, "w") as f:
             f.write(f'[cache]\ndir = "{cache}"\nmemory_bytes = 268435456\ndisk_bytes = 21474836480\n'
                     f'[prefetch]\nenabled = {"true" if prefetch else "false"}\n'
+                    + (f"{self.args.prefetch_config}\n" if self.args.prefetch_config else "")
                     # Starts only: completion waits for a start to be over,
                     # and its download is not a start's (but loci-native's).
                     + (f'[completion]\nquiet_secs = 1\n' if completion else f'[completion]\nenabled = false\n') +
@@ -772,6 +773,7 @@ def main():
     ap.add_argument("--link", help="RATE,RTT for a shaped link to the registry, e.g. 200mbit,10ms")
     ap.add_argument("--convert-args", help="extra `loci convert` options, e.g. '--chunk-size-kib 1024'")
     ap.add_argument("--fetch-config", help="extra [fetch] TOML for the loci-fs mode, e.g. 'amplify_bytes = 4194304'")
+    ap.add_argument("--prefetch-config", help="extra [prefetch] TOML for the snapshotter, e.g. 'max_request_bytes = 262144'")
     ap.add_argument("--nydus-validate", action="store_true",
                     help="Nydus verifies every chunk's digest, as loci does (RAFS v5: v6 cannot validate in nydusd 2.2)")
     args = ap.parse_args()

@@ -207,19 +207,103 @@ pub struct Fetcher {
 }
 
 /// A run's members in [`Fetcher::run_members`] while its request is in
-/// flight; dropping it (the run done, failed or cancelled) releases their
-/// waiters, who then find the chunks in the cache or fetch them.
+/// flight, each with its own sender: a chunk is released (its waiters
+/// woken, to find it in the cache) as soon as its bytes arrived and were
+/// stored, and dropping this (the run done, failed or cancelled) releases
+/// the rest, whose waiters then find them in the cache or fetch them.
 struct RunMembers<'a> {
     fetcher: &'a Fetcher,
-    digests: Vec<Digest>,
-    _done: tokio::sync::watch::Sender<()>,
+    senders: std::sync::Mutex<HashMap<Digest, tokio::sync::watch::Sender<()>>>,
+}
+
+impl RunMembers<'_> {
+    /// Wakes the waiters of `digest` (stored, or given up on).
+    fn release(&self, digest: &Digest) {
+        let sender = self
+            .senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(digest);
+        if sender.is_some() {
+            self.fetcher.members().remove(digest);
+        }
+    }
 }
 
 impl Drop for RunMembers<'_> {
     fn drop(&mut self) {
+        let senders = std::mem::take(self.senders.get_mut().unwrap_or_else(|e| e.into_inner()));
         let mut members = self.fetcher.members();
-        for digest in &self.digests {
+        for digest in senders.keys() {
             members.remove(digest);
+        }
+    }
+}
+
+/// Decodes a run's chunks in blob order as the response body grows, so
+/// each is stored and its waiters woken when its own bytes are in, not
+/// when the run's last bytes are (requests in flight share the link: a
+/// 1 MiB run's last bytes come long after its first chunk's).
+struct RunDecoder<'a> {
+    fetcher: &'a Fetcher,
+    layer: &'a RemoteLayer,
+    run: &'a [u32],
+    /// Blob offset of the run's first byte.
+    start: u64,
+    /// Position in `run` of the next chunk to decode.
+    next: usize,
+    from_local: bool,
+    members: Option<&'a RunMembers<'a>>,
+    /// The first chunk, decoded (returned to the run's single flight).
+    leader: Option<Result<Bytes, crate::format::FormatError>>,
+}
+
+impl RunDecoder<'_> {
+    /// Decodes every chunk `body` (the run's bytes from its start) now
+    /// holds whole and that is not decoded yet.
+    fn take(&mut self, body: &[u8]) {
+        while let Some(&i) = self.run.get(self.next) {
+            let chunk = &self.layer.chunks[i as usize];
+            let at = (chunk.blob_offset - self.start) as usize;
+            let Some(frame) = body.get(at..at + chunk.compressed_len as usize) else {
+                return;
+            };
+            let is_leader = self.next == 0;
+            self.next += 1;
+            let cache = self.fetcher.cache();
+            match decode_chunk(frame, chunk) {
+                Ok(data) => {
+                    let data = Bytes::from(data);
+                    self.fetcher
+                        .stats
+                        .chunks_fetched
+                        .fetch_add(1, Ordering::Relaxed);
+                    // decode_chunk checked it against its digest. The first
+                    // chunk is kept in memory for its waiters now and stored
+                    // by the run's single flight when the run is over.
+                    if is_leader || self.from_local {
+                        cache.insert_in_memory(&chunk.digest, data.clone());
+                    } else {
+                        cache.insert_verified(&chunk.digest, data.clone());
+                    }
+                    if is_leader {
+                        self.leader = Some(Ok(data));
+                    }
+                }
+                Err(e) => {
+                    self.fetcher
+                        .stats
+                        .corrupt_chunks
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(layer = %self.layer.digest, chunk = %chunk.digest, error = %e, "registry served a corrupt chunk; not served");
+                    if is_leader {
+                        self.leader = Some(Err(e));
+                    }
+                }
+            }
+            if let Some(members) = self.members {
+                members.release(&chunk.digest);
+            }
         }
     }
 }
@@ -630,7 +714,7 @@ impl Fetcher {
         // The first chunk too: a read of it then waits for the whole run
         // (its single flight alone would have the read fetch the rest of
         // its own run again, in more requests).
-        let _members = self.register_members(layer, run);
+        let members = self.register_members(layer, run);
         let requested = AtomicBool::new(false);
         // A complete layer's chunks come from its blob on local disk: kept
         // in memory only, not copied to the disk cache.
@@ -641,50 +725,39 @@ impl Fetcher {
             let last = &layer.chunks[*run.last().unwrap() as usize];
             let start = first.blob_offset;
             let end = last.blob_offset + u64::from(last.compressed_len);
+            let mut decoder = RunDecoder {
+                fetcher: self,
+                layer,
+                run,
+                start,
+                next: 0,
+                from_local,
+                members: members.as_ref(),
+                leader: None,
+            };
             let bytes = match self.local_range(start..end).await {
                 Some(local) => local.map_err(Box::<dyn std::error::Error + Send + Sync>::from)?,
                 None => {
                     let began = Instant::now();
                     let bytes = layer
                         .store
-                        .blob_range(&layer.digest, start..end)
+                        .blob_range_observed(&layer.digest, start..end, &mut |body| {
+                            decoder.take(body)
+                        })
                         .await
                         .map_err(Box::<dyn std::error::Error + Send + Sync>::from)?;
                     self.record_request(bytes.len() as u64, began.elapsed());
                     bytes
                 }
             };
-            let mut leader_bytes = None;
-            for &i in run {
-                let chunk = &layer.chunks[i as usize];
-                let at = (chunk.blob_offset - start) as usize;
-                let frame = &bytes[at..at + chunk.compressed_len as usize];
-                let data = match decode_chunk(frame, chunk) {
-                    Ok(data) => Bytes::from(data),
-                    Err(e) => {
-                        self.stats.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(layer = %layer.digest, chunk = %chunk.digest, error = %e, "registry served a corrupt chunk; not served");
-                        if i == run[0] {
-                            return Err(Box::<dyn std::error::Error + Send + Sync>::from(e));
-                        }
-                        continue;
-                    }
-                };
-                self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
-                if i == run[0] {
-                    leader_bytes = Some(data);
-                } else {
-                    // decode_chunk checked it against its digest.
-                    if from_local {
-                        self.cache.insert_in_memory(&chunk.digest, data);
-                    } else {
-                        self.cache.insert_verified(&chunk.digest, data);
-                    }
-                }
+            decoder.take(&bytes);
+            match decoder.leader.take() {
+                Some(Ok(data)) => Ok(data),
+                Some(Err(e)) => Err(Box::<dyn std::error::Error + Send + Sync>::from(e)),
+                None => Err(Box::<dyn std::error::Error + Send + Sync>::from(
+                    "the run's bytes end before its first chunk does",
+                )),
             }
-            Ok::<Bytes, Box<dyn std::error::Error + Send + Sync>>(
-                leader_bytes.expect("leader decoded"),
-            )
         };
         let fetched = if from_local {
             self.cache.get_or_fetch_local(&leader.digest, fetch).await
@@ -735,21 +808,20 @@ impl Fetcher {
         if members.is_empty() {
             return None;
         }
-        let (done, receiver) = tokio::sync::watch::channel(());
-        let mut registered = Vec::with_capacity(members.len());
+        let mut senders = HashMap::with_capacity(members.len());
         let mut map = self.members();
         for &i in members {
             let digest = layer.chunks[i as usize].digest;
             if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(digest) {
-                slot.insert(receiver.clone());
-                registered.push(digest);
+                let (done, receiver) = tokio::sync::watch::channel(());
+                slot.insert(receiver);
+                senders.insert(digest, done);
             }
         }
         drop(map);
         Some(RunMembers {
             fetcher: self,
-            digests: registered,
-            _done: done,
+            senders: std::sync::Mutex::new(senders),
         })
     }
 

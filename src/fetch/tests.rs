@@ -384,6 +384,72 @@ fn a_read_of_a_chunk_a_run_is_fetching_waits_for_that_run() {
 }
 
 #[test]
+fn a_runs_chunks_are_stored_and_released_as_their_bytes_arrive() {
+    let c = converted();
+    let dir = tempfile::tempdir().unwrap();
+    let f = fetcher(dir.path(), FetchConfig::default());
+    let content = content_of(&c.toc, "big1.bin");
+    let run: Vec<u32> = content.extents.iter().take(4).map(|e| e.chunk).collect();
+    let chunk = |i: usize| &c.layer.chunks[run[i] as usize];
+    let start = chunk(0).blob_offset;
+    let end = chunk(3).blob_offset + u64::from(chunk(3).compressed_len);
+    let blob = blob_bytes(&c, start..end);
+    // The third chunk's bytes corrupted in flight.
+    let mut body = blob.clone();
+    let third = (chunk(2).blob_offset - start) as usize;
+    body[third + 20] ^= 0xff;
+    let members = f.register_members(&c.layer, &run);
+    let mut decoder = RunDecoder {
+        fetcher: &f,
+        layer: &c.layer,
+        run: &run,
+        start,
+        next: 0,
+        from_local: false,
+        members: members.as_ref(),
+        leader: None,
+    };
+    // (body received so far, chunks stored, chunks still waited for)
+    let second_end = (chunk(1).blob_offset + u64::from(chunk(1).compressed_len) - start) as usize;
+    let steps: [(usize, &[usize], &[usize]); 4] = [
+        (10, &[], &[0, 1, 2, 3]),
+        (second_end - 1, &[0], &[1, 2, 3]),
+        (second_end, &[0, 1], &[2, 3]),
+        (body.len(), &[0, 1, 3], &[]),
+    ];
+    for (received, stored, waiting) in steps {
+        decoder.take(&body[..received]);
+        for i in 0..4 {
+            let digest = &chunk(i).digest;
+            assert_eq!(
+                f.cache().contains(digest),
+                stored.contains(&i),
+                "{received} bytes in: chunk {i} stored"
+            );
+            assert_eq!(
+                f.members().contains_key(digest),
+                waiting.contains(&i),
+                "{received} bytes in: chunk {i} waited for"
+            );
+        }
+    }
+    assert!(matches!(decoder.leader, Some(Ok(_))));
+    assert_eq!(f.stats.corrupt_chunks.load(Ordering::Relaxed), 1);
+    // A retry's body begins again: nothing is decoded twice.
+    decoder.take(&blob[..10]);
+    decoder.take(&blob);
+    assert_eq!(f.stats.chunks_fetched.load(Ordering::Relaxed), 3);
+}
+
+/// Bytes `range` of the converted layer's blob.
+fn blob_bytes(c: &Converted, range: std::ops::Range<u64>) -> Vec<u8> {
+    current_thread()
+        .block_on(c.layer.store.blob_range(&c.layer.digest, range))
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
 fn a_run_whose_first_chunk_came_otherwise_still_fetches_the_rest() {
     let c = converted();
     let runtime = current_thread();

@@ -206,9 +206,20 @@ impl ImageStore {
         digest: &Digest,
         range: Range<u64>,
     ) -> Result<Bytes, ImageError> {
+        self.blob_range_observed(digest, range, &mut |_| {}).await
+    }
+
+    /// [`blob_range`](Self::blob_range), showing `observe` the bytes
+    /// received so far as they arrive (a layout's range all at once).
+    pub async fn blob_range_observed(
+        &self,
+        digest: &Digest,
+        range: Range<u64>,
+        observe: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<Bytes, ImageError> {
         match self {
             ImageStore::Registry { client, reference } => Ok(client
-                .get_blob_range(&reference.repository, digest, range)
+                .get_blob_range_observed(&reference.repository, digest, range, observe)
                 .await?),
             ImageStore::Layout { layout, .. } => {
                 let what = format!("blob {digest} bytes {}-{}", range.start, range.end);
@@ -218,6 +229,7 @@ impl ImageStore {
                 file.seek(SeekFrom::Start(range.start))
                     .and_then(|_| file.read_exact(&mut buf))
                     .map_err(io_err(&what))?;
+                observe(&buf);
                 Ok(Bytes::from(buf))
             }
         }

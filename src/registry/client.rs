@@ -405,6 +405,21 @@ impl RegistryClient {
         digest: &Digest,
         range: Range<u64>,
     ) -> Result<Bytes, RegistryError> {
+        self.get_blob_range_observed(repo, digest, range, &mut |_| {})
+            .await
+    }
+
+    /// [`get_blob_range`](Self::get_blob_range), showing `observe` the
+    /// body received so far each time more of it arrives (from the start
+    /// again if a retry begins it again), so a caller can use the first
+    /// bytes of a large range before the last arrive.
+    pub async fn get_blob_range_observed(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        range: Range<u64>,
+        observe: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<Bytes, RegistryError> {
         let what = format!("blob {repo}@{digest} bytes {}-{}", range.start, range.end);
         let header = format!("bytes={}-{}", range.start, range.end.saturating_sub(1));
         let want = range.end - range.start;
@@ -418,7 +433,7 @@ impl RegistryClient {
         };
         if let Some((url, http)) = cached {
             match self
-                .range_from_redirect(&http, &url, &header, &what, want)
+                .range_from_redirect(&http, &url, &header, &what, want, observe)
                 .await
             {
                 Ok(bytes) => return Ok(bytes),
@@ -446,11 +461,11 @@ impl RegistryClient {
                     .unwrap()
                     .insert(key, (target.clone(), http.clone(), Instant::now()));
                 return self
-                    .range_from_redirect(&http, &target, &header, &what, want)
+                    .range_from_redirect(&http, &target, &header, &what, want, observe)
                     .await;
             }
             let resp = expect_status(resp, &what, &[StatusCode::PARTIAL_CONTENT]).await?;
-            match read_range_body(resp, &what, want).await {
+            match read_range_body(resp, &what, want, observe).await {
                 Err(RegistryError::Network { source, .. })
                     if attempt <= self.inner.opts.retries =>
                 {
@@ -470,13 +485,14 @@ impl RegistryClient {
         header: &str,
         what: &str,
         want: u64,
+        observe: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<Bytes, RegistryError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let result = match http.get(url).header(RANGE, header).send().await {
                 Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => {
-                    read_range_body(resp, what, want).await
+                    read_range_body(resp, what, want, observe).await
                 }
                 Ok(resp) => Err(unexpected(resp, what).await),
                 Err(e) => Err(network(what, attempt, e)),
@@ -1021,6 +1037,16 @@ fn check_realm(realm: &str, registry: &str, plain_http: bool) -> Result<(), Stri
 /// Reads a response body of at most `max` bytes: refused as soon as its
 /// Content-Length or what arrives passes that, never buffered whole first.
 async fn read_limited(resp: Response, what: &str, max: u64) -> Result<Bytes, RegistryError> {
+    read_limited_observed(resp, what, max, &mut |_| {}).await
+}
+
+/// [`read_limited`], showing `observe` the body so far as it grows.
+async fn read_limited_observed(
+    resp: Response,
+    what: &str,
+    max: u64,
+    observe: &mut (dyn FnMut(&[u8]) + Send),
+) -> Result<Bytes, RegistryError> {
     let too_large = |size: u64| RegistryError::BadResponse {
         what: what.to_string(),
         reason: format!("body of {size} bytes or more, over the {max} expected at most"),
@@ -1036,13 +1062,20 @@ async fn read_limited(resp: Response, what: &str, max: u64) -> Result<Bytes, Reg
             return Err(too_large((body.len() + piece.len()) as u64));
         }
         body.extend_from_slice(&piece);
+        observe(&body);
     }
     Ok(Bytes::from(body))
 }
 
-/// Reads a 206 body and checks it is as long as the range asked for.
-async fn read_range_body(resp: Response, what: &str, want: u64) -> Result<Bytes, RegistryError> {
-    let bytes = read_limited(resp, what, want).await?;
+/// Reads a 206 body (showing `observe` each prefix as it arrives) and
+/// checks it is as long as the range asked for.
+async fn read_range_body(
+    resp: Response,
+    what: &str,
+    want: u64,
+    observe: &mut (dyn FnMut(&[u8]) + Send),
+) -> Result<Bytes, RegistryError> {
+    let bytes = read_limited_observed(resp, what, want, observe).await?;
     if bytes.len() as u64 != want {
         return Err(RegistryError::BadResponse {
             what: what.to_string(),

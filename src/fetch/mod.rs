@@ -4,6 +4,7 @@
 
 mod complete;
 mod content;
+mod frames;
 mod open;
 
 pub use complete::{
@@ -196,6 +197,9 @@ pub struct Fetcher {
     /// the run here instead of asking the registry for the same bytes
     /// again (over a link the prefetch already fills).
     run_members: std::sync::Mutex<HashMap<Digest, tokio::sync::watch::Receiver<()>>>,
+    /// Chunks a read's request brought along that nothing has read yet,
+    /// still compressed (see [`frames`]).
+    frames: frames::Frames,
     /// The layer's blob, complete and verified on local disk: reads come
     /// from it instead of the registry.
     local: std::sync::RwLock<Option<Arc<std::fs::File>>>,
@@ -217,6 +221,16 @@ struct RunMembers<'a> {
 }
 
 impl RunMembers<'_> {
+    /// Whether a read waits for `digest` (holds a receiver besides the
+    /// one in the fetcher's map).
+    fn is_waited(&self, digest: &Digest) -> bool {
+        self.senders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(digest)
+            .is_some_and(|s| s.receiver_count() > 1)
+    }
+
     /// Wakes the waiters of `digest` (stored, or given up on).
     fn release(&self, digest: &Digest) {
         let sender = self
@@ -271,6 +285,20 @@ impl RunDecoder<'_> {
             let is_leader = self.next == 0;
             self.next += 1;
             let cache = self.fetcher.cache();
+            // A chunk no one waits for yet, that a followed trace does not
+            // foresee (a neighbour the read's amplification brought) is
+            // kept as it came until something reads it.
+            let waited = self.members.is_some_and(|m| m.is_waited(&chunk.digest));
+            let foreseen = self.fetcher.count_traced(self.layer, &[i]) == 1;
+            if !is_leader && !self.from_local && !waited && !foreseen {
+                self.fetcher
+                    .frames
+                    .put(chunk.digest, Bytes::copy_from_slice(frame));
+                if let Some(members) = self.members {
+                    members.release(&chunk.digest);
+                }
+                continue;
+            }
             match decode_chunk(frame, chunk) {
                 Ok(data) => {
                     let data = Bytes::from(data);
@@ -308,6 +336,10 @@ impl RunDecoder<'_> {
     }
 }
 
+/// Compressed bytes of fetched, not yet read neighbours kept per fetcher
+/// (see [`frames`]).
+const NEIGHBOUR_FRAMES_BYTES: u64 = 64 << 20;
+
 /// How long a chunk whose read failed makes other reads of it fail at
 /// once. The kernel reads a page again, synchronously, right after its
 /// readahead failed: without this, one read() would wait out the deadline
@@ -338,6 +370,7 @@ impl Fetcher {
             last_failure_ms: AtomicU64::new(0),
             started: Instant::now(),
             run_members: std::sync::Mutex::new(HashMap::new()),
+            frames: frames::Frames::new(NEIGHBOUR_FRAMES_BYTES),
             local: std::sync::RwLock::new(None),
             refused: std::sync::OnceLock::new(),
             last_fetching_read_ms: AtomicU64::new(0),
@@ -373,6 +406,33 @@ impl Fetcher {
     /// The cache chunks go through.
     pub fn cache(&self) -> &Arc<ChunkCache> {
         &self.cache
+    }
+
+    /// Whether the chunk is here: cached, or fetched along with another
+    /// and kept compressed until read. What needs no request.
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.cache.contains(digest) || self.frames.contains(digest)
+    }
+
+    /// The chunk at `index`, decoded from its kept frame and cached, if
+    /// one was kept (a corrupt one is logged and dropped: it is fetched
+    /// again).
+    fn unstash(&self, layer: &RemoteLayer, index: u32) -> Option<Bytes> {
+        let chunk = &layer.chunks[index as usize];
+        let frame = self.frames.take(&chunk.digest)?;
+        match decode_chunk(&frame, chunk) {
+            Ok(data) => {
+                let data = Bytes::from(data);
+                self.stats.chunks_fetched.fetch_add(1, Ordering::Relaxed);
+                self.cache.insert_verified(&chunk.digest, data.clone());
+                Some(data)
+            }
+            Err(e) => {
+                self.stats.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(layer = %layer.digest, chunk = %chunk.digest, error = %e, "registry served a corrupt chunk; not served");
+                None
+            }
+        }
     }
 
     /// Bytes `offset..offset+len` of a file (clamped to its end).
@@ -504,7 +564,7 @@ impl Fetcher {
     /// the first missing one (see [`FetchConfig::amplify_bytes`] and
     /// [`Fetcher::follow_trace`]).
     fn blob_neighbours(&self, layer: &RemoteLayer, indexes: &[u32]) -> Vec<u32> {
-        let cached = |i: u32| self.cache.contains(&layer.chunks[i as usize].digest);
+        let cached = |i: u32| self.has(&layer.chunks[i as usize].digest);
         let missing: Vec<u32> = indexes.iter().copied().filter(|&i| !cached(i)).collect();
         let (Some(&first), Some(&last)) = (missing.first(), indexes.last()) else {
             return Vec::new();
@@ -613,6 +673,11 @@ impl Fetcher {
         indexes: &[u32],
         ahead: &[u32],
     ) -> Result<Vec<Bytes>, FetchError> {
+        for &i in indexes {
+            if !self.cache.contains(&layer.chunks[i as usize].digest) {
+                self.unstash(layer, i);
+            }
+        }
         let mut missing: Vec<u32> = {
             let members = self.members();
             indexes
@@ -621,7 +686,7 @@ impl Fetcher {
                 .copied()
                 .filter(|&i| {
                     let digest = &layer.chunks[i as usize].digest;
-                    !self.cache.contains(digest) && !members.contains_key(digest)
+                    !self.has(digest) && !members.contains_key(digest)
                 })
                 .collect()
         };
@@ -689,7 +754,7 @@ impl Fetcher {
                     .copied()
                     .filter(|&i| {
                         let digest = &layer.chunks[i as usize].digest;
-                        !self.cache.contains(digest) && !members.contains_key(digest)
+                        !self.has(digest) && !members.contains_key(digest)
                     })
                     .collect()
             };
@@ -789,6 +854,9 @@ impl Fetcher {
             if let Some(bytes) = self.cache.get(&chunk.digest) {
                 return Ok(bytes);
             }
+        }
+        if let Some(bytes) = self.unstash(layer, index) {
+            return Ok(bytes);
         }
         self.fetch_run(layer, &[index]).await
     }

@@ -398,6 +398,9 @@ fn a_runs_chunks_are_stored_and_released_as_their_bytes_arrive() {
     let mut body = blob.clone();
     let third = (chunk(2).blob_offset - start) as usize;
     body[third + 20] ^= 0xff;
+    // A trace foresees them: decoded as they come (see the next test for
+    // chunks no one reads yet).
+    f.follow_trace(run.iter().map(|&i| c.layer.chunks[i as usize].digest));
     let members = f.register_members(&c.layer, &run);
     let mut decoder = RunDecoder {
         fetcher: &f,
@@ -441,6 +444,41 @@ fn a_runs_chunks_are_stored_and_released_as_their_bytes_arrive() {
     assert_eq!(f.stats.chunks_fetched.load(Ordering::Relaxed), 3);
 }
 
+#[test]
+fn neighbours_no_one_reads_yet_stay_compressed_until_read() {
+    let c = converted();
+    let runtime = current_thread();
+    let dir = tempfile::tempdir().unwrap();
+    let f = fetcher(dir.path(), FetchConfig::default());
+    let content = content_of(&c.toc, "big1.bin");
+    let run: Vec<u32> = content.extents.iter().take(4).map(|e| e.chunk).collect();
+    runtime.block_on(f.fetch_run(&c.layer, &run)).unwrap();
+    let digest = |i: usize| &c.layer.chunks[run[i] as usize].digest;
+    assert!(
+        f.cache().contains(digest(0)),
+        "the run's first chunk is read: decoded"
+    );
+    for i in 1..4 {
+        assert!(
+            f.has(digest(i)) && !f.cache().contains(digest(i)),
+            "chunk {i} kept compressed"
+        );
+    }
+    let offset = content.starts[2] + 10;
+    let read = runtime
+        .block_on(f.read_file(&c.layer, &content, offset, 100, 0))
+        .unwrap();
+    let data = &c.files.iter().find(|(n, _)| *n == "big1.bin").unwrap().1;
+    assert_eq!(read, data[offset as usize..offset as usize + 100]);
+    assert!(f.cache().contains(digest(2)), "decoded when read");
+    assert!(!f.cache().contains(digest(3)));
+    assert_eq!(
+        f.stats.requests.load(Ordering::Relaxed),
+        1,
+        "no request for it"
+    );
+}
+
 /// Bytes `range` of the converted layer's blob.
 fn blob_bytes(c: &Converted, range: std::ops::Range<u64>) -> Vec<u8> {
     current_thread()
@@ -463,8 +501,8 @@ fn a_run_whose_first_chunk_came_otherwise_still_fetches_the_rest() {
     runtime.block_on(f.fetch_run(&c.layer, &run)).unwrap();
     for &i in &run {
         assert!(
-            f.cache().contains(&c.layer.chunks[i as usize].digest),
-            "chunk {i} of the run is cached"
+            f.has(&c.layer.chunks[i as usize].digest),
+            "chunk {i} of the run is here"
         );
     }
     assert_eq!(f.stats.requests.load(Ordering::Relaxed), 2);

@@ -105,7 +105,7 @@ fn plan_window(
         chunks.sort_unstable();
         chunks.dedup();
         let before = chunks.len();
-        chunks.retain(|&c| !fetcher.cache().contains(&layer.chunks[c as usize].digest));
+        chunks.retain(|&c| !fetcher.has(&layer.chunks[c as usize].digest));
         report.already_cached += before - chunks.len();
         runs.extend(
             fetcher
@@ -180,11 +180,7 @@ pub async fn prefetch(
             // brought some of the run: the request then spans only what
             // is still missing, and counts the rest as cached.
             let before = run.len();
-            run.retain(|&c| {
-                !fetcher
-                    .cache()
-                    .contains(&layers[layer].chunks[c as usize].digest)
-            });
+            run.retain(|&c| !fetcher.has(&layers[layer].chunks[c as usize].digest));
             report.already_cached += before - run.len();
             if run.is_empty() {
                 continue;

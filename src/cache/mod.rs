@@ -11,6 +11,7 @@
 
 mod config;
 mod disk;
+mod frames;
 mod layers;
 mod memory;
 mod recency;
@@ -228,6 +229,9 @@ enum Fetched {
 pub struct ChunkCache {
     tiers: Arc<Tiers>,
     flights: SingleFlight<Digest, Result<Bytes, CacheError>>,
+    /// Frames fetched along with others and not read yet, within a
+    /// quarter of the memory tier's bound, node-wide (see [`frames`]).
+    frames: frames::Frames,
 }
 
 impl ChunkCache {
@@ -279,6 +283,7 @@ impl ChunkCache {
         Ok(Arc::new(ChunkCache {
             tiers,
             flights: SingleFlight::new(),
+            frames: frames::Frames::new(config.memory_bytes / 4),
         }))
     }
 
@@ -456,6 +461,24 @@ impl ChunkCache {
     /// called within a tokio runtime.
     pub fn insert_verified(&self, digest: &Digest, data: Bytes) {
         self.tiers.store_verified_behind(*digest, data);
+    }
+
+    /// Keeps the compressed, unchecked `frame` of a chunk fetched along
+    /// with others, until [`take_frame`](Self::take_frame) (the oldest go
+    /// past the bound).
+    pub fn keep_frame(&self, digest: Digest, frame: Bytes) {
+        self.frames.put(digest, frame);
+    }
+
+    /// Whether a frame is kept for `digest`.
+    pub fn has_frame(&self, digest: &Digest) -> bool {
+        self.frames.contains(digest)
+    }
+
+    /// The kept frame for `digest`, taken out: the caller decodes and
+    /// verifies it before use.
+    pub fn take_frame(&self, digest: &Digest) -> Option<Bytes> {
+        self.frames.take(digest)
     }
 
     /// Keeps a chunk the caller has checked, read from a complete layer's

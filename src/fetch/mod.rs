@@ -4,7 +4,6 @@
 
 mod complete;
 mod content;
-mod frames;
 mod open;
 
 pub use complete::{
@@ -197,9 +196,6 @@ pub struct Fetcher {
     /// the run here instead of asking the registry for the same bytes
     /// again (over a link the prefetch already fills).
     run_members: std::sync::Mutex<HashMap<Digest, tokio::sync::watch::Receiver<()>>>,
-    /// Chunks a read's request brought along that nothing has read yet,
-    /// still compressed (see [`frames`]).
-    frames: frames::Frames,
     /// The layer's blob, complete and verified on local disk: reads come
     /// from it instead of the registry.
     local: std::sync::RwLock<Option<Arc<std::fs::File>>>,
@@ -291,9 +287,7 @@ impl RunDecoder<'_> {
             let waited = self.members.is_some_and(|m| m.is_waited(&chunk.digest));
             let foreseen = self.fetcher.count_traced(self.layer, &[i]) == 1;
             if !is_leader && !self.from_local && !waited && !foreseen {
-                self.fetcher
-                    .frames
-                    .put(chunk.digest, Bytes::copy_from_slice(frame));
+                cache.keep_frame(chunk.digest, Bytes::copy_from_slice(frame));
                 if let Some(members) = self.members {
                     members.release(&chunk.digest);
                 }
@@ -336,10 +330,6 @@ impl RunDecoder<'_> {
     }
 }
 
-/// Compressed bytes of fetched, not yet read neighbours kept per fetcher
-/// (see [`frames`]).
-const NEIGHBOUR_FRAMES_BYTES: u64 = 64 << 20;
-
 /// How long a chunk whose read failed makes other reads of it fail at
 /// once. The kernel reads a page again, synchronously, right after its
 /// readahead failed: without this, one read() would wait out the deadline
@@ -370,7 +360,6 @@ impl Fetcher {
             last_failure_ms: AtomicU64::new(0),
             started: Instant::now(),
             run_members: std::sync::Mutex::new(HashMap::new()),
-            frames: frames::Frames::new(NEIGHBOUR_FRAMES_BYTES),
             local: std::sync::RwLock::new(None),
             refused: std::sync::OnceLock::new(),
             last_fetching_read_ms: AtomicU64::new(0),
@@ -411,7 +400,7 @@ impl Fetcher {
     /// Whether the chunk is here: cached, or fetched along with another
     /// and kept compressed until read. What needs no request.
     pub fn has(&self, digest: &Digest) -> bool {
-        self.cache.contains(digest) || self.frames.contains(digest)
+        self.cache.contains(digest) || self.cache.has_frame(digest)
     }
 
     /// The chunk at `index`, decoded from its kept frame and cached, if
@@ -419,7 +408,7 @@ impl Fetcher {
     /// again).
     fn unstash(&self, layer: &RemoteLayer, index: u32) -> Option<Bytes> {
         let chunk = &layer.chunks[index as usize];
-        let frame = self.frames.take(&chunk.digest)?;
+        let frame = self.cache.take_frame(&chunk.digest)?;
         match decode_chunk(&frame, chunk) {
             Ok(data) => {
                 let data = Bytes::from(data);

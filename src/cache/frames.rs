@@ -1,7 +1,8 @@
 //! Chunks a read's request brought along (amplification's neighbours),
-//! kept as they came, compressed, until something reads them: most never
-//! are, and decompressing and hashing each on arrival took the daemon's
-//! CPU from the start that fetched them.
+//! kept as they came, compressed and not yet checked, until something
+//! reads them: most never are, and decompressing and hashing each on
+//! arrival took the daemon's CPU from the start that fetched them. Whoever
+//! takes a frame out decodes and verifies it before use.
 
 use crate::digest::Digest;
 use bytes::Bytes;
@@ -10,7 +11,7 @@ use std::sync::Mutex;
 
 /// Compressed frames by chunk digest, oldest dropped past a byte bound (a
 /// dropped one is fetched again if it is ever read).
-pub(super) struct Frames {
+pub(crate) struct Frames {
     bound: u64,
     state: Mutex<State>,
 }
@@ -24,7 +25,7 @@ struct State {
 
 impl Frames {
     /// Frames holding at most `bound` bytes.
-    pub(super) fn new(bound: u64) -> Frames {
+    pub(crate) fn new(bound: u64) -> Frames {
         Frames {
             bound,
             state: Mutex::default(),
@@ -36,7 +37,7 @@ impl Frames {
     }
 
     /// Keeps `frame` for `digest`, dropping the oldest past the bound.
-    pub(super) fn put(&self, digest: Digest, frame: Bytes) {
+    pub(crate) fn put(&self, digest: Digest, frame: Bytes) {
         let size = frame.len() as u64;
         if size > self.bound {
             return;
@@ -63,12 +64,12 @@ impl Frames {
     }
 
     /// Whether a frame for `digest` is kept.
-    pub(super) fn contains(&self, digest: &Digest) -> bool {
+    pub(crate) fn contains(&self, digest: &Digest) -> bool {
         self.lock().frames.contains_key(digest)
     }
 
     /// Takes the frame for `digest` out, if kept.
-    pub(super) fn take(&self, digest: &Digest) -> Option<Bytes> {
+    pub(crate) fn take(&self, digest: &Digest) -> Option<Bytes> {
         let mut state = self.lock();
         let frame = state.frames.remove(digest)?;
         state.bytes -= frame.len() as u64;

@@ -537,7 +537,7 @@ def loci_mount(env, image, tag, record=None):
     extra = ["--record-trace", record, "--publish-trace"] if record else []
     p = subprocess.Popen([env.loci, "--log", "warn", "mount", "--plain-http", "--config", cfg, "--no-prefetch",
                           *extra, image.converted, mnt], stdout=env.log, stderr=env.log)
-    wait_for(lambda: os.path.ismount(mnt) or p.poll() is not None, "loci mount")
+    wait_for(lambda: os.path.ismount(mnt) or p.poll() is not None, "loci mount", interval=0.005)
     if p.poll() is not None:
         raise RuntimeError(f"loci mount exited ({p.returncode}); see {env.work}/log")
     return p, mnt
@@ -651,7 +651,7 @@ def timed_nydus_fs(env, image, run_index):
     p = subprocess.Popen([env.peers["nydus"]["nydusd"], "--config", cfg, "--mountpoint", mnt,
                           "--bootstrap", bootstrap, "--rlimit-nofile", "0", "--log-level", "warn"],
                          stdout=env.log, stderr=env.log)
-    wait_for(lambda: os.path.ismount(mnt) or p.poll() is not None, "nydusd")
+    wait_for(lambda: os.path.ismount(mnt) or p.poll() is not None, "nydusd", interval=0.005)
     if p.poll() is not None:
         raise RuntimeError(f"nydusd exited ({p.returncode}); see {env.work}/log")
     t1 = time.perf_counter()

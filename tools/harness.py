@@ -21,12 +21,12 @@ def drop_caches():
         return False
 
 
-def wait_for(cond, what, timeout=60):
+def wait_for(cond, what, timeout=60, interval=0.05):
     deadline = time.time() + timeout
     while not cond():
         if time.time() > deadline:
             raise RuntimeError(f"{what} not ready after {timeout}s")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def tear_down(work, procs):

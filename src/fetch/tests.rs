@@ -477,6 +477,18 @@ fn neighbours_no_one_reads_yet_stay_compressed_until_read() {
         1,
         "no request for it"
     );
+    // A kept frame that does not decode to its digest is dropped, logged,
+    // and the chunk fetched again: never served.
+    f.cache().take_frame(digest(3)).unwrap();
+    f.cache()
+        .keep_frame(*digest(3), Bytes::from_static(b"not this chunk's frame"));
+    let offset = content.starts[3] + 5;
+    let read = runtime
+        .block_on(f.read_file(&c.layer, &content, offset, 100, 0))
+        .unwrap();
+    assert_eq!(read, data[offset as usize..offset as usize + 100]);
+    assert_eq!(f.stats.corrupt_chunks.load(Ordering::Relaxed), 1);
+    assert_eq!(f.stats.requests.load(Ordering::Relaxed), 2, "fetched again");
 }
 
 /// Bytes `range` of the converted layer's blob.

@@ -284,9 +284,11 @@ impl RunDecoder<'_> {
             // A chunk no one waits for yet, that a followed trace does not
             // foresee (a neighbour the read's amplification brought) is
             // kept as it came until something reads it.
-            let waited = self.members.is_some_and(|m| m.is_waited(&chunk.digest));
-            let foreseen = self.fetcher.count_traced(self.layer, &[i]) == 1;
-            if !is_leader && !self.from_local && !waited && !foreseen {
+            let keep = !is_leader
+                && !self.from_local
+                && !self.members.is_some_and(|m| m.is_waited(&chunk.digest))
+                && self.fetcher.count_traced(self.layer, &[i]) == 0;
+            if keep {
                 cache.keep_frame(chunk.digest, Bytes::copy_from_slice(frame));
                 if let Some(members) = self.members {
                     members.release(&chunk.digest);

@@ -257,6 +257,13 @@ fn converted() -> Converted {
     }
 }
 
+/// big1.bin's content, and its first four chunks: a run the tests fetch.
+fn big1_run(c: &Converted) -> (Content, Vec<u32>) {
+    let content = content_of(&c.toc, "big1.bin");
+    let run = content.extents.iter().take(4).map(|e| e.chunk).collect();
+    (content, run)
+}
+
 fn content_of(toc: &Toc, path: &str) -> Content {
     let entry = toc
         .entries
@@ -360,8 +367,7 @@ fn a_read_of_a_chunk_a_run_is_fetching_waits_for_that_run() {
             ..FetchConfig::default()
         },
     );
-    let content = content_of(&c.toc, "big1.bin");
-    let run: Vec<u32> = content.extents.iter().take(4).map(|e| e.chunk).collect();
+    let (content, run) = big1_run(&c);
     // A read inside the run's third chunk, started while the run (say, the
     // prefetch's) is in flight: its chunk is no run's first, so the cache's
     // single flight alone would not see it.
@@ -388,8 +394,7 @@ fn a_runs_chunks_are_stored_and_released_as_their_bytes_arrive() {
     let c = converted();
     let dir = tempfile::tempdir().unwrap();
     let f = fetcher(dir.path(), FetchConfig::default());
-    let content = content_of(&c.toc, "big1.bin");
-    let run: Vec<u32> = content.extents.iter().take(4).map(|e| e.chunk).collect();
+    let (_, run) = big1_run(&c);
     let chunk = |i: usize| &c.layer.chunks[run[i] as usize];
     let start = chunk(0).blob_offset;
     let end = chunk(3).blob_offset + u64::from(chunk(3).compressed_len);
@@ -450,8 +455,7 @@ fn neighbours_no_one_reads_yet_stay_compressed_until_read() {
     let runtime = current_thread();
     let dir = tempfile::tempdir().unwrap();
     let f = fetcher(dir.path(), FetchConfig::default());
-    let content = content_of(&c.toc, "big1.bin");
-    let run: Vec<u32> = content.extents.iter().take(4).map(|e| e.chunk).collect();
+    let (content, run) = big1_run(&c);
     runtime.block_on(f.fetch_run(&c.layer, &run)).unwrap();
     let digest = |i: usize| &c.layer.chunks[run[i] as usize].digest;
     assert!(
@@ -505,8 +509,7 @@ fn a_run_whose_first_chunk_came_otherwise_still_fetches_the_rest() {
     let runtime = current_thread();
     let dir = tempfile::tempdir().unwrap();
     let f = fetcher(dir.path(), FetchConfig::default());
-    let content = content_of(&c.toc, "big1.bin");
-    let run: Vec<u32> = content.extents.iter().take(4).map(|e| e.chunk).collect();
+    let (_, run) = big1_run(&c);
     // An on-demand read brought the run's first chunk (as when a start
     // reads the chunk a prefetch run begins at, just before the run).
     runtime.block_on(f.fetch_run(&c.layer, &run[..1])).unwrap();

@@ -179,7 +179,7 @@ impl FileReads {
                 }
             }
             self.ranges = merged;
-            gap *= 2;
+            gap = gap.saturating_mul(2); // at u64::MAX every piece merges
         }
     }
 }

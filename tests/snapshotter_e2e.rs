@@ -862,6 +862,46 @@ fn a_node_records_a_real_start_and_publishes_it_as_the_trace() {
         !paths.contains(&"data/big-text.txt"),
         "a file the start never read is in the trace"
     );
+
+    // The next cold start of the image replays it. Pulled by digest, so
+    // the node has not looked this reference up yet: the lookup starts as
+    // the first layer opens, and every layer's replay shares it (one
+    // lookup for the image, not one per layer).
+    let digest = image_digest(&setup, &image);
+    remove_image_and_collect(&setup, &image, &setup.work.path().join("root"));
+    let by_digest = format!("{}/fixture@{digest}", setup.registry.addr);
+    let log_from = setup.registry.daemon.log_text().len();
+    let snap_from = setup.snapshotter.log_text().len();
+    setup.pull(&by_digest);
+    let out = setup.ctr_run(&by_digest, "replayed", &["cat", "/etc/hello.txt"]);
+    assert!(out.contains("hello again from layer 3"), "{out}");
+    wait_until("the replay finishes", 30, || {
+        strip_ansi(&setup.snapshotter.log_text()[snap_from..]).contains("prefetch finished")
+    });
+    let log = strip_ansi(&setup.snapshotter.log_text()[snap_from..]);
+    let replays = log
+        .lines()
+        .filter(|l| l.contains("replaying the image's start trace") && l.contains(&by_digest))
+        .count();
+    assert_eq!(replays, 1, "{log}");
+    let fallback_tag = format!("/manifests/{}", digest.replace(':', "-"));
+    let lookups = setup.registry.daemon.log_text()[log_from..]
+        .lines()
+        .filter(|l| l.contains("\"GET ") && l.contains(&fallback_tag))
+        .count();
+    assert_eq!(lookups, 1, "the trace was looked up {lookups} times");
+}
+
+/// The manifest digest containerd has for `image`.
+fn image_digest(setup: &Setup, image: &str) -> String {
+    let out = run(setup.containerd.ctr().args(["images", "ls"]));
+    let listing = String::from_utf8(out.stdout).unwrap();
+    listing
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(image))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("sha256:")))
+        .unwrap_or_else(|| panic!("{image} not in:\n{listing}"))
+        .to_string()
 }
 
 /// A converted image whose top layer claims a diff_id its content does not

@@ -60,15 +60,7 @@ fn invalid(what: impl std::fmt::Display, reason: impl std::fmt::Display) -> Imag
 /// The image at `store`, for the host's platform when the reference is an
 /// index.
 pub async fn platform_image(store: &ImageStore) -> Result<PlatformImage, ImageError> {
-    let top = store.resolve().await?;
-    let (manifest, index) =
-        if top.media_type == media_types::OCI_INDEX || top.media_type == media_types::DOCKER_LIST {
-            let digest = platform_manifest(&top.bytes)
-                .map_err(|reason| invalid(format!("index {}", top.digest), reason))?;
-            (store.manifest(&digest).await?, Some(top))
-        } else {
-            (top, None)
-        };
+    let (manifest, index) = resolve_platform_manifest(store).await?;
     let what = format!("manifest {}", manifest.digest);
     let config_digest = config_of(&manifest.bytes).map_err(|reason| invalid(&what, reason))?;
     let media_type = ImageManifest::from_reader(&manifest.bytes[..])
@@ -86,6 +78,39 @@ pub async fn platform_image(store: &ImageStore) -> Result<PlatformImage, ImageEr
         },
         layers,
     })
+}
+
+/// The host platform's manifest at `store` (picked from an index when the
+/// reference names one), and the index.
+async fn resolve_platform_manifest(
+    store: &ImageStore,
+) -> Result<(Manifest, Option<Manifest>), ImageError> {
+    let top = store.resolve().await?;
+    if top.media_type == media_types::OCI_INDEX || top.media_type == media_types::DOCKER_LIST {
+        let digest = platform_manifest(&top.bytes)
+            .map_err(|reason| invalid(format!("index {}", top.digest), reason))?;
+        Ok((store.manifest(&digest).await?, Some(top)))
+    } else {
+        Ok((top, None))
+    }
+}
+
+/// The host platform's manifest at `store` and its layers' digests, bottom
+/// first, without the config: what finding the image's trace needs, one
+/// round trip sooner than [`platform_image`].
+pub async fn platform_layer_digests(
+    store: &ImageStore,
+) -> Result<(Manifest, Vec<Digest>), ImageError> {
+    let (manifest, _) = resolve_platform_manifest(store).await?;
+    let what = format!("manifest {}", manifest.digest);
+    let parsed = ImageManifest::from_reader(&manifest.bytes[..]).map_err(|e| invalid(&what, e))?;
+    let layers = parsed
+        .layers()
+        .iter()
+        .map(|layer| layer.digest().to_string().parse())
+        .collect::<Result<Vec<Digest>, _>>()
+        .map_err(|e| invalid(&what, format!("layer descriptor: {e}")))?;
+    Ok((manifest, layers))
 }
 
 /// The digest of the host platform's manifest in an index, from the

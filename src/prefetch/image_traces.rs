@@ -6,15 +6,18 @@ use super::lookup::find_trace;
 use super::replay::{prefetch, PrefetchConfig};
 use super::trace::Trace;
 use crate::fetch::{Fetcher, RemoteLayer};
-use crate::image::platform_image;
+use crate::image::platform_layer_digests;
 use crate::image::ImageStore;
 use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::sync::OnceCell;
 
-/// The node's known traces, by image reference (None: looked up, none fits).
+/// The node's known traces, by image reference: each looked up once (None:
+/// looked up, none fits). A lookup holds only its own image's cell, so
+/// images looked up at once do not wait for each other.
 #[derive(Default)]
 pub struct ImageTraces {
-    known: tokio::sync::Mutex<HashMap<String, Option<Arc<Trace>>>>,
+    known: std::sync::Mutex<HashMap<String, Arc<OnceCell<Option<Arc<Trace>>>>>>,
 }
 
 impl ImageTraces {
@@ -63,25 +66,50 @@ impl ImageTraces {
         prefetch(fetcher, layers, sub, config).await;
     }
 
+    /// Starts looking up `image`'s trace in the background, if no one has:
+    /// the snapshotter calls it when it opens a layer, so the lookup's
+    /// round trips overlap the layer's TOC fetch and mount instead of
+    /// delaying the replay that follows the mount.
+    pub fn look_up_early(
+        self: &Arc<Self>,
+        image: &str,
+        store: &ImageStore,
+        runtime: &tokio::runtime::Handle,
+    ) {
+        let cell = self.cell(image);
+        if cell.initialized() {
+            return;
+        }
+        let (image, store) = (image.to_string(), store.clone());
+        runtime.spawn(async move {
+            cell.get_or_init(|| look_up(&image, &store)).await;
+        });
+    }
+
     /// The image's trace, looked up once per image (see [`find_trace`]).
     async fn trace_of(&self, image: &str, store: &ImageStore) -> Option<Arc<Trace>> {
-        let mut known = self.known.lock().await;
-        if let Some(found) = known.get(image) {
-            return found.clone();
+        self.cell(image)
+            .get_or_init(|| look_up(image, store))
+            .await
+            .clone()
+    }
+
+    fn cell(&self, image: &str) -> Arc<OnceCell<Option<Arc<Trace>>>> {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.entry(image.to_string()).or_default().clone()
+    }
+}
+
+/// `image`'s trace from its registry: its platform manifest and layers
+/// (the config is not needed), then [`find_trace`].
+async fn look_up(image: &str, store: &ImageStore) -> Option<Arc<Trace>> {
+    match platform_layer_digests(store).await {
+        Ok((manifest, layers)) => find_trace(store, &manifest.digest, &layers)
+            .await
+            .map(Arc::new),
+        Err(e) => {
+            tracing::warn!(image, error = %crate::error_chain::chain(&e), "no trace: the image's manifest did not read");
+            None
         }
-        let found = match platform_image(store).await {
-            Ok(platform) => {
-                let layers: Vec<_> = platform.layers.iter().map(|l| l.digest).collect();
-                find_trace(store, &platform.manifest.digest, &layers)
-                    .await
-                    .map(Arc::new)
-            }
-            Err(e) => {
-                tracing::warn!(image, error = %crate::error_chain::chain(&e), "no trace: the image's manifest did not read");
-                None
-            }
-        };
-        known.insert(image.to_string(), found.clone());
-        found
     }
 }

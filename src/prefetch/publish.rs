@@ -114,12 +114,17 @@ pub async fn fetch_trace(
     repo: &str,
     image: &Digest,
 ) -> Result<Option<Trace>, PublishError> {
-    let index = match client
-        .get_referrers(repo, image, TRACE_ARTIFACT_TYPE)
-        .await?
-    {
+    // Both at once: a registry without the referrers API (docker-registry
+    // 2.8) would otherwise cost a round trip more, and on a cold start
+    // that round trip delays the replay.
+    let fallback = fallback_tag(image);
+    let (referrers, tagged) = tokio::join!(
+        client.get_referrers(repo, image, TRACE_ARTIFACT_TYPE),
+        client.get_manifest(repo, &fallback)
+    );
+    let index = match referrers? {
         Some(bytes) => bytes,
-        None => match client.get_manifest(repo, &fallback_tag(image)).await {
+        None => match tagged {
             Ok(m) => m.bytes,
             Err(RegistryError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),

@@ -163,12 +163,14 @@ impl FdStore {
         std::thread::spawn(move || {
             let _ = child.wait();
         });
-        for _ in 0..250 {
+        // Short polls: the first lazy mount after a daemon start waits
+        // for this, and the holder listens within milliseconds.
+        for _ in 0..2500 {
             if let Ok(c) = connect_to(&self.socket) {
                 tracing::info!(pid, socket = %self.socket.display(), "started the FUSE fd holder");
                 return Ok(c);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(2));
         }
         Err(io::Error::new(
             io::ErrorKind::TimedOut,

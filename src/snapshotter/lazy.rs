@@ -266,6 +266,10 @@ impl LazyLayers {
                 image: image.to_string(),
                 source,
             })?;
+        if self.prefetch.enabled {
+            self.traces
+                .look_up_early(&source.image_ref, &store, &self.runtime);
+        }
         if let Some(kept) = mounted_at.map(toc_file) {
             match read_toc_file(&kept) {
                 Ok(tail) => match fetch::open_layer_from(&store, digest, toc_digest, &tail) {

@@ -17,8 +17,11 @@ use tokio::sync::OnceCell;
 /// images looked up at once do not wait for each other.
 #[derive(Default)]
 pub struct ImageTraces {
-    known: std::sync::Mutex<HashMap<String, Arc<OnceCell<Option<Arc<Trace>>>>>>,
+    known: std::sync::Mutex<HashMap<String, Arc<TraceCell>>>,
 }
+
+/// One image's lookup: set once it is done (None: no trace fits).
+type TraceCell = OnceCell<Option<Arc<Trace>>>;
 
 impl ImageTraces {
     /// Replays, in the background of the caller, the accesses of `image`'s
@@ -94,7 +97,7 @@ impl ImageTraces {
             .clone()
     }
 
-    fn cell(&self, image: &str) -> Arc<OnceCell<Option<Arc<Trace>>>> {
+    fn cell(&self, image: &str) -> Arc<TraceCell> {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         known.entry(image.to_string()).or_default().clone()
     }

@@ -688,20 +688,56 @@ impl Fetcher {
                 .store(self.clock_ms(), Ordering::Relaxed);
         }
         self.count_demand(layer, &missing);
-        // Reads wait for their read-ahead and neighbours too: a read a
-        // followed trace foresaw has neither (see `read_ahead`).
+        // Each run is fetched by a task of its own, and the read waits only
+        // for its own chunks: they lead their runs, and the read-ahead and
+        // neighbours behind them (megabytes, at link speed) are stored as
+        // they arrive, after the read was answered. A reader waiting for
+        // the whole run paid that transfer on every miss of a start.
         let runs = self.runs(layer, &missing);
-        let leaders =
-            futures::future::try_join_all(runs.iter().map(|run| self.fetch_run(layer, run)))
-                .await?;
-        let fetched: std::collections::HashMap<u32, Bytes> =
-            runs.iter().map(|run| run[0]).zip(leaders).collect();
+        let mut tasks = Vec::with_capacity(runs.len());
+        let mut registered = Vec::with_capacity(runs.len());
+        for run in &runs {
+            let (told, registration) = tokio::sync::oneshot::channel();
+            let (fetcher, layer, run) = (self.clone(), layer.clone(), run.clone());
+            tasks.push(Some(tokio::spawn(async move {
+                fetcher.fetch_run_telling(&layer, &run, Some(told)).await
+            })));
+            registered.push(registration);
+        }
+        for registration in registered {
+            let _ = registration.await; // dropped: the run ended first
+        }
+        // Taken before any of them arrives, so that the runs decode the
+        // read's chunks for it rather than keep them as frames.
+        let waits: Vec<_> = {
+            let members = self.members();
+            indexes
+                .iter()
+                .map(|&i| members.get(&layer.chunks[i as usize].digest).cloned())
+                .collect()
+        };
         let mut out = Vec::with_capacity(indexes.len());
-        for &i in indexes {
-            match fetched.get(&i) {
-                Some(bytes) => out.push(bytes.clone()),
-                None => out.push(self.chunk(layer, i).await?),
+        for (&i, wait) in indexes.iter().zip(waits) {
+            if let Some(mut wait) = wait {
+                let _ = wait.changed().await; // Err: released already
             }
+            if let Some(bytes) = self.cache.get(&layer.chunks[i as usize].digest) {
+                out.push(bytes);
+                continue;
+            }
+            // Not stored: its run failed (the read fails with the run's
+            // error) or left it to be fetched again.
+            let task = runs
+                .iter()
+                .position(|run| run.binary_search(&i).is_ok())
+                .and_then(|run| tasks[run].take());
+            if let Some(Ok(Err(e))) = match task {
+                Some(task) => Some(task.await),
+                None => None,
+            } {
+                return Err(e);
+            }
+            out.push(self.chunk(layer, i).await?);
         }
         Ok(out)
     }
@@ -736,7 +772,18 @@ impl Fetcher {
     /// on-demand read of the chunk a prefetch run starts at, say), the
     /// rest of the run is still fetched: those are the bytes read next.
     pub async fn fetch_run(&self, layer: &RemoteLayer, run: &[u32]) -> Result<Bytes, FetchError> {
-        let (first, rest_unfetched) = self.fetch_run_led(layer, run).await?;
+        self.fetch_run_telling(layer, run, None).await
+    }
+
+    /// [`fetch_run`](Self::fetch_run), telling `registered` once the run's
+    /// members are registered (see [`Fetcher::chunks`]).
+    async fn fetch_run_telling(
+        &self,
+        layer: &RemoteLayer,
+        run: &[u32],
+        registered: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<Bytes, FetchError> {
+        let (first, rest_unfetched) = self.fetch_run_led(layer, run, registered).await?;
         if rest_unfetched {
             let rest: Vec<u32> = {
                 let members = self.members();
@@ -761,16 +808,22 @@ impl Fetcher {
     /// [`fetch_run`](Self::fetch_run)'s request, led by the run's first
     /// chunk; also says whether that chunk came without it (the rest of
     /// the run then unfetched).
+    /// `registered` is told once the run's members are registered, so a
+    /// reader can wait for them.
     async fn fetch_run_led(
         &self,
         layer: &RemoteLayer,
         run: &[u32],
+        registered: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<(Bytes, bool), FetchError> {
         let leader = &layer.chunks[run[0] as usize];
-        // The first chunk too: a read of it then waits for the whole run
-        // (its single flight alone would have the read fetch the rest of
+        // The first chunk too: its readers are woken when its bytes are in
+        // (its single flight alone would have a reader fetch the rest of
         // its own run again, in more requests).
         let members = self.register_members(layer, run);
+        if let Some(registered) = registered {
+            let _ = registered.send(());
+        }
         let requested = AtomicBool::new(false);
         // A complete layer's chunks come from its blob on local disk: kept
         // in memory only, not copied to the disk cache.

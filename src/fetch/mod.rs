@@ -694,12 +694,12 @@ impl Fetcher {
         // they arrive, after the read was answered. A reader waiting for
         // the whole run paid that transfer on every miss of a start.
         let runs = self.runs(layer, &missing);
-        let mut tasks = Vec::with_capacity(runs.len());
+        let mut tasks = RunTasks(Vec::with_capacity(runs.len()));
         let mut registered = Vec::with_capacity(runs.len());
         for run in &runs {
             let (told, registration) = tokio::sync::oneshot::channel();
             let (fetcher, layer, run) = (self.clone(), layer.clone(), run.clone());
-            tasks.push(Some(tokio::spawn(async move {
+            tasks.0.push(Some(tokio::spawn(async move {
                 fetcher.fetch_run_telling(&layer, &run, Some(told)).await
             })));
             registered.push(registration);
@@ -730,7 +730,7 @@ impl Fetcher {
             let task = runs
                 .iter()
                 .position(|run| run.binary_search(&i).is_ok())
-                .and_then(|run| tasks[run].take());
+                .and_then(|run| tasks.0[run].take());
             if let Some(Ok(Err(e))) = match task {
                 Some(task) => Some(task.await),
                 None => None,
@@ -739,6 +739,7 @@ impl Fetcher {
             }
             out.push(self.chunk(layer, i).await?);
         }
+        tasks.detach();
         Ok(out)
     }
 
@@ -943,6 +944,28 @@ impl Fetcher {
         self.stats.bytes_fetched.fetch_add(bytes, Ordering::Relaxed);
         self.stats.latency_us_sum.fetch_add(us, Ordering::Relaxed);
         self.stats.latency_us_max.fetch_max(us, Ordering::Relaxed);
+    }
+}
+
+/// The tasks fetching a read's runs: they outlive the read that answered
+/// (the rest of each run is on the way), but a read that fails or is given
+/// up on (its deadline) takes them down, as it did when it owned its
+/// requests: a stalled request would otherwise keep its chunks' later
+/// readers waiting on it.
+struct RunTasks(Vec<Option<tokio::task::JoinHandle<Result<Bytes, FetchError>>>>);
+
+impl RunTasks {
+    /// The read was answered: the runs go on without it.
+    fn detach(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for RunTasks {
+    fn drop(&mut self) {
+        for task in self.0.iter().flatten() {
+            task.abort();
+        }
     }
 }
 

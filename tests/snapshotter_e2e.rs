@@ -218,6 +218,16 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
     );
     assert_eq!(out, "/etc/hello.txt\nhello again from layer 3\n");
 
+    // The first layer's open asked the registry for its blob's size; the
+    // others' TOCs were fetched as it opened, from the manifest's
+    // descriptors, not one after another as containerd prepared them.
+    let heads: Vec<String> = setup.registry.daemon.log_text()[log_from..]
+        .lines()
+        .filter(|l| l.contains("\"HEAD ") && l.contains("/blobs/"))
+        .map(String::from)
+        .collect();
+    assert_eq!(heads.len(), 1, "{heads:#?}");
+
     // No layer blob was fetched whole: only range reads of TOCs and chunks.
     let mut big_layers = 0;
     for layer in &layers {

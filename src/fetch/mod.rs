@@ -12,7 +12,7 @@ pub use complete::{
 pub use content::Content;
 pub use open::{
     decode_toc_tail, fetch_toc, fetch_toc_tail, open_image, open_layer, open_layer_from,
-    toc_location, LayerError, OpenedImage, TocTail,
+    open_layer_sized, toc_location, toc_location_in, LayerError, OpenedImage, TocTail,
 };
 
 use crate::cache::ChunkCache;

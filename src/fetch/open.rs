@@ -44,18 +44,25 @@ fn invalid(what: impl std::fmt::Display, reason: impl std::fmt::Display) -> Laye
 /// the TOC frame's digest, and its offset when annotated. None for a layer
 /// that is not loci's.
 pub fn toc_location(layer: &ImageLayer) -> Result<Option<(Digest, Option<u64>)>, LayerError> {
-    let Some(digest) = layer.annotations.get(annotations::TOC_DIGEST) else {
+    toc_location_in(&layer.digest, &layer.annotations)
+}
+
+/// [`toc_location`] from a layer's digest and its descriptor's annotations.
+pub fn toc_location_in(
+    layer: &Digest,
+    descriptor: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<(Digest, Option<u64>)>, LayerError> {
+    let Some(digest) = descriptor.get(annotations::TOC_DIGEST) else {
         return Ok(None);
     };
     let digest = digest
         .parse()
-        .map_err(|e| invalid(format!("layer {} annotation", layer.digest), e))?;
-    let offset = layer
-        .annotations
+        .map_err(|e| invalid(format!("layer {layer} annotation"), e))?;
+    let offset = descriptor
         .get(annotations::TOC_OFFSET)
         .map(|o| o.parse::<u64>())
         .transpose()
-        .map_err(|e| invalid(format!("layer {} TOC offset", layer.digest), e))?;
+        .map_err(|e| invalid(format!("layer {layer} TOC offset"), e))?;
     Ok(Some((digest, offset)))
 }
 
@@ -197,6 +204,18 @@ pub async fn open_layer(
     toc_offset: Option<u64>,
 ) -> Result<(OpenedImage, TocTail), LayerError> {
     let size = store.blob_size(&digest).await?;
+    open_layer_sized(store, digest, size, toc_digest, toc_offset).await
+}
+
+/// [`open_layer`] when the blob's size is known (from a manifest's
+/// descriptor): a round trip less.
+pub async fn open_layer_sized(
+    store: &ImageStore,
+    digest: Digest,
+    size: u64,
+    toc_digest: Digest,
+    toc_offset: Option<u64>,
+) -> Result<(OpenedImage, TocTail), LayerError> {
     let (tail, _, toc) = fetch_toc_tail(store, &digest, size, &toc_digest, toc_offset).await?;
     Ok((one_layer(store, digest, toc), tail))
 }

@@ -9,8 +9,8 @@ mod store;
 
 pub use layout::OciLayout;
 pub use platform::{
-    chain_id, config_of, host_arch, layers_of, platform_image, platform_layer_digests,
-    platform_manifest, ImageConfig, ImageLayer, PlatformImage,
+    chain_id, config_of, host_arch, layers_of, platform_image, platform_manifest,
+    platform_manifest_layers, ImageConfig, ImageLayer, ManifestLayer, PlatformImage,
 };
 pub use process::{resolve_user, Process, ResolvedUser, RunConfig, DEFAULT_PATH};
 pub use store::{remove_scratch_file, ImageError, ImageStore};

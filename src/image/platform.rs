@@ -95,20 +95,43 @@ async fn resolve_platform_manifest(
     }
 }
 
-/// The host platform's manifest at `store` and its layers' digests, bottom
-/// first, without the config: what finding the image's trace needs, one
-/// round trip sooner than [`platform_image`].
-pub async fn platform_layer_digests(
+/// A layer as the platform manifest describes it (no diff_id: that is in
+/// the config).
+#[derive(Clone, Debug)]
+pub struct ManifestLayer {
+    /// Blob digest.
+    pub digest: Digest,
+    /// Blob size.
+    pub size: u64,
+    /// The descriptor's annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The host platform's manifest at `store` and its layers, bottom first,
+/// without the config: what finding the image's trace and opening its
+/// layers' TOCs early need, one round trip sooner than [`platform_image`].
+pub async fn platform_manifest_layers(
     store: &ImageStore,
-) -> Result<(Manifest, Vec<Digest>), ImageError> {
+) -> Result<(Manifest, Vec<ManifestLayer>), ImageError> {
     let (manifest, _) = resolve_platform_manifest(store).await?;
     let what = format!("manifest {}", manifest.digest);
     let parsed = ImageManifest::from_reader(&manifest.bytes[..]).map_err(|e| invalid(&what, e))?;
     let layers = parsed
         .layers()
         .iter()
-        .map(|layer| layer.digest().to_string().parse())
-        .collect::<Result<Vec<Digest>, _>>()
+        .map(|layer| {
+            Ok(ManifestLayer {
+                digest: layer.digest().to_string().parse()?,
+                size: layer.size(),
+                annotations: layer
+                    .annotations()
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            })
+        })
+        .collect::<Result<Vec<_>, crate::digest::ParseDigestError>>()
         .map_err(|e| invalid(&what, format!("layer descriptor: {e}")))?;
     Ok((manifest, layers))
 }

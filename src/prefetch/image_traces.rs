@@ -6,7 +6,7 @@ use super::lookup::find_trace;
 use super::replay::{prefetch, PrefetchConfig};
 use super::trace::Trace;
 use crate::fetch::{Fetcher, RemoteLayer};
-use crate::image::platform_layer_digests;
+use crate::image::platform_manifest_layers;
 use crate::image::ImageStore;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -106,10 +106,13 @@ impl ImageTraces {
 /// `image`'s trace from its registry: its platform manifest and layers
 /// (the config is not needed), then [`find_trace`].
 async fn look_up(image: &str, store: &ImageStore) -> Option<Arc<Trace>> {
-    match platform_layer_digests(store).await {
-        Ok((manifest, layers)) => find_trace(store, &manifest.digest, &layers)
-            .await
-            .map(Arc::new),
+    match platform_manifest_layers(store).await {
+        Ok((manifest, layers)) => {
+            let layers: Vec<_> = layers.iter().map(|l| l.digest).collect();
+            find_trace(store, &manifest.digest, &layers)
+                .await
+                .map(Arc::new)
+        }
         Err(e) => {
             tracing::warn!(image, error = %crate::error_chain::chain(&e), "no trace: the image's manifest did not read");
             None

@@ -3,6 +3,7 @@
 //! FUSE mount (an overlayfs lower dir) alive while its snapshot exists.
 
 use super::admission::Admission;
+use super::early_tocs::EarlyTocs;
 use super::fdstore::FdStore;
 use super::meta::{LazySource, Usage};
 use super::metrics::Metrics;
@@ -15,7 +16,7 @@ use crate::fs::{self, takeover, tree::View, Connection, MountError};
 use crate::image::{ImageRef, ImageStore};
 use crate::prefetch::{ImageTraces, NodeRecordings, PrefetchConfig};
 use crate::registry::RegistryOptions;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -123,6 +124,8 @@ pub struct LazyLayers {
     mounts: Mutex<HashMap<u64, Mounted>>,
     /// Start traces, replayed for each layer as it is mounted.
     traces: Arc<ImageTraces>,
+    /// The TOCs of an image's layers, fetched as its first layer opens.
+    early_tocs: Arc<EarlyTocs>,
     prefetch: PrefetchConfig,
     completion: CompletionConfig,
     /// Starts recorded as traces (`[prefetch] record_starts`).
@@ -181,6 +184,7 @@ impl LazyLayers {
             metrics,
             mounts: Mutex::new(HashMap::new()),
             traces: Arc::new(ImageTraces::default()),
+            early_tocs: Arc::default(),
             recordings: prefetch.record_starts.then(|| {
                 NodeRecordings::new(
                     std::time::Duration::from_secs(prefetch.record_window_secs),
@@ -291,9 +295,30 @@ impl LazyLayers {
                 }
             }
         }
-        let (image, tail) = self
-            .runtime
-            .block_on(fetch::open_layer(&store, digest, toc_digest, toc_offset))?;
+        let mounted: HashSet<Digest> = self
+            .mounts
+            .lock()
+            .expect("lazy mounts lock")
+            .values()
+            .filter_map(|m| m.layer.parse().ok())
+            .collect();
+        let first =
+            self.early_tocs
+                .open_others(&source.image_ref, &store, digest, mounted, &self.runtime);
+        let early = match first {
+            true => None,
+            false => self.runtime.block_on(self.early_tocs.take(
+                &source.image_ref,
+                &digest,
+                &toc_digest,
+            )),
+        };
+        let (image, tail) = match early {
+            Some(opened) => opened,
+            None => self
+                .runtime
+                .block_on(fetch::open_layer(&store, digest, toc_digest, toc_offset))?,
+        };
         Ok(OpenedLayer {
             image,
             source: source.clone(),

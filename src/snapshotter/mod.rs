@@ -9,6 +9,7 @@
 pub mod admission;
 mod cri_proxy;
 mod daemon;
+mod early_tocs;
 pub mod fdstore;
 mod filter;
 pub mod lazy;

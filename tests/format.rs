@@ -354,3 +354,64 @@ fn cuts_give_the_bytes_a_start_reads_chunks_of_their_own() {
         );
     }
 }
+
+/// The chunks between a pair of cuts (the bytes a trace reads) and the
+/// packs holding a file with cuts are compressed at the hot level; every
+/// other frame is as without it, and the layer's content is the same.
+#[test]
+fn the_bytes_a_trace_reads_are_compressed_at_the_hot_level() {
+    let (tar, files) = sample_tar(5);
+    let big = &files.iter().find(|(_, d)| d.len() == 1 << 20).unwrap().0;
+    let small = &files.iter().find(|(_, d)| d.len() == 100).unwrap().0;
+    let (from, to) = (256u64 << 10, 768u64 << 10);
+    let convert = |hot_level: i32| {
+        let opts = ConvertOptions {
+            cuts: [
+                (big.as_bytes().to_vec(), vec![from, to]),
+                (small.as_bytes().to_vec(), vec![0, 100]),
+            ]
+            .into(),
+            hot_level,
+            ..ConvertOptions::default()
+        };
+        let mut blob = Vec::new();
+        let summary = convert_layer(&tar[..], &mut blob, &opts, &|_| {}).unwrap();
+        assert_eq!(summary.diff_id, loci::digest::Digest::of(&tar));
+        let (_, toc) = read_toc(&mut Cursor::new(&blob), blob.len() as u64, None).unwrap();
+        for chunk in toc.chunks.iter() {
+            let start = chunk.blob_offset as usize;
+            decode_chunk(&blob[start..start + chunk.compressed_len as usize], chunk).unwrap();
+        }
+        toc
+    };
+    let (plain, hot) = (convert(ConvertOptions::default().level), convert(19));
+    assert_eq!(plain.chunks.len(), hot.chunks.len(), "the same chunks");
+    let extents = |toc: &loci::format::Toc, path: &str| {
+        let entry = toc.entries.iter().find(|e| e.path == path.as_bytes()).unwrap();
+        let mut at = 0u64;
+        entry
+            .extents
+            .iter()
+            .map(|e| {
+                at += u64::from(e.len);
+                (at - u64::from(e.len), e.chunk as usize)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (mut hot_plain, mut hot_hot, mut inside) = (0u64, 0u64, 0);
+    for (start, chunk) in extents(&hot, big) {
+        let (p, h) = (&plain.chunks[chunk], &hot.chunks[chunk]);
+        assert_eq!(p.digest, h.digest, "chunk at {start}: the same content");
+        if (from..to).contains(&start) {
+            inside += 1;
+            hot_plain += u64::from(p.compressed_len);
+            hot_hot += u64::from(h.compressed_len);
+        } else {
+            assert_eq!(p.compressed_len, h.compressed_len, "chunk at {start} is not read");
+        }
+    }
+    assert!(inside >= 1, "the cuts give the read range chunks of its own");
+    assert!(hot_hot < hot_plain, "read range: {hot_hot} bytes at 19, {hot_plain} at 3");
+    let (_, pack) = extents(&hot, small)[0];
+    assert!(hot.chunks[pack].compressed_len <= plain.chunks[pack].compressed_len);
+}

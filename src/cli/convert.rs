@@ -3,7 +3,8 @@
 use super::registry_args::RegistryArgs;
 use crate::convert::{Converter, LayerOrder};
 use crate::format::{
-    ConvertOptions, SigningKey, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, DEFAULT_PACK_SIZE,
+    ConvertOptions, SigningKey, DEFAULT_CHUNK_SIZE, DEFAULT_HOT_LEVEL, DEFAULT_LEVEL,
+    DEFAULT_PACK_SIZE,
 };
 use crate::image::{ImageRef, ImageStore};
 use crate::prefetch;
@@ -29,6 +30,11 @@ pub struct Args {
     /// zstd level of chunk frames.
     #[arg(long, default_value_t = DEFAULT_LEVEL)]
     level: i32,
+    /// zstd level, with `--trace-of`, of the chunks holding the bytes the
+    /// start reads: fetched by every cold start, compressed once.
+    #[arg(long, default_value_t = DEFAULT_HOT_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=22))]
+    hot_level: i32,
     /// Sign each converted layer with this private key (from `loci key
     /// generate`): snapshotters serve lazily only layers signed by a key
     /// they trust.
@@ -81,6 +87,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             pack_size: args.pack_size_kib.saturating_mul(1024),
             level: args.level,
             cuts: Default::default(),
+            hot_level: args.hot_level,
         },
         parallel_layers: args.parallel_layers,
         progress: Progress::new(),

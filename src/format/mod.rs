@@ -35,8 +35,8 @@ pub use signature::{LayerIdentity, PublicKey, SignatureError, SigningKey, Truste
 pub use toc::{Chunk, EntryKind, Extent, Toc, TocEntry, Xattr};
 pub use verify::{read_toc, verify_layer, VerifyReport};
 pub use writer::{
-    convert_layer, ConvertOptions, LayerSummary, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL,
-    DEFAULT_PACK_SIZE,
+    convert_layer, ConvertOptions, LayerSummary, DEFAULT_CHUNK_SIZE, DEFAULT_HOT_LEVEL,
+    DEFAULT_LEVEL, DEFAULT_PACK_SIZE,
 };
 
 /// Annotation keys on converted layer descriptors. They start with

@@ -86,6 +86,7 @@ pub fn convert(data: &[u8]) {
         pack_size: 2048,
         level: 1,
         cuts: Default::default(),
+        hot_level: 1,
     };
     let mut blob = Vec::new();
     let Ok(summary) = format::convert_layer(reader, &mut blob, &options, &|_| {}) else {

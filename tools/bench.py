@@ -791,6 +791,12 @@ def main():
     for m in modes:
         if m not in ALL_MODES:
             sys.exit(f"bench: unknown mode {m!r} (known: {', '.join(ALL_MODES)})")
+    # Run in ALL_MODES' order whatever the order asked: loci-warm reuses
+    # the cache of the loci or loci-trace run before it; after another mode
+    # (loci-ordered's chunks are not the image's) it would not be warm.
+    modes.sort(key=ALL_MODES.index)
+    if "loci-warm" in modes and not {"loci", "loci-trace"} & set(modes):
+        sys.exit("bench: loci-warm needs loci or loci-trace (it starts with that run's cache)")
     if "nydus-fs" in modes and not env.peers["nydus"]["found"]:
         modes.remove("nydus-fs")
     for peer, found in env.peers.items():

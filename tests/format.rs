@@ -387,7 +387,11 @@ fn the_bytes_a_trace_reads_are_compressed_at_the_hot_level() {
     let (plain, hot) = (convert(ConvertOptions::default().level), convert(19));
     assert_eq!(plain.chunks.len(), hot.chunks.len(), "the same chunks");
     let extents = |toc: &loci::format::Toc, path: &str| {
-        let entry = toc.entries.iter().find(|e| e.path == path.as_bytes()).unwrap();
+        let entry = toc
+            .entries
+            .iter()
+            .find(|e| e.path == path.as_bytes())
+            .unwrap();
         let mut at = 0u64;
         entry
             .extents
@@ -407,11 +411,20 @@ fn the_bytes_a_trace_reads_are_compressed_at_the_hot_level() {
             hot_plain += u64::from(p.compressed_len);
             hot_hot += u64::from(h.compressed_len);
         } else {
-            assert_eq!(p.compressed_len, h.compressed_len, "chunk at {start} is not read");
+            assert_eq!(
+                p.compressed_len, h.compressed_len,
+                "chunk at {start} is not read"
+            );
         }
     }
-    assert!(inside >= 1, "the cuts give the read range chunks of its own");
-    assert!(hot_hot < hot_plain, "read range: {hot_hot} bytes at 19, {hot_plain} at 3");
+    assert!(
+        inside >= 1,
+        "the cuts give the read range chunks of its own"
+    );
+    assert!(
+        hot_hot < hot_plain,
+        "read range: {hot_hot} bytes at 19, {hot_plain} at 3"
+    );
     let (_, pack) = extents(&hot, small)[0];
     assert!(hot.chunks[pack].compressed_len <= plain.chunks[pack].compressed_len);
 }

@@ -10,15 +10,23 @@ use crate::image::platform_manifest_layers;
 use crate::image::ImageStore;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 /// The node's known traces, by image reference: each looked up once (None:
-/// looked up, none fits). A lookup holds only its own image's cell, so
-/// images looked up at once do not wait for each other.
+/// looked up, none fits), and again once a "none" is [`NO_TRACE_TTL`] old:
+/// a trace published since (by a recording node, say) is then found. A
+/// lookup holds only its own image's cell, so images looked up at once do
+/// not wait for each other.
 #[derive(Default)]
 pub struct ImageTraces {
-    known: std::sync::Mutex<HashMap<String, Arc<TraceCell>>>,
+    known: std::sync::Mutex<HashMap<String, (Instant, Arc<TraceCell>)>>,
 }
+
+/// How long a node believes an image has no trace.
+pub const NO_TRACE_TTL: Duration = Duration::from_secs(300);
+/// Images remembered before those past [`NO_TRACE_TTL`] are forgotten.
+const KNOWN_IMAGES: usize = 1024;
 
 /// One image's lookup: set once it is done (None: no trace fits).
 type TraceCell = OnceCell<Option<Arc<Trace>>>;
@@ -98,8 +106,26 @@ impl ImageTraces {
     }
 
     fn cell(&self, image: &str) -> Arc<TraceCell> {
+        self.cell_at(image, Instant::now())
+    }
+
+    /// The image's cell as of `now`: a new one where its lookup found no
+    /// trace [`NO_TRACE_TTL`] ago or more.
+    fn cell_at(&self, image: &str, now: Instant) -> Arc<TraceCell> {
+        let stale = |(at, cell): &(Instant, Arc<TraceCell>)| {
+            matches!(cell.get(), Some(None)) && now.saturating_duration_since(*at) >= NO_TRACE_TTL
+        };
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        known.entry(image.to_string()).or_default().clone()
+        if known.len() >= KNOWN_IMAGES {
+            known.retain(|_, entry| !stale(entry));
+        }
+        let entry = known
+            .entry(image.to_string())
+            .or_insert_with(|| (now, Arc::default()));
+        if stale(entry) {
+            *entry = (now, Arc::default());
+        }
+        entry.1.clone()
     }
 }
 
@@ -117,5 +143,40 @@ async fn look_up(image: &str, store: &ImageStore) -> Option<Arc<Trace>> {
             tracing::warn!(image, error = %crate::error_chain::chain(&e), "no trace: the image's manifest did not read");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_trace_is_believed_for_a_while_and_a_trace_for_good() {
+        let traces = ImageTraces::default();
+        let t0 = Instant::now();
+        let none = traces.cell_at("reg/none:1", t0);
+        none.set(None).unwrap();
+        let found = traces.cell_at("reg/found:1", t0);
+        found
+            .set(Some(Arc::new(Trace {
+                version: 1,
+                layers: Vec::new(),
+                accesses: Vec::new(),
+                reads: Vec::new(),
+            })))
+            .unwrap();
+        let soon = t0 + NO_TRACE_TTL / 2;
+        assert!(Arc::ptr_eq(&none, &traces.cell_at("reg/none:1", soon)));
+        let later = t0 + NO_TRACE_TTL;
+        let again = traces.cell_at("reg/none:1", later);
+        assert!(
+            !Arc::ptr_eq(&none, &again),
+            "a stale 'no trace' is looked up again"
+        );
+        assert!(!again.initialized());
+        assert!(Arc::ptr_eq(
+            &found,
+            &traces.cell_at("reg/found:1", later + NO_TRACE_TTL)
+        ));
     }
 }

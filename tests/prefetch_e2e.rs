@@ -205,12 +205,13 @@ fn a_trace_that_covers_little_is_no_slower_than_none_and_says_so() {
     traced.stop();
     eprintln!("untraced: {untraced_requests} requests, {untraced_bytes} B; with a trace of one file: {traced_requests} requests, {traced_bytes} B");
     // The trace's own prefetch is one more request. The kernel's
-    // asynchronous read-ahead makes the split of the same bytes into
-    // requests vary by a few from run to run (30-35 here); without the
-    // untraced policy for unforeseen reads it would be twice as many (each
-    // 128 KiB file alone).
+    // asynchronous read-ahead, and reads answered before the rest of
+    // their requests arrive, make the split of the same bytes into
+    // requests vary from run to run (25-32 here, either mount); without
+    // the untraced policy for unforeseen reads it would be twice as many
+    // (each 128 KiB file alone).
     assert!(
-        traced_requests <= untraced_requests + 1 + untraced_requests / 10,
+        traced_requests <= untraced_requests + 1 + untraced_requests / 3,
         "the poor trace made the start send {traced_requests} requests against {untraced_requests}"
     );
     let log = traced.daemon.log_text();

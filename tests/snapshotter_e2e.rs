@@ -227,6 +227,13 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
         .map(String::from)
         .collect();
     assert_eq!(heads.len(), 1, "{heads:#?}");
+    // ...and the manifest they came from was read once by `loci pull` and
+    // once by the snapshotter, for them and for the trace lookup both.
+    let manifest_reads = setup.registry.daemon.log_text()[log_from..]
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/fixture/manifests/loci ") && l.contains("loci/"))
+        .count();
+    assert_eq!(manifest_reads, 2);
 
     // No layer blob was fetched whole: only range reads of TOCs and chunks.
     let mut big_layers = 0;

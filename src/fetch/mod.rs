@@ -731,11 +731,10 @@ impl Fetcher {
                 .iter()
                 .position(|run| run.binary_search(&i).is_ok())
                 .and_then(|run| tasks.0[run].take());
-            if let Some(Ok(Err(e))) = match task {
-                Some(task) => Some(task.await),
-                None => None,
-            } {
-                return Err(e);
+            if let Some(task) = task {
+                if let Ok(Err(e)) = task.await {
+                    return Err(e);
+                }
             }
             out.push(self.chunk(layer, i).await?);
         }
@@ -809,6 +808,7 @@ impl Fetcher {
     /// [`fetch_run`](Self::fetch_run)'s request, led by the run's first
     /// chunk; also says whether that chunk came without it (the rest of
     /// the run then unfetched).
+    ///
     /// `registered` is told once the run's members are registered, so a
     /// reader can wait for them.
     async fn fetch_run_led(

@@ -5,6 +5,7 @@
 use super::lookup::find_trace;
 use super::replay::{prefetch, PrefetchConfig};
 use super::trace::Trace;
+use crate::digest::Digest;
 use crate::fetch::{Fetcher, RemoteLayer};
 use crate::image::platform_manifest_layers;
 use crate::image::ImageStore;
@@ -77,23 +78,29 @@ impl ImageTraces {
         prefetch(fetcher, layers, sub, config).await;
     }
 
-    /// Starts looking up `image`'s trace in the background, if no one has:
-    /// the snapshotter calls it when it opens a layer, so the lookup's
-    /// round trips overlap the layer's TOC fetch and mount instead of
-    /// delaying the replay that follows the mount.
+    /// Starts looking up `image`'s trace in the background, if no one has,
+    /// for its platform manifest `manifest` with these layers (read
+    /// already): the snapshotter calls it as an image's first layer opens,
+    /// so the lookup's round trips overlap the layers' TOC fetches and
+    /// mounts instead of delaying the replay that follows a mount.
     pub fn look_up_early(
         self: &Arc<Self>,
         image: &str,
         store: &ImageStore,
+        manifest: Digest,
+        layers: Vec<Digest>,
         runtime: &tokio::runtime::Handle,
     ) {
         let cell = self.cell(image);
         if cell.initialized() {
             return;
         }
-        let (image, store) = (image.to_string(), store.clone());
+        let store = store.clone();
         runtime.spawn(async move {
-            cell.get_or_init(|| look_up(&image, &store)).await;
+            cell.get_or_init(|| async {
+                find_trace(&store, &manifest, &layers).await.map(Arc::new)
+            })
+            .await;
         });
     }
 

@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 /// How long a TOC fetched early waits for its layer's open, and how long
 /// an image is not looked at again after its layers were.
 const KEEP: Duration = Duration::from_secs(60);
+/// How long a layer's open waits for its image's manifest to be read.
+const LISTING_WAIT: Duration = Duration::from_secs(2);
 /// The most layers of one image opened early.
 const MAX_LAYERS: usize = 128;
 /// The most TOCs waiting for their layer's open, node-wide.
@@ -35,10 +37,12 @@ pub struct EarlyTocs {
 }
 
 impl EarlyTocs {
-    /// On a layer's open: unless it was lately, reads `image`'s manifest
-    /// and fetches, in the background, the TOCs of its loci layers other
-    /// than `opening` and those `mounted` already. Each is verified like any TOC (against its digest
-    /// from the manifest, which the layer's own labels must name too, see
+    /// On a layer's open: unless it was lately, reads `image`'s manifest,
+    /// hands its digest and layers to `then` (the trace lookup, which needs
+    /// no second read of it), and fetches, in the background, the TOCs of
+    /// its loci layers other than `opening` and those `mounted` already.
+    /// Each is verified like any TOC (against its digest from the
+    /// manifest, which the layer's own labels must name too, see
     /// [`take`](Self::take)). Returns whether it started that (then
     /// `opening` itself was not opened early).
     pub fn open_others(
@@ -46,7 +50,8 @@ impl EarlyTocs {
         image: &str,
         store: &ImageStore,
         opening: Digest,
-        mounted: HashSet<Digest>,
+        mounted: impl FnOnce() -> HashSet<Digest>,
+        then: impl FnOnce(Digest, Vec<Digest>) + Send + 'static,
         runtime: &tokio::runtime::Handle,
     ) -> bool {
         let listed = {
@@ -60,13 +65,17 @@ impl EarlyTocs {
             seen.insert(image.to_string(), (now, listing));
             listed
         };
+        let mounted = mounted();
         let (this, image, store) = (self.clone(), image.to_string(), store.clone());
         let handle = runtime.clone();
         runtime.spawn(async move {
             // Told when this task ends, however it ends.
             let _listed = Listed(listed);
             let layers = match platform_manifest_layers(&store).await {
-                Ok((_, layers)) => layers,
+                Ok((manifest, layers)) => {
+                    then(manifest.digest, layers.iter().map(|l| l.digest).collect());
+                    layers
+                }
                 Err(e) => {
                     tracing::debug!(image, error = %e, "layers' TOCs not opened early: the manifest did not read");
                     return;
@@ -126,7 +135,9 @@ impl EarlyTocs {
             .get(image)
             .map(|(_, listing)| listing.clone());
         if let Some(mut listing) = listing {
-            let _ = listing.wait_for(|listed| *listed).await;
+            // Bounded: a manifest read that stalls leaves this layer to
+            // fetch its TOC itself.
+            let _ = tokio::time::timeout(LISTING_WAIT, listing.wait_for(|listed| *listed)).await;
         }
         let opening = self
             .pending

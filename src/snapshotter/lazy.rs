@@ -270,10 +270,6 @@ impl LazyLayers {
                 image: image.to_string(),
                 source,
             })?;
-        if self.prefetch.enabled {
-            self.traces
-                .look_up_early(&source.image_ref, &store, &self.runtime);
-        }
         if let Some(kept) = mounted_at.map(toc_file) {
             match read_toc_file(&kept) {
                 Ok(tail) => match fetch::open_layer_from(&store, digest, toc_digest, &tail) {
@@ -295,23 +291,41 @@ impl LazyLayers {
                 }
             }
         }
-        let mounted: HashSet<Digest> = self
-            .mounts
-            .lock()
-            .expect("lazy mounts lock")
-            .values()
-            .filter_map(|m| m.layer.parse().ok())
-            .collect();
-        let first =
-            self.early_tocs
-                .open_others(&source.image_ref, &store, digest, mounted, &self.runtime);
-        let early = match first {
-            true => None,
-            false => self.runtime.block_on(self.early_tocs.take(
-                &source.image_ref,
-                &digest,
-                &toc_digest,
-            )),
+        let mounted = || -> HashSet<Digest> {
+            let mounts = self.mounts.lock().expect("lazy mounts lock");
+            mounts
+                .values()
+                .filter_map(|m| m.layer.parse().ok())
+                .collect()
+        };
+        // The image's manifest, read once as its first layer opens, also
+        // starts the trace lookup.
+        let (traces, image_ref, trace_store, runtime) = (
+            self.prefetch.enabled.then(|| self.traces.clone()),
+            source.image_ref.clone(),
+            store.clone(),
+            self.runtime.clone(),
+        );
+        let look_up_trace = move |manifest, layers| {
+            if let Some(traces) = traces {
+                traces.look_up_early(&image_ref, &trace_store, manifest, layers, &runtime);
+            }
+        };
+        let first = self.early_tocs.open_others(
+            &source.image_ref,
+            &store,
+            digest,
+            mounted,
+            look_up_trace,
+            &self.runtime,
+        );
+        let early = if first {
+            None
+        } else {
+            self.runtime.block_on(
+                self.early_tocs
+                    .take(&source.image_ref, &digest, &toc_digest),
+            )
         };
         let (image, tail) = match early {
             Some(opened) => opened,

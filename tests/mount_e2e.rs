@@ -127,7 +127,7 @@ fn reading_one_small_file_fetches_under_one_percent_of_the_layer() {
     let size: u64 = big["size"].as_u64().unwrap();
     let toc_length: u64 = big["toc_length"].as_u64().unwrap();
     assert!(size >= 200 << 20, "big layer is only {size} bytes");
-    let before = setup.registry.daemon.log_text().len();
+    let before = settled_log(&setup.registry).len();
 
     let config = setup.config("node", 30);
     let mut mount = LociMount::start(
@@ -180,7 +180,7 @@ fn a_fetching_read_brings_the_files_after_it_along() {
             &setup.path(&format!("{name}.log")),
         );
         // big/small.txt is stored just before big/huge.bin.
-        let before = setup.registry.daemon.log_text().len();
+        let before = settled_log(&setup.registry).len();
         let text = std::fs::read_to_string(mount.dir.join("big/small.txt")).unwrap();
         assert_eq!(text, "a small file in a big layer\n");
         let (after_first, _) = blob_traffic(&setup.registry, &digest, before);
@@ -230,7 +230,7 @@ fn a_second_image_fetches_none_of_the_shared_chunks() {
     walk_tree(&first.dir); // reads every file
     first.stop();
 
-    let before = setup.registry.daemon.log_text().len();
+    let before = settled_log(&setup.registry).len();
     let mut mount = LociMount::start(
         &second_ref,
         &setup.path("mnt2"),

@@ -148,7 +148,7 @@ fn a_published_trace_is_replayed_on_the_next_mount() {
     let layers = layer_digests(&setup, "app");
     let mount = setup.mount("app", "replay", &[]);
     wait_for_prefetch(&mount);
-    let before = setup.registry.daemon.log_text().len();
+    let before = settled_log(&setup.registry).len();
     for file in traced {
         std::fs::read(mount.dir.join(file)).unwrap();
     }
@@ -159,11 +159,12 @@ fn a_published_trace_is_replayed_on_the_next_mount() {
         "traced reads went to the registry after the prefetch"
     );
     // A file the trace does not cover is fetched on demand.
-    let before = setup.registry.daemon.log_text().len();
+    let before = settled_log(&setup.registry).len();
     std::fs::read(mount.dir.join("big/files/f40.bin")).unwrap();
     assert!(
         image_traffic(&setup, &layers, before).0 >= 1,
-        "untraced read was not fetched"
+        "untraced read was not fetched:\n{}",
+        mount.daemon.log_text()
     );
 }
 
@@ -190,14 +191,14 @@ fn a_trace_that_covers_little_is_no_slower_than_none_and_says_so() {
             .read_exact(&mut head)
             .unwrap();
     };
-    let before = setup.registry.daemon.log_text().len();
+    let before = settled_log(&setup.registry).len();
     let mut untraced = setup.mount("app", "untraced", &["--no-prefetch"]);
     read_the_start(&untraced);
     let (untraced_requests, untraced_bytes) = image_traffic(&setup, &layers, before);
     untraced.stop();
 
     setup.record("app", &["etc/hello.txt"]);
-    let before = setup.registry.daemon.log_text().len();
+    let before = settled_log(&setup.registry).len();
     let mut traced = setup.mount("app", "traced", &["--stats"]);
     wait_for_prefetch(&traced);
     read_the_start(&traced);
@@ -448,7 +449,7 @@ fn trace_record_runs_a_debian_images_bare_command_and_its_trace_pays_off() {
 
     // An untraced cold start, for comparison.
     let layers = layer_digests(&setup, "py");
-    let from = setup.registry.daemon.log_text().len();
+    let from = settled_log(&setup.registry).len();
     let mut cold = setup.mount("py", "untraced", &[]);
     run_in(&cold.dir, &format!("cd /tmp && python3 -c \"{start}\""));
     let (untraced_requests, untraced_bytes) = image_traffic(&setup, &layers, from);
@@ -462,7 +463,7 @@ fn trace_record_runs_a_debian_images_bare_command_and_its_trace_pays_off() {
     assert!(stderr.contains("as 65534 in /tmp"), "{stderr}");
     assert!(!no_trace(), "the trace was not published");
 
-    let from = setup.registry.daemon.log_text().len();
+    let from = settled_log(&setup.registry).len();
     let traced = setup.mount("py", "traced", &[]);
     wait_for_prefetch(&traced);
     run_in(&traced.dir, &format!("cd /tmp && python3 -c \"{start}\""));
@@ -546,11 +547,11 @@ fn a_trace_ordered_image_replays_its_trace_in_fewer_requests() {
             .iter()
             .map(|l| l["layer"].as_str().unwrap().to_string())
             .collect();
-        let before = setup.registry.daemon.log_text().len();
+        let before = settled_log(&setup.registry).len();
         let mount = setup.mount(repo, name, &[]);
         wait_for_prefetch(&mount);
         let prefetched = image_traffic(&setup, &layers, before);
-        let before = setup.registry.daemon.log_text().len();
+        let before = settled_log(&setup.registry).len();
         let contents: Vec<Vec<u8>> = traced
             .iter()
             .map(|f| std::fs::read(mount.dir.join(f)).unwrap())

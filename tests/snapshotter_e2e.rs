@@ -206,7 +206,7 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
     )
     .unwrap();
     assert_eq!(layers.len(), 4);
-    let log_from = setup.registry.daemon.log_text().len();
+    let log_from = settled_log(&setup.registry).len();
     let said = setup.pull(&converted);
     assert!(said.contains("4 layers lazy, 0 unpacked"), "{said}");
     let out = setup.ctr_run(&converted, "lazy-1", &["cat", "/etc/hello.txt"]);
@@ -887,7 +887,7 @@ fn a_node_records_a_real_start_and_publishes_it_as_the_trace() {
     let digest = image_digest(&setup, &image);
     remove_image_and_collect(&setup, &image, &setup.work.path().join("root"));
     let by_digest = format!("{}/fixture@{digest}", setup.registry.addr);
-    let log_from = setup.registry.daemon.log_text().len();
+    let log_from = settled_log(&setup.registry).len();
     let snap_from = setup.snapshotter.log_text().len();
     setup.pull(&by_digest);
     let out = setup.ctr_run(&by_digest, "replayed", &["cat", "/etc/hello.txt"]);

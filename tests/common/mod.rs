@@ -630,9 +630,10 @@ pub fn assert_same_tree(expected: &BTreeMap<PathBuf, Node>, actual: &BTreeMap<Pa
 
 /// Requests and bytes the registry's access log shows for GETs of a blob
 /// (the combined-log lines: `"GET /v2/…/blobs/DIGEST HTTP/1.1" 206 BYTES`),
-/// counting only log text after byte `from` of the log.
+/// counting only log text after byte `from` of the log, once the log has
+/// settled ([`settled_log`]).
 pub fn blob_traffic(registry: &Registry, digest: &str, from: usize) -> (usize, u64) {
-    let text = registry.daemon.log_text();
+    let text = settled_log(registry);
     let mut requests = 0;
     let mut bytes = 0;
     for line in text[from.min(text.len())..].lines() {
@@ -648,6 +649,26 @@ pub fn blob_traffic(registry: &Registry, digest: &str, from: usize) -> (usize, u
         }
     }
     (requests, bytes)
+}
+
+/// The registry's log once it has not grown for 250 ms (waiting 10 s at
+/// most): the registry logs a request only when its whole response is
+/// sent, which can be after the read that asked for it returned (a read
+/// is answered as soon as its own chunks are in), so a count taken at
+/// once could miss the read's request or give it to the next one.
+pub fn settled_log(registry: &Registry) -> String {
+    let start = Instant::now();
+    let mut text = registry.daemon.log_text();
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_millis(250) && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(25));
+        let now = registry.daemon.log_text();
+        if now.len() != text.len() {
+            (text, since) = (now, Instant::now());
+        }
+    }
+    text
 }
 
 /// Whether `dir` is a mount point right now.

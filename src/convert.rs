@@ -364,8 +364,7 @@ impl Converter {
                 },
             });
         }
-        dst.put_blob_file(&summary.blob_digest, &output, None)
-            .await?;
+        dst.put_scratch_blob(&summary.blob_digest, &output).await?;
         remove_scratch_file(scratch, &input);
         remove_scratch_file(scratch, &output);
         tracing::info!(

@@ -88,6 +88,20 @@ impl OciLayout {
         std::fs::rename(tmp, path)
     }
 
+    /// Stores a blob by moving a file of the caller's into place, or by
+    /// copying it where a rename cannot (another filesystem).
+    pub fn move_blob_file(&self, digest: &Digest, src: &Path) -> io::Result<()> {
+        let path = self.blob_path(digest);
+        if path.exists() {
+            return Ok(());
+        }
+        match std::fs::rename(src, &path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::CrossesDevices => self.put_blob_file(digest, src),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Points `tag` in index.json at `descriptor`, replacing an older one.
     pub fn set_tag(&self, tag: &str, mut descriptor: serde_json::Value) -> io::Result<()> {
         descriptor["annotations"][REF_NAME] = serde_json::Value::String(tag.to_string());

@@ -266,6 +266,19 @@ impl ImageStore {
         }
     }
 
+    /// Stores a blob written to a scratch file of the caller's, which may
+    /// be consumed: a layout takes the file itself where it can (a rename,
+    /// no copy of a converted layer's hundreds of MB); a registry is sent
+    /// it and the file stays.
+    pub async fn put_scratch_blob(&self, digest: &Digest, path: &Path) -> Result<(), ImageError> {
+        match self {
+            ImageStore::Layout { layout, .. } => layout
+                .move_blob_file(digest, path)
+                .map_err(io_err(format!("blob {digest}"))),
+            ImageStore::Registry { .. } => self.put_blob_file(digest, path, None).await,
+        }
+    }
+
     /// Stores a blob held in memory (skipped when already present).
     pub async fn put_blob_bytes(
         &self,

@@ -13,7 +13,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use loci::format::{
     convert_layer, decode_chunk, decode_toc, read_toc, ConvertOptions, Limits, DEFAULT_CHUNK_SIZE,
-    DEFAULT_PACK_SIZE,
+    DEFAULT_LEVEL, DEFAULT_PACK_SIZE,
 };
 use loci::fs::tree::{Ino, Tree, View, ROOT};
 use std::collections::HashMap;
@@ -49,7 +49,7 @@ fn bench(c: &mut Criterion) {
     let opts = ConvertOptions {
         chunk_size: DEFAULT_CHUNK_SIZE,
         pack_size: DEFAULT_PACK_SIZE,
-        level: 3,
+        level: DEFAULT_LEVEL,
         ..ConvertOptions::default()
     };
     let mut blob = Vec::with_capacity(tar.len());

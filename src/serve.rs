@@ -175,10 +175,21 @@ pub fn serve_image(
 }
 
 impl Served {
+    /// Whether the filesystem has ended without [`Served::unmount`]: someone
+    /// ran `umount` on it (or the kernel aborted the connection).
+    pub fn ended_elsewhere(&self) -> bool {
+        self.session.guard.is_finished()
+    }
+
     /// Unmounts, makes the cache's contents survive the exit, and returns
     /// the recorded trace when recording was asked for.
     pub fn unmount(self) -> std::io::Result<Option<Trace>> {
-        self.session.umount_and_join()?;
+        if self.ended_elsewhere() {
+            // Unmounting again would fail (EINVAL): only the thread is left.
+            self.session.join()?;
+        } else {
+            self.session.umount_and_join()?;
+        }
         self.fetcher.cache().persist();
         tracing::info!(dir = %self.dir.display(), "unmounted");
         Ok(self.recorder.map(|r| r.trace()))

@@ -668,3 +668,41 @@ fn a_plain_mount_is_nosuid_nodev_and_roots_alone() {
         mount.stop();
     }
 }
+
+/// `umount DIR` from outside ends `loci mount` as SIGTERM does: it exits
+/// 0, saying so, instead of waiting for a signal with nothing mounted.
+#[test]
+fn an_outside_umount_ends_the_mount() {
+    let test = "an_outside_umount_ends_the_mount";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    let setup = Setup::new(&[]);
+    let mut mount = LociMount::start(
+        &setup.converted(),
+        &setup.path("mnt"),
+        &setup.config("outside", 30),
+        &setup.path("outside.log"),
+    );
+    assert!(!std::fs::read_to_string(mount.dir.join("etc/hello.txt"))
+        .unwrap()
+        .is_empty());
+    let status = Command::new("umount").arg(&mount.dir).status().unwrap();
+    assert!(status.success(), "umount: {status}");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = mount.daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "loci mount still running 10 s after umount:\n{}",
+            mount.daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = mount.daemon.log_text();
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(log.contains("was unmounted from outside"), "{log}");
+    assert!(!is_mounted(&mount.dir));
+}

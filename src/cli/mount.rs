@@ -1,5 +1,5 @@
 //! `loci mount REF DIR`: the merged image, read-only and lazy, until
-//! SIGINT/SIGTERM.
+//! SIGINT/SIGTERM or an outside `umount DIR`.
 
 use super::registry_args::RegistryArgs;
 use crate::config::Config;
@@ -69,7 +69,11 @@ pub struct Args {
     dir: PathBuf,
 }
 
-/// Mounts, waits for a signal, unmounts.
+/// How often the mount checks whether it was unmounted from outside (by
+/// `umount DIR`), which ends it as SIGTERM does.
+const UNMOUNT_POLL: Duration = Duration::from_millis(200);
+
+/// Mounts, waits for a signal or an outside `umount`, unmounts.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = match &args.config {
         Some(path) => Config::load(path)?,
@@ -99,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let served = serve_image(&runtime, &store, &args.image, &args.dir, &config, &options)?;
     eprintln!(
-        "mounted {} at {} ({} layers; TOCs in {} ms); SIGINT or SIGTERM unmounts",
+        "mounted {} at {} ({} layers; TOCs in {} ms); SIGINT, SIGTERM or umount ends it",
         args.image,
         args.dir.display(),
         served.image.layers.len(),
@@ -116,10 +120,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
+        let mut poll = tokio::time::interval(UNMOUNT_POLL);
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                _ = poll.tick() => if served.ended_elsewhere() {
+                    eprintln!("{} was unmounted from outside", args.dir.display());
+                    break;
+                },
                 _ = usr1.recv() => {
                     served.report_now.notify_one();
                     if args.stats {

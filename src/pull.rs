@@ -16,7 +16,7 @@ use crate::image::{
 };
 use crate::progress::Progress;
 use crate::registry::RegistryOptions;
-use crate::snapshotter::lazy::{IMAGE_REF, LAYER_DIGEST, TARGET_REF};
+use crate::snapshotter::lazy::{IMAGE_REF, LAYER_DIGEST, MANIFEST_DIGEST, TARGET_REF};
 use bytes::Bytes;
 use containerd_client::services::v1::snapshots::{
     snapshots_client::SnapshotsClient, CommitSnapshotRequest, PrepareSnapshotRequest,
@@ -204,7 +204,17 @@ async fn pull_leased(
             &format!("layer {}", short(&layer.descriptor.digest)),
             layer.descriptor.size as u64,
         );
-        let outcome = unpack_layer(client, store, name, layer, &parent, &chain, &task).await?;
+        let outcome = unpack_layer(
+            client,
+            store,
+            name,
+            &manifest.digest,
+            layer,
+            &parent,
+            &chain,
+            &task,
+        )
+        .await?;
         match outcome {
             Outcome::Present => report.present_layers += 1,
             Outcome::Lazy => report.lazy_layers += 1,
@@ -270,6 +280,7 @@ async fn unpack_layer(
     client: &Client,
     store: &ImageStore,
     name: &str,
+    manifest: &Digest,
     layer: &Layer,
     parent: &str,
     chain: &str,
@@ -297,6 +308,7 @@ async fn unpack_layer(
     labels.insert(TARGET_REF.into(), chain.to_string());
     labels.insert(IMAGE_REF.into(), name.to_string());
     labels.insert(LAYER_DIGEST.into(), layer.descriptor.digest.clone());
+    labels.insert(MANIFEST_DIGEST.into(), manifest.to_string());
     let key = format!("loci-pull/{}/{chain}", std::process::id());
     let prepared = snapshots
         .prepare(client.request(PrepareSnapshotRequest {

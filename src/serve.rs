@@ -99,7 +99,11 @@ pub fn serve_image(
     let trace = if options.replay_trace && config.prefetch.enabled {
         let layers: Vec<_> = opened.layers.iter().map(|l| l.digest).collect();
         runtime
-            .block_on(find_trace(store, &manifest.digest, &layers))
+            .block_on(find_trace(
+                store,
+                &manifest.digest,
+                std::future::ready(Some(layers)),
+            ))
             .filter(|trace| match trace.validate(&opened.layers) {
                 Ok(()) => true,
                 Err(e) => {

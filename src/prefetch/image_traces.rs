@@ -10,9 +10,10 @@ use crate::fetch::{Fetcher, RemoteLayer};
 use crate::image::platform_manifest_layers;
 use crate::image::ImageStore;
 use std::collections::HashMap;
+use std::future::ready;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::OnceCell;
+use tokio::sync::{oneshot, OnceCell};
 
 /// The node's known traces, by image reference: each looked up once (None:
 /// looked up, none fits), and again once a "none" is [`NO_TRACE_TTL`] old:
@@ -78,27 +79,49 @@ impl ImageTraces {
         prefetch(fetcher, layers, sub, config).await;
     }
 
-    /// Starts looking up `image`'s trace in the background, if no one has,
-    /// for its platform manifest `manifest` with these layers (read
-    /// already): the snapshotter calls it as an image's first layer opens,
-    /// so the lookup's round trips overlap the layers' TOC fetches and
-    /// mounts instead of delaying the replay that follows a mount.
+    /// Starts looking up `image`'s trace in the background, if no one has:
+    /// the snapshotter calls it as an image's first layer opens, so the
+    /// lookup's round trips overlap the layers' TOC fetches and mounts
+    /// instead of delaying the replay that follows a mount. `listed` brings
+    /// the platform manifest's digest and layers once that open has read
+    /// them. With the digest the pull labelled the layer with (`labelled`),
+    /// the registry is asked at once, a round trip earlier, and the trace
+    /// kept only if the manifest read is that one.
     pub fn look_up_early(
         self: &Arc<Self>,
         image: &str,
         store: &ImageStore,
-        manifest: Digest,
-        layers: Vec<Digest>,
+        labelled: Option<Digest>,
+        listed: oneshot::Receiver<(Digest, Vec<Digest>)>,
         runtime: &tokio::runtime::Handle,
     ) {
         let cell = self.cell(image);
         if cell.initialized() {
             return;
         }
-        let store = store.clone();
+        let (image, store) = (image.to_string(), store.clone());
         runtime.spawn(async move {
             cell.get_or_init(|| async {
-                find_trace(&store, &manifest, &layers).await.map(Arc::new)
+                let Some(manifest) = labelled else {
+                    return match listed.await {
+                        Ok((manifest, layers)) => {
+                            find_trace(&store, &manifest, ready(Some(layers))).await.map(Arc::new)
+                        }
+                        // The open could not read the manifest: try alone.
+                        Err(_) => look_up(&image, &store).await,
+                    };
+                };
+                let layers = async {
+                    match listed.await {
+                        Ok((read, layers)) if read == manifest => Some(layers),
+                        Ok((read, _)) => {
+                            tracing::info!(image, labelled = %manifest, %read, "no trace: the image's manifest is not the one its pull named");
+                            None
+                        }
+                        Err(_) => None,
+                    }
+                };
+                find_trace(&store, &manifest, layers).await.map(Arc::new)
             })
             .await;
         });
@@ -142,7 +165,7 @@ async fn look_up(image: &str, store: &ImageStore) -> Option<Arc<Trace>> {
     match platform_manifest_layers(store).await {
         Ok((manifest, layers)) => {
             let layers: Vec<_> = layers.iter().map(|l| l.digest).collect();
-            find_trace(store, &manifest.digest, &layers)
+            find_trace(store, &manifest.digest, ready(Some(layers)))
                 .await
                 .map(Arc::new)
         }
@@ -156,6 +179,67 @@ async fn look_up(image: &str, store: &ImageStore) -> Option<Arc<Trace>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::prefetch::test_registry::*;
+
+    /// The lookup from the pull's manifest digest asks the registry before
+    /// the open has read the manifest; without the label it waits for it;
+    /// and a trace for another manifest than the one read is not kept.
+    #[test]
+    fn a_lookup_starts_from_the_labelled_manifest_digest_and_keeps_only_its_trace() {
+        let (image, trace) = (image(), trace(3));
+        let other = Digest::of(b"another manifest");
+        // (labelled, the manifest the open reads, asked before it is read, found)
+        let cases = [
+            (Some(image.digest), image.digest, true, true),
+            (None, image.digest, false, true),
+            (Some(image.digest), other, true, false),
+        ];
+        for (n, (labelled, read, early, found)) in cases.into_iter().enumerate() {
+            let (index, manifest, blob) = published(&image, &trace, None);
+            let blob_path = format!("/blobs/{}", Digest::of(&blob));
+            let (addr, asked) = registry_holding(paths(&image, index, manifest, blob));
+            let options = crate::registry::RegistryOptions {
+                plain_http: true,
+                ..Default::default()
+            };
+            let reference: crate::image::ImageRef = format!("{addr}/repo:t").parse().unwrap();
+            let store = ImageStore::open(&reference, &options, false).unwrap();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let traces = Arc::new(ImageTraces::default());
+            let (tell_listed, listed) = oneshot::channel();
+            traces.look_up_early("reg/app:1", &store, labelled, listed, runtime.handle());
+            let blob_asked = || {
+                asked
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p.ends_with(&blob_path))
+            };
+            let start = Instant::now();
+            while !blob_asked() && start.elapsed() < Duration::from_millis(500) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(
+                blob_asked(),
+                early,
+                "case {n}: trace asked for before the manifest was read"
+            );
+            tell_listed.send((read, trace.layers.clone())).unwrap();
+            let got = runtime
+                .block_on(async {
+                    tokio::time::timeout(HELD, traces.trace_of("reg/app:1", &store)).await
+                })
+                .expect("the lookup ended");
+            assert_eq!(got.is_some(), found, "case {n}: trace kept");
+            if let Some(got) = got {
+                assert_eq!(got.accesses, trace.accesses);
+            }
+        }
+    }
 
     #[test]
     fn no_trace_is_believed_for_a_while_and_a_trace_for_good() {

@@ -6,17 +6,27 @@ use super::publish::fetch_trace;
 use super::trace::{Trace, TraceError};
 use crate::digest::Digest;
 use crate::image::ImageStore;
+use std::future::Future;
 
 /// The newest trace published for the image whose platform manifest is
 /// `manifest` (in `store`'s repository), if there is one and it lists
-/// exactly `layers`, bottom first. Each access is checked against the
-/// layers' chunk tables by whoever replays it ([`Trace::validate`]).
-pub async fn find_trace(store: &ImageStore, manifest: &Digest, layers: &[Digest]) -> Option<Trace> {
+/// exactly `layers`, bottom first. The registry is asked while `layers`
+/// are still coming (None: they never came, so no trace). Each access is
+/// checked against the layers' chunk tables by whoever replays it
+/// ([`Trace::validate`]).
+pub async fn find_trace(
+    store: &ImageStore,
+    manifest: &Digest,
+    layers: impl Future<Output = Option<Vec<Digest>>>,
+) -> Option<Trace> {
     let ImageStore::Registry { client, reference } = store else {
         return None;
     };
     let image = reference.to_string();
-    match fetch_trace(client, &reference.repository, manifest).await {
+    let (found, layers) =
+        tokio::join!(fetch_trace(client, &reference.repository, manifest), layers);
+    let layers = layers?;
+    match found {
         Ok(Some(trace)) if trace.layers == layers => {
             tracing::info!(
                 image,
@@ -28,7 +38,7 @@ pub async fn find_trace(store: &ImageStore, manifest: &Digest, layers: &[Digest]
         Ok(Some(trace)) => {
             let e = TraceError::OtherImage {
                 trace: trace.layers,
-                image: layers.to_vec(),
+                image: layers,
             };
             tracing::warn!(image, error = %e, "ignoring the image's trace");
             None

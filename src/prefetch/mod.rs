@@ -9,6 +9,8 @@ mod node_recordings;
 mod publish;
 mod recorder;
 mod replay;
+#[cfg(test)]
+mod test_registry;
 mod trace;
 mod trace_layout;
 

@@ -16,8 +16,8 @@ pub const TRACE_ARTIFACT_TYPE: &str = "application/vnd.loci.trace.v1+json";
 /// does too), so a lookup fetches the blob alongside the artifact manifest
 /// instead of after it: a round trip less before a cold start's replay.
 pub const TRACE_BLOB_ANNOTATION: &str = "loci.trace.blob";
-const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
-const EMPTY_JSON: &[u8] = b"{}";
+pub(super) const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+pub(super) const EMPTY_JSON: &[u8] = b"{}";
 
 /// Why a trace could not be stored or found.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,7 @@ pub enum PublishError {
     Invalid(String),
 }
 
-fn fallback_tag(digest: &Digest) -> String {
+pub(super) fn fallback_tag(digest: &Digest) -> String {
     format!("sha256-{}", digest.hex())
 }
 
@@ -190,163 +190,13 @@ pub async fn fetch_trace(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prefetch::trace::{Access, TRACE_VERSION};
-    use std::io::{BufRead, Write};
-    use std::sync::{Arc, Condvar, Mutex};
-    use std::time::Duration;
-
-    /// How long the fake registry holds the artifact manifest back when
-    /// nobody asks for the blob: a lookup that waits for the manifest
-    /// before it asks takes this long.
-    const HELD: Duration = Duration::from_secs(3);
-
-    /// A registry without the referrers API serving `paths` (path suffix,
-    /// body); the first path's answer waits until the second has been
-    /// asked for, or [`HELD`].
-    fn registry_holding(paths: Vec<(String, Vec<u8>)>) -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let asked = Arc::new((Mutex::new(false), Condvar::new()));
-        let paths = Arc::new(paths);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let (asked, paths) = (asked.clone(), paths.clone());
-                std::thread::spawn(move || {
-                    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
-                    loop {
-                        let mut request = String::new();
-                        if reader.read_line(&mut request).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        loop {
-                            let mut line = String::new();
-                            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                                break;
-                            }
-                        }
-                        let path = request.split(' ').nth(1).unwrap_or("");
-                        let served = paths.iter().position(|(p, _)| path.ends_with(p.as_str()));
-                        let (lock, cvar) = &*asked;
-                        if served == Some(0) {
-                            let _held = cvar
-                                .wait_timeout_while(lock.lock().unwrap(), HELD, |asked| !*asked)
-                                .unwrap();
-                        } else if served == Some(1) {
-                            *lock.lock().unwrap() = true;
-                            cvar.notify_all();
-                        }
-                        let (status, body): (&str, &[u8]) = match served {
-                            Some(i) => ("200 OK", &paths[i].1),
-                            None => ("404 Not Found", b""),
-                        };
-                        let head = format!(
-                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
-                            body.len()
-                        );
-                        if conn
-                            .write_all(head.as_bytes())
-                            .and_then(|_| conn.write_all(body))
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        addr
-    }
-
-    fn client_of(addr: &str) -> RegistryClient {
-        let options = crate::registry::RegistryOptions {
-            plain_http: true,
-            ..Default::default()
-        };
-        let reference: crate::image::ImageRef = format!("{addr}/repo:t").parse().unwrap();
-        match crate::image::ImageStore::open(&reference, &options, false).unwrap() {
-            crate::image::ImageStore::Registry { client, .. } => client,
-            _ => panic!("not a registry store"),
-        }
-    }
-
-    fn image() -> Manifest {
-        let bytes = Bytes::from_static(b"{\"schemaVersion\":2}");
-        Manifest {
-            digest: Digest::of(&bytes),
-            bytes,
-            media_type: media_types::OCI_MANIFEST.into(),
-        }
-    }
-
-    fn trace(chunk: u32) -> Trace {
-        Trace {
-            version: TRACE_VERSION,
-            layers: vec![Digest::of(b"layer")],
-            accesses: vec![Access {
-                layer: 0,
-                chunk,
-                digest: Digest::of(b"chunk"),
-                at_ms: 1,
-                path: "bin/sh".into(),
-            }],
-            reads: Vec::new(),
-        }
-    }
-
-    /// The fallback index, artifact manifest and trace bytes
-    /// `push_raw_trace` writes for a trace of `image`, the index naming
-    /// the blob `named` (the trace's own, or another).
-    fn published(
-        image: &Manifest,
-        trace: &Trace,
-        named: Option<Digest>,
-    ) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-        let blob = trace.encode();
-        let blob_digest = Digest::of(&blob);
-        let manifest = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": media_types::OCI_MANIFEST,
-            "artifactType": TRACE_ARTIFACT_TYPE,
-            "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": Digest::of(EMPTY_JSON).to_string(), "size": 2},
-            "layers": [{"mediaType": TRACE_ARTIFACT_TYPE, "digest": blob_digest.to_string(), "size": blob.len()}],
-            "subject": {"mediaType": image.media_type, "digest": image.digest.to_string(), "size": image.bytes.len()},
-            "annotations": {TRACE_BLOB_ANNOTATION: blob_digest.to_string()},
-        }))
-        .unwrap();
-        let index = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": media_types::OCI_INDEX,
-            "manifests": [{
-                "mediaType": media_types::OCI_MANIFEST,
-                "artifactType": TRACE_ARTIFACT_TYPE,
-                "digest": Digest::of(&manifest).to_string(),
-                "size": manifest.len(),
-                "annotations": {TRACE_BLOB_ANNOTATION: named.unwrap_or(blob_digest).to_string()},
-            }],
-        }))
-        .unwrap();
-        (index, manifest, blob)
-    }
-
-    fn paths(
-        image: &Manifest,
-        index: Vec<u8>,
-        manifest: Vec<u8>,
-        blob: Vec<u8>,
-    ) -> Vec<(String, Vec<u8>)> {
-        vec![
-            (format!("/manifests/{}", Digest::of(&manifest)), manifest),
-            (format!("/blobs/{}", Digest::of(&blob)), blob),
-            (format!("/manifests/{}", fallback_tag(&image.digest)), index),
-        ]
-    }
+    use crate::prefetch::test_registry::*;
 
     #[test]
     fn a_lookup_asks_for_the_trace_blob_the_index_names_without_waiting_for_its_manifest() {
         let (image, trace) = (image(), trace(3));
         let (index, manifest, blob) = published(&image, &trace, None);
-        let client = client_of(&registry_holding(paths(&image, index, manifest, blob)));
+        let client = client_of(&registry_holding(paths(&image, index, manifest, blob)).0);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -366,7 +216,7 @@ mod tests {
         let (index, manifest, blob) = published(&image, &trace, Some(Digest::of(&other)));
         let mut paths = paths(&image, index, manifest, blob);
         paths.push((format!("/blobs/{}", Digest::of(&other)), other));
-        let client = client_of(&registry_holding(paths));
+        let client = client_of(&registry_holding(paths).0);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -272,9 +272,13 @@ pub fn opened_size(trace: &Trace, tocs: &[Toc]) -> OpenedSize {
 pub async fn read_orders_of(store: &ImageStore) -> Result<ReadOrders, TraceLayoutError> {
     let image = platform_image(store).await?;
     let digests: Vec<Digest> = image.layers.iter().map(|l| l.digest).collect();
-    let trace = find_trace(store, &image.manifest.digest, &digests)
-        .await
-        .ok_or_else(|| TraceLayoutError::NoTrace(store.to_string()))?;
+    let trace = find_trace(
+        store,
+        &image.manifest.digest,
+        std::future::ready(Some(digests)),
+    )
+    .await
+    .ok_or_else(|| TraceLayoutError::NoTrace(store.to_string()))?;
     trace.check_reads()?;
     let mut tocs = Vec::new();
     for layer in &image.layers {

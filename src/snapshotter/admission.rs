@@ -92,6 +92,7 @@ mod tests {
                 layer_digest: Digest::of(b"blob").to_string(),
                 toc_digest: Digest::of(b"toc").to_string(),
                 diff_id: Some(diff_id.to_string()),
+                manifest_digest: None,
             },
             toc_offset: None,
             signature,

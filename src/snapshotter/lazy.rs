@@ -28,6 +28,9 @@ pub const TARGET_REF: &str = "containerd.io/snapshot.ref";
 pub const IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
 /// The layer's blob digest (set by the CRI plugin and `loci pull`).
 pub const LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
+/// The image's platform manifest digest (set by the CRI plugin and `loci
+/// pull`): the trace lookup starts from it before the manifest is read.
+pub const MANIFEST_DIGEST: &str = "containerd.io/snapshot/cri.manifest-digest";
 
 /// Why a layer could not be served lazily.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +78,7 @@ impl LazyRequest {
                 layer_digest: get(LAYER_DIGEST)?,
                 toc_digest: get(annotations::TOC_DIGEST)?,
                 diff_id: get(annotations::UNCOMPRESSED),
+                manifest_digest: get(MANIFEST_DIGEST),
             },
             toc_offset: get(annotations::TOC_OFFSET).and_then(|v| v.parse().ok()),
             signature: get(annotations::SIGNATURE),
@@ -299,26 +303,26 @@ impl LazyLayers {
                 .collect()
         };
         // The image's manifest, read once as its first layer opens, also
-        // starts the trace lookup.
-        let (traces, image_ref, trace_store, runtime) = (
-            self.prefetch.enabled.then(|| self.traces.clone()),
-            source.image_ref.clone(),
-            store.clone(),
-            self.runtime.clone(),
-        );
-        let look_up_trace = move |manifest, layers| {
-            if let Some(traces) = traces {
-                traces.look_up_early(&image_ref, &trace_store, manifest, layers, &runtime);
-            }
-        };
+        // gives the trace lookup its layers.
+        let (tell_listed, listed) = tokio::sync::oneshot::channel();
         let first = self.early_tocs.open_others(
             &source.image_ref,
             &store,
             digest,
             mounted,
-            look_up_trace,
+            move |manifest, layers| {
+                let _ = tell_listed.send((manifest, layers));
+            },
             &self.runtime,
         );
+        if first && self.prefetch.enabled {
+            let label = source
+                .manifest_digest
+                .as_deref()
+                .and_then(|d| d.parse().ok());
+            self.traces
+                .look_up_early(&source.image_ref, &store, label, listed, &self.runtime);
+        }
         let early = if first {
             None
         } else {

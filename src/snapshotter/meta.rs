@@ -75,6 +75,10 @@ pub struct LazySource {
     /// such layers are not completed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff_id: Option<String>,
+    /// The image's platform manifest digest (`cri.manifest-digest`), if
+    /// the pull said: a hint only, its trace lookup's head start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
 }
 
 /// One snapshot, under its key.

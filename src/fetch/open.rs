@@ -203,8 +203,48 @@ pub async fn open_layer(
     toc_digest: Digest,
     toc_offset: Option<u64>,
 ) -> Result<(OpenedImage, TocTail), LayerError> {
+    // With the offset, the TOC and the blob's size come in one request.
+    // The offset is the image's word: if what it gives is not the TOC,
+    // the size is asked for and the footer believed instead.
+    if let Some(offset) = toc_offset {
+        let most = Limits::node().max_toc_frame_bytes + FOOTER_SIZE as u64;
+        let tail = store
+            .blob_tail(&digest, offset, most)
+            .await
+            .map(|(bytes, blob_size)| TocTail {
+                blob_size,
+                bytes: bytes.to_vec(),
+            });
+        match tail.map_err(LayerError::from).and_then(|tail| {
+            let (_, toc) = decode_toc_tail(&digest, &tail, &toc_digest)?;
+            Ok((tail, toc))
+        }) {
+            Ok((tail, toc)) => return Ok((one_layer(store, digest, toc), tail)),
+            // A registry that is down or refuses the blob would refuse the
+            // size too: only an answer that is not the TOC is tried again.
+            Err(e) if !offset_may_be_wrong(&e) => return Err(e),
+            Err(e) => {
+                tracing::debug!(layer = %digest, error = %crate::error_chain::chain(&e), "TOC not read from its annotated offset; asking the blob's size")
+            }
+        }
+    }
     let size = store.blob_size(&digest).await?;
     open_layer_sized(store, digest, size, toc_digest, toc_offset).await
+}
+
+/// Whether a failed read of a TOC from its annotated offset may be the
+/// offset's fault (what it gave is not the TOC, or the registry does not
+/// serve ranges open at the end), rather than the registry's.
+fn offset_may_be_wrong(e: &LayerError) -> bool {
+    use crate::registry::RegistryError as R;
+    match e {
+        LayerError::Format { .. } => true,
+        LayerError::Image(ImageError::Registry(r)) => {
+            matches!(r, R::BadResponse { .. } | R::UnexpectedStatus { .. })
+        }
+        LayerError::Image(ImageError::Io { .. }) => true,
+        _ => false,
+    }
 }
 
 /// [`open_layer`] when the blob's size is known (from a manifest's

@@ -805,3 +805,39 @@ fn a_read_returns_when_its_chunks_are_in_not_when_its_run_is() {
     });
     assert_eq!(f.stats.requests.load(Ordering::Relaxed), 1);
 }
+
+/// A layer's open reads its TOC from the annotated offset to the blob's
+/// end; an offset that is wrong (the image's word) costs a second try
+/// without it, never a wrong TOC or a failed open.
+#[test]
+fn a_layer_opens_from_its_annotated_toc_offset_or_despite_it() {
+    let c = converted();
+    let (offset, size) = (c.summary.toc_offset, c.summary.blob_size);
+    let runtime = current_thread();
+    let offsets = [
+        Some(offset),
+        None,
+        Some(offset - 1),
+        Some(offset + 1),
+        Some(0),
+        Some(size),
+        Some(size + 10),
+        Some(u64::MAX),
+    ];
+    for toc_offset in offsets {
+        let opened = runtime.block_on(open_layer(
+            &c.layer.store,
+            c.layer.digest,
+            c.summary.toc_digest,
+            toc_offset,
+        ));
+        let (image, tail) = opened.unwrap_or_else(|e| panic!("{toc_offset:?}: {e}"));
+        assert_eq!(tail.blob_size, size, "{toc_offset:?}");
+        assert_eq!(tail.bytes.len() as u64, size - offset, "{toc_offset:?}");
+        assert_eq!(
+            image.tocs[0].entries.len(),
+            c.toc.entries.len(),
+            "{toc_offset:?}"
+        );
+    }
+}

@@ -209,6 +209,37 @@ impl ImageStore {
         self.blob_range_observed(digest, range, &mut |_| {}).await
     }
 
+    /// The end of a blob from `start` on, and the blob's size, in one
+    /// request (see [`RegistryClient::get_blob_tail`]); at most `max` bytes.
+    pub async fn blob_tail(
+        &self,
+        digest: &Digest,
+        start: u64,
+        max: u64,
+    ) -> Result<(Bytes, u64), ImageError> {
+        match self {
+            ImageStore::Registry { client, reference } => Ok(client
+                .get_blob_tail(&reference.repository, digest, start, max)
+                .await?),
+            ImageStore::Layout { layout, .. } => {
+                let what = format!("blob {digest} bytes {start}-");
+                let size = std::fs::metadata(layout.blob_path(digest))
+                    .map_err(io_err(&what))?
+                    .len();
+                if start >= size || size - start > max {
+                    return Err(ImageError::Io {
+                        what,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("the blob is {size} bytes"),
+                        ),
+                    });
+                }
+                Ok((self.blob_range(digest, start..size).await?, size))
+            }
+        }
+    }
+
     /// [`blob_range`](Self::blob_range), showing `observe` the bytes
     /// received so far as they arrive (a layout's range all at once).
     pub async fn blob_range_observed(

@@ -7,7 +7,7 @@ use crate::digest::{Digest, Hasher};
 use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{
-    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE,
+    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE,
     WWW_AUTHENTICATE,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -504,6 +504,58 @@ impl RegistryClient {
             }
             tokio::time::sleep(self.inner.opts.backoff * 2u32.pow(attempt - 1)).await;
         }
+    }
+
+    /// The end of a blob from `start` on, with the blob's size (from the
+    /// answer's Content-Range), in one request (`Range: bytes=START-`):
+    /// what a layer's open needs when its TOC offset is known, without
+    /// asking the size first. Refused past `max` bytes, and unless the
+    /// answer is exactly that range.
+    pub async fn get_blob_tail(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        start: u64,
+        max: u64,
+    ) -> Result<(Bytes, u64), RegistryError> {
+        let what = format!("blob {repo}@{digest} bytes {start}-");
+        let header = format!("bytes={start}-");
+        let tail = format!("blobs/{digest}");
+        let (resp, ep) = self
+            .send_via(&what, repo, Need::Pull, Retry::Idempotent, |ep| {
+                ep.blob_http.get(ep.url(repo, &tail)).header(RANGE, &header)
+            })
+            .await?;
+        let resp = if resp.status().is_redirection() {
+            let target = location_of(&resp, &what)?;
+            let http = ep.blob_http.clone();
+            http.get(&target)
+                .header(RANGE, &header)
+                .send()
+                .await
+                .map_err(|e| network(&what, 1, e))?
+        } else {
+            resp
+        };
+        let resp = expect_status(resp, &what, &[StatusCode::PARTIAL_CONTENT]).await?;
+        let bad = |reason: String| RegistryError::BadResponse {
+            what: what.clone(),
+            reason,
+        };
+        let size = tail_size(resp.headers(), start).ok_or_else(|| {
+            bad(format!(
+                "Content-Range {:?} is not the blob's end from byte {start}",
+                resp.headers().get(CONTENT_RANGE)
+            ))
+        })?;
+        if size - start > max {
+            return Err(bad(format!(
+                "the blob's end is {} bytes, over the {max} expected at most",
+                size - start
+            )));
+        }
+        let bytes = read_range_body(resp, &what, size - start, &mut |_| {}).await?;
+        Ok((bytes, size))
     }
 
     /// The size of a blob, from a HEAD request.
@@ -1085,6 +1137,20 @@ async fn read_range_body(
     Ok(bytes)
 }
 
+/// The blob's size from a `Content-Range: bytes FIRST-LAST/SIZE` answering
+/// a range from `start` to the end: None unless it is exactly that range.
+fn tail_size(headers: &HeaderMap, start: u64) -> Option<u64> {
+    let value = headers.get(CONTENT_RANGE)?.to_str().ok()?;
+    let (range, size) = value.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last, size) = (
+        first.parse::<u64>().ok()?,
+        last.parse::<u64>().ok()?,
+        size.parse::<u64>().ok()?,
+    );
+    (first == start && first <= last && last.checked_add(1)? == size).then_some(size)
+}
+
 fn content_type(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;
     Some(value.split(';').next()?.trim().to_string())
@@ -1132,7 +1198,38 @@ async fn unexpected(resp: Response, what: &str) -> RegistryError {
 
 #[cfg(test)]
 mod tests {
-    use super::check_realm;
+    use super::{check_realm, tail_size};
+
+    #[test]
+    fn only_a_content_range_of_the_blobs_end_from_the_start_asked_gives_its_size() {
+        // (Content-Range, start asked, size)
+        let cases: &[(Option<&str>, u64, Option<u64>)] = &[
+            (Some("bytes 100-199/200"), 100, Some(200)),
+            (Some("bytes 0-0/1"), 0, Some(1)),
+            (None, 100, None),
+            (Some("bytes 100-199/*"), 100, None),
+            (Some("bytes 100-198/200"), 100, None),
+            (Some("bytes 99-199/200"), 100, None),
+            (Some("bytes 100-199/300"), 100, None),
+            (Some("bytes 150-100/101"), 150, None),
+            (Some("bytes */200"), 100, None),
+            (Some("items 100-199/200"), 100, None),
+            (Some("bytes 100-18446744073709551615/0"), 100, None),
+            (Some("bytes -100-199/200"), 100, None),
+            (Some("bytes 100-199/200/1"), 100, None),
+        ];
+        for (header, start, size) in cases {
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(h) = header {
+                headers.insert(reqwest::header::CONTENT_RANGE, h.parse().unwrap());
+            }
+            assert_eq!(
+                tail_size(&headers, *start),
+                *size,
+                "{header:?} from {start}"
+            );
+        }
+    }
 
     #[test]
     fn a_bearer_realm_on_plain_http_is_refused_unless_the_node_chose_it() {

@@ -125,6 +125,21 @@ pub fn www_authenticate(data: &[u8]) {
     }
 }
 
+/// A `Content-Range` answering a range to a blob's end: the first 8 bytes
+/// are the range's start, the rest the header's value. A size it gives
+/// must be past the start.
+pub fn content_range(data: &[u8]) {
+    if data.len() < 8 {
+        return;
+    }
+    let start = u64::from_le_bytes(data[..8].try_into().unwrap());
+    if let Ok(value) = std::str::from_utf8(&data[8..]) {
+        if let Some(size) = loci::registry::content_range_tail(value, start) {
+            assert!(size > start, "{value:?} from {start}: size {size}");
+        }
+    }
+}
+
 /// containerd's hosts.toml, as loci reads it for a registry's mirrors,
 /// CAs and client certificates.
 pub fn hosts_toml(data: &[u8]) {
@@ -253,6 +268,7 @@ pub const TARGETS: &[Target] = &[
     ("convert", convert),
     ("manifest", manifest),
     ("www_authenticate", www_authenticate),
+    ("content_range", content_range),
     ("labels", labels),
     ("trace", trace),
     ("hosts_toml", hosts_toml),

@@ -1140,7 +1140,14 @@ async fn read_range_body(
 /// The blob's size from a `Content-Range: bytes FIRST-LAST/SIZE` answering
 /// a range from `start` to the end: None unless it is exactly that range.
 fn tail_size(headers: &HeaderMap, start: u64) -> Option<u64> {
-    let value = headers.get(CONTENT_RANGE)?.to_str().ok()?;
+    content_range_tail(headers.get(CONTENT_RANGE)?.to_str().ok()?, start)
+}
+
+/// The blob's size from a `Content-Range` value (`bytes FIRST-LAST/SIZE`)
+/// answering a range from `start` to the blob's end: None unless it is
+/// exactly that range. Public so that it can be fuzzed: a registry sends
+/// it.
+pub fn content_range_tail(value: &str, start: u64) -> Option<u64> {
     let (range, size) = value.strip_prefix("bytes ")?.split_once('/')?;
     let (first, last) = range.split_once('-')?;
     let (first, last, size) = (

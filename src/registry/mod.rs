@@ -13,7 +13,7 @@ pub mod hosts;
 mod reference;
 
 pub use auth::{Challenge, HostAuth, NodeCredentials};
-pub use client::{Manifest, RegistryClient, RegistryOptions};
+pub use client::{content_range_tail, Manifest, RegistryClient, RegistryOptions};
 pub use config::RegistryConfig;
 pub use error::RegistryError;
 pub use reference::{Reference, ReferenceError};

@@ -262,7 +262,9 @@ fn a_second_image_fetches_none_of_the_shared_chunks() {
     let mut new_bytes = 0u64;
     let mut shared_bytes = 0u64;
     let mut fetched = 0u64;
-    for layer in setup.converted_layers(&second_ref) {
+    let second_layers = setup.converted_layers(&second_ref);
+    let log = settled_log(&setup.registry);
+    for layer in second_layers {
         let digest = layer["layer"].as_str().unwrap();
         new_bytes += layer["toc_length"].as_u64().unwrap() + 48;
         for chunk in layer["chunks"].as_array().unwrap() {
@@ -273,7 +275,7 @@ fn a_second_image_fetches_none_of_the_shared_chunks() {
                 new_bytes += len;
             }
         }
-        fetched += blob_traffic(&setup.registry, digest, before).1;
+        fetched += blob_traffic_in(&log, digest, before).1;
     }
     eprintln!("second image: fetched {fetched} bytes; new chunks + TOCs {new_bytes}; shared chunks {shared_bytes}");
     assert!(

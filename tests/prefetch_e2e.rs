@@ -112,8 +112,9 @@ fn layer_digests(setup: &Setup, repo: &str) -> Vec<String> {
 /// Blob GETs (requests, bytes) of these layers in the registry log after
 /// byte `from`.
 fn image_traffic(setup: &Setup, layers: &[String], from: usize) -> (usize, u64) {
+    let log = settled_log(&setup.registry);
     layers.iter().fold((0, 0), |(r, b), layer| {
-        let (r2, b2) = blob_traffic(&setup.registry, layer, from);
+        let (r2, b2) = blob_traffic_in(&log, layer, from);
         (r + r2, b + b2)
     })
 }

@@ -238,10 +238,11 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
 
     // No layer blob was fetched whole: only range reads of TOCs and chunks.
     let mut big_layers = 0;
+    let log = settled_log(&setup.registry);
     for layer in &layers {
         let digest = layer["layer"].as_str().unwrap();
         let size = layer["size"].as_u64().unwrap();
-        let (requests, bytes) = blob_traffic(&setup.registry, digest, log_from);
+        let (requests, bytes) = blob_traffic_in(&log, digest, log_from);
         assert!(requests > 0, "layer {digest} was never read");
         let gets = setup.registry.blob_gets(digest);
         assert!(
@@ -280,8 +281,9 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
         );
     }
     let total: f64 = fetched.iter().map(|(_, v)| **v).sum();
+    let log = settled_log(&setup.registry);
     let (_, registry_bytes) = layers.iter().fold((0, 0), |(r, b), layer| {
-        let (r2, b2) = blob_traffic(&setup.registry, layer["layer"].as_str().unwrap(), log_from);
+        let (r2, b2) = blob_traffic_in(&log, layer["layer"].as_str().unwrap(), log_from);
         (r + r2, b + b2)
     });
     assert!(

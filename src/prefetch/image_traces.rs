@@ -102,24 +102,25 @@ impl ImageTraces {
         let (image, store) = (image.to_string(), store.clone());
         runtime.spawn(async move {
             cell.get_or_init(|| async {
+                // The manifest and its layers as the open read them, or as
+                // read here if it could not.
+                let listed = async {
+                    match listed.await {
+                        Ok(listed) => Some(listed),
+                        Err(_) => manifest_layers(&image, &store).await,
+                    }
+                };
                 let Some(manifest) = labelled else {
-                    return match listed.await {
-                        Ok((manifest, layers)) => {
-                            find_trace(&store, &manifest, ready(Some(layers))).await.map(Arc::new)
-                        }
-                        // The open could not read the manifest: try alone.
-                        Err(_) => look_up(&image, &store).await,
-                    };
+                    let (manifest, layers) = listed.await?;
+                    return find_trace(&store, &manifest, ready(Some(layers))).await.map(Arc::new);
                 };
                 let layers = async {
-                    match listed.await {
-                        Ok((read, layers)) if read == manifest => Some(layers),
-                        Ok((read, _)) => {
-                            tracing::info!(image, labelled = %manifest, %read, "no trace: the image's manifest is not the one its pull named");
-                            None
-                        }
-                        Err(_) => None,
+                    let (read, layers) = listed.await?;
+                    if read != manifest {
+                        tracing::info!(image, labelled = %manifest, %read, "no trace: the image's manifest is not the one its pull named");
+                        return None;
                     }
+                    Some(layers)
                 };
                 find_trace(&store, &manifest, layers).await.map(Arc::new)
             })
@@ -162,12 +163,18 @@ impl ImageTraces {
 /// `image`'s trace from its registry: its platform manifest and layers
 /// (the config is not needed), then [`find_trace`].
 async fn look_up(image: &str, store: &ImageStore) -> Option<Arc<Trace>> {
+    let (manifest, layers) = manifest_layers(image, store).await?;
+    find_trace(store, &manifest, ready(Some(layers)))
+        .await
+        .map(Arc::new)
+}
+
+/// `image`'s platform manifest digest and layer digests, read from its
+/// registry (None, and a warning, if they do not read).
+async fn manifest_layers(image: &str, store: &ImageStore) -> Option<(Digest, Vec<Digest>)> {
     match platform_manifest_layers(store).await {
         Ok((manifest, layers)) => {
-            let layers: Vec<_> = layers.iter().map(|l| l.digest).collect();
-            find_trace(store, &manifest.digest, ready(Some(layers)))
-                .await
-                .map(Arc::new)
+            Some((manifest.digest, layers.iter().map(|l| l.digest).collect()))
         }
         Err(e) => {
             tracing::warn!(image, error = %crate::error_chain::chain(&e), "no trace: the image's manifest did not read");

@@ -633,7 +633,12 @@ pub fn assert_same_tree(expected: &BTreeMap<PathBuf, Node>, actual: &BTreeMap<Pa
 /// counting only log text after byte `from` of the log, once the log has
 /// settled ([`settled_log`]).
 pub fn blob_traffic(registry: &Registry, digest: &str, from: usize) -> (usize, u64) {
-    let text = settled_log(registry);
+    blob_traffic_in(&settled_log(registry), digest, from)
+}
+
+/// [`blob_traffic`] in a log read already: for counting several blobs
+/// after one wait for the log to settle.
+pub fn blob_traffic_in(text: &str, digest: &str, from: usize) -> (usize, u64) {
     let mut requests = 0;
     let mut bytes = 0;
     for line in text[from.min(text.len())..].lines() {

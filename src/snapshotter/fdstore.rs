@@ -99,16 +99,29 @@ impl FdStore {
         }
     }
 
-    /// Hands the holder a duplicate of snapshot `id`'s connection,
-    /// starting the holder if none runs.
-    pub fn put(&self, id: u64, fd: &OwnedFd) -> io::Result<()> {
+    /// Connects to the holder, starting one if none runs. [`put`](Self::put)
+    /// does this itself; calling it ahead (as an image's first layer
+    /// opens) takes the holder's start, some 20 ms, off the first mount.
+    pub fn start(&self) -> io::Result<()> {
         let mut conn = self.conn.lock().expect("fd store lock");
+        self.connect_or_spawn(&mut conn)
+    }
+
+    fn connect_or_spawn(&self, conn: &mut Option<OwnedFd>) -> io::Result<()> {
         if conn.is_none() {
             *conn = Some(match connect_to(&self.socket) {
                 Ok(c) => c,
                 Err(_) => self.spawn_holder()?,
             });
         }
+        Ok(())
+    }
+
+    /// Hands the holder a duplicate of snapshot `id`'s connection,
+    /// starting the holder if none runs.
+    pub fn put(&self, id: u64, fd: &OwnedFd) -> io::Result<()> {
+        let mut conn = self.conn.lock().expect("fd store lock");
+        self.connect_or_spawn(&mut conn)?;
         let result = request(
             conn.as_ref().expect("connected"),
             &format!("put {id}"),
@@ -503,6 +516,32 @@ mod tests {
         assert!(began.elapsed() < Duration::from_secs(10), "closed too late");
         holder.join().unwrap().unwrap();
         assert!(!sock.exists());
+    }
+
+    #[test]
+    fn start_ahead_connects_and_the_put_uses_that_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("fds.sock");
+        let holder = holder(&sock, Duration::from_secs(300));
+        let daemon = FdStore::new(
+            sock.clone(),
+            dir.path().join("log"),
+            Duration::from_secs(300),
+        );
+        assert!(!daemon.holder_alive(), "not connected before start");
+        daemon.start().unwrap();
+        assert!(daemon.holder_alive(), "connected by start");
+        daemon.start().unwrap(); // again: a no-op, not a second holder
+        let (_mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        daemon.put(2, &OwnedFd::from(theirs)).unwrap();
+        assert_eq!(daemon.list().unwrap().keys().collect::<Vec<_>>(), vec![&2]);
+        drop(daemon);
+        assert_eq!(quit_holder(&sock).unwrap(), 1);
+        holder.join().unwrap().unwrap();
+        assert!(
+            !dir.path().join("log").exists(),
+            "no holder was spawned: the running one was used"
+        );
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub struct LazyLayers {
     /// Starts recorded as traces (`[prefetch] record_starts`).
     recordings: Option<NodeRecordings>,
     /// Keeps each mount's FUSE connection for the next daemon.
-    held: FdStore,
+    held: Arc<FdStore>,
     /// Whether a container uses a layer (by snapshot id): such a layer's
     /// completed data is never evicted. Set by the snapshots; until then
     /// every layer counts as used.
@@ -198,7 +198,7 @@ impl LazyLayers {
             runtime,
             prefetch,
             completion,
-            held,
+            held: Arc::new(held),
             users: Arc::default(),
         }
     }
@@ -315,6 +315,16 @@ impl LazyLayers {
             },
             &self.runtime,
         );
+        if first {
+            // The holder's start (a process, some 20 ms) would otherwise
+            // wait for the first mount; by then it is listening.
+            let held = self.held.clone();
+            self.runtime.spawn_blocking(move || {
+                if let Err(e) = held.start() {
+                    tracing::warn!(error = %e, "cannot start the fd holder; the mount will try again");
+                }
+            });
+        }
         if first && self.prefetch.enabled {
             let label = source
                 .manifest_digest
@@ -436,6 +446,25 @@ impl LazyLayers {
             let layer_digest = layer.image.layers[0].digest;
             r.layer_recorder(&image, &layer.image.layers[0].store, layer_digest)
         });
+        // Before the prefetch below learns which chunks the trace reads.
+        let chunks = layer.image.layers[0].chunks.clone();
+        self.metrics
+            .layer_mounted(&image, &digest, fetcher.clone(), chunks);
+        // The replay starts before the FUSE session (its inode tree, some
+        // milliseconds per thousand files): it needs only the chunk table.
+        let prefetch = self.prefetch.enabled.then(|| {
+            let traces = self.traces.clone();
+            let layers = layer.image.layers.clone();
+            let (image, fetcher, config) = (image.clone(), fetcher.clone(), self.prefetch.clone());
+            let (metrics, digest) = (self.metrics.clone(), digest.clone());
+            self.runtime.spawn(async move {
+                let store = layers[0].store.clone();
+                let traced = |chunks| metrics.layer_traced(&image, &digest, chunks);
+                traces
+                    .prefetch_layer(&image, &store, layers, fetcher, config, traced)
+                    .await;
+            })
+        });
         let native = Arc::new(fs::NativeFiles::new(native_dir(dir), lower_dir(dir)));
         let session = fs::serve(
             &layer.image,
@@ -448,24 +477,17 @@ impl LazyLayers {
                 recorder,
                 native: Some(native.clone()),
             },
-        )?;
-        // Before the prefetch below learns which chunks the trace reads.
-        let chunks = layer.image.layers[0].chunks.clone();
-        self.metrics
-            .layer_mounted(&image, &digest, fetcher.clone(), chunks);
-        if self.prefetch.enabled {
-            let traces = self.traces.clone();
-            let layers = layer.image.layers.clone();
-            let (image, fetcher, config) = (image.clone(), fetcher.clone(), self.prefetch.clone());
-            let (metrics, digest) = (self.metrics.clone(), digest.clone());
-            self.runtime.spawn(async move {
-                let store = layers[0].store.clone();
-                let traced = |chunks| metrics.layer_traced(&image, &digest, chunks);
-                traces
-                    .prefetch_layer(&image, &store, layers, fetcher, config, traced)
-                    .await;
-            });
-        }
+        );
+        let session = match session {
+            Ok(session) => session,
+            Err(e) => {
+                if let Some(prefetch) = prefetch {
+                    prefetch.abort();
+                }
+                self.metrics.layer_unmounted(&image, &digest);
+                return Err(e.into());
+            }
+        };
         let completion = self.complete_in_background(id, &layer, &fetcher, &native, dir);
 
         let old = self.mounts.lock().expect("lazy mounts lock").insert(

@@ -224,21 +224,38 @@ fn a_registry_behind_a_private_ca_is_reached_with_the_ca_its_host_directory_name
     std::fs::rename(dir.join("registry-ca.pem"), dir.join("ca.crt")).unwrap();
     std::fs::copy(&pki.client_cert, dir.join("node.cert")).unwrap();
     std::fs::copy(&pki.client_key, dir.join("node.key")).unwrap();
-    let before = registry.daemon.log_text().len();
-    let config = work.node_config("tls", "");
-    let mut mount = work.mount(
-        "tls",
-        &["--hosts-dir", hosts, "--config", config.to_str().unwrap()],
-        &target,
-    );
-    assert_reads_the_image(&mount.dir);
-    mount.stop();
-    let log = registry.daemon.log_text()[before..].to_string();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("/blobs/sha256:") && l.contains(" 206 ")),
-        "no range reads in the registry log:\n{log}"
-    );
+    // Over TLS the registry offers HTTP/2 and loci takes it; the node
+    // config's `http2 = false` keeps HTTP/1.1.
+    for (name, extra, proto) in [
+        ("tls", "", "HTTP/2.0"),
+        ("tls-h1", "[registry]\nhttp2 = false\n", "HTTP/1.1"),
+    ] {
+        let before = registry.daemon.log_text().len();
+        let config = work.node_config(name, extra);
+        let mut mount = work.mount(
+            name,
+            &["--hosts-dir", hosts, "--config", config.to_str().unwrap()],
+            &target,
+        );
+        assert_reads_the_image(&mount.dir);
+        mount.stop();
+        let log = settled_log(&registry)[before..].to_string();
+        let range_reads: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("/blobs/sha256:") && l.contains("\" 206 "))
+            .collect();
+        assert!(
+            !range_reads.is_empty(),
+            "no range reads in the registry log:\n{log}"
+        );
+        assert!(
+            range_reads
+                .iter()
+                .all(|l| l.contains(&format!(" {proto}\" 206 "))),
+            "{name}: range reads not all over {proto}:\n{}",
+            range_reads.join("\n")
+        );
+    }
 
     // skip_verify is the node's explicit choice, per host.
     std::fs::remove_file(dir.join("ca.crt")).unwrap();

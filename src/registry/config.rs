@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// How the node reaches registries, beyond the defaults.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// containerd's `certs.d` directory (its CRI `config_path`), so mirrors,
@@ -18,6 +18,21 @@ pub struct RegistryConfig {
     /// Credentials per registry host (`[registry.auth."host:port"]`),
     /// tried before `~/.docker/config.json`. Kept in memory only.
     pub auth: BTreeMap<String, HostAuth>,
+    /// Offer HTTP/2 over TLS (it is used where the registry accepts it):
+    /// a start's many range requests then share one connection instead
+    /// of opening one each. False keeps HTTP/1.1, for a proxy in the way
+    /// that mishandles HTTP/2.
+    pub http2: bool,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            hosts_dir: None,
+            auth: BTreeMap::new(),
+            http2: true,
+        }
+    }
 }
 
 impl RegistryConfig {
@@ -28,6 +43,7 @@ impl RegistryConfig {
             base.hosts_dir = self.hosts_dir.clone();
         }
         base.credentials = NodeCredentials::new(self.auth.clone());
+        base.http2 = self.http2;
         base
     }
 }

@@ -629,7 +629,8 @@ pub fn assert_same_tree(expected: &BTreeMap<PathBuf, Node>, actual: &BTreeMap<Pa
 }
 
 /// Requests and bytes the registry's access log shows for GETs of a blob
-/// (the combined-log lines: `"GET /v2/…/blobs/DIGEST HTTP/1.1" 206 BYTES`),
+/// (the combined-log lines: `"GET /v2/…/blobs/DIGEST HTTP/1.1" 206 BYTES`,
+/// or `HTTP/2.0` over TLS),
 /// counting only log text after byte `from` of the log, once the log has
 /// settled ([`settled_log`]).
 pub fn blob_traffic(registry: &Registry, digest: &str, from: usize) -> (usize, u64) {
@@ -645,7 +646,11 @@ pub fn blob_traffic_in(text: &str, digest: &str, from: usize) -> (usize, u64) {
         if !line.contains(&format!("/blobs/{digest} HTTP/")) || !line.contains("\"GET ") {
             continue;
         }
-        let after = line.split("HTTP/1.1\" ").nth(1).unwrap_or("");
+        // After the protocol (`HTTP/1.1" `, `HTTP/2.0" `): status, bytes.
+        let after = line
+            .split_once(" HTTP/")
+            .and_then(|(_, rest)| rest.split_once("\" "))
+            .map_or("", |(_, after)| after);
         let mut fields = after.split(' ');
         let _status = fields.next();
         if let Some(n) = fields.next().and_then(|b| b.parse::<u64>().ok()) {

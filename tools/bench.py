@@ -23,6 +23,8 @@ chunk caches emptied, page cache dropped):
               FUSE: against overlayfs' start
   loci-fs     at the filesystem level: `loci mount` of the converted image,
               the command run in a chroot on an overlay over the mount
+  loci-fs-http1  loci-fs with `[registry] http2 = false` (with --tls only:
+              HTTP/2 is negotiated in the TLS handshake; not run by default)
   nydus-fs    the same with Nydus: `nydus-image create` of the unpacked
               image, blob and bootstrap pushed to the same registry, `nydusd`
               FUSE with its registry backend (bootstrap downloaded first)
@@ -54,7 +56,11 @@ tools/delay-proxy.py, a userspace delay line in front of the registry,
 for the round trip, which the run reports); the namespace is removed
 afterwards, even on failure.
 
-Usage: tools/bench.py [--quick] [--link BW,RTT] [--images LIST]
+With --tls the registry serves HTTPS with a certificate from a CA made
+for the run (given to loci, containerd and skopeo through a certs.d
+directory); nydus-fs is not run then.
+
+Usage: tools/bench.py [--quick] [--link BW,RTT] [--tls] [--images LIST]
          [--modes LIST] [--runs N] [--out DIR] [--loci PATH] [--keep]
 """
 import argparse, hashlib, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
@@ -66,7 +72,9 @@ from harness import drop_caches, free_port, start_registry, tear_down, wait_for 
 
 # loci-warm runs right after loci-trace: its cache is that of the same image.
 ALL_MODES = ["overlayfs", "loci", "loci-trace", "loci-warm", "loci-ordered", "loci-native", "loci-fs",
-             "nydus-fs"]
+             "loci-fs-http1", "nydus-fs"]
+# Modes that only mean something over TLS (--tls), not run by default.
+TLS_MODES = ["loci-fs-http1"]
 PYTHON_PACKAGES = "python3,python3-numpy,python3-pandas,python3-scipy,python3-matplotlib,python3-sklearn"
 
 # What each image is built from and the work its start does (to its exit).
@@ -127,6 +135,8 @@ class Env:
         self.netns = None
         self.delay_line = None
         self.link_note = "loopback"
+        # With --tls: containerd's certs.d directory naming the registry's CA.
+        self.certs = None
 
     def spawn(self, cmd, name):
         path = os.path.join(self.work, f"{name}-{len(self.procs)}.log")
@@ -188,16 +198,44 @@ class Env:
         else:
             self.addr = listen = f"127.0.0.1:{free_port()}"
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        tls = self.registry_certificate() if self.args.tls else None
         self.registry = start_registry(self.work, listen, os.path.join(self.work, "registry"),
-                                       lambda cmd: self.spawn(cmd, "registry"), prefix, reach=self.addr)
+                                       lambda cmd: self.spawn(cmd, "registry"), prefix, reach=self.addr, tls=tls)
         self.registry_log = os.path.join(self.work, f"registry-{len(self.procs) - 1}.log")
+
+    def registry_certificate(self):
+        """A CA and a certificate it signed for the registry's address (as
+        clients reach it), made with openssl; the CA goes in a certs.d
+        directory (`HOST:PORT/ca.crt`, as containerd reads it) that every
+        client is given. Returns the (certificate, key) paths."""
+        d = os.path.join(self.work, "pki")
+        os.makedirs(d)
+        ip = self.addr.rsplit(":", 1)[0]
+        ca, ca_key, crt, key, csr = (os.path.join(d, n) for n in ("ca.crt", "ca.key", "server.crt", "server.key", "server.csr"))
+        ext = os.path.join(d, "san.ext")
+        with open(ext, "w") as f:
+            f.write(f"subjectAltName = IP:{ip}\n")
+        self.run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-days", "2", "-subj", "/CN=loci bench CA", "-keyout", ca_key, "-out", ca)
+        self.run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-subj", f"/CN={ip}", "-keyout", key, "-out", csr)
+        self.run("openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                 "-days", "2", "-extfile", ext, "-out", crt)
+        self.certs = os.path.join(self.work, "certs.d")
+        os.makedirs(os.path.join(self.certs, self.addr))
+        shutil.copy(ca, os.path.join(self.certs, self.addr, "ca.crt"))
+        return crt, key
+
+    def registry_flags(self):
+        """How loci and ctr reach the registry: its CA (--tls) or plain HTTP."""
+        return ["--hosts-dir", self.certs] if self.certs else ["--plain-http"]
 
     def registry_bytes(self, since):
         """Bytes of blob GETs in the registry log after offset `since`."""
         with open(self.registry_log) as f:
             f.seek(since)
             text = f.read()
-        return sum(int(m.group(1)) for m in re.finditer(r'"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]+ HTTP/1.1" 20[06] (\d+)', text))
+        return sum(int(m.group(1)) for m in re.finditer(r'"GET /v2/[^ ]+/blobs/sha256:[0-9a-f]+ HTTP/[0-9.]+" 20[06] (\d+)', text))
 
     def registry_log_size(self):
         return os.path.getsize(self.registry_log)
@@ -241,9 +279,10 @@ class Env:
                     + (f"{self.args.prefetch_config}\n" if self.args.prefetch_config else "")
                     # Starts only: completion waits for a start to be over,
                     # and its download is not a start's (but loci-native's).
-                    + (f'[completion]\nquiet_secs = 1\n' if completion else f'[completion]\nenabled = false\n') +
-                    f'[snapshotter]\nplain_http_registries = ["{self.addr}"]\n'
-                    f'trusted_keys = ["{self.signing_key()}.pub"]\n')
+                    + (f'[completion]\nquiet_secs = 1\n' if completion else f'[completion]\nenabled = false\n')
+                    + (f'[registry]\nhosts_dir = "{self.certs}"\n' if self.certs else "")
+                    + (f'[snapshotter]\nplain_http_registries = ["{self.addr}"]\n' if not self.certs else "[snapshotter]\n")
+                    + f'trusted_keys = ["{self.signing_key()}.pub"]\n')
         self.snap_sock = os.path.join(self.work, "loci.sock")
         self.snapshotter = self.spawn([self.loci, "snapshotter", "--address", self.snap_sock,
                                        "--root", os.path.join(self.work, "loci-root"), "--config", cfg], "snapshotter")
@@ -365,7 +404,7 @@ class Image:
                 f"docker://{self.original}")
         self.ordered = f"{env.addr}/{name}:ordered"
         t0, c0 = time.perf_counter(), children_cpu()
-        out = subprocess.run([env.loci, "--log", "warn", "convert", "--plain-http", *env.convert_args,
+        out = subprocess.run([env.loci, "--log", "warn", "convert", *env.registry_flags(), *env.convert_args,
                               "--sign-key", env.signing_key(), self.original, self.converted],
                              check=True, stdout=subprocess.PIPE, stderr=env.log, text=True).stdout
         self.convert_s, self.convert_cpu_s = time.perf_counter() - t0, children_cpu() - c0
@@ -523,8 +562,9 @@ def in_chroot(env, lower, tag, command):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def loci_mount(env, image, tag, record=None):
-    """`loci mount` of the converted image, fresh cache; returns (process, dir)."""
+def loci_mount(env, image, tag, record=None, http1=False):
+    """`loci mount` of the converted image, fresh cache (HTTP/1.1 only with
+    `http1`); returns (process, dir)."""
     mnt = os.path.join(env.work, f"{tag}-mnt")
     os.makedirs(mnt, exist_ok=True)
     cache = os.path.join(env.work, f"{tag}-cache")
@@ -534,8 +574,10 @@ def loci_mount(env, image, tag, record=None):
         f.write(f'[cache]\ndir = "{cache}"\n')
         if env.fetch_config:
             f.write(f"[fetch]\n{env.fetch_config}\n")
+        if http1:
+            f.write("[registry]\nhttp2 = false\n")
     extra = ["--record-trace", record, "--publish-trace"] if record else []
-    p = subprocess.Popen([env.loci, "--log", "warn", "mount", "--plain-http", "--config", cfg, "--no-prefetch",
+    p = subprocess.Popen([env.loci, "--log", "warn", "mount", *env.registry_flags(), "--config", cfg, "--no-prefetch",
                           *extra, image.converted, mnt], stdout=env.log, stderr=env.log)
     wait_for(lambda: os.path.ismount(mnt) or p.poll() is not None, "loci mount", interval=0.005)
     if p.poll() is not None:
@@ -558,14 +600,14 @@ def record_trace(env, image):
     over a lazy root), publishing its trace; then converts the trace-ordered
     image with its own trace. Returns the number of chunk reads recorded."""
     trace = os.path.join(env.work, f"trace-{image.name}.json")
-    env.run(env.loci, "--log", "warn", "trace", "record", "--plain-http", "--address", env.sock,
+    env.run(env.loci, "--log", "warn", "trace", "record", *env.registry_flags(), "--address", env.sock,
             "--namespace", f"rec-{image.name}", "--out", trace, image.converted, "--", *image.command)
     t0, c0 = time.perf_counter(), children_cpu()
-    env.run(env.loci, "--log", "warn", "convert", "--plain-http", *env.convert_args, "--sign-key",
+    env.run(env.loci, "--log", "warn", "convert", *env.registry_flags(), *env.convert_args, "--sign-key",
             env.signing_key(), "--trace-of", image.converted, image.original, image.ordered)
     image.ordered_convert_s, image.ordered_convert_cpu_s = time.perf_counter() - t0, children_cpu() - c0
     for ref in (image.converted, image.ordered):
-        out = subprocess.run([env.loci, "--log", "warn", "trace", "show", "--opened", "--plain-http", ref],
+        out = subprocess.run([env.loci, "--log", "warn", "trace", "show", "--opened", *env.registry_flags(), ref],
                              check=True, stdout=subprocess.PIPE, stderr=env.log).stdout
         image.opened[ref] = json.loads(out)
     return len(json.load(open(trace))["accesses"])
@@ -577,9 +619,9 @@ def timed_containerd(env, image, mode, ns, run_index):
     since = env.registry_log_size()
     t0 = time.perf_counter()
     if mode == "overlayfs":
-        env.ctr(ns, "images", "pull", "--plain-http", ref)
+        env.ctr(ns, "images", "pull", *env.registry_flags(), ref)
     else:
-        env.run(env.loci, "--log", "warn", "pull", "--plain-http", "--address", env.sock, "--namespace", ns, ref)
+        env.run(env.loci, "--log", "warn", "pull", *env.registry_flags(), "--address", env.sock, "--namespace", ns, ref)
     t1 = time.perf_counter()
     snap = [] if mode == "overlayfs" else ["--snapshotter", "loci"]
     env.ctr(ns, "run", "--rm", *snap, ref, f"start-{run_index}", *image.command)
@@ -593,7 +635,7 @@ def timed_native(env, image, ns, run_index):
     """loci-native: (0, start_s, bytes) of a start once the image's layers
     are complete (see the module doc)."""
     ref = image.converted
-    env.run(env.loci, "--log", "warn", "pull", "--plain-http", "--address", env.sock, "--namespace", ns, ref)
+    env.run(env.loci, "--log", "warn", "pull", *env.registry_flags(), "--address", env.sock, "--namespace", ns, ref)
     env.ctr(ns, "run", "--rm", "--snapshotter", "loci", ref, f"first-{run_index}", *image.command)
 
     def complete():
@@ -614,11 +656,11 @@ def timed_native(env, image, ns, run_index):
     return 0.0, t2 - t1, fetched
 
 
-def timed_loci_fs(env, image, run_index):
+def timed_loci_fs(env, image, run_index, http1=False):
     drop_caches()
     since = env.registry_log_size()
     t0 = time.perf_counter()
-    p, mnt = loci_mount(env, image, f"lfs-{image.name}-{run_index}")
+    p, mnt = loci_mount(env, image, f"lfs-{image.name}-{run_index}", http1=http1)
     t1 = time.perf_counter()
     try:
         in_chroot(env, mnt, f"lfs-{image.name}-{run_index}", image.command)
@@ -685,6 +727,8 @@ def measure(env, image, mode, run_index):
         return timed_native(env, image, f"{image.name}-{mode}-{run_index}", run_index)
     if mode == "loci-fs":
         return timed_loci_fs(env, image, run_index)
+    if mode == "loci-fs-http1":
+        return timed_loci_fs(env, image, run_index, http1=True)
     if mode == "nydus-fs":
         return timed_nydus_fs(env, image, run_index)
     return timed_containerd(env, image, mode, f"{image.name}-{mode}-{run_index}", run_index)
@@ -765,12 +809,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"the small images ({','.join(QUICK_IMAGES)}), once")
     ap.add_argument("--images", help=f"comma-separated, of {','.join(IMAGES)} (default: python,nginx,jre,busybox)")
-    ap.add_argument("--modes", default=",".join(ALL_MODES))
+    ap.add_argument("--modes", default=",".join(m for m in ALL_MODES if m not in TLS_MODES))
     ap.add_argument("--runs", type=int, default=None, help="repetitions per image and mode (default 3, quick 1)")
     ap.add_argument("--loci", default=os.path.join(ROOT, "target/release/loci"))
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs) afterwards")
     ap.add_argument("--link", help="RATE,RTT for a shaped link to the registry, e.g. 200mbit,10ms")
+    ap.add_argument("--tls", action="store_true",
+                    help="the registry serves TLS (a CA made for the run, given to every client): "
+                         "HTTP/2 where loci offers it; mode loci-fs-http1 is loci-fs kept to HTTP/1.1")
     ap.add_argument("--convert-args", help="extra `loci convert` options, e.g. '--chunk-size-kib 1024'")
     ap.add_argument("--fetch-config", help="extra [fetch] TOML for the loci-fs mode, e.g. 'amplify_bytes = 4194304'")
     ap.add_argument("--prefetch-config", help="extra [prefetch] TOML for the snapshotter, e.g. 'max_request_bytes = 262144'")
@@ -799,6 +846,11 @@ def main():
         sys.exit("bench: loci-warm needs loci or loci-trace (it starts with that run's cache)")
     if "nydus-fs" in modes and not env.peers["nydus"]["found"]:
         modes.remove("nydus-fs")
+    if args.tls and "nydus-fs" in modes:
+        sys.exit("bench: --tls does not drive nydusd over TLS; leave nydus-fs out")
+    for m in TLS_MODES:
+        if m in modes and not args.tls:
+            sys.exit(f"bench: {m} compares HTTP/1.1 with HTTP/2, which only TLS negotiates: add --tls")
     for peer, found in env.peers.items():
         print(f"peer {peer}: " + (found.get("version", "found") if found["found"] else f"skipped: {found['why']}"),
               file=sys.stderr)

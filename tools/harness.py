@@ -52,23 +52,27 @@ def listening(addr):
         return s.connect_ex((host, int(port))) == 0
 
 
-def registry_config(work, listen, storage):
+def registry_config(work, listen, storage, tls=None):
     """Writes a docker-registry config serving on `listen` with its storage
-    under `storage`; returns its path."""
+    under `storage` (over TLS with `tls`, a (certificate, key) pair of
+    paths); returns its path."""
     with open(os.path.join(ROOT, "fixtures/registry.yml")) as f:
         cfg = f.read().replace("@ROOT@", storage).replace("@ADDR@", listen)
+    if tls:
+        cfg += f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n"
     path = os.path.join(work, "registry.yml")
     with open(path, "w") as f:
         f.write(cfg)
     return path
 
 
-def start_registry(work, listen, storage, spawn, prefix=(), reach=None):
+def start_registry(work, listen, storage, spawn, prefix=(), reach=None, tls=None):
     """Starts docker-registry on `listen` (inside a namespace when `prefix`
-    is `ip netns exec NS`), through `spawn(cmd)`, and waits until `reach`
-    (the address clients use; `listen` by default) accepts connections.
-    Returns what `spawn` returned."""
-    path = registry_config(work, listen, storage)
+    is `ip netns exec NS`; over TLS with `tls`, see `registry_config`),
+    through `spawn(cmd)`, and waits until `reach` (the address clients
+    use; `listen` by default) accepts connections. Returns what `spawn`
+    returned."""
+    path = registry_config(work, listen, storage, tls)
     proc = spawn(list(prefix) + ["docker-registry", "serve", path])
     wait_for(lambda: listening(reach or listen), "registry")
     return proc

@@ -706,5 +706,8 @@ fn an_outside_umount_ends_the_mount() {
     let log = mount.daemon.log_text();
     assert!(status.success(), "{status}:\n{log}");
     assert!(log.contains("was unmounted from outside"), "{log}");
+    // fuser's own unmount at the session's end fails then (EINVAL) and
+    // says so; that is expected here and not shown.
+    assert!(!log.contains("Unmount failed"), "{log}");
     assert!(!is_mounted(&mount.dir));
 }

@@ -196,7 +196,7 @@ impl FetchCollector {
                 desc(DISK_USED, "Bytes of the disk budget in use, by what holds them: cached chunks, or completed layers (blobs and written-out files).", &["kind"]),
                 desc(DISK_BOUND, "The disk budget chunks and completed layers share ([cache] disk_bytes).", &[]),
                 desc(LAYERS_EVICTED, "Completed layers evicted for room on disk (their reads went back to the lazy path).", &[]),
-                desc(IMAGE_CACHED, "Share of an image's chunks (of=\"chunks\") and of the chunks its start trace reads (of=\"trace\", once the trace is known) in the chunk cache, over its mounted layers: what the node agent reports to the scheduler.", &["image", "of"]),
+                desc(IMAGE_CACHED, "Share of an image's chunks (of=\"chunks\") and of the chunks its start trace reads (of=\"trace\", once the trace is known) in the chunk cache (or kept as fetched, not yet decoded), over its mounted layers: what the node agent reports to the scheduler.", &["image", "of"]),
             ],
         }
     }
@@ -257,13 +257,16 @@ impl Collector for FetchCollector {
         let mut warmth: BTreeMap<&str, [u64; 4]> = BTreeMap::new();
         for ((image, layer), mounted) in &layers {
             let w = warmth.entry(image.as_str()).or_default();
+            // A kept frame (a neighbour fetched along, not yet decoded) is
+            // read without the registry too: the layer's fetcher counts it.
+            let cached = |digest| u64::from(mounted.fetcher.has(digest));
             for chunk in mounted.chunks.iter() {
-                w[0] += u64::from(self.cache.contains(&chunk.digest));
+                w[0] += cached(&chunk.digest);
                 w[1] += 1;
             }
             for &i in mounted.traced.get().map(Vec::as_slice).unwrap_or_default() {
                 if let Some(chunk) = mounted.chunks.get(i as usize) {
-                    w[2] += u64::from(self.cache.contains(&chunk.digest));
+                    w[2] += cached(&chunk.digest);
                     w[3] += 1;
                 }
             }
@@ -397,5 +400,56 @@ impl Collector for FetchCollector {
                     .collect(),
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::CacheConfig;
+    use crate::digest::Digest;
+    use bytes::Bytes;
+
+    fn gauge_value(text: &str, image: &str, of: &str) -> f64 {
+        let prefix = format!("{IMAGE_CACHED}{{image=\"{image}\",of=\"{of}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_cached_ratio_counts_cached_chunks_and_kept_frames_but_not_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(&CacheConfig {
+            dir: dir.path().join("cache"),
+            memory_bytes: 1 << 20,
+            disk_bytes: 1 << 24,
+            disk_min_free_bytes: 0,
+            ..CacheConfig::default()
+        })
+        .unwrap();
+        let data: Vec<Bytes> = (0..4u8).map(|i| Bytes::from(vec![i; 100])).collect();
+        let chunks: Arc<[Chunk]> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Chunk {
+                blob_offset: i as u64 * 100,
+                compressed_len: 100,
+                len: 100,
+                digest: Digest::of(d),
+            })
+            .collect();
+        // Chunk 0 cached, chunk 1 kept as a frame, chunks 2 and 3 missing.
+        cache.insert_verified(&chunks[0].digest, data[0].clone());
+        cache.keep_frame(chunks[1].digest, Bytes::from_static(b"frame"));
+        let metrics = Metrics::new(cache.clone());
+        let fetcher = Arc::new(Fetcher::new(cache, Default::default()));
+        metrics.layer_mounted("img", "layer", fetcher, chunks);
+        metrics.layer_traced("img", "layer", vec![1, 2]);
+        let text = metrics.render();
+        assert_eq!(gauge_value(&text, "img", "chunks"), 0.5);
+        assert_eq!(gauge_value(&text, "img", "trace"), 0.5);
     }
 }

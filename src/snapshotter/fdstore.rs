@@ -26,6 +26,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -36,6 +37,10 @@ pub struct FdStore {
     log: PathBuf,
     orphan_timeout: Duration,
     conn: Mutex<Option<OwnedFd>>,
+    /// Counts the connections made: a connection handed to an earlier one
+    /// may be with a holder that has since died (see
+    /// [`generation`](Self::generation)).
+    generation: AtomicU64,
 }
 
 impl FdStore {
@@ -48,6 +53,7 @@ impl FdStore {
             log,
             orphan_timeout,
             conn: Mutex::new(None),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -55,48 +61,37 @@ impl FdStore {
     /// it died (its end of the connection hung up) or none runs; a later
     /// [`put`](Self::put) starts a new one.
     pub fn holder_alive(&self) -> bool {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(c) = conn.as_ref() else {
-            return false;
-        };
-        let mut fds = [PollFd::new(c.as_fd(), PollFlags::POLLIN)];
-        let hung_up = match poll(&mut fds, PollTimeout::ZERO) {
-            // The holder never writes unasked: readable means closed.
-            Ok(n) => n > 0,
-            Err(_) => true,
-        };
-        if hung_up {
-            *conn = None;
+        drop_if_hung_up(&mut conn);
+        conn.is_some()
+    }
+
+    /// Which connection to the holder is current: it changes whenever a
+    /// new one is made (to a new holder, after the last one died). What
+    /// was handed over on an older one may be lost with its holder.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Connects to a running holder if not connected; whether connected.
+    fn connect_existing(&self, conn: &mut Option<OwnedFd>) -> bool {
+        if conn.is_none() {
+            if let Ok(c) = connect_to(&self.socket) {
+                *conn = Some(c);
+                self.generation.fetch_add(1, Ordering::SeqCst);
+            }
         }
-        !hung_up
+        conn.is_some()
     }
 
     /// Every connection the holder keeps, by snapshot id (still kept);
     /// none when no holder runs.
     pub fn list(&self) -> io::Result<HashMap<u64, OwnedFd>> {
         let mut conn = self.conn.lock().expect("fd store lock");
-        if conn.is_none() {
-            match connect_to(&self.socket) {
-                Ok(c) => *conn = Some(c),
-                Err(_) => return Ok(HashMap::new()),
-            }
+        if !self.connect_existing(&mut conn) {
+            return Ok(HashMap::new());
         }
-        let c = conn.as_ref().expect("connected");
-        send(c, "list", None)?;
-        let mut held = HashMap::new();
-        loop {
-            let (text, fd) = recv(c)?.ok_or_else(holder_gone)?;
-            if text == "end" {
-                return Ok(held);
-            }
-            match (text.strip_prefix("fd ").and_then(|id| id.parse().ok()), fd) {
-                (Some(id), Some(fd)) => {
-                    held.insert(id, fd);
-                }
-                _ => return Err(io::Error::other(format!("fd holder said {text:?}"))),
-            }
-        }
+        list_on(conn.as_ref().expect("connected"))
     }
 
     /// Connects to the holder, starting one if none runs. [`put`](Self::put)
@@ -107,19 +102,29 @@ impl FdStore {
         self.connect_or_spawn(&mut conn)
     }
 
+    /// Connects to the holder, or starts one: a connection to a holder
+    /// that died is dropped first.
     fn connect_or_spawn(&self, conn: &mut Option<OwnedFd>) -> io::Result<()> {
-        if conn.is_none() {
-            *conn = Some(match connect_to(&self.socket) {
-                Ok(c) => c,
-                Err(_) => self.spawn_holder()?,
-            });
+        drop_if_hung_up(conn);
+        if self.connect_existing(conn) {
+            return Ok(());
         }
+        let fresh = self.spawn_holder()?;
+        // A request, so that the holder exits once this daemon goes if it
+        // was never handed anything (it stays for a daemon that only
+        // looked in without asking).
+        list_on(&fresh)?;
+        *conn = Some(fresh);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
     /// Hands the holder a duplicate of snapshot `id`'s connection,
-    /// starting the holder if none runs.
-    pub fn put(&self, id: u64, fd: &OwnedFd) -> io::Result<()> {
+    /// starting the holder if none runs. Returns the [`generation`] of
+    /// the connection it went over.
+    ///
+    /// [`generation`]: Self::generation
+    pub fn put(&self, id: u64, fd: &OwnedFd) -> io::Result<u64> {
         let mut conn = self.conn.lock().expect("fd store lock");
         self.connect_or_spawn(&mut conn)?;
         let result = request(
@@ -130,18 +135,15 @@ impl FdStore {
         if result.is_err() {
             *conn = None; // a new holder is started next time
         }
-        result
+        result.map(|()| self.generation())
     }
 
     /// Has the holder close snapshot `id`'s connection (the layer is
     /// unmounted). Nothing to do when no holder runs.
     pub fn remove(&self, id: u64) -> io::Result<()> {
         let mut conn = self.conn.lock().expect("fd store lock");
-        if conn.is_none() {
-            match connect_to(&self.socket) {
-                Ok(c) => *conn = Some(c),
-                Err(_) => return Ok(()),
-            }
+        if !self.connect_existing(&mut conn) {
+            return Ok(());
         }
         let result = request(
             conn.as_ref().expect("connected"),
@@ -173,22 +175,60 @@ impl FdStore {
             .process_group(0)
             .spawn()?;
         let pid = child.id();
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
         // Short polls: the first lazy mount after a daemon start waits
         // for this, and the holder listens within milliseconds.
         for _ in 0..2500 {
             if let Ok(c) = connect_to(&self.socket) {
                 tracing::info!(pid, socket = %self.socket.display(), "started the FUSE fd holder");
+                std::thread::spawn(move || {
+                    let _ = child.wait();
+                });
                 return Ok(c);
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+        // Not left behind to listen later beside the next one started.
+        let _ = child.kill();
+        let _ = child.wait();
         Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("the fd holder never listened on {}", self.socket.display()),
         ))
+    }
+}
+
+/// Drops a connection whose holder hung up (it died).
+fn drop_if_hung_up(conn: &mut Option<OwnedFd>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let Some(c) = conn.as_ref() else {
+        return;
+    };
+    let mut fds = [PollFd::new(c.as_fd(), PollFlags::POLLIN)];
+    let hung_up = match poll(&mut fds, PollTimeout::ZERO) {
+        // The holder never writes unasked: readable means closed.
+        Ok(n) => n > 0,
+        Err(_) => true,
+    };
+    if hung_up {
+        *conn = None;
+    }
+}
+
+/// Asks a holder for every connection it keeps, by snapshot id.
+fn list_on(c: &OwnedFd) -> io::Result<HashMap<u64, OwnedFd>> {
+    send(c, "list", None)?;
+    let mut held = HashMap::new();
+    loop {
+        let (text, fd) = recv(c)?.ok_or_else(holder_gone)?;
+        if text == "end" {
+            return Ok(held);
+        }
+        match (text.strip_prefix("fd ").and_then(|id| id.parse().ok()), fd) {
+            (Some(id), Some(fd)) => {
+                held.insert(id, fd);
+            }
+            _ => return Err(io::Error::other(format!("fd holder said {text:?}"))),
+        }
     }
 }
 
@@ -542,6 +582,57 @@ mod tests {
             !dir.path().join("log").exists(),
             "no holder was spawned: the running one was used"
         );
+    }
+
+    /// A holder that answers one daemon's first request `ok`, then dies
+    /// (closes the connection and goes).
+    fn holder_dying_after_one_request(sock: &Path) -> std::thread::JoinHandle<()> {
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(listener.as_raw_fd(), &UnixAddr::new(sock).unwrap()).unwrap();
+        listen(&listener, Backlog::new(1).unwrap()).unwrap();
+        let sock = sock.to_path_buf();
+        std::thread::spawn(move || {
+            let raw = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC).unwrap();
+            // SAFETY: accept4 returned a new fd that nothing else owns.
+            let conn = unsafe { OwnedFd::from_raw_fd(raw) };
+            recv(&conn).unwrap().expect("a request");
+            send(&conn, "ok", None).unwrap();
+            std::fs::remove_file(&sock).unwrap();
+        })
+    }
+
+    #[test]
+    fn after_the_holder_dies_a_put_goes_to_a_new_holder_under_a_new_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("fds.sock");
+        let dying = holder_dying_after_one_request(&sock);
+        let daemon = FdStore::new(
+            sock.clone(),
+            dir.path().join("log"),
+            Duration::from_secs(300),
+        );
+        let (_a, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let first = daemon.put(1, &OwnedFd::from(theirs)).unwrap();
+        dying.join().unwrap();
+        let next = holder(&sock, Duration::from_secs(300));
+        // No holder_alive() first: the put itself drops the dead
+        // connection and reaches the new holder.
+        let (_b, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let second = daemon.put(2, &OwnedFd::from(theirs)).unwrap();
+        assert!(second > first, "generation {second} after {first}");
+        assert_eq!(daemon.generation(), second);
+        // What the dead holder had is not with the new one: the daemon
+        // must hand it over again (LazyLayers::check_holder does).
+        assert_eq!(daemon.list().unwrap().keys().collect::<Vec<_>>(), vec![&2]);
+        drop(daemon);
+        assert_eq!(quit_holder(&sock).unwrap(), 1);
+        next.join().unwrap().unwrap();
     }
 
     #[test]

@@ -150,8 +150,9 @@ struct Mounted {
     dir: PathBuf,
     image: String,
     layer: String,
-    /// Whether the fd holder has its connection (so it outlives us).
-    held: bool,
+    /// The fd holder connection ([`FdStore::generation`]) that was handed
+    /// this layer's connection (so it outlives us), if one was.
+    held: Option<u64>,
     /// The layer's background completion, stopped with the mount.
     completion: Option<tokio::task::JoinHandle<()>>,
     /// A duplicate of the connection, to hand a new holder if this one
@@ -365,12 +366,12 @@ impl LazyLayers {
         let fd = takeover::mount_fuse(dir).map_err(mount_err)?;
         let dup = fd.try_clone().ok();
         let held = match dup.as_ref().map(|dup| self.held.put(id, dup)) {
-            Some(Ok(())) => true,
+            Some(Ok(generation)) => Some(generation),
             Some(Err(e)) => {
                 tracing::warn!(id, error = %e, "the fd holder does not keep this layer's FUSE connection: its containers lose uncached reads if the daemon restarts");
-                false
+                None
             }
-            None => false,
+            None => None,
         };
         let result = self.serve(id, layer, dir, Connection::New(fd), held, dup);
         if result.is_err() {
@@ -391,29 +392,44 @@ impl LazyLayers {
         connection: OwnedFd,
     ) -> Result<(), LazyError> {
         let dup = connection.try_clone().ok();
-        self.serve(id, layer, dir, Connection::Resumed(connection), true, dup)
+        // Taken from the holder this store is connected to: it keeps it.
+        let held = Some(self.held.generation());
+        self.serve(id, layer, dir, Connection::Resumed(connection), held, dup)
     }
 
-    /// Checks that the fd holder is alive; if it died while layers are
-    /// mounted, hands their connections to a new holder (started by the
-    /// first `put`), so they survive the next restart again. Returns how
-    /// many were handed over.
+    /// Checks that the fd holder keeping the layers' connections is
+    /// alive; if it died, hands them to a new holder (started by the first
+    /// `put`, or already started since for a later mount), so they survive
+    /// the next restart again. Returns how many were handed over.
     pub fn check_holder(&self) -> usize {
-        let mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
-        if mounts.values().all(|m| !m.held) || self.held.holder_alive() {
+        let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
+        if mounts.values().all(|m| m.held.is_none()) {
+            return 0;
+        }
+        let alive = self.held.holder_alive();
+        let current = self.held.generation();
+        // Held, but not by the live holder this store talks to.
+        let lost = |m: &Mounted| m.held.is_some() && (!alive || m.held != Some(current));
+        if !mounts.values().any(lost) {
             return 0;
         }
         tracing::warn!(
-            layers = mounts.len(),
+            layers = mounts.values().filter(|m| lost(m)).count(),
             "the fd holder is gone; handing the FUSE connections to a new one"
         );
         let mut handed = 0;
-        for (id, mounted) in mounts.iter() {
+        for (id, mounted) in mounts.iter_mut() {
+            if !lost(mounted) {
+                continue;
+            }
             let Some(fd) = &mounted.connection else {
                 continue;
             };
             match self.held.put(*id, fd) {
-                Ok(()) => handed += 1,
+                Ok(generation) => {
+                    mounted.held = Some(generation);
+                    handed += 1;
+                }
                 Err(e) => {
                     tracing::error!(id, error = %e, "a new fd holder did not take a connection")
                 }
@@ -431,7 +447,7 @@ impl LazyLayers {
         layer: OpenedLayer,
         dir: &Path,
         connection: Connection,
-        held: bool,
+        held: Option<u64>,
         dup: Option<OwnedFd>,
     ) -> Result<(), LazyError> {
         let fetcher = Arc::new(Fetcher::new(self.cache.clone(), self.fetch.clone()));
@@ -448,7 +464,8 @@ impl LazyLayers {
         });
         // Before the prefetch below learns which chunks the trace reads.
         let chunks = layer.image.layers[0].chunks.clone();
-        self.metrics
+        let replaced = self
+            .metrics
             .layer_mounted(&image, &digest, fetcher.clone(), chunks);
         // The replay starts before the FUSE session (its inode tree, some
         // milliseconds per thousand files): it needs only the chunk table.
@@ -484,7 +501,7 @@ impl LazyLayers {
                 if let Some(prefetch) = prefetch {
                     prefetch.abort();
                 }
-                self.metrics.layer_unmounted(&image, &digest);
+                self.metrics.layer_mount_failed(&image, &digest, replaced);
                 return Err(e.into());
             }
         };
@@ -670,7 +687,7 @@ impl LazyLayers {
             .collect();
         let mut kept = 0;
         for (id, mounted) in all {
-            if mounted.held {
+            if mounted.held.is_some() {
                 kept += 1;
                 // Its threads stop with the process; requests they had
                 // read are sent again to the next daemon.
@@ -693,7 +710,7 @@ impl LazyLayers {
         if let Err(e) = takeover::unmount(&mounted.dir, mounted.session) {
             tracing::warn!(id, layer = %mounted.layer, error = %e, "unmounting a lazy layer");
         }
-        if mounted.held {
+        if mounted.held.is_some() {
             if let Err(e) = self.held.remove(id) {
                 tracing::warn!(id, error = %e, "fd holder did not drop a connection");
             }

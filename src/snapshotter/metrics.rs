@@ -13,6 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// The registration a [`Metrics::layer_mounted`] took the place of, to
+/// put back if the mount fails.
+pub struct Replaced(Option<Arc<MountedLayer>>);
+
 /// A mounted layer as the metrics see it.
 struct MountedLayer {
     fetcher: Arc<Fetcher>,
@@ -111,17 +115,36 @@ impl Metrics {
         layer: &str,
         fetcher: Arc<Fetcher>,
         chunks: Arc<[Chunk]>,
-    ) {
+    ) -> Replaced {
         self.mounts.inc();
         let mounted = MountedLayer {
             fetcher,
             chunks,
             traced: OnceLock::new(),
         };
-        self.layers
-            .lock()
-            .expect("metrics lock")
-            .insert((image.to_string(), layer.to_string()), Arc::new(mounted));
+        Replaced(
+            self.layers
+                .lock()
+                .expect("metrics lock")
+                .insert((image.to_string(), layer.to_string()), Arc::new(mounted)),
+        )
+    }
+
+    /// A layer [`layer_mounted`](Self::layer_mounted) registered did not
+    /// mount after all: what it replaced (the same layer mounted for
+    /// another snapshot) is reported again.
+    pub fn layer_mount_failed(&self, image: &str, layer: &str, replaced: Replaced) {
+        self.mounts.dec();
+        let key = (image.to_string(), layer.to_string());
+        let mut layers = self.layers.lock().expect("metrics lock");
+        match replaced.0 {
+            Some(earlier) => {
+                layers.insert(key, earlier);
+            }
+            None => {
+                layers.remove(&key);
+            }
+        }
     }
 
     /// The image's start trace reads these chunks (indices into the
@@ -451,5 +474,33 @@ mod tests {
         let text = metrics.render();
         assert_eq!(gauge_value(&text, "img", "chunks"), 0.5);
         assert_eq!(gauge_value(&text, "img", "trace"), 0.5);
+    }
+
+    #[test]
+    fn a_failed_mount_puts_back_the_same_layer_mounted_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::open(&CacheConfig {
+            dir: dir.path().join("cache"),
+            memory_bytes: 1 << 20,
+            disk_bytes: 1 << 24,
+            disk_min_free_bytes: 0,
+            ..CacheConfig::default()
+        })
+        .unwrap();
+        let chunk = |data: &[u8]| Chunk {
+            blob_offset: 0,
+            compressed_len: data.len() as u32,
+            len: data.len() as u32,
+            digest: Digest::of(data),
+        };
+        cache.insert_verified(&Digest::of(b"cached"), Bytes::from_static(b"cached"));
+        let metrics = Metrics::new(cache.clone());
+        let fetcher = || Arc::new(Fetcher::new(cache.clone(), Default::default()));
+        let _ = metrics.layer_mounted("img", "layer", fetcher(), vec![chunk(b"cached")].into());
+        let replaced =
+            metrics.layer_mounted("img", "layer", fetcher(), vec![chunk(b"missing")].into());
+        assert_eq!(gauge_value(&metrics.render(), "img", "chunks"), 0.0);
+        metrics.layer_mount_failed("img", "layer", replaced);
+        assert_eq!(gauge_value(&metrics.render(), "img", "chunks"), 1.0);
     }
 }

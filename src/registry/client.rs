@@ -1047,12 +1047,18 @@ fn endpoint(
             .tcp_nodelay(true)
             .user_agent(concat!("loci/", env!("CARGO_PKG_VERSION")))
             .danger_accept_invalid_certs(config.skip_verify)
-            // HTTP/2 flow-control windows bound the bytes in flight on a
-            // connection: 16 MiB covers 1 Gbit/s at a 130 ms round trip
-            // (hyper's default 5 MiB would cap a long link), 4 MiB per
-            // stream the largest range a read or a replay asks for.
+            // HTTP/2 flow-control windows bound the bytes in flight: 16 MiB
+            // on the connection (every request to a host shares it) covers
+            // 1 Gbit/s at a 130 ms round trip, where hyper's default 5 MiB
+            // would cap a long link; 4 MiB on one request's stream.
             .http2_initial_connection_window_size(16 << 20)
-            .http2_initial_stream_window_size(4 << 20);
+            .http2_initial_stream_window_size(4 << 20)
+            // One connection carries every request to a host: one that died
+            // quietly while idle is found by a ping, not by the next
+            // requests all waiting out the read timeout together.
+            .http2_keep_alive_interval(Duration::from_secs(15))
+            .http2_keep_alive_timeout(Duration::from_secs(5))
+            .http2_keep_alive_while_idle(true);
         if !opts.http2 {
             b = b.http1_only();
         }

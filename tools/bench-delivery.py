@@ -117,6 +117,7 @@ def main():
         sys.exit("bench-delivery: run as root (containerd, FUSE, mounts)")
     # What bench.Env expects of its arguments.
     args.link, args.convert_args, args.fetch_config, args.nydus_validate = None, None, None, False
+    args.tls, args.prefetch_config = False, None
     env = bench.Env(args)
     env.peers = {"nydus": {"found": False}}
     ns = "delivery"

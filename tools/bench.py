@@ -57,8 +57,8 @@ for the round trip, which the run reports); the namespace is removed
 afterwards, even on failure.
 
 With --tls the registry serves HTTPS with a certificate from a CA made
-for the run (given to loci, containerd and skopeo through a certs.d
-directory); nydus-fs is not run then.
+for the run (given to loci and containerd through a certs.d directory;
+skopeo pushes without verifying it); nydus-fs is not run then.
 
 Usage: tools/bench.py [--quick] [--link BW,RTT] [--tls] [--images LIST]
          [--modes LIST] [--runs N] [--out DIR] [--loci PATH] [--keep]
@@ -763,14 +763,14 @@ def summarize(rows, images, modes, link, opened):
 
 
 def print_table(summary, out=sys.stdout):
-    print(f"{'image':8} {'mode':12} {'pull s':>8} {'start s':>8} {'total s':>8} {'spread s':>9} "
+    print(f"{'image':8} {'mode':13} {'pull s':>8} {'start s':>8} {'total s':>8} {'spread s':>9} "
           f"{'MB fetched':>11} {'x overlayfs':>12} {'x warm':>7} {'x opened':>9}", file=out)
 
     def ratio(value, width):
         return f"{value:{width}.2f}" if value is not None else f"{'-':>{width}}"
     for s in summary:
         spread = s["total_max_s"] - s["total_min_s"]
-        print(f"{s['image']:8} {s['mode']:12} {s['pull_s']:8.2f} {s['start_s']:8.2f} {s['total_s']:8.2f} "
+        print(f"{s['image']:8} {s['mode']:13} {s['pull_s']:8.2f} {s['start_s']:8.2f} {s['total_s']:8.2f} "
               f"{spread:9.2f} {s['bytes_fetched'] / 1e6:11.1f} {ratio(s['ratio_to_overlayfs'], 12)} "
               f"{ratio(s['ratio_to_warm'], 7)} {ratio(s['fetched_to_opened'], 9)}", file=out)
 
@@ -809,7 +809,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"the small images ({','.join(QUICK_IMAGES)}), once")
     ap.add_argument("--images", help=f"comma-separated, of {','.join(IMAGES)} (default: python,nginx,jre,busybox)")
-    ap.add_argument("--modes", default=",".join(m for m in ALL_MODES if m not in TLS_MODES))
+    ap.add_argument("--modes", help="comma-separated, of " + ",".join(ALL_MODES) + " (default: all but "
+                    + ",".join(TLS_MODES) + ")")
     ap.add_argument("--runs", type=int, default=None, help="repetitions per image and mode (default 3, quick 1)")
     ap.add_argument("--loci", default=os.path.join(ROOT, "target/release/loci"))
     ap.add_argument("--out", default="bench-out")
@@ -834,7 +835,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     env = Env(args)
     env.peers = find_peers()
-    modes = [m for m in args.modes.split(",") if m]
+    modes = [m for m in (args.modes or ",".join(m for m in ALL_MODES if m not in TLS_MODES)).split(",") if m]
     for m in modes:
         if m not in ALL_MODES:
             sys.exit(f"bench: unknown mode {m!r} (known: {', '.join(ALL_MODES)})")
@@ -847,7 +848,9 @@ def main():
     if "nydus-fs" in modes and not env.peers["nydus"]["found"]:
         modes.remove("nydus-fs")
     if args.tls and "nydus-fs" in modes:
-        sys.exit("bench: --tls does not drive nydusd over TLS; leave nydus-fs out")
+        if args.modes and "nydus-fs" in args.modes.split(","):
+            sys.exit("bench: --tls does not drive nydusd over TLS; leave nydus-fs out")
+        modes.remove("nydus-fs")
     for m in TLS_MODES:
         if m in modes and not args.tls:
             sys.exit(f"bench: {m} compares HTTP/1.1 with HTTP/2, which only TLS negotiates: add --tls")
@@ -899,7 +902,7 @@ def main():
             converts[name]["loci_ordered_s"] = image.ordered_convert_s
             converts[name]["loci_ordered_cpu_s"] = image.ordered_convert_cpu_s
             least = {m: image.opened[image.converted]["compressed_bytes"]
-                     for m in ("loci", "loci-trace", "loci-warm", "loci-native", "loci-fs")}
+                     for m in ("loci", "loci-trace", "loci-warm", "loci-native", "loci-fs", "loci-fs-http1")}
             least["loci-ordered"] = image.opened[image.ordered]["compressed_bytes"]
             opened[name] = least
         c = converts[name]

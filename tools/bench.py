@@ -222,8 +222,14 @@ class Env:
         self.run("openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
                  "-days", "2", "-extfile", ext, "-out", crt)
         self.certs = os.path.join(self.work, "certs.d")
-        os.makedirs(os.path.join(self.certs, self.addr))
-        shutil.copy(ca, os.path.join(self.certs, self.addr, "ca.crt"))
+        host_dir = os.path.join(self.certs, self.addr)
+        os.makedirs(host_dir)
+        shutil.copy(ca, os.path.join(host_dir, "ca.crt"))
+        # A host entry too: with the server alone, containerd 1.6 still
+        # takes 127.0.0.1 for plain HTTP.
+        with open(os.path.join(host_dir, "hosts.toml"), "w") as f:
+            f.write(f'server = "https://{self.addr}"\nca = "ca.crt"\n\n'
+                    f'[host."https://{self.addr}"]\n  ca = "ca.crt"\n')
         return crt, key
 
     def registry_flags(self):

@@ -63,12 +63,12 @@ skopeo pushes without verifying it); nydus-fs is not run then.
 Usage: tools/bench.py [--quick] [--link BW,RTT] [--tls] [--images LIST]
          [--modes LIST] [--runs N] [--out DIR] [--loci PATH] [--keep]
 """
-import argparse, hashlib, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from harness import drop_caches, free_port, start_registry, tear_down, wait_for  # noqa: E402
+from harness import drop_caches, free_port, push_blob, start_registry, tear_down, wait_for  # noqa: E402
 
 # loci-warm runs right after loci-trace: its cache is that of the same image.
 ALL_MODES = ["overlayfs", "loci", "loci-trace", "loci-warm", "loci-ordered", "loci-native", "loci-fs",
@@ -249,18 +249,7 @@ class Env:
     def push_blob(self, repo, path):
         """Uploads a file as a blob of `repo` (monolithic upload); returns its digest."""
         with open(path, "rb") as f:
-            data = f.read()
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        r = urllib.request.urlopen(urllib.request.Request(
-            f"http://{self.addr}/v2/{repo}/blobs/uploads/", method="POST"))
-        loc = r.headers["Location"]
-        if loc.startswith("/"):
-            loc = f"http://{self.addr}{loc}"
-        sep = "&" if "?" in loc else "?"
-        urllib.request.urlopen(urllib.request.Request(
-            f"{loc}{sep}digest={digest}", data=data, method="PUT",
-            headers={"Content-Type": "application/octet-stream"}))
-        return digest
+            return push_blob(self.addr, repo, f.read())
 
     def fetch_blob(self, repo, digest, path):
         with urllib.request.urlopen(f"http://{self.addr}/v2/{repo}/blobs/{digest}") as r, open(path, "wb") as f:

@@ -1,7 +1,7 @@
 """What the tools share: a free port, dropping the page cache, waiting for a
 daemon to come up, and the private docker-registry they start (its config
 from fixtures/registry.yml, the same the Rust tests use)."""
-import os, signal, socket, subprocess, time
+import hashlib, os, signal, socket, subprocess, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,3 +76,19 @@ def start_registry(work, listen, storage, spawn, prefix=(), reach=None, tls=None
     proc = spawn(list(prefix) + ["docker-registry", "serve", path])
     wait_for(lambda: listening(reach or listen), "registry")
     return proc
+
+
+def push_blob(addr, repo, data):
+    """Uploads `data` as a blob of `repo` to the plain-HTTP registry at
+    `addr` (a monolithic upload); returns its digest."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = urllib.request.urlopen(urllib.request.Request(
+        f"http://{addr}/v2/{repo}/blobs/uploads/", method="POST"))
+    loc = r.headers["Location"]
+    if loc.startswith("/"):
+        loc = f"http://{addr}{loc}"
+    sep = "&" if "?" in loc else "?"
+    urllib.request.urlopen(urllib.request.Request(
+        f"{loc}{sep}digest={digest}", data=data, method="PUT",
+        headers={"Content-Type": "application/octet-stream"}))
+    return digest

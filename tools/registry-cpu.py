@@ -11,10 +11,10 @@ requests, twice each, with the registry's CPU seconds (utime + stime from
 
 Usage: tools/registry-cpu.py
 """
-import hashlib, os, shutil, subprocess, sys, tempfile, time, urllib.request
+import os, shutil, subprocess, sys, tempfile, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import free_port, start_registry  # noqa: E402
+from harness import free_port, push_blob, start_registry  # noqa: E402
 
 
 def main():
@@ -24,16 +24,7 @@ def main():
     registry = start_registry(work, addr, os.path.join(work, "storage"),
                               lambda cmd: subprocess.Popen(cmd, stdout=log, stderr=log))
     try:
-        data = os.urandom(32 << 20)
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        upload = urllib.request.urlopen(urllib.request.Request(
-            f"http://{addr}/v2/bench/blobs/uploads/", method="POST")).headers["Location"]
-        if upload.startswith("/"):
-            upload = f"http://{addr}{upload}"
-        sep = "&" if "?" in upload else "?"
-        urllib.request.urlopen(urllib.request.Request(
-            f"{upload}{sep}digest={digest}", data=data, method="PUT",
-            headers={"Content-Type": "application/octet-stream"}))
+        digest = push_blob(addr, "bench", os.urandom(32 << 20))
 
         def cpu_s():
             fields = open(f"/proc/{registry.pid}/stat").read().rsplit(")", 1)[1].split()

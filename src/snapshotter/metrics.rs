@@ -442,17 +442,21 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn the_cached_ratio_counts_cached_chunks_and_kept_frames_but_not_missing_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = ChunkCache::open(&CacheConfig {
-            dir: dir.path().join("cache"),
+    fn cache_in(dir: &std::path::Path) -> Arc<ChunkCache> {
+        ChunkCache::open(&CacheConfig {
+            dir: dir.join("cache"),
             memory_bytes: 1 << 20,
             disk_bytes: 1 << 24,
             disk_min_free_bytes: 0,
             ..CacheConfig::default()
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn the_cached_ratio_counts_cached_chunks_and_kept_frames_but_not_missing_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = cache_in(dir.path());
         let data: Vec<Bytes> = (0..4u8).map(|i| Bytes::from(vec![i; 100])).collect();
         let chunks: Arc<[Chunk]> = data
             .iter()
@@ -479,14 +483,7 @@ mod tests {
     #[test]
     fn a_failed_mount_puts_back_the_same_layer_mounted_before() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = ChunkCache::open(&CacheConfig {
-            dir: dir.path().join("cache"),
-            memory_bytes: 1 << 20,
-            disk_bytes: 1 << 24,
-            disk_min_free_bytes: 0,
-            ..CacheConfig::default()
-        })
-        .unwrap();
+        let cache = cache_in(dir.path());
         let chunk = |data: &[u8]| Chunk {
             blob_offset: 0,
             compressed_len: data.len() as u32,

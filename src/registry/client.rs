@@ -429,14 +429,7 @@ impl RegistryClient {
         let header = format!("bytes={}-{}", range.start, range.end.saturating_sub(1));
         let want = range.end - range.start;
         let key = (repo.to_string(), *digest);
-        let cached = {
-            let redirects = self.inner.redirects.lock().unwrap();
-            redirects
-                .get(&key)
-                .filter(|(_, _, at)| at.elapsed() < self.inner.opts.redirect_ttl)
-                .map(|(url, http, _)| (url.clone(), http.clone()))
-        };
-        if let Some((url, http)) = cached {
+        if let Some((url, http)) = self.cached_redirect(&key) {
             match self
                 .range_from_redirect(&http, &url, &header, &what, want, observe)
                 .await
@@ -460,11 +453,7 @@ impl RegistryClient {
             if resp.status().is_redirection() {
                 let target = location_of(&resp, &what)?;
                 let http = ep.blob_http.clone();
-                self.inner
-                    .redirects
-                    .lock()
-                    .unwrap()
-                    .insert(key, (target.clone(), http.clone(), Instant::now()));
+                self.remember_redirect(key, &target, &http);
                 return self
                     .range_from_redirect(&http, &target, &header, &what, want, observe)
                     .await;
@@ -479,6 +468,25 @@ impl RegistryClient {
                 other => return other,
             }
         }
+    }
+
+    /// Where a blob's range reads were redirected lately, if that is
+    /// recent enough to use again.
+    fn cached_redirect(&self, key: &(String, Digest)) -> Option<(String, reqwest::Client)> {
+        let redirects = self.inner.redirects.lock().unwrap();
+        redirects
+            .get(key)
+            .filter(|(_, _, at)| at.elapsed() < self.inner.opts.redirect_ttl)
+            .map(|(url, http, _)| (url.clone(), http.clone()))
+    }
+
+    /// Keeps a blob's redirect target for its later range reads.
+    fn remember_redirect(&self, key: (String, Digest), target: &str, http: &reqwest::Client) {
+        self.inner
+            .redirects
+            .lock()
+            .unwrap()
+            .insert(key, (target.to_string(), http.clone(), Instant::now()));
     }
 
     /// A range from a redirect target (typically a presigned storage URL:
@@ -525,22 +533,41 @@ impl RegistryClient {
     ) -> Result<(Bytes, u64), RegistryError> {
         let what = format!("blob {repo}@{digest} bytes {start}-");
         let header = format!("bytes={start}-");
-        let tail = format!("blobs/{digest}");
-        let (resp, ep) = self
-            .send_via(&what, repo, Need::Pull, Retry::Idempotent, |ep| {
-                ep.blob_http.get(ep.url(repo, &tail)).header(RANGE, &header)
-            })
-            .await?;
-        let resp = if resp.status().is_redirection() {
-            let target = location_of(&resp, &what)?;
-            let http = ep.blob_http.clone();
-            http.get(&target)
-                .header(RANGE, &header)
-                .send()
-                .await
-                .map_err(|e| network(&what, 1, e))?
-        } else {
-            resp
+        let key = (repo.to_string(), *digest);
+        // A redirect target is shared with the blob's range reads, as in
+        // get_blob_range: learnt here, the replay that follows reuses it.
+        let redirected = match self.cached_redirect(&key) {
+            Some((url, http)) => match http.get(&url).header(RANGE, &header).send().await {
+                Ok(resp) if resp.status() == StatusCode::PARTIAL_CONTENT => Some(resp),
+                _ => {
+                    self.inner.redirects.lock().unwrap().remove(&key);
+                    None
+                }
+            },
+            None => None,
+        };
+        let resp = match redirected {
+            Some(resp) => resp,
+            None => {
+                let tail = format!("blobs/{digest}");
+                let (resp, ep) = self
+                    .send_via(&what, repo, Need::Pull, Retry::Idempotent, |ep| {
+                        ep.blob_http.get(ep.url(repo, &tail)).header(RANGE, &header)
+                    })
+                    .await?;
+                if resp.status().is_redirection() {
+                    let target = location_of(&resp, &what)?;
+                    let http = ep.blob_http.clone();
+                    self.remember_redirect(key, &target, &http);
+                    http.get(&target)
+                        .header(RANGE, &header)
+                        .send()
+                        .await
+                        .map_err(|e| network(&what, 1, e))?
+                } else {
+                    resp
+                }
+            }
         };
         let resp = expect_status(resp, &what, &[StatusCode::PARTIAL_CONTENT]).await?;
         let bad = |reason: String| RegistryError::BadResponse {
@@ -1226,6 +1253,102 @@ async fn unexpected(resp: Response, what: &str) -> RegistryError {
 #[cfg(test)]
 mod tests {
     use super::{check_realm, tail_size};
+    use crate::digest::Digest;
+    use std::io::{BufRead, Write};
+    use std::sync::{Arc, Mutex};
+
+    /// A registry that redirects every blob GET to `/storage/blob` on
+    /// itself (as registries backed by object storage do), which serves
+    /// `blob`'s ranges. Returns its address and the paths asked.
+    fn redirecting_registry(blob: Vec<u8>) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let (log, blob) = (asked.clone(), Arc::new(blob));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let (log, blob) = (log.clone(), blob.clone());
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                    loop {
+                        let (mut request, mut range) = (String::new(), None);
+                        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                                break;
+                            }
+                            if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=")
+                            {
+                                let (a, b) = r.trim().split_once('-').unwrap();
+                                let end = b.parse::<usize>().map_or(blob.len(), |b| b + 1);
+                                range = Some((a.parse::<usize>().unwrap(), end));
+                            }
+                        }
+                        let path = request.split(' ').nth(1).unwrap_or("").to_string();
+                        log.lock().unwrap().push(path.clone());
+                        let answer = if path.contains("/blobs/") {
+                            b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /storage/blob\r\nContent-Length: 0\r\n\r\n".to_vec()
+                        } else {
+                            let (a, b) = range.expect("a range read");
+                            let mut out = format!(
+                                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{}/{}\r\nContent-Length: {}\r\n\r\n",
+                                b - 1,
+                                blob.len(),
+                                b - a
+                            )
+                            .into_bytes();
+                            out.extend_from_slice(&blob[a..b]);
+                            out
+                        };
+                        if conn.write_all(&answer).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, asked)
+    }
+
+    #[test]
+    fn a_blob_tail_learns_the_redirect_its_range_reads_reuse() {
+        let blob: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let digest = Digest::of(&blob);
+        let (addr, asked) = redirecting_registry(blob.clone());
+        let client = super::RegistryClient::new(
+            &addr,
+            super::RegistryOptions {
+                plain_http: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tail, size) = runtime
+            .block_on(client.get_blob_tail("repo", &digest, 9_000, 2_000))
+            .unwrap();
+        assert_eq!((&tail[..], size), (&blob[9_000..], 10_000));
+        let range = runtime
+            .block_on(client.get_blob_range("repo", &digest, 100..200))
+            .unwrap();
+        assert_eq!(&range[..], &blob[100..200]);
+        let registry_asked =
+            |asked: &[String]| asked.iter().filter(|p| p.contains("/blobs/")).count();
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(
+            registry_asked(&asked),
+            1,
+            "the range read went to the redirect target the tail learnt: {asked:?}"
+        );
+        assert_eq!(asked.len(), 3, "{asked:?}");
+    }
 
     #[test]
     fn only_a_content_range_of_the_blobs_end_from_the_start_asked_gives_its_size() {

@@ -43,8 +43,11 @@ Output in --out DIR: bench.json (one row per image and mode: image, mode,
 pull_s, start_s, total_s, bytes_fetched, ratio_to_overlayfs, ratio_to_warm
 (total against loci-warm's), fetched_to_opened (bytes fetched against what
 the files the start reads take compressed, from the trace and the TOCs:
-the least a start can fetch), with runs, spread and the link; medians over
---runs), bench-runs.json (every run, the opened sizes and the conversions:
+the least a start can fetch), node_cpu_s and registry_cpu_s (CPU seconds
+the whole node, and the registry with the delay line, used during the
+timed start: the registry shares this node's cores here, a remote one
+would not), with runs, spread and the link; medians over --runs),
+bench-runs.json (every run, the opened sizes and the conversions:
 loci's and nydus-image's MB of tar per CPU-second on the same image) and
 bench.png (bars of total time per image and mode). Bytes fetched are read
 from the registry's access log.
@@ -134,6 +137,7 @@ class Env:
         self.fetch_config = args.fetch_config
         self.netns = None
         self.delay_line = None
+        self.delay_proc = None
         self.link_note = "loopback"
         # With --tls: containerd's certs.d directory naming the registry's CA.
         self.certs = None
@@ -186,8 +190,9 @@ class Env:
                          "burst", "256kbit", "latency", "100ms")
                 self.delay_line = True
         if self.delay_line:
-            self.spawn(["ip", "netns", "exec", self.netns, sys.executable, os.path.join(ROOT, "tools/delay-proxy.py"),
-                        public, "127.0.0.1:5001", str(rtt_ms / 2)], "delay-proxy")
+            self.delay_proc = self.spawn(["ip", "netns", "exec", self.netns, sys.executable,
+                                         os.path.join(ROOT, "tools/delay-proxy.py"),
+                                         public, "127.0.0.1:5001", str(rtt_ms / 2)], "delay-proxy")
             self.link_note = f"{rate} (tbf), rtt {rtt} (delay line: no netem in this kernel)"
             return public, "127.0.0.1:5001"
         return public, public
@@ -231,6 +236,28 @@ class Env:
             f.write(f'server = "https://{self.addr}"\nca = "ca.crt"\n\n'
                     f'[host."https://{self.addr}"]\n  ca = "ca.crt"\n')
         return crt, key
+
+    def cpu_now(self):
+        """CPU seconds used so far: by the whole node (every core's busy
+        time in /proc/stat) and by the registry and the delay line, which
+        share this node's cores here but would not in production."""
+        with open("/proc/stat") as f:
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
+        node = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+        serving = process_cpu(self.registry.pid)
+        if self.delay_proc:
+            serving += process_cpu(self.delay_proc.pid)
+        return node, serving
+
+    def cpu_begin(self):
+        """Marks the start of a timed start for `cpu_end`."""
+        self.cpu_mark = self.cpu_now()
+
+    def cpu_end(self):
+        """The node's and the registry's (with the delay line's) CPU seconds
+        since `cpu_begin`, kept for the run's row."""
+        (node0, serving0), (node1, serving1) = self.cpu_mark, self.cpu_now()
+        self.cpu_last = {"node_cpu_s": node1 - node0, "registry_cpu_s": serving1 - serving0}
 
     def registry_flags(self):
         """How loci and ctr reach the registry: its CA (--tls) or plain HTTP."""
@@ -496,6 +523,13 @@ def layout_layers(layout, tag):
     return [(blob(layer["digest"]), layer["mediaType"]) for layer in manifest["layers"]]
 
 
+def process_cpu(pid):
+    """CPU seconds (user + system, all threads) a running process used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children_cpu():
     """CPU seconds (user + system) used by this script's finished children."""
     t = os.times()
@@ -612,6 +646,7 @@ def timed_containerd(env, image, mode, ns, run_index):
     ref = {"overlayfs": image.original, "loci-ordered": image.ordered}.get(mode, image.converted)
     drop_caches()
     since = env.registry_log_size()
+    env.cpu_begin()
     t0 = time.perf_counter()
     if mode == "overlayfs":
         env.ctr(ns, "images", "pull", *env.registry_flags(), ref)
@@ -621,6 +656,7 @@ def timed_containerd(env, image, mode, ns, run_index):
     snap = [] if mode == "overlayfs" else ["--snapshotter", "loci"]
     env.ctr(ns, "run", "--rm", *snap, ref, f"start-{run_index}", *image.command)
     t2 = time.perf_counter()
+    env.cpu_end()
     fetched = env.registry_bytes(since)
     env.ctr(ns, "images", "rm", "--sync", ref)
     return t1 - t0, t2 - t1, fetched
@@ -643,9 +679,11 @@ def timed_native(env, image, ns, run_index):
     wait_for(complete, "the layers' completion", timeout=900)
     drop_caches()
     since = env.registry_log_size()
+    env.cpu_begin()
     t1 = time.perf_counter()
     env.ctr(ns, "run", "--rm", "--snapshotter", "loci", ref, f"start-{run_index}", *image.command)
     t2 = time.perf_counter()
+    env.cpu_end()
     fetched = env.registry_bytes(since)
     env.ctr(ns, "images", "rm", "--sync", ref)
     return 0.0, t2 - t1, fetched
@@ -654,12 +692,14 @@ def timed_native(env, image, ns, run_index):
 def timed_loci_fs(env, image, run_index, http1=False):
     drop_caches()
     since = env.registry_log_size()
+    env.cpu_begin()
     t0 = time.perf_counter()
     p, mnt = loci_mount(env, image, f"lfs-{image.name}-{run_index}", http1=http1)
     t1 = time.perf_counter()
     try:
         in_chroot(env, mnt, f"lfs-{image.name}-{run_index}", image.command)
         t2 = time.perf_counter()
+        env.cpu_end()
     finally:
         stop(p, mnt)
     return t1 - t0, t2 - t1, env.registry_bytes(since)
@@ -682,6 +722,7 @@ def timed_nydus_fs(env, image, run_index):
             "enable_xattr": True, "fs_prefetch": {"enable": False}}, f)
     drop_caches()
     since = env.registry_log_size()
+    env.cpu_begin()
     t0 = time.perf_counter()
     bootstrap = os.path.join(work, "bootstrap")
     env.fetch_blob(image.nydus["repo"], image.nydus["bootstrap"], bootstrap)
@@ -695,6 +736,7 @@ def timed_nydus_fs(env, image, run_index):
     try:
         in_chroot(env, mnt, tag, image.command)
         t2 = time.perf_counter()
+        env.cpu_end()
     finally:
         subprocess.run(["umount", mnt], stderr=env.log)
         stop(p, mnt)
@@ -743,7 +785,8 @@ def summarize(rows, images, modes, link, opened):
             rs = [r for r in rows if r["image"] == name and r["mode"] == mode]
             if not rs:
                 continue
-            med = {k: statistics.median(r[k] for r in rs) for k in ("pull_s", "start_s", "total_s", "bytes_fetched")}
+            med = {k: statistics.median(r[k] for r in rs)
+                   for k in ("pull_s", "start_s", "total_s", "bytes_fetched", "node_cpu_s", "registry_cpu_s")}
             least = opened.get(name, {}).get(mode)
             summary.append({"image": name, "mode": mode, **med,
                             "ratio_to_overlayfs": med["total_s"] / base if base else None,
@@ -759,7 +802,8 @@ def summarize(rows, images, modes, link, opened):
 
 def print_table(summary, out=sys.stdout):
     print(f"{'image':8} {'mode':13} {'pull s':>8} {'start s':>8} {'total s':>8} {'spread s':>9} "
-          f"{'MB fetched':>11} {'x overlayfs':>12} {'x warm':>7} {'x opened':>9}", file=out)
+          f"{'MB fetched':>11} {'x overlayfs':>12} {'x warm':>7} {'x opened':>9} {'CPU s':>6} {'registry':>8}",
+          file=out)
 
     def ratio(value, width):
         return f"{value:{width}.2f}" if value is not None else f"{'-':>{width}}"
@@ -767,7 +811,8 @@ def print_table(summary, out=sys.stdout):
         spread = s["total_max_s"] - s["total_min_s"]
         print(f"{s['image']:8} {s['mode']:13} {s['pull_s']:8.2f} {s['start_s']:8.2f} {s['total_s']:8.2f} "
               f"{spread:9.2f} {s['bytes_fetched'] / 1e6:11.1f} {ratio(s['ratio_to_overlayfs'], 12)} "
-              f"{ratio(s['ratio_to_warm'], 7)} {ratio(s['fetched_to_opened'], 9)}", file=out)
+              f"{ratio(s['ratio_to_warm'], 7)} {ratio(s['fetched_to_opened'], 9)} "
+              f"{s['node_cpu_s']:6.2f} {s['registry_cpu_s']:8.2f}", file=out)
 
 
 def plot(summary, images, modes, link, path):
@@ -866,9 +911,11 @@ def main():
                 for mode in modes:
                     pull_s, start_s, fetched = measure(env, image, mode, run)
                     rows.append({"image": name, "mode": mode, "run": run, "pull_s": pull_s, "start_s": start_s,
-                                 "total_s": pull_s + start_s, "bytes_fetched": fetched})
+                                 "total_s": pull_s + start_s, "bytes_fetched": fetched, **env.cpu_last})
                     print(f"{name:8} run {run} {mode:10} pull {pull_s:6.2f}s start {start_s:6.2f}s "
-                          f"total {pull_s + start_s:6.2f}s fetched {fetched / 1e6:8.1f} MB", file=sys.stderr)
+                          f"total {pull_s + start_s:6.2f}s fetched {fetched / 1e6:8.1f} MB "
+                          f"CPU {env.cpu_last['node_cpu_s']:5.2f}s (registry {env.cpu_last['registry_cpu_s']:4.2f}s)",
+                          file=sys.stderr)
     finally:
         env.close()
     converts, opened = {}, {}

@@ -179,6 +179,50 @@ pub fn trace(data: &[u8]) {
             assert!(reads.ranges.windows(2).all(|w| w[0].1 < w[1].0));
         }
     }
+    trace_pack(&trace);
+}
+
+/// A trace's pack index, checked against chunk tables that hold every
+/// chunk its accesses name (when they are few): one that passes has its
+/// frames in order, inside the pack, apart, and each a traced chunk once.
+fn trace_pack(trace: &Trace) {
+    let Some(pack) = &trace.pack else { return };
+    let mut sizes = vec![0usize; trace.layers.len().min(64)];
+    for a in &trace.accesses {
+        match sizes.get_mut(a.layer as usize) {
+            Some(n) if a.chunk < 4096 => *n = (*n).max(a.chunk as usize + 1),
+            _ => return,
+        }
+    }
+    let tables: Vec<Vec<loci::format::Chunk>> = sizes
+        .iter()
+        .map(|&n| {
+            (0..n)
+                .map(|i| loci::format::Chunk {
+                    blob_offset: 0,
+                    compressed_len: 1,
+                    len: 1 << 12,
+                    digest: loci::digest::Digest::of(&(i as u64).to_le_bytes()),
+                })
+                .collect()
+        })
+        .collect();
+    let tables: Vec<&[loci::format::Chunk]> = tables.iter().map(|t| &t[..]).collect();
+    if trace.check_pack(&tables).is_err() {
+        return;
+    }
+    let mut end = 0;
+    let mut seen = std::collections::HashSet::new();
+    for f in &pack.frames {
+        assert!(f.offset >= end && f.compressed_len > 0);
+        end = f.offset + u64::from(f.compressed_len);
+        assert!(end <= pack.size);
+        assert!(seen.insert((f.layer, f.chunk)));
+        assert!(trace
+            .accesses
+            .iter()
+            .any(|a| (a.layer, a.chunk) == (f.layer, f.chunk)));
+    }
 }
 
 /// The public Azure Functions trace's files: the input split at its first

@@ -57,10 +57,16 @@ impl Config {
                 self.snapshotter.held_connection_timeout_secs,
             ),
         ];
-        match counts.iter().find(|(_, v)| *v == 0) {
-            Some((key, _)) => Err(format!("{key} must be at least 1")),
-            None => Ok(()),
+        if let Some((key, _)) = counts.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{key} must be at least 1"));
         }
+        if !(0..=zstd::zstd_safe::max_c_level()).contains(&self.prefetch.pack_level) {
+            return Err(format!(
+                "prefetch.pack_level must be 0 (no pack) to {}",
+                zstd::zstd_safe::max_c_level()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -126,6 +132,8 @@ mod tests {
                 "fetch.read_timeout_secs must be at least 1",
             ),
             ("[prefetch]\nmax_in_flight = 0\n", "prefetch.max_in_flight"),
+            ("[prefetch]\npack_level = 23\n", "prefetch.pack_level"),
+            ("[prefetch]\npack_level = -1\n", "prefetch.pack_level"),
             (
                 "[snapshotter]\nfuse_threads = 0\n",
                 "snapshotter.fuse_threads",

@@ -56,8 +56,16 @@ impl Setup {
 
     /// `loci mount` with a fresh cache named `name`, and extra flags.
     fn mount(&self, repo: &str, name: &str, extra: &[&str]) -> LociMount {
+        self.mount_configured(repo, name, extra, "")
+    }
+
+    /// [`Setup::mount`] with `toml` added to its config.
+    fn mount_configured(&self, repo: &str, name: &str, extra: &[&str], toml: &str) -> LociMount {
         let config = self.path(&format!("{name}.toml"));
         write_config(&config, &self.path(&format!("{name}-cache")), 30);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(toml);
+        std::fs::write(&config, text).unwrap();
         let dir = self.path(name);
         std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = loci();
@@ -71,12 +79,18 @@ impl Setup {
 
     /// Records a trace of reading `files` and publishes it for `repo`.
     fn record(&self, repo: &str, files: &[&str]) -> PathBuf {
+        self.record_configured(repo, files, "")
+    }
+
+    /// [`Setup::record`] with `toml` added to the recording's config.
+    fn record_configured(&self, repo: &str, files: &[&str], toml: &str) -> PathBuf {
         let trace = self.path(&format!("{repo}-trace.json"));
         let trace_arg = trace.to_str().unwrap().to_string();
-        let mut mount = self.mount(
+        let mut mount = self.mount_configured(
             repo,
             &format!("{repo}-record"),
             &["--record-trace", &trace_arg, "--publish-trace"],
+            toml,
         );
         for file in files {
             std::fs::read(mount.dir.join(file)).unwrap();
@@ -107,6 +121,18 @@ fn layer_digests(setup: &Setup, repo: &str) -> Vec<String> {
         .iter()
         .map(|l| l["layer"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// The digest of the pack a trace (as JSON) names, if it has one.
+fn pack_digest(trace: &serde_json::Value) -> Option<String> {
+    let bytes = trace["pack"]["digest"].as_array()?;
+    Some(format!(
+        "sha256:{}",
+        bytes
+            .iter()
+            .map(|b| format!("{:02x}", b.as_u64().unwrap()))
+            .collect::<String>()
+    ))
 }
 
 /// Blob GETs (requests, bytes) of these layers in the registry log after
@@ -145,10 +171,34 @@ fn a_published_trace_is_replayed_on_the_next_mount() {
         "the registry's trace differs from the recorded one"
     );
 
-    // A fresh node: the trace is replayed before anything reads.
+    // It came with its pack: each traced chunk once, recompressed.
+    let pack = &trace["pack"];
+    let frames = pack["frames"]
+        .as_array()
+        .expect("a published trace has a pack");
+    let traced_chunks: std::collections::HashSet<_> = accesses
+        .iter()
+        .map(|a| (a["layer"].as_u64(), a["chunk"].as_u64()))
+        .collect();
+    assert_eq!(frames.len(), traced_chunks.len(), "{pack}");
+    let pack_digest = pack_digest(&trace).unwrap();
+
+    // A fresh node: the trace is replayed, from the pack, before anything
+    // reads; of the layers only their TOCs are read.
     let layers = layer_digests(&setup, "app");
+    let before_mount = settled_log(&setup.registry).len();
     let mount = setup.mount("app", "replay", &[]);
     wait_for_prefetch(&mount);
+    let log = settled_log(&setup.registry);
+    let (pack_requests, pack_bytes) = blob_traffic_in(&log, &pack_digest, before_mount);
+    assert!(pack_requests >= 1, "{}", mount.daemon.log_text());
+    assert_eq!(Some(pack_bytes), pack["size"].as_u64());
+    assert_eq!(
+        image_traffic(&setup, &layers, before_mount).0,
+        layers.len(),
+        "the replay read the layers:\n{}",
+        mount.daemon.log_text()
+    );
     let before = settled_log(&setup.registry).len();
     for file in traced {
         std::fs::read(mount.dir.join(file)).unwrap();
@@ -463,12 +513,17 @@ fn trace_record_runs_a_debian_images_bare_command_and_its_trace_pays_off() {
     assert!(recorded.status.success(), "{stderr}");
     assert!(stderr.contains("as 65534 in /tmp"), "{stderr}");
     assert!(!no_trace(), "the trace was not published");
+    let shown = run(loci().args(["trace", "show", "--plain-http", &setup.image("py")]));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    // What the start reads comes from the layers and the trace's pack.
+    let mut blobs = layers.clone();
+    blobs.push(pack_digest(&shown).expect("the published trace has a pack"));
 
     let from = settled_log(&setup.registry).len();
     let traced = setup.mount("py", "traced", &[]);
     wait_for_prefetch(&traced);
     run_in(&traced.dir, &format!("cd /tmp && python3 -c \"{start}\""));
-    let (traced_requests, traced_bytes) = image_traffic(&setup, &layers, from);
+    let (traced_requests, traced_bytes) = image_traffic(&setup, &blobs, from);
     eprintln!(
         "untraced: {untraced_requests} requests, {untraced_bytes} B; traced: {traced_requests} requests, {traced_bytes} B"
     );
@@ -482,7 +537,8 @@ fn trace_record_runs_a_debian_images_bare_command_and_its_trace_pays_off() {
 /// the front of their layers, in the order they were read; the new image
 /// is still an ordinary valid image (containerd's own unpacker checks its
 /// new diff_ids), it carries a trace of its own, and replaying that trace
-/// takes fewer requests than replaying the original on the original.
+/// takes fewer requests than replaying the original on the original (from
+/// its layers: the original is recorded without a pack).
 #[test]
 fn a_trace_ordered_image_replays_its_trace_in_fewer_requests() {
     let test = "a_trace_ordered_image_replays_its_trace_in_fewer_requests";
@@ -498,7 +554,7 @@ fn a_trace_ordered_image_replays_its_trace_in_fewer_requests() {
         "big/files/f22.bin",
         "big/small.txt",
     ];
-    setup.record("app", &traced);
+    setup.record_configured("app", &traced, "[prefetch]\npack_level = 0\n");
     let source = format!("{}/source:v1", setup.registry.addr);
     let ordered = format!("{}/ordered:loci", setup.registry.addr);
     let out = run(loci().args([

@@ -142,7 +142,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let fetcher = served.fetcher.clone();
     let manifest = served.manifest.clone();
     let trace = served.unmount().context("unmounting")?;
-    if let (Some(trace), Some(path)) = (&trace, &args.record_trace) {
+    if let (Some(trace), Some(path)) = (trace, &args.record_trace) {
+        // Published with its pack: the file is the trace as published.
+        let (trace, pack) = match (&store, args.publish_trace) {
+            (ImageStore::Registry { .. }, true) => {
+                super::trace::packed_for_publishing(trace, fetcher.cache(), &config)
+            }
+            (_, true) => {
+                anyhow::bail!("--publish-trace needs a registry image, not {}", args.image)
+            }
+            (_, false) => (trace, None),
+        };
         std::fs::write(path, trace.encode())
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!(
@@ -150,12 +160,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             trace.accesses.len(),
             path.display()
         );
-        if args.publish_trace {
-            let ImageStore::Registry { client, reference } = &store else {
-                anyhow::bail!("--publish-trace needs a registry image, not {}", args.image);
-            };
-            let digest =
-                runtime.block_on(push_trace(client, &reference.repository, &manifest, trace))?;
+        if let (ImageStore::Registry { client, reference }, true) = (&store, args.publish_trace) {
+            let digest = runtime.block_on(push_trace(
+                client,
+                &reference.repository,
+                &manifest,
+                &trace,
+                pack.as_ref(),
+            ))?;
             eprintln!(
                 "trace published as {digest}, referring to {}",
                 manifest.digest

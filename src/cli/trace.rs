@@ -1,9 +1,11 @@
 //! `loci trace`: show and publish start traces kept with images.
 
 use super::registry_args::{registry_of, RegistryArgs};
+use crate::cache::ChunkCache;
+use crate::config::Config;
 use crate::fetch::open_image;
 use crate::image::{ImageRef, ImageStore};
-use crate::prefetch::{fetch_trace, opened_size, push_trace, Trace};
+use crate::prefetch::{fetch_trace, opened_size, push_trace, with_pack, Trace};
 use anyhow::{bail, Context};
 use std::path::PathBuf;
 
@@ -115,9 +117,29 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 eprintln!("warning: {e}; pushing anyway (--force)");
             }
-            let digest = runtime.block_on(push_trace(client, repo, &manifest, &trace))?;
+            // No chunks here to pack: a pack the file names is not pushed.
+            let digest = runtime.block_on(push_trace(client, repo, &manifest, &trace, None))?;
             println!("{digest}");
         }
     }
     Ok(())
+}
+
+/// `trace` with a pack of its chunks from `cache` at `[prefetch]
+/// pack_level` for publishing (see [`with_pack`]), saying what it packed.
+pub(super) fn packed_for_publishing(
+    trace: Trace,
+    cache: &ChunkCache,
+    config: &Config,
+) -> (Trace, Option<bytes::Bytes>) {
+    let level = config.prefetch.pack_level;
+    let (trace, pack) = with_pack(trace, cache, level);
+    if let Some(index) = &trace.pack {
+        eprintln!(
+            "packed {} of its chunks at zstd level {level}: {:.1} MB",
+            index.frames.len(),
+            index.size as f64 / 1e6
+        );
+    }
+    (trace, pack)
 }

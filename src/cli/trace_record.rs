@@ -75,10 +75,8 @@ pub fn run(args: Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> 
     // Its own cache: the recording must not be shaped by what this node
     // already holds, and must leave the node's cache alone.
     cache_config.dir = work.path().join("cache");
-    let fetcher = Arc::new(Fetcher::new(
-        ChunkCache::open(&cache_config)?,
-        config.fetch.clone(),
-    ));
+    let cache = ChunkCache::open(&cache_config)?;
+    let fetcher = Arc::new(Fetcher::new(cache.clone(), config.fetch.clone()));
     let image = runtime
         .block_on(crate::fetch::open_image(&store))
         .with_context(|| format!("opening {}", args.image))?;
@@ -159,13 +157,22 @@ pub fn run(args: Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> 
     if !outcome.succeeded() && !args.allow_failure {
         bail!("the start {outcome}: its trace is not kept (--allow-failure keeps it)");
     }
+    let publish_to = match args.no_publish {
+        true => None,
+        false => Some(registry_of(&store, &args.image)?),
+    };
+    // Published with its pack: the file is the trace as published.
+    let (trace, pack) = match publish_to {
+        Some(_) => super::trace::packed_for_publishing(trace, &cache, &config),
+        None => (trace, None),
+    };
     if let Some(path) = &args.out {
         std::fs::write(path, trace.encode())
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if !args.no_publish {
-        let (client, repo) = registry_of(&store, &args.image)?;
-        let digest = runtime.block_on(push_trace(client, repo, &manifest, &trace))?;
+    if let Some((client, repo)) = publish_to {
+        let digest =
+            runtime.block_on(push_trace(client, repo, &manifest, &trace, pack.as_ref()))?;
         println!("{digest}");
     }
     Ok(())

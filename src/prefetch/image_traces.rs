@@ -67,6 +67,7 @@ impl ImageTraces {
                 })
                 .collect(),
             reads: Vec::new(), // a replay fetches chunks
+            pack: trace.pack.as_ref().map(|p| p.of_layer(index as u32)),
         };
         if sub.accesses.is_empty() {
             return;
@@ -257,6 +258,7 @@ mod tests {
         let found = traces.cell_at("reg/found:1", t0);
         found
             .set(Some(Arc::new(Trace {
+                pack: None,
                 version: 1,
                 layers: Vec::new(),
                 accesses: Vec::new(),

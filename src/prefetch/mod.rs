@@ -6,6 +6,7 @@ mod container;
 mod image_traces;
 mod lookup;
 mod node_recordings;
+mod pack;
 mod publish;
 mod recorder;
 mod replay;
@@ -18,10 +19,11 @@ pub use container::{ContainerError, ContainerRun, RunOutcome};
 pub use image_traces::ImageTraces;
 pub use lookup::find_trace;
 pub use node_recordings::NodeRecordings;
+pub use pack::{build_pack, with_pack};
 pub use publish::{fetch_trace, push_raw_trace, push_trace, PublishError, TRACE_ARTIFACT_TYPE};
 pub use recorder::TraceRecorder;
 pub use replay::{prefetch, PrefetchConfig, PrefetchReport};
-pub use trace::{Access, Trace, TraceError, TRACE_VERSION};
+pub use trace::{Access, PackFrame, Trace, TraceError, TracePack, TRACE_VERSION};
 pub use trace_layout::{
     opened_size, publish_trace_for, read_orders, read_orders_of, trace_for, OpenedSize, ReadOrders,
     TraceLayoutError, TracedFile,

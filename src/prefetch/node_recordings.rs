@@ -5,9 +5,11 @@
 //! published as the image's trace unless it has one by then. One recording
 //! per image per daemon.
 
+use super::pack::with_pack;
 use super::publish::{fetch_trace, push_trace};
 use super::recorder::TraceRecorder;
 use super::trace::{Access, FileReads, Trace, TRACE_VERSION};
+use crate::cache::ChunkCache;
 use crate::digest::Digest;
 use crate::fs::ReadRecorder;
 use crate::image::{platform_image, ImageStore};
@@ -21,6 +23,15 @@ pub struct NodeRecordings {
     window: Duration,
     runtime: tokio::runtime::Handle,
     images: Mutex<HashMap<String, Arc<Recording>>>,
+    packing: Packing,
+}
+
+/// Where a published recording's pack comes from: the node's cache, which
+/// holds every chunk the start read, recompressed at `level` (0: no pack).
+#[derive(Clone)]
+struct Packing {
+    cache: Arc<ChunkCache>,
+    level: i32,
 }
 
 /// One image's recording: its layers in the order they were mounted (the
@@ -34,15 +45,26 @@ struct Recording {
     layers: Mutex<Vec<Digest>>,
     started: AtomicBool,
     closed: AtomicBool,
+    packing: Packing,
 }
 
 impl NodeRecordings {
-    /// Recordings `window` long, published from `runtime`.
-    pub fn new(window: Duration, runtime: tokio::runtime::Handle) -> NodeRecordings {
+    /// Recordings `window` long, published from `runtime` with a pack of
+    /// their chunks from `cache` at zstd `pack_level` (0: none).
+    pub fn new(
+        window: Duration,
+        runtime: tokio::runtime::Handle,
+        cache: Arc<ChunkCache>,
+        pack_level: i32,
+    ) -> NodeRecordings {
         NodeRecordings {
             window,
             runtime,
             images: Mutex::new(HashMap::new()),
+            packing: Packing {
+                cache,
+                level: pack_level,
+            },
         }
     }
 
@@ -67,6 +89,7 @@ impl NodeRecordings {
                     layers: Mutex::new(Vec::new()),
                     started: AtomicBool::new(false),
                     closed: AtomicBool::new(false),
+                    packing: self.packing.clone(),
                 })
             })
             .clone();
@@ -187,7 +210,19 @@ impl Recording {
                 return;
             }
         }
-        if let Err(e) = push_trace(client, repo, &platform.manifest, &trace).await {
+        let Packing { cache, level } = self.packing.clone();
+        let (trace, pack) = match tokio::task::spawn_blocking(move || {
+            with_pack(trace, &cache, level)
+        })
+        .await
+        {
+            Ok(packed) => packed,
+            Err(e) => {
+                tracing::warn!(image, error = %e, "the recorded start is not published: packing its chunks failed");
+                return;
+            }
+        };
+        if let Err(e) = push_trace(client, repo, &platform.manifest, &trace, pack.as_ref()).await {
             tracing::warn!(image, error = %crate::error_chain::chain(&e), "publishing the recorded start failed");
         }
     }
@@ -225,6 +260,7 @@ fn in_image_order(recorded: Trace, mounted: &[Digest], order: Vec<Digest>) -> Op
             })
             .collect::<Option<_>>()?,
         layers: order,
+        pack: None,
     })
 }
 
@@ -247,6 +283,7 @@ mod tests {
         let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
         // Mounted top first: c, then a (b was unpacked, not lazy).
         let recorded = Trace {
+            pack: None,
             version: TRACE_VERSION,
             layers: Vec::new(),
             accesses: vec![access(0, 5), access(1, 2), access(0, 6)],

@@ -2,7 +2,7 @@
 //! the image manifest, found through the referrers API or, on registries
 //! without it (docker-registry 2.8), the `sha256-<hex>` tag fallback.
 
-use super::trace::{Trace, MAX_TRACE_BYTES};
+use super::trace::{Trace, TracePack, MAX_TRACE_BYTES};
 use crate::digest::Digest;
 use crate::image::media_types;
 use crate::registry::{Manifest, RegistryClient, RegistryError};
@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 
 /// The artifact type (and layer media type) of a loci start trace.
 pub const TRACE_ARTIFACT_TYPE: &str = "application/vnd.loci.trace.v1+json";
+/// Media type of a trace artifact's second layer, its pack: the traced
+/// chunks recompressed (see [`Trace::pack`]).
+pub const TRACE_PACK_MEDIA_TYPE: &str = "application/vnd.loci.trace.pack.v1";
 /// Annotation of a trace artifact naming its trace blob. Registries copy a
 /// referrer's annotations into the referrers index (loci's fallback index
 /// does too), so a lookup fetches the blob alongside the artifact manifest
@@ -35,26 +38,71 @@ pub(super) fn fallback_tag(digest: &Digest) -> String {
 }
 
 /// Pushes `trace` as an artifact referring to `image` (a manifest of
-/// `repo`) and lists it in the referrers fallback tag. Returns the
-/// artifact manifest's digest.
+/// `repo`) and lists it in the referrers fallback tag; with `pack` (the
+/// blob `trace.pack` names, see [`build_pack`](super::build_pack)) as a
+/// layer of it. Without one, the trace is pushed without its pack index.
+/// Returns the artifact manifest's digest.
 pub async fn push_trace(
     client: &RegistryClient,
     repo: &str,
     image: &Manifest,
     trace: &Trace,
+    pack: Option<&Bytes>,
 ) -> Result<Digest, PublishError> {
-    let digest = push_raw_trace(client, repo, image, trace.encode()).await?;
-    tracing::info!(repo, image = %image.digest, trace = %digest, accesses = trace.accesses.len(), "trace published");
+    let index = match (pack, &trace.pack) {
+        (Some(blob), Some(index)) if Digest::of(blob) == index.digest => {
+            client
+                .push_blob_bytes(repo, &index.digest, blob.clone(), None)
+                .await?;
+            Some(index)
+        }
+        (Some(_), _) => {
+            return Err(PublishError::Invalid(
+                "the pack is not the one the trace names".into(),
+            ))
+        }
+        (None, _) => None,
+    };
+    let encoded = match index {
+        Some(_) => trace.encode(),
+        None => Trace {
+            pack: None,
+            ..trace.clone()
+        }
+        .encode(),
+    };
+    let digest = push_artifact(client, repo, image, encoded, index).await?;
+    tracing::info!(
+        repo,
+        image = %image.digest,
+        trace = %digest,
+        accesses = trace.accesses.len(),
+        pack_bytes = index.map(|p| p.size),
+        "trace published"
+    );
     Ok(digest)
 }
 
-/// Pushes trace bytes as they are, unchecked: what [`push_trace`] does
-/// after encoding, and how tests publish broken traces.
+/// Pushes trace bytes as they are, unchecked: how tests publish broken
+/// traces.
 pub async fn push_raw_trace(
     client: &RegistryClient,
     repo: &str,
     image: &Manifest,
     trace: Vec<u8>,
+) -> Result<Digest, PublishError> {
+    push_artifact(client, repo, image, trace, None).await
+}
+
+/// The artifact of [`push_trace`]: the trace blob, the pack's layer
+/// (pushed already) when there is one, the manifest and the fallback
+/// tag's entry.
+async fn push_artifact(
+    client: &RegistryClient,
+    repo: &str,
+    image: &Manifest,
+    trace: Vec<u8>,
+    pack: Option<&TracePack>,
 ) -> Result<Digest, PublishError> {
     let blob = Bytes::from(trace);
     let blob_digest = Digest::of(&blob);
@@ -65,12 +113,18 @@ pub async fn push_raw_trace(
     client
         .push_blob_bytes(repo, &empty, Bytes::from_static(EMPTY_JSON), None)
         .await?;
+    let mut layers = vec![
+        json!({"mediaType": TRACE_ARTIFACT_TYPE, "digest": blob_digest.to_string(), "size": blob.len()}),
+    ];
+    if let Some(pack) = pack {
+        layers.push(json!({"mediaType": TRACE_PACK_MEDIA_TYPE, "digest": pack.digest.to_string(), "size": pack.size}));
+    }
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": media_types::OCI_MANIFEST,
         "artifactType": TRACE_ARTIFACT_TYPE,
         "config": {"mediaType": EMPTY_MEDIA_TYPE, "digest": empty.to_string(), "size": EMPTY_JSON.len()},
-        "layers": [{"mediaType": TRACE_ARTIFACT_TYPE, "digest": blob_digest.to_string(), "size": blob.len()}],
+        "layers": layers,
         "subject": {"mediaType": image.media_type, "digest": image.digest.to_string(), "size": image.bytes.len()},
         "annotations": {TRACE_BLOB_ANNOTATION: blob_digest.to_string()},
     });

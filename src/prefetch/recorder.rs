@@ -92,6 +92,7 @@ impl TraceRecorder {
             layers: self.layers.clone(),
             accesses: state.accesses.clone(),
             reads: state.reads.clone(),
+            pack: None,
         }
     }
 }

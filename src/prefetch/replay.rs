@@ -34,6 +34,13 @@ pub struct PrefetchConfig {
     pub record_starts: bool,
     /// How long a recorded start lasts, from its first read.
     pub record_window_secs: u64,
+    /// Replay a trace's pack (its chunks recompressed in access order)
+    /// before its layers.
+    pub replay_packs: bool,
+    /// zstd level of the packs this node publishes with its traces (0:
+    /// none). Recompressing costs CPU once per published trace: about
+    /// 1.5 CPU-s for the 47 MB a JVM start reads, at 9.
+    pub pack_level: i32,
 }
 
 impl Default for PrefetchConfig {
@@ -45,6 +52,8 @@ impl Default for PrefetchConfig {
             max_request_bytes: 1 << 20,
             record_starts: false,
             record_window_secs: 30,
+            replay_packs: true,
+            pack_level: 9,
         }
     }
 }
@@ -62,6 +71,12 @@ pub struct PrefetchReport {
     pub failed: usize,
     /// Stopped early because the cache's disk tier is full.
     pub stopped_cache_full: bool,
+    /// Traced chunks asked of the trace's pack.
+    pub from_pack: usize,
+    /// Range requests sent for the pack.
+    pub pack_requests: usize,
+    /// A pack request failed: the rest came from the layers.
+    pub pack_failed: bool,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -125,7 +140,9 @@ fn plan_window(
     runs
 }
 
-/// Replays `trace` (already validated against `layers`) into the cache.
+/// Replays `trace` (already validated against `layers`) into the cache:
+/// from its pack first when it has a usable one, then from the layers
+/// whatever that did not bring.
 pub async fn prefetch(
     fetcher: Arc<Fetcher>,
     layers: Arc<Vec<RemoteLayer>>,
@@ -143,10 +160,73 @@ pub async fn prefetch(
         traced: trace.accesses.len(),
         ..PrefetchReport::default()
     };
+    if let Some(pack) = trace.pack.as_ref().filter(|_| config.replay_packs) {
+        let tables: Vec<&[crate::format::Chunk]> = layers.iter().map(|l| &l.chunks[..]).collect();
+        match trace.check_pack(&tables) {
+            // A complete layer's chunks are read from its local blob, by
+            // their offsets in it.
+            Ok(()) if !fetcher.is_complete() => {
+                let (pack_layers, accesses) = super::pack::pack_layers(&trace, pack, &layers);
+                report.from_pack = accesses.len();
+                let mut from_pack = PrefetchReport::default();
+                replay(
+                    &fetcher,
+                    &pack_layers,
+                    &accesses,
+                    &config,
+                    true,
+                    &mut from_pack,
+                )
+                .await;
+                report.pack_requests = from_pack.requests;
+                report.pack_failed = from_pack.failed > 0;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "not replaying the trace's pack; replaying from the layers")
+            }
+        }
+    }
+    replay(
+        &fetcher,
+        &layers,
+        &trace.accesses,
+        &config,
+        false,
+        &mut report,
+    )
+    .await;
+    report.elapsed = started.elapsed();
+    tracing::info!(
+        traced = report.traced,
+        from_pack = report.from_pack,
+        pack_requests = report.pack_requests,
+        pack_failed = report.pack_failed,
+        already_cached = report.already_cached,
+        requests = report.requests,
+        failed = report.failed,
+        stopped_cache_full = report.stopped_cache_full,
+        secs = format!("{:.2}", report.elapsed.as_secs_f64()),
+        "prefetch finished"
+    );
+    report
+}
+
+/// Fetches the chunks of `accesses` (of `layers`) not cached yet, in
+/// access order, into the cache; with `stop_at_failure`, sends nothing
+/// more once a request failed (a pack that fails is left for the layers).
+async fn replay(
+    fetcher: &Arc<Fetcher>,
+    layers: &Arc<Vec<RemoteLayer>>,
+    accesses: &[super::trace::Access],
+    config: &PrefetchConfig,
+    stop_at_failure: bool,
+    report: &mut PrefetchReport,
+) {
     // One pipeline across windows: the next window is planned when the
     // last one's requests are all sent, not when they have all arrived, so
     // the link never idles at a window's end.
-    let mut windows = trace.accesses.chunks(config.window.max(1));
+    let mut windows = accesses.chunks(config.window.max(1));
     let mut pending = Vec::new().into_iter();
     let mut in_flight = futures::stream::FuturesUnordered::new();
     loop {
@@ -159,9 +239,10 @@ pub async fn prefetch(
             .max(1);
         while in_flight.len() < limit {
             let (layer, mut run) = match pending.next() {
-                Some(next) => next,
+                Some(next) if !(stop_at_failure && report.failed > 0) => next,
+                Some(_) => break,
                 None => {
-                    if report.stopped_cache_full {
+                    if report.stopped_cache_full || (stop_at_failure && report.failed > 0) {
                         break;
                     }
                     let Some(window) = windows.next() else {
@@ -171,8 +252,7 @@ pub async fn prefetch(
                         report.stopped_cache_full = true;
                         break;
                     }
-                    pending =
-                        plan_window(&fetcher, &layers, window, &config, &mut report).into_iter();
+                    pending = plan_window(fetcher, layers, window, config, report).into_iter();
                     continue;
                 }
             };
@@ -201,20 +281,13 @@ pub async fn prefetch(
         }
         if let Some(Err(e)) = in_flight.next().await {
             report.failed += 1;
-            tracing::warn!(error = %e, "prefetch request failed; on-demand reads will fetch those chunks");
+            if stop_at_failure {
+                tracing::warn!(error = %e, "a request for the trace's pack failed; replaying the rest from the layers");
+            } else {
+                tracing::warn!(error = %e, "prefetch request failed; on-demand reads will fetch those chunks");
+            }
         }
     }
-    report.elapsed = started.elapsed();
-    tracing::info!(
-        traced = report.traced,
-        already_cached = report.already_cached,
-        requests = report.requests,
-        failed = report.failed,
-        stopped_cache_full = report.stopped_cache_full,
-        secs = format!("{:.2}", report.elapsed.as_secs_f64()),
-        "prefetch finished"
-    );
-    report
 }
 
 #[cfg(test)]

@@ -107,6 +107,7 @@ pub(super) fn image() -> Manifest {
 
 pub(super) fn trace(chunk: u32) -> Trace {
     Trace {
+        pack: None,
         version: TRACE_VERSION,
         layers: vec![Digest::of(b"layer")],
         accesses: vec![Access {

@@ -2,6 +2,7 @@
 
 use crate::digest::Digest;
 use crate::fetch::RemoteLayer;
+use crate::format::Chunk;
 use serde::{Deserialize, Serialize};
 
 /// The trace format version this build reads and writes.
@@ -25,6 +26,53 @@ pub struct Trace {
     /// chunks of their own. Empty in traces from older builds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reads: Vec<FileReads>,
+    /// The traced chunks recompressed in one blob of the trace artifact,
+    /// in access order: a replay reads them in a few large requests, fewer
+    /// bytes than the layers' own frames. A hint like the rest: each chunk
+    /// from it is checked against the TOC's digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<TracePack>,
+}
+
+/// Where a trace's traced chunks are, recompressed: the pack blob and its
+/// frames (see [`Trace::pack`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracePack {
+    /// The pack blob, in the image's repository.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its frames, in blob order, each one chunk.
+    pub frames: Vec<PackFrame>,
+}
+
+/// One chunk in a trace's pack: its own zstd frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackFrame {
+    /// Index into [`Trace::layers`].
+    pub layer: u32,
+    /// Index into that layer's chunk table.
+    pub chunk: u32,
+    /// Where the frame starts in the pack.
+    pub offset: u64,
+    /// The frame's length.
+    pub compressed_len: u32,
+}
+
+impl TracePack {
+    /// The frames of layer `layer`, as a pack of a one-layer trace: what
+    /// the snapshotter replays per mounted layer.
+    pub fn of_layer(&self, layer: u32) -> TracePack {
+        TracePack {
+            frames: self
+                .frames
+                .iter()
+                .filter(|f| f.layer == layer)
+                .map(|f| PackFrame { layer: 0, ..*f })
+                .collect(),
+            ..self.clone()
+        }
+    }
 }
 
 /// The byte ranges of one file a start read.
@@ -74,6 +122,9 @@ pub enum TraceError {
     /// that are not sorted, disjoint and non-empty, or too many.
     #[error("trace reads of {path:?} (layer {layer}) are malformed")]
     BadReads { layer: u32, path: String },
+    /// The pack's index does not fit the trace or the layers.
+    #[error("trace pack {pack}: {why}")]
+    BadPack { pack: Digest, why: String },
     /// An access names a chunk the layer does not have.
     #[error("trace access {index} names chunk {chunk} of layer {layer}, which does not match the layer's TOC")]
     BadAccess {
@@ -151,6 +202,65 @@ impl Trace {
     }
 }
 
+impl Trace {
+    /// Checks the pack's index against the chunk tables of the layers the
+    /// trace is replayed on (after [`Trace::validate`]): frames in blob
+    /// order, inside the pack and apart; each naming a chunk the trace
+    /// reads, once; each no longer than zstd can make of its chunk. A pack
+    /// that fails is not used; the trace is.
+    pub fn check_pack(&self, tables: &[&[Chunk]]) -> Result<(), TraceError> {
+        let Some(pack) = &self.pack else {
+            return Ok(());
+        };
+        let bad = |why: String| TraceError::BadPack {
+            pack: pack.digest,
+            why,
+        };
+        let traced: std::collections::HashSet<(u32, u32)> =
+            self.accesses.iter().map(|a| (a.layer, a.chunk)).collect();
+        if pack.frames.len() > traced.len() {
+            return Err(bad(format!(
+                "{} frames for {} traced chunks",
+                pack.frames.len(),
+                traced.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(pack.frames.len());
+        let mut end = 0u64;
+        for (i, f) in pack.frames.iter().enumerate() {
+            let chunk = tables
+                .get(f.layer as usize)
+                .and_then(|t| t.get(f.chunk as usize))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "frame {i} names chunk {} of layer {}, which is not there",
+                        f.chunk, f.layer
+                    ))
+                })?;
+            if !traced.contains(&(f.layer, f.chunk)) || !seen.insert((f.layer, f.chunk)) {
+                return Err(bad(format!(
+                    "frame {i} holds chunk {} of layer {}, which the trace does not read or another frame holds",
+                    f.chunk, f.layer
+                )));
+            }
+            let bound = zstd::zstd_safe::compress_bound(chunk.len as usize) as u64;
+            let frame_end = f.offset.checked_add(u64::from(f.compressed_len));
+            if f.compressed_len == 0
+                || u64::from(f.compressed_len) > bound
+                || f.offset < end
+                || frame_end.is_none_or(|e| e > pack.size)
+            {
+                return Err(bad(format!(
+                    "frame {i} ({} bytes at {}) is empty, larger than its chunk can compress to, out of order or past the pack's {} bytes",
+                    f.compressed_len, f.offset, pack.size
+                )));
+            }
+            end = frame_end.unwrap_or(u64::MAX);
+        }
+        Ok(())
+    }
+}
+
 impl FileReads {
     /// Adds `range` (start < end), merging it with the ranges it touches;
     /// past [`MAX_RANGES_PER_FILE`], the pieces closest to each other are
@@ -219,6 +329,7 @@ mod tests {
 
     fn trace_with_reads(reads: Vec<FileReads>) -> Trace {
         Trace {
+            pack: None,
             version: TRACE_VERSION,
             layers: vec![Digest::of(b"layer")],
             accesses: Vec::new(),
@@ -264,5 +375,84 @@ mod tests {
         let trace = Trace::decode(old).unwrap();
         assert!(trace.reads.is_empty());
         assert!(!String::from_utf8(trace.encode()).unwrap().contains("reads"));
+    }
+
+    #[test]
+    fn a_pack_index_that_does_not_fit_is_refused_and_the_trace_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::image::ImageStore::Layout {
+            layout: crate::image::OciLayout::open(dir.path(), true).unwrap(),
+            tag: "t".into(),
+        };
+        let chunk = |i: u8| Chunk {
+            blob_offset: u64::from(i) * 500,
+            compressed_len: 500,
+            len: 1000,
+            digest: Digest::of(&[i]),
+        };
+        let layers: Vec<RemoteLayer> = (0..2u8)
+            .map(|l| RemoteLayer {
+                store: store.clone(),
+                digest: Digest::of(&[100 + l]),
+                chunks: (0..3).map(|i| chunk(l * 3 + i)).collect(),
+            })
+            .collect();
+        let access = |layer: u32, chunk: u32| Access {
+            layer,
+            chunk,
+            digest: layers[layer as usize].chunks[chunk as usize].digest,
+            at_ms: 0,
+            path: "f".into(),
+        };
+        let frame = |layer, chunk, offset, compressed_len| PackFrame {
+            layer,
+            chunk,
+            offset,
+            compressed_len,
+        };
+        let good = [
+            frame(0, 0, 0, 100),
+            frame(0, 2, 100, 50),
+            frame(1, 1, 150, 80),
+        ];
+        let with = |frames: &[PackFrame], size: u64| Trace {
+            version: TRACE_VERSION,
+            layers: layers.iter().map(|l| l.digest).collect(),
+            accesses: vec![access(0, 0), access(0, 2), access(1, 1)],
+            reads: Vec::new(),
+            pack: Some(TracePack {
+                digest: Digest::of(b"pack"),
+                size,
+                frames: frames.to_vec(),
+            }),
+        };
+        let replace = |at: usize, f: PackFrame| {
+            let mut frames = good.to_vec();
+            frames[at] = f;
+            frames
+        };
+        // (frames, pack size, usable)
+        let cases: Vec<(Vec<PackFrame>, u64, bool)> = vec![
+            (good.to_vec(), 230, true),
+            (good.to_vec(), 10_000, true),
+            (good[..2].to_vec(), 150, true),
+            (good.to_vec(), 229, false),
+            (replace(2, frame(2, 1, 150, 80)), 230, false),
+            (replace(2, frame(1, 7, 150, 80)), 230, false),
+            (replace(2, frame(1, 0, 150, 80)), 230, false),
+            (replace(1, frame(0, 0, 100, 50)), 230, false),
+            (replace(1, frame(0, 2, 99, 50)), 230, false),
+            (replace(1, frame(0, 2, 100, 0)), 230, false),
+            (replace(1, frame(0, 2, 100, 5000)), 10_000, false),
+            (replace(2, frame(1, 1, u64::MAX - 10, 80)), u64::MAX, false),
+            ([good.to_vec(), good.to_vec()].concat(), 10_000, false),
+        ];
+        for (frames, size, usable) in cases {
+            let trace = with(&frames, size);
+            assert!(trace.validate(&layers).is_ok(), "the trace itself is fine");
+            let tables: Vec<&[Chunk]> = layers.iter().map(|l| &l.chunks[..]).collect();
+            let checked = trace.check_pack(&tables);
+            assert_eq!(checked.is_ok(), usable, "{frames:?} in {size}: {checked:?}");
+        }
     }
 }

@@ -223,6 +223,7 @@ pub fn trace_for(orders: &ReadOrders, layers: &[(Digest, Digest, &Toc)]) -> Trac
         layers: layers.iter().map(|(digest, _, _)| *digest).collect(),
         accesses,
         reads,
+        pack: None,
     }
 }
 
@@ -317,7 +318,7 @@ pub async fn publish_trace_for(
             "{store} (traces are published to registries only)"
         )));
     };
-    let digest = push_trace(client, &reference.repository, &image.manifest, &trace).await?;
+    let digest = push_trace(client, &reference.repository, &image.manifest, &trace, None).await?;
     Ok((digest, trace.accesses.len()))
 }
 
@@ -383,6 +384,7 @@ mod tests {
         };
         let (old_diff, new_diff, blob) = (Digest::of(b"d0"), Digest::of(b"d1"), Digest::of(b"b1"));
         let trace = Trace {
+            pack: None,
             version: TRACE_VERSION,
             layers: vec![Digest::of(b"old")],
             accesses: vec![
@@ -455,6 +457,7 @@ mod tests {
         };
         let diff = Digest::of(b"d0");
         let trace = Trace {
+            pack: None,
             version: TRACE_VERSION,
             layers: vec![Digest::of(b"old")],
             accesses: vec![

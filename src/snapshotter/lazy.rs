@@ -180,7 +180,7 @@ impl LazyLayers {
         held: FdStore,
     ) -> LazyLayers {
         LazyLayers {
-            cache,
+            cache: cache.clone(),
             fetch,
             registry,
             plain_http_hosts,
@@ -194,6 +194,8 @@ impl LazyLayers {
                 NodeRecordings::new(
                     std::time::Duration::from_secs(prefetch.record_window_secs),
                     runtime.clone(),
+                    cache.clone(),
+                    prefetch.pack_level,
                 )
             }),
             runtime,

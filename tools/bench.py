@@ -12,7 +12,11 @@ chunk caches emptied, page cache dropped):
   overlayfs   ctr images pull + ctr run              (containerd's default)
   loci        loci pull + ctr run --snapshotter loci, empty chunk cache
   loci-trace  the same with the image's start trace published (recorded by
-              a first run through `loci trace record`) and replayed
+              a first run through `loci trace record`, with its pack: the
+              traced chunks recompressed at `[prefetch] pack_level`) and
+              replayed
+  loci-trace-layers  loci-trace replaying the trace from the layers' own
+              frames, not its pack (`[prefetch] replay_packs = false`)
   loci-ordered  the same with the trace-ordered image (`loci convert
               --trace-of`: the traced files first in each layer) and its trace
   loci-warm   loci again with the chunk cache of the previous loci run
@@ -74,8 +78,8 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 from harness import drop_caches, free_port, push_blob, start_registry, tear_down, wait_for  # noqa: E402
 
 # loci-warm runs right after loci-trace: its cache is that of the same image.
-ALL_MODES = ["overlayfs", "loci", "loci-trace", "loci-warm", "loci-ordered", "loci-native", "loci-fs",
-             "loci-fs-http1", "nydus-fs"]
+ALL_MODES = ["overlayfs", "loci", "loci-trace-layers", "loci-trace", "loci-warm", "loci-ordered", "loci-native",
+             "loci-fs", "loci-fs-http1", "nydus-fs"]
 # Modes that only mean something over TLS (--tls), not run by default.
 TLS_MODES = ["loci-fs-http1"]
 PYTHON_PACKAGES = "python3,python3-numpy,python3-pandas,python3-scipy,python3-matplotlib,python3-sklearn"
@@ -290,7 +294,7 @@ class Env:
             self.run(self.loci, "key", "generate", key)
         return key
 
-    def start_snapshotter(self, fresh_cache, prefetch=True, completion=False):
+    def start_snapshotter(self, fresh_cache, prefetch=True, completion=False, packs=True):
         cache = os.path.join(self.work, "loci-cache")
         if fresh_cache:
             shutil.rmtree(cache, ignore_errors=True)
@@ -298,6 +302,7 @@ class Env:
         with open(cfg, "w") as f:
             f.write(f'[cache]\ndir = "{cache}"\nmemory_bytes = 268435456\ndisk_bytes = 21474836480\n'
                     f'[prefetch]\nenabled = {"true" if prefetch else "false"}\n'
+                    + ("" if packs else "replay_packs = false\n")
                     + (f"{self.args.prefetch_config}\n" if self.args.prefetch_config else "")
                     # Starts only: completion waits for a start to be over,
                     # and its download is not a start's (but loci-native's).
@@ -746,15 +751,15 @@ def timed_nydus_fs(env, image, run_index):
 
 def measure(env, image, mode, run_index):
     """One cold start of `image` in `mode`: (pull_s, start_s, bytes)."""
-    if mode in ("loci-trace", "loci-ordered") and not image.traced:
+    if mode in ("loci-trace", "loci-trace-layers", "loci-ordered") and not image.traced:
         accesses = record_trace(env, image)
         print(f"{image.name}: recorded and published a trace of {accesses} chunk reads", file=sys.stderr)
         image.traced = True
-    if mode in ("loci", "loci-trace", "loci-ordered"):
+    if mode in ("loci", "loci-trace", "loci-trace-layers", "loci-ordered"):
         # Once a trace is published the snapshotter would replay it: the
         # no-trace mode turns replay off.
         env.stop_snapshotter()
-        env.start_snapshotter(fresh_cache=True, prefetch=mode != "loci")
+        env.start_snapshotter(fresh_cache=True, prefetch=mode != "loci", packs=mode != "loci-trace-layers")
     elif mode == "loci-warm":
         env.stop_snapshotter()
         env.start_snapshotter(fresh_cache=False)
@@ -944,7 +949,8 @@ def main():
             converts[name]["loci_ordered_s"] = image.ordered_convert_s
             converts[name]["loci_ordered_cpu_s"] = image.ordered_convert_cpu_s
             least = {m: image.opened[image.converted]["compressed_bytes"]
-                     for m in ("loci", "loci-trace", "loci-warm", "loci-native", "loci-fs", "loci-fs-http1")}
+                     for m in ("loci", "loci-trace", "loci-trace-layers", "loci-warm", "loci-native", "loci-fs",
+                               "loci-fs-http1")}
             least["loci-ordered"] = image.opened[image.ordered]["compressed_bytes"]
             opened[name] = least
         c = converts[name]

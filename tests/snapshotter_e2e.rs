@@ -882,7 +882,9 @@ fn a_node_records_a_real_start_and_publishes_it_as_the_trace() {
         !paths.contains(&"data/big-text.txt"),
         "a file the start never read is in the trace"
     );
-    // Published with its pack, from what the node's cache holds.
+    // Published with its pack, from what the node's cache holds (this
+    // node's next start finds the chunks cached; the pack's replay is
+    // prefetch_e2e's).
     let frames = trace["pack"]["frames"].as_array();
     assert!(frames.is_some_and(|f| !f.is_empty()), "no pack: {trace}");
 
@@ -907,22 +909,6 @@ fn a_node_records_a_real_start_and_publishes_it_as_the_trace() {
         .filter(|l| l.contains("replaying the image's start trace") && l.contains(&by_digest))
         .count();
     assert_eq!(replays, 1, "{log}");
-    let from_pack: usize = log
-        .lines()
-        .filter(|l| l.contains("prefetch finished"))
-        .filter_map(|l| {
-            l.split("from_pack=")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .sum();
-    assert!(
-        from_pack >= 1,
-        "the replay read nothing from the pack:\n{log}"
-    );
     let fallback_tag = format!("/manifests/{}", digest.replace(':', "-"));
     let lookups = setup.registry.daemon.log_text()[log_from..]
         .lines()

@@ -148,10 +148,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (ImageStore::Registry { .. }, true) => {
                 super::trace::packed_for_publishing(trace, fetcher.cache(), &config)
             }
-            (_, true) => {
-                anyhow::bail!("--publish-trace needs a registry image, not {}", args.image)
-            }
-            (_, false) => (trace, None),
+            _ => (trace, None),
         };
         std::fs::write(path, trace.encode())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -160,7 +157,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             trace.accesses.len(),
             path.display()
         );
-        if let (ImageStore::Registry { client, reference }, true) = (&store, args.publish_trace) {
+        if args.publish_trace {
+            let ImageStore::Registry { client, reference } = &store else {
+                anyhow::bail!("--publish-trace needs a registry image, not {}", args.image);
+            };
             let digest = runtime.block_on(push_trace(
                 client,
                 &reference.repository,

@@ -133,12 +133,14 @@ pub(super) fn packed_for_publishing(
     config: &Config,
 ) -> (Trace, Option<bytes::Bytes>) {
     let level = config.prefetch.pack_level;
+    let started = std::time::Instant::now();
     let (trace, pack) = with_pack(trace, cache, level);
     if let Some(index) = &trace.pack {
         eprintln!(
-            "packed {} of its chunks at zstd level {level}: {:.1} MB",
+            "packed {} of its chunks at zstd level {level}: {:.1} MB in {:.1} s",
             index.frames.len(),
-            index.size as f64 / 1e6
+            index.size as f64 / 1e6,
+            started.elapsed().as_secs_f64()
         );
     }
     (trace, pack)

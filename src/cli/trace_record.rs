@@ -157,20 +157,18 @@ pub fn run(args: Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> 
     if !outcome.succeeded() && !args.allow_failure {
         bail!("the start {outcome}: its trace is not kept (--allow-failure keeps it)");
     }
-    let publish_to = match args.no_publish {
-        true => None,
-        false => Some(registry_of(&store, &args.image)?),
-    };
+    let publish_to = (!args.no_publish).then(|| registry_of(&store, &args.image));
     // Published with its pack: the file is the trace as published.
     let (trace, pack) = match publish_to {
-        Some(_) => super::trace::packed_for_publishing(trace, &cache, &config),
-        None => (trace, None),
+        Some(Ok(_)) => super::trace::packed_for_publishing(trace, &cache, &config),
+        _ => (trace, None),
     };
     if let Some(path) = &args.out {
         std::fs::write(path, trace.encode())
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if let Some((client, repo)) = publish_to {
+    if let Some(target) = publish_to {
+        let (client, repo) = target?;
         let digest =
             runtime.block_on(push_trace(client, repo, &manifest, &trace, pack.as_ref()))?;
         println!("{digest}");

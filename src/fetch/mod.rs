@@ -263,6 +263,10 @@ struct RunDecoder<'a> {
     /// Position in `run` of the next chunk to decode.
     next: usize,
     from_local: bool,
+    /// The run is of another blob holding this layer's chunks (a trace's
+    /// pack): every chunk is decoded and stored, none is the leader of a
+    /// single flight or kept as a frame this layer's table cannot check.
+    foreign: bool,
     members: Option<&'a RunMembers<'a>>,
     /// The first chunk, decoded (returned to the run's single flight).
     leader: Option<Result<Bytes, crate::format::FormatError>>,
@@ -278,7 +282,7 @@ impl RunDecoder<'_> {
             let Some(frame) = body.get(at..at + chunk.compressed_len as usize) else {
                 return;
             };
-            let is_leader = self.next == 0;
+            let is_leader = self.next == 0 && !self.foreign;
             self.next += 1;
             let cache = self.fetcher.cache();
             // A chunk no one waits for yet, that a followed trace does not
@@ -286,6 +290,7 @@ impl RunDecoder<'_> {
             // kept as it came until something reads it.
             let keep = !is_leader
                 && !self.from_local
+                && !self.foreign
                 && !self.members.is_some_and(|m| m.is_waited(&chunk.digest))
                 && self.fetcher.count_traced(self.layer, &[i]) == 0;
             if keep {
@@ -842,6 +847,7 @@ impl Fetcher {
                 start,
                 next: 0,
                 from_local,
+                foreign: false,
                 members: members.as_ref(),
                 leader: None,
             };
@@ -883,6 +889,58 @@ impl Fetcher {
                 chunk: leader.digest,
                 source,
             })
+    }
+
+    /// Fetches `run` (sorted, contiguous chunk indexes) of `source`, another
+    /// blob that holds chunks of this fetcher's layer under their digests
+    /// (a trace's pack), into the cache. Each chunk is stored once its
+    /// frame is in and checked against its digest, and its readers on the
+    /// real layer are woken; a frame that fails is counted and left to
+    /// them. Never from the layer's local blob, and outside the cache's
+    /// single flights: a reader of the real layer never takes this
+    /// request's failure for its own. Fails only if the request does.
+    pub async fn fetch_foreign_run(
+        &self,
+        source: &RemoteLayer,
+        run: &[u32],
+    ) -> Result<(), FetchError> {
+        let (Some(&first), Some(&last)) = (run.first(), run.last()) else {
+            return Ok(());
+        };
+        let members = self.register_members(source, run);
+        let first = &source.chunks[first as usize];
+        let last = &source.chunks[last as usize];
+        let (start, end) = (
+            first.blob_offset,
+            last.blob_offset + u64::from(last.compressed_len),
+        );
+        let mut decoder = RunDecoder {
+            fetcher: self,
+            layer: source,
+            run,
+            start,
+            next: 0,
+            from_local: false,
+            foreign: true,
+            members: members.as_ref(),
+            leader: None,
+        };
+        let began = Instant::now();
+        let bytes = source
+            .store
+            .blob_range_observed(&source.digest, start..end, &mut |body| decoder.take(body))
+            .await
+            .map_err(|e| FetchError::Chunk {
+                layer: source.digest,
+                chunk: first.digest,
+                source: crate::cache::CacheError::Fetch {
+                    digest: first.digest,
+                    source: Arc::new(e),
+                },
+            })?;
+        self.record_request(bytes.len() as u64, began.elapsed());
+        decoder.take(&bytes);
+        Ok(())
     }
 
     /// One chunk: from the cache, or from the run fetching it now, or

@@ -414,6 +414,7 @@ fn a_runs_chunks_are_stored_and_released_as_their_bytes_arrive() {
         start,
         next: 0,
         from_local: false,
+        foreign: false,
         members: members.as_ref(),
         leader: None,
     };
@@ -501,6 +502,81 @@ fn blob_bytes(c: &Converted, range: std::ops::Range<u64>) -> Vec<u8> {
         .block_on(c.layer.store.blob_range(&c.layer.digest, range))
         .unwrap()
         .to_vec()
+}
+
+/// A run of another blob holding the layer's chunks (a trace's pack)
+/// whose first frame is spoiled, its request still open: a read of that
+/// chunk on the real layer is served from the layer, not failed with the
+/// run (nor left waiting for it), and the run's other chunks still come.
+#[test]
+fn a_read_of_a_chunk_a_foreign_run_spoils_is_served_from_the_layer() {
+    let c = converted();
+    let (content, run) = big1_run(&c);
+    let mut pack = Vec::new();
+    let mut chunks = Vec::new();
+    for &i in &run {
+        let chunk = &c.layer.chunks[i as usize];
+        let end = chunk.blob_offset + u64::from(chunk.compressed_len);
+        let data =
+            zstd::bulk::decompress(&blob_bytes(&c, chunk.blob_offset..end), chunk.len as usize)
+                .unwrap();
+        let mut frame = zstd::bulk::compress(&data, 9).unwrap();
+        if chunks.is_empty() {
+            let middle = frame.len() / 2;
+            frame[middle] ^= 0x55;
+        }
+        chunks.push(Chunk {
+            blob_offset: pack.len() as u64,
+            compressed_len: frame.len() as u32,
+            ..*chunk
+        });
+        pack.extend_from_slice(&frame);
+    }
+    let (release, held) = std::sync::mpsc::channel();
+    // The body stops right after the spoiled frame.
+    let addr = held_registry(pack.clone(), chunks[0].compressed_len as usize, held);
+    let options = crate::registry::RegistryOptions {
+        plain_http: true,
+        ..Default::default()
+    };
+    let image: crate::image::ImageRef = format!("{addr}/repo:t").parse().unwrap();
+    let source = RemoteLayer {
+        store: ImageStore::open(&image, &options, false).unwrap(),
+        digest: Digest::of(&pack),
+        chunks: chunks.into(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let f = fetcher(dir.path(), FetchConfig::default());
+    let len = u64::from(content.extents[0].len);
+    let data = &c.files.iter().find(|(n, _)| *n == "big1.bin").unwrap().1;
+    current_thread().block_on(async {
+        let foreign = tokio::spawn({
+            let (f, source) = (f.clone(), source.clone());
+            let run: Vec<u32> = (0..run.len() as u32).collect();
+            async move { f.fetch_foreign_run(&source, &run).await }
+        });
+        for _ in 0..500 {
+            if f.stats.corrupt_chunks.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(f.stats.corrupt_chunks.load(Ordering::Relaxed), 1);
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            f.read_file(&c.layer, &content, 0, len, 0),
+        )
+        .await;
+        assert_eq!(
+            read.expect("the read waited for the spoiled run").unwrap(),
+            data[..len as usize]
+        );
+        release.send(()).unwrap();
+        foreign.await.unwrap().unwrap();
+    });
+    for &i in &run {
+        assert!(f.has(&c.layer.chunks[i as usize].digest), "chunk {i}");
+    }
 }
 
 #[test]

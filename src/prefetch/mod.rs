@@ -19,7 +19,7 @@ pub use container::{ContainerError, ContainerRun, RunOutcome};
 pub use image_traces::ImageTraces;
 pub use lookup::find_trace;
 pub use node_recordings::NodeRecordings;
-pub use pack::{build_pack, with_pack};
+pub use pack::with_pack;
 pub use publish::{fetch_trace, push_raw_trace, push_trace, PublishError, TRACE_ARTIFACT_TYPE};
 pub use recorder::TraceRecorder;
 pub use replay::{prefetch, PrefetchConfig, PrefetchReport};

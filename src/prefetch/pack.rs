@@ -18,7 +18,7 @@ use std::sync::Arc;
 /// grouped by layer and in first-access order within one; a chunk
 /// `chunk_bytes` does not have is left out (its replay reads the layer).
 /// None when it has none of them.
-pub fn build_pack(
+fn build_pack(
     trace: &Trace,
     chunk_bytes: impl Fn(&Digest) -> Option<Bytes>,
     level: i32,

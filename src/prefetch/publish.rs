@@ -39,8 +39,9 @@ pub(super) fn fallback_tag(digest: &Digest) -> String {
 
 /// Pushes `trace` as an artifact referring to `image` (a manifest of
 /// `repo`) and lists it in the referrers fallback tag; with `pack` (the
-/// blob `trace.pack` names, see [`build_pack`](super::build_pack)) as a
-/// layer of it. Without one, the trace is pushed without its pack index.
+/// blob `trace.pack` names, see [`with_pack`](super::with_pack)) as a
+/// layer of it. Without one, or when the pack's index would make the trace
+/// larger than a lookup reads, the trace is pushed without its pack.
 /// Returns the artifact manifest's digest.
 pub async fn push_trace(
     client: &RegistryClient,
@@ -49,27 +50,34 @@ pub async fn push_trace(
     trace: &Trace,
     pack: Option<&Bytes>,
 ) -> Result<Digest, PublishError> {
-    let index = match (pack, &trace.pack) {
+    let without_pack = || {
+        Trace {
+            pack: None,
+            ..trace.clone()
+        }
+        .encode()
+    };
+    let (encoded, index) = match (pack, &trace.pack) {
         (Some(blob), Some(index)) if Digest::of(blob) == index.digest => {
-            client
-                .push_blob_bytes(repo, &index.digest, blob.clone(), None)
-                .await?;
-            Some(index)
+            match trace.encode() {
+                encoded if encoded.len() as u64 <= MAX_TRACE_BYTES => {
+                    client
+                        .push_blob_bytes(repo, &index.digest, blob.clone(), None)
+                        .await?;
+                    (encoded, Some(index))
+                }
+                _ => {
+                    tracing::warn!(repo, "the trace with its pack's index is too large; publishing it without its pack");
+                    (without_pack(), None)
+                }
+            }
         }
         (Some(_), _) => {
             return Err(PublishError::Invalid(
                 "the pack is not the one the trace names".into(),
             ))
         }
-        (None, _) => None,
-    };
-    let encoded = match index {
-        Some(_) => trace.encode(),
-        None => Trace {
-            pack: None,
-            ..trace.clone()
-        }
-        .encode(),
+        (None, _) => (without_pack(), None),
     };
     let digest = push_artifact(client, repo, image, encoded, index).await?;
     tracing::info!(

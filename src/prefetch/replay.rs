@@ -213,14 +213,15 @@ pub async fn prefetch(
 }
 
 /// Fetches the chunks of `accesses` (of `layers`) not cached yet, in
-/// access order, into the cache; with `stop_at_failure`, sends nothing
-/// more once a request failed (a pack that fails is left for the layers).
+/// access order, into the cache. With `from_pack`, `layers` are a trace's
+/// pack (see [`Fetcher::fetch_foreign_run`]) and nothing more is sent once
+/// a request failed: what it did not bring is left for the layers.
 async fn replay(
     fetcher: &Arc<Fetcher>,
     layers: &Arc<Vec<RemoteLayer>>,
     accesses: &[super::trace::Access],
     config: &PrefetchConfig,
-    stop_at_failure: bool,
+    from_pack: bool,
     report: &mut PrefetchReport,
 ) {
     // One pipeline across windows: the next window is planned when the
@@ -239,10 +240,10 @@ async fn replay(
             .max(1);
         while in_flight.len() < limit {
             let (layer, mut run) = match pending.next() {
-                Some(next) if !(stop_at_failure && report.failed > 0) => next,
+                Some(next) if !(from_pack && report.failed > 0) => next,
                 Some(_) => break,
                 None => {
-                    if report.stopped_cache_full || (stop_at_failure && report.failed > 0) {
+                    if report.stopped_cache_full || (from_pack && report.failed > 0) {
                         break;
                     }
                     let Some(window) = windows.next() else {
@@ -274,14 +275,19 @@ async fn replay(
                 chunks = run.len(),
                 "prefetch request"
             );
-            in_flight.push(async move { fetcher.fetch_run(&layers[layer], &run).await });
+            in_flight.push(async move {
+                match from_pack {
+                    true => fetcher.fetch_foreign_run(&layers[layer], &run).await,
+                    false => fetcher.fetch_run(&layers[layer], &run).await.map(drop),
+                }
+            });
         }
         if in_flight.is_empty() {
             break;
         }
         if let Some(Err(e)) = in_flight.next().await {
             report.failed += 1;
-            if stop_at_failure {
+            if from_pack {
                 tracing::warn!(error = %e, "a request for the trace's pack failed; replaying the rest from the layers");
             } else {
                 tracing::warn!(error = %e, "prefetch request failed; on-demand reads will fetch those chunks");

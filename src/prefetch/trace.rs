@@ -443,7 +443,8 @@ mod tests {
             (replace(1, frame(0, 0, 100, 50)), 230, false),
             (replace(1, frame(0, 2, 99, 50)), 230, false),
             (replace(1, frame(0, 2, 100, 0)), 230, false),
-            (replace(1, frame(0, 2, 100, 5000)), 10_000, false),
+            (replace(2, frame(1, 1, 150, 1000)), 10_000, true),
+            (replace(2, frame(1, 1, 150, 5000)), 10_000, false),
             (replace(2, frame(1, 1, u64::MAX - 10, 80)), u64::MAX, false),
             ([good.to_vec(), good.to_vec()].concat(), 10_000, false),
         ];

@@ -347,11 +347,13 @@ class Env:
     def ctr(self, ns, *args):
         return self.run("ctr", "--address", self.sock, "--namespace", ns, *args)
 
-    def close(self):
+    def close(self, failed=False):
+        """Stops everything; the work dir (logs) goes unless --keep, or
+        the run failed."""
         tear_down(self.work, self.procs)
         if self.netns:
             subprocess.run(["ip", "netns", "del", self.netns])  # removes the veth pair too
-        if not self.args.keep:
+        if not (self.args.keep or failed):
             shutil.rmtree(self.work, ignore_errors=True)
         else:
             print(f"kept {self.work}", file=sys.stderr)
@@ -905,6 +907,7 @@ def main():
     rows = []
     images_done = {}
     started = time.time()
+    failed = True
     try:
         env.start_registry()
         env.start_snapshotter(fresh_cache=True)
@@ -921,8 +924,9 @@ def main():
                           f"total {pull_s + start_s:6.2f}s fetched {fetched / 1e6:8.1f} MB "
                           f"CPU {env.cpu_last['node_cpu_s']:5.2f}s (registry {env.cpu_last['registry_cpu_s']:4.2f}s)",
                           file=sys.stderr)
+        failed = False
     finally:
-        env.close()
+        env.close(failed)
     converts, opened = {}, {}
     for name, image in images_done.items():
         mb = image.tar_bytes / 1e6

@@ -82,16 +82,23 @@ pub fn serve_image(
     config: &Config,
     options: &ServeOptions,
 ) -> Result<Served, ServeError> {
-    let cache = ChunkCache::open(&config.cache)?;
-    let fetcher = Arc::new(Fetcher::new(cache, config.fetch.clone()));
     let started = Instant::now();
-    let opened = runtime
-        .block_on(open_image(store))
-        .map_err(|source| ServeError::Open {
-            image: image.to_string(),
-            source: Box::new(source),
-        })?;
-    let toc_time = started.elapsed();
+    // The cache's database opens (tens of ms for a new one) while the
+    // registry is asked for the manifest and TOCs, not before.
+    let (cache, opened) = std::thread::scope(|s| {
+        let cache = s.spawn(|| ChunkCache::open(&config.cache));
+        let opened = runtime.block_on(open_image(store));
+        let toc_time = started.elapsed();
+        let cache = cache
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (cache, opened.map(|opened| (opened, toc_time)))
+    });
+    let fetcher = Arc::new(Fetcher::new(cache?, config.fetch.clone()));
+    let (opened, toc_time) = opened.map_err(|source| ServeError::Open {
+        image: image.to_string(),
+        source: Box::new(source),
+    })?;
     let manifest = opened
         .manifest
         .clone()

@@ -114,6 +114,13 @@ impl Drop for Node {
             let log = self.containerd.daemon.log_text();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             eprintln!("containerd's log, last lines first:\n{}", tail.join("\n"));
+            let exited = self.snapshotter.child.try_wait().ok().flatten();
+            let log = self.snapshotter.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "the snapshotter's log (exited: {exited:?}), last lines first:\n{}",
+                tail.join("\n")
+            );
         }
         self.snapshotter.stop();
         release_snapshotter_root(&self.path("root"));

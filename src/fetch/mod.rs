@@ -1037,4 +1037,6 @@ impl Drop for DemandGuard<'_> {
 }
 
 #[cfg(test)]
+pub(crate) mod test_layer;
+#[cfg(test)]
 mod tests;

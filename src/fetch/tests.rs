@@ -5,10 +5,10 @@
 //! which neighbours a fetching read brings along, and that `read_file`
 //! returns the file's bytes with the requests the tables say.
 
+use super::test_layer::{blob_bytes, chunk_bytes, converted, layout_store, Converted};
 use super::*;
 use crate::cache::CacheConfig;
-use crate::format::{convert_layer, read_toc, ConvertOptions, EntryKind, Toc};
-use crate::image::OciLayout;
+use crate::format::{EntryKind, Toc};
 
 /// Chunks of `len` compressed bytes each at the given blob offsets.
 fn chunk_table(layout: &[(u64, u32)]) -> Arc<[Chunk]> {
@@ -42,13 +42,6 @@ fn current_thread() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn layout_store(dir: &std::path::Path) -> ImageStore {
-    ImageStore::Layout {
-        layout: OciLayout::open(&dir.join("layout"), true).unwrap(),
-        tag: "t".into(),
-    }
 }
 
 #[test]
@@ -188,73 +181,6 @@ fn a_followed_trace_spares_neighbours_only_for_the_reads_it_foresaw() {
         (stats.traced_demand_chunks, stats.untraced_demand_chunks),
         (1, 3)
     );
-}
-
-/// A converted layer of four files in a layout: two small (one pack
-/// chunk), two of 200 KiB (16 KiB chunks each).
-struct Converted {
-    _dir: tempfile::TempDir,
-    layer: RemoteLayer,
-    toc: Toc,
-    files: Vec<(&'static str, Vec<u8>)>,
-    summary: crate::format::LayerSummary,
-}
-
-fn converted() -> Converted {
-    let dir = tempfile::tempdir().unwrap();
-    let mut seed = 7u64;
-    let mut random = |n: usize| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (seed >> 33) as u8
-            })
-            .collect()
-    };
-    let files = vec![
-        ("a.txt", b"small file a\n".to_vec()),
-        ("b.txt", b"small file b\n".to_vec()),
-        ("big1.bin", random(200 << 10)),
-        ("big2.bin", random(200 << 10)),
-    ];
-    let mut tar = tar::Builder::new(Vec::new());
-    for (name, data) in &files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        tar.append_data(&mut header, name, &data[..]).unwrap();
-    }
-    let tar = tar.into_inner().unwrap();
-    let mut blob = Vec::new();
-    let options = ConvertOptions {
-        chunk_size: 16 << 10,
-        ..ConvertOptions::default()
-    };
-    let summary = convert_layer(&tar[..], &mut blob, &options, &|_| {}).unwrap();
-    let store = layout_store(dir.path());
-    let ImageStore::Layout { layout, .. } = &store else {
-        unreachable!()
-    };
-    layout.put_blob(&summary.blob_digest, &blob).unwrap();
-    let (_, toc) = read_toc(
-        &mut std::io::Cursor::new(&blob),
-        blob.len() as u64,
-        Some(&summary.toc_digest),
-    )
-    .unwrap();
-    Converted {
-        layer: RemoteLayer {
-            store,
-            digest: summary.blob_digest,
-            chunks: toc.chunks.clone().into(),
-        },
-        toc,
-        files,
-        summary,
-        _dir: dir,
-    }
 }
 
 /// big1.bin's content, and its first four chunks: a run the tests fetch.
@@ -496,14 +422,6 @@ fn neighbours_no_one_reads_yet_stay_compressed_until_read() {
     assert_eq!(f.stats.requests.load(Ordering::Relaxed), 2, "fetched again");
 }
 
-/// Bytes `range` of the converted layer's blob.
-fn blob_bytes(c: &Converted, range: std::ops::Range<u64>) -> Vec<u8> {
-    current_thread()
-        .block_on(c.layer.store.blob_range(&c.layer.digest, range))
-        .unwrap()
-        .to_vec()
-}
-
 /// A run of another blob holding the layer's chunks (a trace's pack)
 /// whose first frame is spoiled, its request still open: a read of that
 /// chunk on the real layer is served from the layer, not failed with the
@@ -516,11 +434,7 @@ fn a_read_of_a_chunk_a_foreign_run_spoils_is_served_from_the_layer() {
     let mut chunks = Vec::new();
     for &i in &run {
         let chunk = &c.layer.chunks[i as usize];
-        let end = chunk.blob_offset + u64::from(chunk.compressed_len);
-        let data =
-            zstd::bulk::decompress(&blob_bytes(&c, chunk.blob_offset..end), chunk.len as usize)
-                .unwrap();
-        let mut frame = zstd::bulk::compress(&data, 9).unwrap();
+        let mut frame = zstd::bulk::compress(&chunk_bytes(&c, i), 9).unwrap();
         if chunks.is_empty() {
             let middle = frame.len() / 2;
             frame[middle] ^= 0x55;

@@ -136,77 +136,38 @@ pub(super) fn pack_layers(
 mod tests {
     use super::*;
     use crate::cache::CacheConfig;
+    use crate::fetch::test_layer::{chunk_bytes, converted, Converted};
     use crate::fetch::{FetchConfig, Fetcher};
-    use crate::format::{convert_layer, read_toc, ConvertOptions};
     use crate::image::{ImageStore, OciLayout};
     use crate::prefetch::{prefetch, PrefetchConfig, TRACE_VERSION};
     use std::sync::atomic::Ordering;
 
-    /// A converted layer of two pseudo-random files in 16 KiB chunks, in
-    /// an OCI layout that holds its blob only when `with_blob`; and each
-    /// chunk's bytes.
+    /// The fetch tests' converted layer, in a layout that holds its blob
+    /// only when `with_blob`; and each chunk's bytes.
     struct Layer {
-        _dir: tempfile::TempDir,
+        _converted: Converted,
         layout: OciLayout,
         remote: RemoteLayer,
         chunks: Vec<Vec<u8>>,
     }
 
     fn layer(with_blob: bool) -> Layer {
-        let dir = tempfile::tempdir().unwrap();
-        let mut seed = 11u64;
-        let mut tar = tar::Builder::new(Vec::new());
-        for name in ["one.bin", "two.bin"] {
-            // Compressible, so a frame's length is not its chunk's.
-            let data: Vec<u8> = (0..150 << 10)
-                .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    b"abcdefgh"[(seed >> 61) as usize]
-                })
-                .collect();
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            tar.append_data(&mut header, name, &data[..]).unwrap();
-        }
-        let tar = tar.into_inner().unwrap();
-        let mut blob = Vec::new();
-        let options = ConvertOptions {
-            chunk_size: 16 << 10,
-            ..ConvertOptions::default()
-        };
-        let summary = convert_layer(&tar[..], &mut blob, &options, &|_| {}).unwrap();
-        let (_, toc) = read_toc(
-            &mut std::io::Cursor::new(&blob),
-            blob.len() as u64,
-            Some(&summary.toc_digest),
-        )
-        .unwrap();
-        let layout = OciLayout::open(&dir.path().join("layout"), true).unwrap();
-        if with_blob {
-            layout.put_blob(&summary.blob_digest, &blob).unwrap();
-        }
-        let chunks = toc
-            .chunks
-            .iter()
-            .map(|c| {
-                let frame = &blob[c.blob_offset as usize..][..c.compressed_len as usize];
-                zstd::bulk::decompress(frame, c.len as usize).unwrap()
-            })
+        let converted = converted();
+        let chunks = (0..converted.layer.chunks.len() as u32)
+            .map(|i| chunk_bytes(&converted, i))
             .collect();
-        let remote = RemoteLayer {
-            store: ImageStore::Layout {
-                layout: layout.clone(),
-                tag: "t".into(),
-            },
-            digest: summary.blob_digest,
-            chunks: toc.chunks.clone().into(),
+        let ImageStore::Layout { layout, .. } = &converted.layer.store else {
+            unreachable!()
         };
+        let layout = layout.clone();
+        if !with_blob {
+            std::fs::remove_file(layout.blob_path(&converted.summary.blob_digest)).unwrap();
+        }
         Layer {
-            _dir: dir,
             layout,
-            remote,
+            remote: converted.layer.clone(),
             chunks,
+            _converted: converted,
         }
     }
 
@@ -223,7 +184,7 @@ mod tests {
                     chunk,
                     digest: layer.remote.chunks[chunk as usize].digest,
                     at_ms: 0,
-                    path: "one.bin".into(),
+                    path: "big1.bin".into(),
                 })
                 .collect(),
             reads: Vec::new(),

@@ -155,6 +155,16 @@ enum Need {
     Push,
 }
 
+/// The registry's answer to a blob range request, or where it sent it
+/// (see `registry_range`).
+enum RangeAnswer {
+    Answer(Response),
+    Redirected {
+        target: String,
+        http: reqwest::Client,
+    },
+}
+
 /// Whether a request may be sent again after a failure.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Retry {
@@ -441,23 +451,17 @@ impl RegistryClient {
                 }
             }
         }
-        let tail = format!("blobs/{digest}");
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (resp, ep) = self
-                .send_via(&what, repo, Need::Pull, Retry::Idempotent, |ep| {
-                    ep.blob_http.get(ep.url(repo, &tail)).header(RANGE, &header)
-                })
-                .await?;
-            if resp.status().is_redirection() {
-                let target = location_of(&resp, &what)?;
-                let http = ep.blob_http.clone();
-                self.remember_redirect(key, &target, &http);
-                return self
-                    .range_from_redirect(&http, &target, &header, &what, want, observe)
-                    .await;
-            }
+            let resp = match self.registry_range(repo, digest, &header, &what).await? {
+                RangeAnswer::Answer(resp) => resp,
+                RangeAnswer::Redirected { target, http } => {
+                    return self
+                        .range_from_redirect(&http, &target, &header, &what, want, observe)
+                        .await;
+                }
+            };
             let resp = expect_status(resp, &what, &[StatusCode::PARTIAL_CONTENT]).await?;
             match read_range_body(resp, &what, want, observe).await {
                 Err(RegistryError::Network { source, .. })
@@ -468,6 +472,32 @@ impl RegistryClient {
                 other => return other,
             }
         }
+    }
+
+    /// Asks the registry for the blob's bytes `header` (a Range value)
+    /// names. A redirect is remembered for the blob's later range reads
+    /// (see [`cached_redirect`](Self::cached_redirect)) and returned, for
+    /// the caller to follow, instead of the answer.
+    async fn registry_range(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        header: &str,
+        what: &str,
+    ) -> Result<RangeAnswer, RegistryError> {
+        let tail = format!("blobs/{digest}");
+        let (resp, ep) = self
+            .send_via(what, repo, Need::Pull, Retry::Idempotent, |ep| {
+                ep.blob_http.get(ep.url(repo, &tail)).header(RANGE, header)
+            })
+            .await?;
+        if !resp.status().is_redirection() {
+            return Ok(RangeAnswer::Answer(resp));
+        }
+        let target = location_of(&resp, what)?;
+        let http = ep.blob_http.clone();
+        self.remember_redirect((repo.to_string(), *digest), &target, &http);
+        Ok(RangeAnswer::Redirected { target, http })
     }
 
     /// Where a blob's range reads were redirected lately, if that is
@@ -548,26 +578,15 @@ impl RegistryClient {
         };
         let resp = match redirected {
             Some(resp) => resp,
-            None => {
-                let tail = format!("blobs/{digest}");
-                let (resp, ep) = self
-                    .send_via(&what, repo, Need::Pull, Retry::Idempotent, |ep| {
-                        ep.blob_http.get(ep.url(repo, &tail)).header(RANGE, &header)
-                    })
-                    .await?;
-                if resp.status().is_redirection() {
-                    let target = location_of(&resp, &what)?;
-                    let http = ep.blob_http.clone();
-                    self.remember_redirect(key, &target, &http);
-                    http.get(&target)
-                        .header(RANGE, &header)
-                        .send()
-                        .await
-                        .map_err(|e| network(&what, 1, e))?
-                } else {
-                    resp
-                }
-            }
+            None => match self.registry_range(repo, digest, &header, &what).await? {
+                RangeAnswer::Answer(resp) => resp,
+                RangeAnswer::Redirected { target, http } => http
+                    .get(&target)
+                    .header(RANGE, &header)
+                    .send()
+                    .await
+                    .map_err(|e| network(&what, 1, e))?,
+            },
         };
         let resp = expect_status(resp, &what, &[StatusCode::PARTIAL_CONTENT]).await?;
         let bad = |reason: String| RegistryError::BadResponse {

@@ -45,6 +45,14 @@ impl Config {
                 self.prefetch.max_request_bytes,
             ),
             (
+                "prefetch.pack_request_bytes",
+                self.prefetch.pack_request_bytes,
+            ),
+            (
+                "prefetch.pack_in_flight",
+                self.prefetch.pack_in_flight as u64,
+            ),
+            (
                 "prefetch.record_window_secs",
                 self.prefetch.record_window_secs,
             ),
@@ -133,6 +141,14 @@ mod tests {
             ),
             ("[prefetch]\nmax_in_flight = 0\n", "prefetch.max_in_flight"),
             ("[prefetch]\npack_level = 23\n", "prefetch.pack_level"),
+            (
+                "[prefetch]\npack_in_flight = 0\n",
+                "prefetch.pack_in_flight",
+            ),
+            (
+                "[prefetch]\npack_request_bytes = 0\n",
+                "prefetch.pack_request_bytes",
+            ),
             ("[prefetch]\npack_level = -1\n", "prefetch.pack_level"),
             (
                 "[snapshotter]\nfuse_threads = 0\n",

@@ -749,6 +749,18 @@ impl Fetcher {
 
     /// Groups missing chunk indexes into runs that one request can fetch.
     pub fn runs(&self, layer: &RemoteLayer, missing: &[u32]) -> Vec<Vec<u32>> {
+        self.runs_within(layer, missing, self.config.max_request_bytes)
+    }
+
+    /// [`runs`](Self::runs), each spanning at most `max_request_bytes` of
+    /// the blob instead of the configured cap (a trace's pack, in read
+    /// order, is best read in larger requests than a layer).
+    pub fn runs_within(
+        &self,
+        layer: &RemoteLayer,
+        missing: &[u32],
+        max_request_bytes: u64,
+    ) -> Vec<Vec<u32>> {
         let mut runs: Vec<Vec<u32>> = Vec::new();
         for &i in missing {
             let chunk = &layer.chunks[i as usize];
@@ -759,7 +771,7 @@ impl Fetcher {
                 let new_end = chunk.blob_offset + u64::from(chunk.compressed_len);
                 if chunk.blob_offset >= last_end
                     && chunk.blob_offset - last_end <= self.config.max_gap_bytes
-                    && new_end - first.blob_offset <= self.config.max_request_bytes
+                    && new_end - first.blob_offset <= max_request_bytes
                 {
                     run.push(i);
                     continue;

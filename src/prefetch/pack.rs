@@ -215,7 +215,7 @@ mod tests {
         trace
     }
 
-    fn fetcher(dir: &std::path::Path) -> Arc<Fetcher> {
+    fn fetcher(dir: &std::path::Path, config: FetchConfig) -> Arc<Fetcher> {
         let cache = ChunkCache::open(&CacheConfig {
             dir: dir.join("cache"),
             memory_bytes: 64 << 20,
@@ -224,12 +224,26 @@ mod tests {
             ..CacheConfig::default()
         })
         .unwrap();
-        Arc::new(Fetcher::new(cache, FetchConfig::default()))
+        Arc::new(Fetcher::new(cache, config))
     }
 
     fn replay(layer: &Layer, trace: Trace) -> (crate::prefetch::PrefetchReport, Arc<Fetcher>) {
+        replay_with(
+            layer,
+            trace,
+            FetchConfig::default(),
+            PrefetchConfig::default(),
+        )
+    }
+
+    fn replay_with(
+        layer: &Layer,
+        trace: Trace,
+        fetch: FetchConfig,
+        config: PrefetchConfig,
+    ) -> (crate::prefetch::PrefetchReport, Arc<Fetcher>) {
         let dir = tempfile::tempdir().unwrap();
-        let fetcher = fetcher(dir.path());
+        let fetcher = fetcher(dir.path(), fetch);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -238,7 +252,7 @@ mod tests {
             fetcher.clone(),
             Arc::new(vec![layer.remote.clone()]),
             trace,
-            PrefetchConfig::default(),
+            config,
         ));
         (report, fetcher)
     }
@@ -277,6 +291,44 @@ mod tests {
                 fetcher.cache().get(&digest).unwrap(),
                 layer.chunks[c as usize]
             );
+        }
+    }
+
+    #[test]
+    fn a_pack_is_read_in_requests_of_its_own_size() {
+        let layer = layer(false);
+        let trace = packed(&layer, |_, _| {}, true);
+        let caps = |fetch: u64, pack: u64| {
+            (
+                FetchConfig {
+                    max_request_bytes: fetch,
+                    ..FetchConfig::default()
+                },
+                PrefetchConfig {
+                    pack_request_bytes: pack,
+                    ..PrefetchConfig::default()
+                },
+            )
+        };
+        // (configs, pack requests): the layers' request cap does not cut
+        // a pack; its own does, a frame at least per request.
+        let cases = [(caps(1, 32 << 20), 1), (caps(8 << 20, 1), TRACED.len())];
+        for ((fetch, config), requests) in cases {
+            let what = format!(
+                "fetch cap {}, pack cap {}",
+                fetch.max_request_bytes, config.pack_request_bytes
+            );
+            let (report, fetcher) = replay_with(&layer, trace.clone(), fetch, config);
+            assert_eq!(report.pack_requests, requests, "{what}: {report:?}");
+            assert_eq!(
+                (report.requests, report.failed),
+                (0, 0),
+                "{what}: {report:?}"
+            );
+            for &c in &TRACED {
+                let digest = layer.remote.chunks[c as usize].digest;
+                assert!(fetcher.cache().get(&digest).is_some(), "{what}: chunk {c}");
+            }
         }
     }
 

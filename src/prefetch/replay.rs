@@ -37,6 +37,16 @@ pub struct PrefetchConfig {
     /// Replay a trace's pack (its chunks recompressed in access order)
     /// before its layers.
     pub replay_packs: bool,
+    /// Largest request for a trace's pack. A pack is already in the order
+    /// the start reads it, so one stream delivers it in that order:
+    /// several smaller requests sharing the link would each bring their
+    /// first frames early and their last ones late, and a chunk of a
+    /// request not sent yet is fetched from its layer by the read that
+    /// wants it. The fetcher holds a request's body until it is done.
+    pub pack_request_bytes: u64,
+    /// Pack requests in flight (on-demand reads of what the pack lacks go
+    /// beside them).
+    pub pack_in_flight: usize,
     /// zstd level of the packs this node publishes with its traces (0:
     /// none). Recompressing costs CPU once per published trace: about
     /// 1.5 CPU-s for the 47 MB a JVM start reads, at 9.
@@ -53,6 +63,8 @@ impl Default for PrefetchConfig {
             record_starts: false,
             record_window_secs: 30,
             replay_packs: true,
+            pack_request_bytes: 32 << 20,
+            pack_in_flight: 1,
             pack_level: 9,
         }
     }
@@ -108,6 +120,7 @@ fn plan_window(
     layers: &[RemoteLayer],
     window: &[super::trace::Access],
     config: &PrefetchConfig,
+    from_pack: bool,
     report: &mut PrefetchReport,
 ) -> Vec<(usize, Vec<u32>)> {
     let mut runs = Vec::new();
@@ -122,13 +135,15 @@ fn plan_window(
         let before = chunks.len();
         chunks.retain(|&c| !fetcher.has(&layer.chunks[c as usize].digest));
         report.already_cached += before - chunks.len();
-        runs.extend(
-            fetcher
+        let layer_runs = match from_pack {
+            true => fetcher.runs_within(layer, &chunks, config.max_request_bytes),
+            false => fetcher
                 .runs(layer, &chunks)
                 .into_iter()
                 .flat_map(|run| split_run(layer, run, config.max_request_bytes))
-                .map(|run| (layer_index, run)),
-        );
+                .collect(),
+        };
+        runs.extend(layer_runs.into_iter().map(|run| (layer_index, run)));
     }
     let first_use = |&(layer, ref run): &(usize, Vec<u32>)| {
         window
@@ -169,11 +184,16 @@ pub async fn prefetch(
                 let (pack_layers, accesses) = super::pack::pack_layers(&trace, pack, &layers);
                 report.from_pack = accesses.len();
                 let mut from_pack = PrefetchReport::default();
+                let shape = PrefetchConfig {
+                    max_in_flight: config.pack_in_flight,
+                    max_request_bytes: config.pack_request_bytes,
+                    ..config.clone()
+                };
                 replay(
                     &fetcher,
                     &pack_layers,
                     &accesses,
-                    &config,
+                    &shape,
                     true,
                     &mut from_pack,
                 )
@@ -253,7 +273,8 @@ async fn replay(
                         report.stopped_cache_full = true;
                         break;
                     }
-                    pending = plan_window(fetcher, layers, window, config, report).into_iter();
+                    pending =
+                        plan_window(fetcher, layers, window, config, from_pack, report).into_iter();
                     continue;
                 }
             };

@@ -219,6 +219,73 @@ fn a_published_trace_is_replayed_on_the_next_mount() {
     );
 }
 
+/// `loci trace push FILE`, as a user publishes a trace recorded without
+/// `--publish-trace`: the trace goes out with a pack of its chunks, fetched
+/// from the image's layers, and the next fresh mount replays the pack and
+/// reads only the layers' TOCs.
+#[test]
+fn a_pushed_trace_file_is_published_with_its_pack() {
+    let test = "a_pushed_trace_file_is_published_with_its_pack";
+    if !ready(test) {
+        return;
+    }
+    let setup = Setup::new("32", &["app"]);
+    let traced = ["etc/hello.txt", "big/files/f01.bin", "data/big-random.bin"];
+    let trace_file = setup.path("app-trace.json");
+    let mut recording = setup.mount(
+        "app",
+        "record",
+        &["--record-trace", trace_file.to_str().unwrap()],
+    );
+    for file in traced {
+        std::fs::read(recording.dir.join(file)).unwrap();
+    }
+    assert!(
+        recording.stop().success(),
+        "{}",
+        recording.daemon.log_text()
+    );
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&trace_file).unwrap()).unwrap();
+    assert!(
+        recorded["pack"].is_null(),
+        "nothing was published: {recorded}"
+    );
+
+    let pushed = run(loci()
+        .args(["trace", "push", "--plain-http", &setup.image("app")])
+        .arg(&trace_file));
+    let said = String::from_utf8_lossy(&pushed.stderr);
+    assert!(said.contains("packed"), "{said}");
+    let shown = run(loci().args(["trace", "show", "--plain-http", &setup.image("app")]));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["accesses"], recorded["accesses"]);
+    let traced_chunks: std::collections::HashSet<_> = shown["accesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["layer"].as_u64(), a["chunk"].as_u64()))
+        .collect();
+    let frames = shown["pack"]["frames"]
+        .as_array()
+        .unwrap_or_else(|| panic!("pushed without a pack: {shown}\n{said}"));
+    assert_eq!(frames.len(), traced_chunks.len(), "{shown}");
+
+    let layers = layer_digests(&setup, "app");
+    let before_mount = settled_log(&setup.registry).len();
+    let mount = setup.mount("app", "replay", &[]);
+    wait_for_prefetch(&mount);
+    let log = settled_log(&setup.registry);
+    let (_, pack_bytes) = blob_traffic_in(&log, &pack_digest(&shown).unwrap(), before_mount);
+    assert_eq!(Some(pack_bytes), shown["pack"]["size"].as_u64());
+    assert_eq!(
+        image_traffic(&setup, &layers, before_mount).0,
+        layers.len(),
+        "the replay read the layers:\n{}",
+        mount.daemon.log_text()
+    );
+}
+
 /// A trace that foresaw almost nothing of a start (here: one small file)
 /// must not make the start fetch in more requests than no trace: reads it
 /// did not foresee keep the untraced policy (neighbours fetched along), are

@@ -3,11 +3,13 @@
 use super::registry_args::{registry_of, RegistryArgs};
 use crate::cache::ChunkCache;
 use crate::config::Config;
-use crate::fetch::open_image;
+use crate::fetch::{open_image, Fetcher};
 use crate::image::{ImageRef, ImageStore};
-use crate::prefetch::{fetch_trace, opened_size, push_trace, with_pack, Trace};
+use crate::prefetch::{fetch_trace, opened_size, prefetch, push_trace, with_pack, Trace};
 use anyhow::{bail, Context};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// Show or publish an image's start trace.
 #[derive(clap::Args, Debug)]
@@ -33,12 +35,19 @@ enum TraceCommand {
         /// The converted image.
         image: ImageRef,
     },
-    /// Publish a trace file (from `loci mount --record-trace`) for an image.
+    /// Publish a trace file (from `loci mount --record-trace`) for an image,
+    /// with a pack of the chunks it reads (fetched from the image's layers,
+    /// verified, recompressed at `[prefetch] pack_level`).
     Push {
         #[command(flatten)]
         registry: RegistryArgs,
+        /// loci config file (TOML): registry hosts and credentials, the
+        /// fetch settings and `[prefetch] pack_level` (0: no pack).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Publish even if the trace does not match the image's layers
-        /// (for testing how mounts ignore bad traces).
+        /// (for testing how mounts ignore bad traces); such a trace is
+        /// published without a pack.
         #[arg(long)]
         force: bool,
         /// The converted image.
@@ -82,13 +91,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         TraceCommand::Push {
             registry,
+            config,
             force,
             image,
             file,
         } => {
+            let config = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let store = ImageStore::open(&image, &registry.options(), false)?;
+            let store =
+                ImageStore::open(&image, &config.registry.apply(registry.options()), false)?;
             let (client, repo) = registry_of(&store, &image)?;
             let opened = runtime.block_on(open_image(&store))?;
             let manifest = opened
@@ -110,19 +125,62 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
             };
-            if let Err(e) = trace.validate(&opened.layers) {
-                if !force {
-                    return Err(e)
-                        .with_context(|| format!("{} does not fit {image}", file.display()));
+            let (trace, pack) = match trace.validate(&opened.layers) {
+                Ok(()) if config.prefetch.pack_level == 0 => (
+                    Trace {
+                        pack: None,
+                        ..trace
+                    },
+                    None,
+                ),
+                Ok(()) => {
+                    let work = tempfile::Builder::new().prefix("loci-trace-").tempdir()?;
+                    let fetcher = scratch_fetcher(&config, work.path())?;
+                    let report = runtime.block_on(prefetch(
+                        fetcher.clone(),
+                        opened.layers.clone(),
+                        trace.clone(),
+                        config.prefetch.clone(),
+                    ));
+                    eprintln!(
+                        "fetched {} of its {} chunks from the image ({:.1} MB) to pack",
+                        report.traced - report.already_cached,
+                        report.traced,
+                        fetcher.stats.bytes_fetched.load(Ordering::Relaxed) as f64 / 1e6
+                    );
+                    packed_for_publishing(trace, fetcher.cache(), &config)
                 }
-                eprintln!("warning: {e}; pushing anyway (--force)");
-            }
-            // No chunks here to pack: a pack the file names is not pushed.
-            let digest = runtime.block_on(push_trace(client, repo, &manifest, &trace, None))?;
+                Err(e) if force => {
+                    eprintln!("warning: {e}; pushing anyway, without a pack (--force)");
+                    (
+                        Trace {
+                            pack: None,
+                            ..trace
+                        },
+                        None,
+                    )
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("{} does not fit {image}", file.display()))
+                }
+            };
+            let digest =
+                runtime.block_on(push_trace(client, repo, &manifest, &trace, pack.as_ref()))?;
             println!("{digest}");
         }
     }
     Ok(())
+}
+
+/// A fetcher with a cache of its own in `dir` (configured as the node's,
+/// but apart from it): what a command fetches for one image is neither
+/// shaped by what the node holds nor left in the node's cache.
+pub(super) fn scratch_fetcher(config: &Config, dir: &Path) -> anyhow::Result<Arc<Fetcher>> {
+    let mut cache_config = config.cache.clone();
+    cache_config.dir = dir.join("cache");
+    let cache = ChunkCache::open(&cache_config)?;
+    Ok(Arc::new(Fetcher::new(cache, config.fetch.clone())))
 }
 
 /// `trace` with a pack of its chunks from `cache` at `[prefetch]

@@ -9,9 +9,7 @@
 
 use super::registry_args::registry_of;
 use super::registry_args::RegistryArgs;
-use crate::cache::ChunkCache;
 use crate::config::Config;
-use crate::fetch::Fetcher;
 use crate::fs::{self, tree::View};
 use crate::image::{ImageRef, ImageStore, RunConfig};
 use crate::prefetch::{push_trace, ContainerRun, TraceRecorder};
@@ -71,12 +69,10 @@ pub fn run(args: Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         &config.registry.apply(args.registry.options()),
         false,
     )?;
-    let mut cache_config = config.cache.clone();
     // Its own cache: the recording must not be shaped by what this node
     // already holds, and must leave the node's cache alone.
-    cache_config.dir = work.path().join("cache");
-    let cache = ChunkCache::open(&cache_config)?;
-    let fetcher = Arc::new(Fetcher::new(cache.clone(), config.fetch.clone()));
+    let fetcher = super::trace::scratch_fetcher(&config, work.path())?;
+    let cache = fetcher.cache().clone();
     let image = runtime
         .block_on(crate::fetch::open_image(&store))
         .with_context(|| format!("opening {}", args.image))?;

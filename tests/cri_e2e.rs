@@ -81,6 +81,7 @@ impl Node {
         std::fs::write(&config, text).unwrap();
         std::fs::create_dir_all(work.path().join("no-docker-config")).unwrap();
         let snapshotter = spawn_snapshotter(work.path());
+        reach_snapshotter(&containerd, &snapshotter);
         Node {
             work,
             certs,
@@ -124,6 +125,32 @@ impl Drop for Node {
         }
         self.snapshotter.stop();
         release_snapshotter_root(&self.path("root"));
+    }
+}
+
+/// Waits until containerd reaches the snapshotter through its proxy
+/// plugin, as a node's readiness check would. containerd dialled the
+/// socket at its start, before the snapshotter was there, and gRPC fails
+/// calls at once with that dial's error until its backoff (a second or
+/// more) lets it dial again: a CI run saw the first PullImage refused so.
+fn reach_snapshotter(containerd: &Containerd, snapshotter: &Daemon) {
+    let start = Instant::now();
+    loop {
+        let out = containerd
+            .ctr()
+            .args(["snapshots", "--snapshotter", "loci", "ls"])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "containerd never reached the snapshotter: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            snapshotter.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -143,10 +143,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                         config.prefetch.clone(),
                     ));
                     eprintln!(
-                        "fetched {} of its {} chunks from the image ({:.1} MB) to pack",
-                        report.traced - report.already_cached,
-                        report.traced,
-                        fetcher.stats.bytes_fetched.load(Ordering::Relaxed) as f64 / 1e6
+                        "fetched its chunks from the image to pack: {:.1} MB in {} requests ({} failed)",
+                        fetcher.stats.bytes_fetched.load(Ordering::Relaxed) as f64 / 1e6,
+                        fetcher.stats.requests.load(Ordering::Relaxed),
+                        report.failed
                     );
                     packed_for_publishing(trace, fetcher.cache(), &config)
                 }

@@ -177,18 +177,19 @@ const MAX_FAILED_REMEMBERED: usize = 100_000;
 /// Invocations that ended because their instance was stopped under them.
 #[derive(Default)]
 struct FailedInvocations {
-    why: HashMap<InvocationId, StopReason>,
+    /// Why each failed, and whether it was itself past its deadline.
+    why: HashMap<InvocationId, (StopReason, bool)>,
     order: std::collections::VecDeque<InvocationId>,
 }
 
 impl FailedInvocations {
-    fn remember(&mut self, id: InvocationId, reason: StopReason) {
+    fn remember(&mut self, id: InvocationId, reason: StopReason, overdue: bool) {
         if self.order.len() == MAX_FAILED_REMEMBERED {
             if let Some(oldest) = self.order.pop_front() {
                 self.why.remove(&oldest);
             }
         }
-        self.why.insert(id, reason);
+        self.why.insert(id, (reason, overdue));
         self.order.push_back(id);
     }
 }
@@ -837,7 +838,11 @@ impl ClusterView {
     ) -> Result<(InstanceId, u32), SchedulerError> {
         let record = self.invocations.remove(&invocation).ok_or_else(|| {
             match self.failed.why.get(&invocation) {
-                Some(&reason) => SchedulerError::InvocationFailed { invocation, reason },
+                Some(&(reason, overdue)) => SchedulerError::InvocationFailed {
+                    invocation,
+                    reason,
+                    overdue,
+                },
                 None => SchedulerError::UnknownInvocation(invocation),
             }
         })?;
@@ -912,16 +917,23 @@ impl ClusterView {
         let need = instance.resources;
         let mut failed_invocations = Vec::new();
         let busy_ms = if instance.in_flight > 0 {
+            // (invocation, ran past its own deadline)
+            let mut failed = Vec::new();
             for &invocation in &instance.invocations {
                 if let Some(inv) = self.invocations.remove(&invocation) {
                     self.deadlines.remove(&(inv.deadline_ms, invocation));
-                    failed_invocations.push(invocation);
+                    let late = reason == StopReason::Timeout && inv.deadline_ms <= now_ms;
+                    failed.push((invocation, late));
                 }
             }
-            failed_invocations.sort_unstable();
-            for &invocation in &failed_invocations {
-                self.failed.remember(invocation, reason);
+            failed.sort_unstable();
+            for &(invocation, late) in &failed {
+                self.failed.remember(invocation, reason, late);
             }
+            failed_invocations = failed
+                .into_iter()
+                .map(|(invocation, _)| invocation)
+                .collect();
             self.nodes[instance.node].busy_cpu_millis -= u64::from(need.cpu_millis);
             self.note_demand_change(instance.function, now_ms);
             self.function_in_flight_dropped(instance.function, instance.in_flight, now_ms);
@@ -1423,10 +1435,12 @@ mod tests {
             killed[0].failed_invocations,
             [slow.invocation_id, other.invocation_id]
         );
-        for id in [slow.invocation_id, other.invocation_id] {
+        // Only the slow one ran past its deadline: its caller is owed the
+        // timeout, the other's a failure.
+        for (id, late) in [(slow.invocation_id, true), (other.invocation_id, false)] {
             let err = v.complete(id, 10_002).unwrap_err();
             assert!(
-                matches!(err, SchedulerError::InvocationFailed { invocation, reason: StopReason::Timeout } if invocation == id),
+                matches!(err, SchedulerError::InvocationFailed { invocation, reason: StopReason::Timeout, overdue } if invocation == id && overdue == late),
                 "{err}"
             );
         }

@@ -58,6 +58,10 @@ pub enum SchedulerError {
         invocation: u64,
         /// Why its instance was stopped.
         reason: super::report::StopReason,
+        /// The invocation was itself past its deadline when its instance
+        /// was killed for a timeout: it is the one that timed out (its
+        /// caller is owed a timeout, not a failure caused by another).
+        overdue: bool,
     },
     /// No live node has the free capacity the instance needs.
     #[error("no node has {cpu_millis} mCPU and {memory_mib} MiB free for image {image:?}")]

@@ -153,11 +153,16 @@ fn bad_gateway(error: String) -> ApiError {
 }
 
 /// The invocation ended without an answer because its instance went:
-/// says why, as the view remembers it.
-fn failed(guard: InFlight, instance: InstanceId) -> ApiError {
+/// says why, as the view remembers it. One the background loop found past
+/// its deadline and killed its instance for gets the timeout, as if this
+/// handler's own clock had run out first.
+fn failed(guard: InFlight, instance: InstanceId, timeout: Duration) -> ApiError {
     let (state, invocation) = (guard.state.clone(), guard.invocation);
     guard.ended();
     let why = match view(&state).complete(invocation, now_ms()) {
+        Err(SchedulerError::InvocationFailed { overdue: true, .. }) => {
+            return timeout_error(invocation, instance, timeout)
+        }
         Err(SchedulerError::InvocationFailed { reason, .. }) => reason_text(reason),
         _ => "it stopped".to_string(),
     };
@@ -186,6 +191,11 @@ fn timed_out(guard: InFlight, instance: InstanceId, timeout: Duration) -> ApiErr
     if let Some(r) = s.retire(instance, StopReason::Timeout, now_ms()) {
         tracing::warn!(instance, invocation, function = %r.function, node = %r.node_id, failed_invocations = ?r.failed_invocations, "invocation ran past its timeout: killing its instance");
     }
+    timeout_error(invocation, instance, timeout)
+}
+
+/// The caller's answer for an invocation that ran past its timeout.
+fn timeout_error(invocation: InvocationId, instance: InstanceId, timeout: Duration) -> ApiError {
     ApiError {
         status: StatusCode::GATEWAY_TIMEOUT,
         error: format!(
@@ -239,7 +249,7 @@ pub(super) async fn post_invoke(
                 field: None,
             });
         }
-        Waited::Gone => return Err(failed(guard, instance)),
+        Waited::Gone => return Err(failed(guard, instance, timeout)),
         Waited::TimedOut => {
             return Err(ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
@@ -256,7 +266,7 @@ pub(super) async fn post_invoke(
     let deadline = Instant::now() + timeout;
     let answer = tokio::select! {
         answer = tokio::time::timeout_at(deadline, forward(&endpoint, &headers, body)) => answer,
-        () = gone(&state, instance) => return Err(failed(guard, instance)),
+        () = gone(&state, instance) => return Err(failed(guard, instance, timeout)),
     };
     let answer = match answer {
         Err(_) => return Err(timed_out(guard, instance, timeout)),

@@ -711,3 +711,39 @@ fn an_outside_umount_ends_the_mount() {
     assert!(!log.contains("Unmount failed"), "{log}");
     assert!(!is_mounted(&mount.dir));
 }
+
+/// Asked for a file's inode flags (overlayfs does it on every copy-up),
+/// a mount answers ENOTTY, "no such ioctl here", as the kernel's own
+/// flagless filesystems do, and says nothing about it in its log (fuser's
+/// default answer logged a warning per call).
+#[test]
+fn a_request_for_file_flags_is_answered_enotty_without_a_warning() {
+    let test = "a_request_for_file_flags_is_answered_enotty_without_a_warning";
+    if !require(test, NEEDS, true) || !require_fuse(test) {
+        return;
+    }
+    let setup = Setup::new(&[]);
+    let mut mount = LociMount::start(
+        &setup.converted(),
+        &setup.path("mnt"),
+        &setup.config("ioctl", 30),
+        &setup.path("ioctl.log"),
+    );
+    // _IOR('f', 1, long): FS_IOC_GETFLAGS on 64-bit Linux.
+    const FS_IOC_GETFLAGS: u64 = 0x8008_6601;
+    let file = std::fs::File::open(mount.dir.join("etc/hello.txt")).unwrap();
+    let mut flags: libc::c_long = 0;
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            FS_IOC_GETFLAGS as _,
+            &mut flags,
+        )
+    };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    drop(file);
+    assert_eq!((rc, errno), (-1, Some(libc::ENOTTY)));
+    assert!(mount.stop().success(), "{}", mount.daemon.log_text());
+    let log = mount.daemon.log_text();
+    assert!(!log.contains("Not Implemented"), "{log}");
+}

@@ -5,9 +5,9 @@
 use super::tree::{Ino, Node, NodeKind, Tree, ROOT};
 use crate::fetch::{Fetcher, RemoteLayer};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags,
     KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -444,6 +444,25 @@ impl Filesystem for LociFs {
                 Err(e) => reply.error(e),
             }
         });
+    }
+
+    /// An image's files have no inode flags and answer no ioctls.
+    /// overlayfs asks a lower file for its flags (`FS_IOC_GETFLAGS`) as it
+    /// copies the file up, on every container start that writes to one;
+    /// ENOTTY is the "none" it expects. fuser's default answers ENOSYS and
+    /// logs a warning per call, which filled the snapshotter's log.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {

@@ -24,7 +24,8 @@ pub struct CacheConfig {
     /// Free space the disk tier leaves on its filesystem: below it, chunks
     /// are no longer written to disk (they are still served), so a full
     /// disk never reaches RocksDB, which aborts the process on some write
-    /// errors.
+    /// errors. At least twice `rocksdb.write_buffer_bytes` (the memtables
+    /// RocksDB writes out on its own).
     pub disk_min_free_bytes: u64,
     /// RocksDB tuning for the disk tier.
     pub rocksdb: RocksDbOptions,
@@ -71,6 +72,16 @@ impl CacheConfig {
         }
         if self.rocksdb.write_buffer_bytes < MIB {
             return Err("rocksdb.write_buffer_bytes must be at least 1 MiB".into());
+        }
+        // RocksDB flushes a memtable per column family to disk without
+        // asking loci: the reserve must hold them, or a full disk reaches
+        // RocksDB, whose error paths after an ENOSPC can abort the process
+        // (an assertion in Debian's build; seen in CI).
+        let memtables = 2 * self.rocksdb.write_buffer_bytes;
+        if self.disk_min_free_bytes < memtables {
+            return Err(format!(
+                "disk_min_free_bytes must be at least twice rocksdb.write_buffer_bytes ({memtables}): RocksDB writes its memtables out without loci's free-space check, and a write that meets a full disk can abort the process"
+            ));
         }
         Ok(())
     }
@@ -158,6 +169,25 @@ mod tests {
     fn defaults_round_trip_through_toml() {
         let text = toml::to_string(&CacheConfig::default()).unwrap();
         assert_eq!(CacheConfig::parse(&text).unwrap(), CacheConfig::default());
+    }
+
+    /// A reserve that cannot hold RocksDB's own memtable flushes is refused;
+    /// one that can, with a smaller memtable, is taken.
+    #[test]
+    fn a_free_space_reserve_below_the_memtables_is_refused() {
+        for text in [
+            "disk_min_free_bytes = 0\n",
+            "disk_min_free_bytes = 134217727\n",
+            "[rocksdb]\nwrite_buffer_bytes = 268435456\n",
+        ] {
+            let err = CacheConfig::parse(text).unwrap_err();
+            assert!(err.contains("disk_min_free_bytes"), "{text}: {err}");
+        }
+        let config = CacheConfig::parse(
+            "disk_min_free_bytes = 2097152\n[rocksdb]\nwrite_buffer_bytes = 1048576\n",
+        )
+        .unwrap();
+        assert_eq!(config.disk_min_free_bytes, 2 * MIB);
     }
 
     #[test]

@@ -284,6 +284,27 @@ fn a_pushed_trace_file_is_published_with_its_pack() {
         "the replay read the layers:\n{}",
         mount.daemon.log_text()
     );
+
+    // A file whose pack index names a pack the registry does not hold (as
+    // `--record-trace` writes one it published elsewhere): the push takes
+    // the chunks from the layers and never asks for that pack.
+    let mut elsewhere = shown.clone();
+    elsewhere["pack"]["digest"] = serde_json::json!([0x11u8; 32].to_vec());
+    let absent = pack_digest(&elsewhere).unwrap();
+    let elsewhere_file = setup.path("elsewhere-trace.json");
+    std::fs::write(&elsewhere_file, elsewhere.to_string()).unwrap();
+    let before_push = settled_log(&setup.registry).len();
+    let pushed = run(loci()
+        .args(["trace", "push", "--plain-http", &setup.image("app")])
+        .arg(&elsewhere_file));
+    let said = String::from_utf8_lossy(&pushed.stderr);
+    assert!(said.contains("packed"), "{said}");
+    let log = settled_log(&setup.registry);
+    assert_eq!(
+        blob_traffic_in(&log, &absent, before_push).0,
+        0,
+        "the push asked for the file's pack:\n{said}"
+    );
 }
 
 /// A trace that foresaw almost nothing of a start (here: one small file)

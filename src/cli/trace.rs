@@ -125,14 +125,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
             };
+            // A pack index the file carries names a pack this push does not
+            // have: the replay below would ask the registry for it. The
+            // chunks come from the layers, and the pack is made anew.
+            let trace = Trace {
+                pack: None,
+                ..trace
+            };
             let (trace, pack) = match trace.validate(&opened.layers) {
-                Ok(()) if config.prefetch.pack_level == 0 => (
-                    Trace {
-                        pack: None,
-                        ..trace
-                    },
-                    None,
-                ),
+                Ok(()) if config.prefetch.pack_level == 0 => (trace, None),
                 Ok(()) => {
                     let work = tempfile::Builder::new().prefix("loci-trace-").tempdir()?;
                     let fetcher = scratch_fetcher(&config, work.path())?;
@@ -152,13 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
                 Err(e) if force => {
                     eprintln!("warning: {e}; pushing anyway, without a pack (--force)");
-                    (
-                        Trace {
-                            pack: None,
-                            ..trace
-                        },
-                        None,
-                    )
+                    (trace, None)
                 }
                 Err(e) => {
                     return Err(e)

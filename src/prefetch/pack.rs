@@ -11,53 +11,62 @@ use crate::digest::Digest;
 use crate::fetch::RemoteLayer;
 use crate::format::Chunk;
 use bytes::Bytes;
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The pack of `trace`'s chunks, each its own zstd frame at `level`,
 /// grouped by layer and in first-access order within one; a chunk
 /// `chunk_bytes` does not have is left out (its replay reads the layer).
-/// None when it has none of them.
+/// None when it has none of them. The frames are compressed in parallel:
+/// a pack is made once and read by every cold start, so it is made at a
+/// level that costs seconds of CPU.
 fn build_pack(
     trace: &Trace,
-    chunk_bytes: impl Fn(&Digest) -> Option<Bytes>,
+    chunk_bytes: impl Fn(&Digest) -> Option<Bytes> + Sync,
     level: i32,
 ) -> Option<(Bytes, TracePack)> {
-    let mut blob = Vec::new();
-    let mut frames = Vec::new();
     let mut packed = std::collections::HashSet::new();
+    let mut order = Vec::new();
     for layer in 0..trace.layers.len() as u32 {
         for access in trace.accesses.iter().filter(|a| a.layer == layer) {
-            if !packed.insert((access.layer, access.chunk)) {
-                continue;
+            if packed.insert((access.layer, access.chunk)) {
+                order.push(access);
             }
-            let Some(data) = chunk_bytes(&access.digest) else {
-                continue;
-            };
-            let frame = match zstd::bulk::compress(&data, level) {
-                Ok(frame) => frame,
-                Err(e) => {
-                    tracing::warn!(error = %e, level, "recompressing the traced chunks failed; no pack");
-                    return None;
-                }
-            };
-            frames.push(PackFrame {
-                layer,
-                chunk: access.chunk,
-                offset: blob.len() as u64,
-                compressed_len: frame.len() as u32,
-            });
-            blob.extend_from_slice(&frame);
         }
     }
-    if frames.is_empty() {
+    let frames: Vec<Option<(&Access, Vec<u8>)>> = order
+        .par_iter()
+        .map(|access| {
+            let data = chunk_bytes(&access.digest)?;
+            match zstd::bulk::compress(&data, level) {
+                Ok(frame) => Some((*access, frame)),
+                Err(e) => {
+                    tracing::warn!(error = %e, level, chunk = access.chunk, "recompressing a traced chunk failed; it is left out of the pack");
+                    None
+                }
+            }
+        })
+        .collect();
+    let mut blob = Vec::with_capacity(frames.iter().flatten().map(|(_, f)| f.len()).sum());
+    let mut index = Vec::new();
+    for (access, frame) in frames.into_iter().flatten() {
+        index.push(PackFrame {
+            layer: access.layer,
+            chunk: access.chunk,
+            offset: blob.len() as u64,
+            compressed_len: frame.len() as u32,
+        });
+        blob.extend_from_slice(&frame);
+    }
+    if index.is_empty() {
         return None;
     }
     let blob = Bytes::from(blob);
     let pack = TracePack {
         digest: Digest::of(&blob),
         size: blob.len() as u64,
-        frames,
+        frames: index,
     };
     Some((blob, pack))
 }

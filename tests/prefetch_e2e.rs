@@ -624,9 +624,11 @@ fn trace_record_runs_a_debian_images_bare_command_and_its_trace_pays_off() {
 /// `loci convert --trace-of`: the files a published trace read move to
 /// the front of their layers, in the order they were read; the new image
 /// is still an ordinary valid image (containerd's own unpacker checks its
-/// new diff_ids), it carries a trace of its own, and replaying that trace
-/// takes fewer requests than replaying the original on the original (from
-/// its layers: the original is recorded without a pack).
+/// new diff_ids), it carries a trace of its own with a pack of the chunks
+/// that trace reads (fetched back from the new image, so cut to the bytes
+/// read), and replaying that trace takes fewer requests than replaying the
+/// original on the original (from its layers: the original is recorded
+/// without a pack).
 #[test]
 fn a_trace_ordered_image_replays_its_trace_in_fewer_requests() {
     let test = "a_trace_ordered_image_replays_its_trace_in_fewer_requests";
@@ -655,7 +657,9 @@ fn a_trace_ordered_image_replays_its_trace_in_fewer_requests() {
     ]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("traced files") && stderr.contains("published with"),
+        stderr.contains("traced files")
+            && stderr.contains("packed")
+            && stderr.contains("published with"),
         "{stderr}"
     );
     run(loci().args(["inspect", "--plain-http", "--verify", &ordered]));
@@ -692,24 +696,55 @@ fn a_trace_ordered_image_replays_its_trace_in_fewer_requests() {
             .iter()
             .map(|l| l["layer"].as_str().unwrap().to_string())
             .collect();
+        let shown = run(loci().args(["trace", "show", "--plain-http", reference]));
+        let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        let pack = pack_digest(&shown);
+        let blobs: Vec<String> = layers.iter().cloned().chain(pack.clone()).collect();
         let before = settled_log(&setup.registry).len();
         let mount = setup.mount(repo, name, &[]);
         wait_for_prefetch(&mount);
-        let prefetched = image_traffic(&setup, &layers, before);
+        let prefetched = image_traffic(&setup, &blobs, before);
+        if let Some(pack) = &pack {
+            // One range request per layer it holds chunks of.
+            let layers_packed: std::collections::HashSet<_> = shown["pack"]["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["layer"].as_u64())
+                .collect();
+            let log = settled_log(&setup.registry);
+            assert_eq!(
+                blob_traffic_in(&log, pack, before),
+                (layers_packed.len(), shown["pack"]["size"].as_u64().unwrap()),
+                "{name}: the pack is read whole, a request per layer"
+            );
+        }
         let before = settled_log(&setup.registry).len();
         let contents: Vec<Vec<u8>> = traced
             .iter()
             .map(|f| std::fs::read(mount.dir.join(f)).unwrap())
             .collect();
         assert_eq!(
-            image_traffic(&setup, &layers, before),
+            image_traffic(&setup, &blobs, before),
             (0, 0),
             "{name}: traced reads went to the registry"
         );
-        (prefetched, contents)
+        (prefetched, contents, shown)
     };
-    let ((original_requests, original_bytes), original) = replay(&setup.image("app"), "original");
-    let ((ordered_requests, ordered_bytes), reordered) = replay(&ordered, "ordered");
+    let ((original_requests, original_bytes), original, original_trace) =
+        replay(&setup.image("app"), "original");
+    let ((ordered_requests, ordered_bytes), reordered, ordered_trace) = replay(&ordered, "ordered");
+    assert!(original_trace["pack"].is_null(), "{original_trace}");
+    let frames = ordered_trace["pack"]["frames"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the trace-ordered image's trace has no pack: {ordered_trace}"));
+    let traced_chunks: std::collections::HashSet<_> = ordered_trace["accesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["layer"].as_u64(), a["chunk"].as_u64()))
+        .collect();
+    assert_eq!(frames.len(), traced_chunks.len(), "{ordered_trace}");
     eprintln!("prefetch: original {original_requests} requests, {original_bytes} B; trace-ordered {ordered_requests} requests, {ordered_bytes} B");
     assert_eq!(
         original, reordered,

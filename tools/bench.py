@@ -19,6 +19,7 @@ chunk caches emptied, page cache dropped):
               frames, not its pack (`[prefetch] replay_packs = false`)
   loci-ordered  the same with the trace-ordered image (`loci convert
               --trace-of`: the traced files first in each layer) and its trace
+              and pack (`--pack-level` sets the level of both packs)
   loci-warm   loci again with the chunk cache of the previous loci run
   loci-native the image pulled lazily and started once, its layers then
               completed in the background, verified and laid out as plain
@@ -636,11 +637,15 @@ def record_trace(env, image):
     over a lazy root), publishing its trace; then converts the trace-ordered
     image with its own trace. Returns the number of chunk reads recorded."""
     trace = os.path.join(env.work, f"trace-{image.name}.json")
-    env.run(env.loci, "--log", "warn", "trace", "record", *env.registry_flags(), "--address", env.sock,
-            "--namespace", f"rec-{image.name}", "--out", trace, image.converted, "--", *image.command)
+    publish_cfg = os.path.join(env.work, "publish.toml")
+    with open(publish_cfg, "w") as f:
+        f.write("[prefetch]\n" + (f"pack_level = {env.args.pack_level}\n" if env.args.pack_level is not None else ""))
+    env.run(env.loci, "--log", "warn", "trace", "record", *env.registry_flags(), "--config", publish_cfg,
+            "--address", env.sock, "--namespace", f"rec-{image.name}", "--out", trace, image.converted,
+            "--", *image.command)
     t0, c0 = time.perf_counter(), children_cpu()
     env.run(env.loci, "--log", "warn", "convert", *env.registry_flags(), *env.convert_args, "--sign-key",
-            env.signing_key(), "--trace-of", image.converted, image.original, image.ordered)
+            env.signing_key(), "--config", publish_cfg, "--trace-of", image.converted, image.original, image.ordered)
     image.ordered_convert_s, image.ordered_convert_cpu_s = time.perf_counter() - t0, children_cpu() - c0
     for ref in (image.converted, image.ordered):
         out = subprocess.run([env.loci, "--log", "warn", "trace", "show", "--opened", *env.registry_flags(), ref],
@@ -868,6 +873,7 @@ def main():
                          "HTTP/2 where loci offers it; mode loci-fs-http1 is loci-fs kept to HTTP/1.1")
     ap.add_argument("--convert-args", help="extra `loci convert` options, e.g. '--chunk-size-kib 1024'")
     ap.add_argument("--fetch-config", help="extra [fetch] TOML for the loci-fs mode, e.g. 'amplify_bytes = 4194304'")
+    ap.add_argument("--pack-level", type=int, help="[prefetch] pack_level the traces are published with (default: loci's)")
     ap.add_argument("--prefetch-config", help="extra [prefetch] TOML for the snapshotter, e.g. 'max_request_bytes = 262144'")
     ap.add_argument("--nydus-validate", action="store_true",
                     help="Nydus verifies every chunk's digest, as loci does (RAFS v5: v6 cannot validate in nydusd 2.2)")

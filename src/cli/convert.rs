@@ -1,7 +1,10 @@
 //! `loci convert SRC DST`.
 
-use super::registry_args::RegistryArgs;
+use super::registry_args::{registry_of, RegistryArgs};
+use crate::config::Config;
 use crate::convert::{Converter, LayerOrder};
+use crate::digest::Digest;
+use crate::fetch::open_image;
 use crate::format::{
     ConvertOptions, SigningKey, DEFAULT_CHUNK_SIZE, DEFAULT_HOT_LEVEL, DEFAULT_LEVEL,
     DEFAULT_PACK_SIZE,
@@ -9,6 +12,7 @@ use crate::format::{
 use crate::image::{ImageRef, ImageStore};
 use crate::prefetch;
 use crate::progress::Progress;
+use crate::registry::RegistryClient;
 use anyhow::Context;
 
 /// Convert an OCI image into loci's chunked, seekable format.
@@ -50,6 +54,11 @@ pub struct Args {
     /// the trace that replays the same reads.
     #[arg(long, value_name = "REF")]
     trace_of: Option<ImageRef>,
+    /// loci config file (TOML): registry hosts and credentials; with
+    /// `--trace-of`, the fetch settings and `[prefetch] pack_level` of the
+    /// pack the new trace is published with (0: none).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
     /// Source image: docker://host/repo:tag, oci:DIR:TAG, or host/repo:tag.
     src: ImageRef,
     /// Destination image, in the same forms.
@@ -58,7 +67,11 @@ pub struct Args {
 
 /// Runs the conversion and prints a per-layer summary.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let opts = args.registry.options();
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let opts = config.registry.apply(args.registry.options());
     let src = ImageStore::open(&args.src, &opts, false)
         .with_context(|| format!("opening {}", args.src))?;
     let dst = ImageStore::open(&args.dst, &opts, true)
@@ -144,10 +157,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 r.not_found
             );
         }
-        if matches!(dst, ImageStore::Registry { .. }) {
-            let (digest, accesses) = runtime
-                .block_on(prefetch::publish_trace_for(&dst, &by_new))
-                .with_context(|| format!("publishing the start trace of {}", args.dst))?;
+        if let Ok((client, repo)) = registry_of(&dst, &args.dst) {
+            let (digest, accesses) =
+                publish_ordered_trace(&runtime, &config, &dst, &by_new, client, repo)
+                    .with_context(|| format!("publishing the start trace of {}", args.dst))?;
             eprintln!(
                 "trace {digest} ({accesses} chunks) published with {}",
                 args.dst
@@ -161,4 +174,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("{} {}", args.dst, report.digest);
     Ok(())
+}
+
+/// Publishes with the trace-ordered image at `dst` the trace that replays
+/// `orders` on it, with a pack of its chunks (fetched back from `dst`, cut
+/// by the conversion to the bytes the start reads): a replay then reads
+/// exactly those bytes, recompressed harder, in one stream.
+fn publish_ordered_trace(
+    runtime: &tokio::runtime::Runtime,
+    config: &Config,
+    dst: &ImageStore,
+    orders: &prefetch::ReadOrders,
+    client: &RegistryClient,
+    repo: &str,
+) -> anyhow::Result<(Digest, usize)> {
+    let trace = runtime.block_on(prefetch::trace_for_image(dst, orders))?;
+    let opened = runtime.block_on(open_image(dst))?;
+    let manifest = opened
+        .manifest
+        .clone()
+        .context("the image has no manifest")?;
+    let accesses = trace.accesses.len();
+    let (trace, pack) = super::trace::packed_from_layers(runtime, config, opened.layers, trace)?;
+    let digest = runtime.block_on(prefetch::push_trace(
+        client,
+        repo,
+        &manifest,
+        &trace,
+        pack.as_ref(),
+    ))?;
+    Ok((digest, accesses))
 }

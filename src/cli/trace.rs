@@ -3,7 +3,7 @@
 use super::registry_args::{registry_of, RegistryArgs};
 use crate::cache::ChunkCache;
 use crate::config::Config;
-use crate::fetch::{open_image, Fetcher};
+use crate::fetch::{open_image, Fetcher, RemoteLayer};
 use crate::image::{ImageRef, ImageStore};
 use crate::prefetch::{fetch_trace, opened_size, prefetch, push_trace, with_pack, Trace};
 use anyhow::{bail, Context};
@@ -133,24 +133,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ..trace
             };
             let (trace, pack) = match trace.validate(&opened.layers) {
-                Ok(()) if config.prefetch.pack_level == 0 => (trace, None),
-                Ok(()) => {
-                    let work = tempfile::Builder::new().prefix("loci-trace-").tempdir()?;
-                    let fetcher = scratch_fetcher(&config, work.path())?;
-                    let report = runtime.block_on(prefetch(
-                        fetcher.clone(),
-                        opened.layers.clone(),
-                        trace.clone(),
-                        config.prefetch.clone(),
-                    ));
-                    eprintln!(
-                        "fetched its chunks from the image to pack: {:.1} MB in {} requests ({} failed)",
-                        fetcher.stats.bytes_fetched.load(Ordering::Relaxed) as f64 / 1e6,
-                        fetcher.stats.requests.load(Ordering::Relaxed),
-                        report.failed
-                    );
-                    packed_for_publishing(trace, fetcher.cache(), &config)
-                }
+                Ok(()) => packed_from_layers(&runtime, &config, opened.layers.clone(), trace)?,
                 Err(e) if force => {
                     eprintln!("warning: {e}; pushing anyway, without a pack (--force)");
                     (trace, None)
@@ -176,6 +159,36 @@ pub(super) fn scratch_fetcher(config: &Config, dir: &Path) -> anyhow::Result<Arc
     cache_config.dir = dir.join("cache");
     let cache = ChunkCache::open(&cache_config)?;
     Ok(Arc::new(Fetcher::new(cache, config.fetch.clone())))
+}
+
+/// `trace` (checked against `layers`) with a pack of its chunks, fetched
+/// from `layers` into a scratch cache (each verified on the way, as a
+/// replay does) and recompressed at `[prefetch] pack_level` (none at 0):
+/// how a trace made away from a node's cache gets its pack.
+pub(super) fn packed_from_layers(
+    runtime: &tokio::runtime::Runtime,
+    config: &Config,
+    layers: Arc<Vec<RemoteLayer>>,
+    trace: Trace,
+) -> anyhow::Result<(Trace, Option<bytes::Bytes>)> {
+    if config.prefetch.pack_level == 0 {
+        return Ok((trace, None));
+    }
+    let work = tempfile::Builder::new().prefix("loci-trace-").tempdir()?;
+    let fetcher = scratch_fetcher(config, work.path())?;
+    let report = runtime.block_on(prefetch(
+        fetcher.clone(),
+        layers,
+        trace.clone(),
+        config.prefetch.clone(),
+    ));
+    eprintln!(
+        "fetched its chunks from the image to pack: {:.1} MB in {} requests ({} failed)",
+        fetcher.stats.bytes_fetched.load(Ordering::Relaxed) as f64 / 1e6,
+        fetcher.stats.requests.load(Ordering::Relaxed),
+        report.failed
+    );
+    Ok(packed_for_publishing(trace, fetcher.cache(), config))
 }
 
 /// `trace` with a pack of its chunks from `cache` at `[prefetch]

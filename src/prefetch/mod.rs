@@ -25,6 +25,6 @@ pub use recorder::TraceRecorder;
 pub use replay::{prefetch, PrefetchConfig, PrefetchReport};
 pub use trace::{Access, PackFrame, Trace, TraceError, TracePack, TRACE_VERSION};
 pub use trace_layout::{
-    opened_size, publish_trace_for, read_orders, read_orders_of, trace_for, OpenedSize, ReadOrders,
+    opened_size, read_orders, read_orders_of, trace_for, trace_for_image, OpenedSize, ReadOrders,
     TraceLayoutError, TracedFile,
 };

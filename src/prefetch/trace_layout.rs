@@ -5,7 +5,6 @@
 //! large range requests.
 
 use super::lookup::find_trace;
-use super::publish::{push_trace, PublishError};
 use super::trace::{Access, FileReads, Trace, TRACE_VERSION};
 use crate::digest::Digest;
 use crate::fetch::{fetch_toc, LayerError};
@@ -67,9 +66,6 @@ pub enum TraceLayoutError {
     /// The trace's reads are malformed.
     #[error(transparent)]
     Trace(#[from] super::trace::TraceError),
-    /// Publishing the new trace failed.
-    #[error(transparent)]
-    Publish(#[from] PublishError),
 }
 
 /// The reads of `trace`, whose layers are `layers` (diff_id and TOC each,
@@ -294,13 +290,13 @@ pub async fn read_orders_of(store: &ImageStore) -> Result<ReadOrders, TraceLayou
     Ok(read_orders(&trace, &layers))
 }
 
-/// Publishes, with the image at `store`, the trace that replays `orders`
-/// (by the diff_ids of its layers). Returns the trace's digest and its
-/// number of accesses.
-pub async fn publish_trace_for(
+/// The trace that replays `orders` (by the diff_ids of its layers) on the
+/// image at `store`: what `convert --trace-of` publishes with the image it
+/// wrote.
+pub async fn trace_for_image(
     store: &ImageStore,
     orders: &ReadOrders,
-) -> Result<(Digest, usize), TraceLayoutError> {
+) -> Result<Trace, TraceLayoutError> {
     let image = platform_image(store).await?;
     let mut tocs = Vec::new();
     for layer in &image.layers {
@@ -312,14 +308,7 @@ pub async fn publish_trace_for(
         .zip(&tocs)
         .map(|(l, toc)| (l.digest, l.diff_id, toc))
         .collect();
-    let trace = trace_for(orders, &layers);
-    let ImageStore::Registry { client, reference } = store else {
-        return Err(TraceLayoutError::NoTrace(format!(
-            "{store} (traces are published to registries only)"
-        )));
-    };
-    let digest = push_trace(client, &reference.repository, &image.manifest, &trace, None).await?;
-    Ok((digest, trace.accesses.len()))
+    Ok(trace_for(orders, &layers))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use crate::digest::Digest;
 use crate::format::{self, annotations, Footer, FormatError, Limits, Toc, FOOTER_SIZE};
 use crate::image::{platform_image, ImageConfig, ImageError, ImageLayer, ImageStore};
 use crate::registry::Manifest;
+use futures::stream::{self, StreamExt, TryStreamExt};
 use std::sync::Arc;
 
 /// Why a converted layer could not be opened.
@@ -167,21 +168,29 @@ pub struct OpenedImage {
     pub tocs: Vec<Toc>,
 }
 
+/// TOC range reads [`open_image`] keeps in flight: a mount waits on every
+/// TOC, so they overlap instead of costing a round trip each.
+const TOC_FETCHES_IN_FLIGHT: usize = 8;
+
 /// Resolves the image at `store` and fetches every layer's TOC (a range
-/// read each, verified against its annotated digest).
+/// read each, verified against its annotated digest; several at once).
 pub async fn open_image(store: &ImageStore) -> Result<OpenedImage, LayerError> {
-    let mut layers = Vec::new();
-    let mut tocs = Vec::new();
     let image = platform_image(store).await?;
-    for layer in image.layers {
-        let (_, toc) = fetch_toc(store, &layer).await?;
-        layers.push(RemoteLayer {
+    let tocs: Vec<Toc> = stream::iter(image.layers.iter().map(|layer| fetch_toc(store, layer)))
+        .buffered(TOC_FETCHES_IN_FLIGHT)
+        .map_ok(|(_, toc)| toc)
+        .try_collect()
+        .await?;
+    let layers = image
+        .layers
+        .iter()
+        .zip(&tocs)
+        .map(|(layer, toc)| RemoteLayer {
             store: store.clone(),
             digest: layer.digest,
             chunks: toc.chunks.clone().into(),
-        });
-        tocs.push(toc);
-    }
+        })
+        .collect();
     Ok(OpenedImage {
         manifest: Some(image.manifest),
         config: Some(image.config),

@@ -211,8 +211,13 @@ impl Recording {
             }
         }
         let Packing { cache, level } = self.packing.clone();
+        // On one thread: the node's other cores stay with its containers
+        // (a JVM start's pack at zstd 19 is ~15 CPU-s).
         let (trace, pack) = match tokio::task::spawn_blocking(move || {
-            with_pack(trace, &cache, level)
+            match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+                Ok(pool) => pool.install(|| with_pack(trace, &cache, level)),
+                Err(_) => with_pack(trace, &cache, level),
+            }
         })
         .await
         {

@@ -239,16 +239,56 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
     Ok(())
 }
 
-/// Binds a unix socket only root can reach, replacing a stale one.
+/// Binds a unix socket only root can reach, replacing a stale one. The
+/// socket is bound and listening under a temporary name first and then
+/// renamed into place: a client that dials as soon as the path exists
+/// (containerd, a test harness) never meets the moment between bind and
+/// listen, when a connection is refused.
 fn bind_socket(address: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
     if let Some(dir) = address.parent() {
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     }
-    match std::fs::remove_file(address) {
+    let name = address.file_name().unwrap_or_default().to_string_lossy();
+    let binding = address.with_file_name(format!(".{name}.{}.binding", std::process::id()));
+    match std::fs::remove_file(&binding) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(format!("removing stale {}", address.display()))(e)),
+        Err(e) => return Err(io_err(format!("removing stale {}", binding.display()))(e)),
     }
-    super::fdstore::bind_private(|| tokio::net::UnixListener::bind(address))
-        .map_err(io_err(format!("binding {}", address.display())))
+    let listener = super::fdstore::bind_private(|| tokio::net::UnixListener::bind(&binding))
+        .map_err(io_err(format!("binding {}", binding.display())))?;
+    // Replaces a stale socket at `address` in the same step.
+    std::fs::rename(&binding, address).map_err(io_err(format!(
+        "moving {} to {}",
+        binding.display(),
+        address.display()
+    )))?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_socket_appears_listening_in_place_of_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let address = dir.path().join("run/loci.sock");
+        std::fs::create_dir_all(address.parent().unwrap()).unwrap();
+        std::fs::write(&address, b"stale").unwrap();
+        let listener = bind_socket(&address).unwrap();
+        std::os::unix::net::UnixStream::connect(&address).expect("listening at its path");
+        listener.accept().await.unwrap();
+        let left: Vec<_> = std::fs::read_dir(address.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("loci.sock")]);
+        let mode = std::fs::metadata(&address).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600,
+            "only root reaches it"
+        );
+    }
 }

@@ -200,32 +200,46 @@ impl Registry {
             .prefix("loci-registry-")
             .tempdir()
             .unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
         let template = std::fs::read_to_string(repo_root().join("fixtures/registry.yml")).unwrap();
-        let config = template
-            .replace("@ROOT@", dir.path().join("storage").to_str().unwrap())
-            .replace("@ADDR@", &addr);
-        let config = format!("{}\n{http_extra}\n{top_extra}\n", config.trim_end());
-        std::fs::write(dir.path().join("config.yml"), config).unwrap();
-        let daemon = Self::serve(dir.path(), &addr, "registry.log");
-        Registry { addr, daemon, dir }
+        // A port found free can be taken by another test's daemon before
+        // this registry binds it; that registry then exits, and another
+        // port is tried (tests run in parallel).
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let config = template
+                .replace("@ROOT@", dir.path().join("storage").to_str().unwrap())
+                .replace("@ADDR@", &addr);
+            let config = format!("{}\n{http_extra}\n{top_extra}\n", config.trim_end());
+            std::fs::write(dir.path().join("config.yml"), config).unwrap();
+            if let Some(daemon) = Self::serve(dir.path(), &addr, "registry.log") {
+                return Registry { addr, daemon, dir };
+            }
+        }
+        panic!("docker-registry could not listen on any of 5 free ports");
     }
 
     /// Starts the registry again after `daemon.stop()`: same storage, same
     /// address, its access log in a new file.
     pub fn restart(&mut self) {
         self.daemon.stop();
-        self.daemon = Self::serve(self.dir.path(), &self.addr, "registry2.log");
+        self.daemon = Self::serve(self.dir.path(), &self.addr, "registry2.log")
+            .unwrap_or_else(|| panic!("docker-registry could not listen on {} again", self.addr));
     }
 
-    fn serve(dir: &Path, addr: &str, log: &str) -> Daemon {
+    /// The registry serving on `addr`, or None if it exited without (its
+    /// port was taken). Ready once it logs that it listens there itself:
+    /// a port that answers may be another test's registry.
+    fn serve(dir: &Path, addr: &str, log: &str) -> Option<Daemon> {
         let mut cmd = Command::new("docker-registry");
         cmd.arg("serve").arg(dir.join("config.yml"));
-        let daemon = Daemon::spawn(cmd, dir.join(log));
+        let mut daemon = Daemon::spawn(cmd, dir.join(log));
+        let listening = format!("listening on {addr}");
+        let mut exited = false;
         wait_until("docker-registry", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(addr).is_ok()
+            exited = matches!(daemon.child.try_wait(), Ok(Some(_)));
+            exited || daemon.log_text().contains(&listening)
         });
-        daemon
+        (!exited).then_some(daemon)
     }
 
     /// Access-log lines of GET requests for a blob.

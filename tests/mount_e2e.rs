@@ -52,6 +52,17 @@ impl Setup {
         path
     }
 
+    /// `loci mount` of the converted fixture with a node config of its own
+    /// (30 s timeout), at `NAME-mnt`, logging to `NAME.log`.
+    fn mount(&self, name: &str) -> LociMount {
+        LociMount::start(
+            &self.converted(),
+            &self.path(&format!("{name}-mnt")),
+            &self.config(name, 30),
+            &self.path(&format!("{name}.log")),
+        )
+    }
+
     /// Layer digests and TOC info of the converted image, from `loci inspect --json`.
     fn converted_layers(&self, reference: &str) -> Vec<serde_json::Value> {
         let out = run(loci().args(["inspect", "--plain-http", "--json", reference]));
@@ -86,13 +97,7 @@ fn mounted_tree_equals_containerd_unpack() {
     let expected = walk_tree(&view);
     run(Command::new("umount").arg(&view));
 
-    let config = setup.config("node", 30);
-    let mut mount = LociMount::start(
-        &setup.converted(),
-        &setup.path("mnt"),
-        &config,
-        &setup.path("loci.log"),
-    );
+    let mut mount = setup.mount("node");
     let actual = walk_tree(&mount.dir);
     assert!(expected.len() > 100);
     assert_same_tree(&expected, &actual);
@@ -129,13 +134,7 @@ fn reading_one_small_file_fetches_under_one_percent_of_the_layer() {
     assert!(size >= 200 << 20, "big layer is only {size} bytes");
     let before = settled_log(&setup.registry).len();
 
-    let config = setup.config("node", 30);
-    let mut mount = LociMount::start(
-        &setup.converted(),
-        &setup.path("mnt"),
-        &config,
-        &setup.path("loci.log"),
-    );
+    let mut mount = setup.mount("node");
     let text = std::fs::read_to_string(mount.dir.join("big/small.txt")).unwrap();
     assert_eq!(text, "a small file in a big layer\n");
     mount.stop();
@@ -680,12 +679,7 @@ fn an_outside_umount_ends_the_mount() {
         return;
     }
     let setup = Setup::new(&[]);
-    let mut mount = LociMount::start(
-        &setup.converted(),
-        &setup.path("mnt"),
-        &setup.config("outside", 30),
-        &setup.path("outside.log"),
-    );
+    let mut mount = setup.mount("outside");
     assert!(!std::fs::read_to_string(mount.dir.join("etc/hello.txt"))
         .unwrap()
         .is_empty());
@@ -723,12 +717,7 @@ fn a_request_for_file_flags_is_answered_enotty_without_a_warning() {
         return;
     }
     let setup = Setup::new(&[]);
-    let mut mount = LociMount::start(
-        &setup.converted(),
-        &setup.path("mnt"),
-        &setup.config("ioctl", 30),
-        &setup.path("ioctl.log"),
-    );
+    let mut mount = setup.mount("ioctl");
     // _IOR('f', 1, long): FS_IOC_GETFLAGS on 64-bit Linux.
     const FS_IOC_GETFLAGS: u64 = 0x8008_6601;
     let file = std::fs::File::open(mount.dir.join("etc/hello.txt")).unwrap();

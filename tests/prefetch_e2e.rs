@@ -135,6 +135,24 @@ fn pack_digest(trace: &serde_json::Value) -> Option<String> {
     ))
 }
 
+/// That `trace` (as JSON) has a pack (else panics with `missing`) whose
+/// frames are its traced chunks, each once.
+fn assert_pack_holds_each_traced_chunk_once(trace: &serde_json::Value, missing: &str) {
+    let frames = trace["pack"]["frames"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{missing}: {trace}"));
+    let chunk = |v: &serde_json::Value| (v["layer"].as_u64(), v["chunk"].as_u64());
+    let packed: std::collections::HashSet<_> = frames.iter().map(chunk).collect();
+    let traced: std::collections::HashSet<_> = trace["accesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(chunk)
+        .collect();
+    assert_eq!(frames.len(), packed.len(), "a chunk packed twice: {trace}");
+    assert_eq!(packed, traced, "{trace}");
+}
+
 /// Blob GETs (requests, bytes) of these layers in the registry log after
 /// byte `from`.
 fn image_traffic(setup: &Setup, layers: &[String], from: usize) -> (usize, u64) {
@@ -172,15 +190,7 @@ fn a_published_trace_is_replayed_on_the_next_mount() {
     );
 
     // It came with its pack: each traced chunk once, recompressed.
-    let pack = &trace["pack"];
-    let frames = pack["frames"]
-        .as_array()
-        .expect("a published trace has a pack");
-    let traced_chunks: std::collections::HashSet<_> = accesses
-        .iter()
-        .map(|a| (a["layer"].as_u64(), a["chunk"].as_u64()))
-        .collect();
-    assert_eq!(frames.len(), traced_chunks.len(), "{pack}");
+    assert_pack_holds_each_traced_chunk_once(&trace, "a published trace has a pack");
     let pack_digest = pack_digest(&trace).unwrap();
 
     // A fresh node: the trace is replayed, from the pack, before anything
@@ -192,7 +202,7 @@ fn a_published_trace_is_replayed_on_the_next_mount() {
     let log = settled_log(&setup.registry);
     let (pack_requests, pack_bytes) = blob_traffic_in(&log, &pack_digest, before_mount);
     assert!(pack_requests >= 1, "{}", mount.daemon.log_text());
-    assert_eq!(Some(pack_bytes), pack["size"].as_u64());
+    assert_eq!(Some(pack_bytes), trace["pack"]["size"].as_u64());
     assert_eq!(
         image_traffic(&setup, &layers, before_mount).0,
         layers.len(),
@@ -260,16 +270,7 @@ fn a_pushed_trace_file_is_published_with_its_pack() {
     let shown = run(loci().args(["trace", "show", "--plain-http", &setup.image("app")]));
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(shown["accesses"], recorded["accesses"]);
-    let traced_chunks: std::collections::HashSet<_> = shown["accesses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["layer"].as_u64(), a["chunk"].as_u64()))
-        .collect();
-    let frames = shown["pack"]["frames"]
-        .as_array()
-        .unwrap_or_else(|| panic!("pushed without a pack: {shown}\n{said}"));
-    assert_eq!(frames.len(), traced_chunks.len(), "{shown}");
+    assert_pack_holds_each_traced_chunk_once(&shown, &format!("pushed without a pack: {said}"));
 
     let layers = layer_digests(&setup, "app");
     let before_mount = settled_log(&setup.registry).len();
@@ -735,16 +736,10 @@ fn a_trace_ordered_image_replays_its_trace_in_fewer_requests() {
         replay(&setup.image("app"), "original");
     let ((ordered_requests, ordered_bytes), reordered, ordered_trace) = replay(&ordered, "ordered");
     assert!(original_trace["pack"].is_null(), "{original_trace}");
-    let frames = ordered_trace["pack"]["frames"]
-        .as_array()
-        .unwrap_or_else(|| panic!("the trace-ordered image's trace has no pack: {ordered_trace}"));
-    let traced_chunks: std::collections::HashSet<_> = ordered_trace["accesses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| (a["layer"].as_u64(), a["chunk"].as_u64()))
-        .collect();
-    assert_eq!(frames.len(), traced_chunks.len(), "{ordered_trace}");
+    assert_pack_holds_each_traced_chunk_once(
+        &ordered_trace,
+        "the trace-ordered image's trace has a pack",
+    );
     eprintln!("prefetch: original {original_requests} requests, {original_bytes} B; trace-ordered {ordered_requests} requests, {ordered_bytes} B");
     assert_eq!(
         original, reordered,

@@ -188,8 +188,8 @@ fn publish_ordered_trace(
     client: &RegistryClient,
     repo: &str,
 ) -> anyhow::Result<(Digest, usize)> {
-    let trace = runtime.block_on(prefetch::trace_for_image(dst, orders))?;
     let opened = runtime.block_on(open_image(dst))?;
+    let trace = prefetch::trace_for_image(&opened, orders)?;
     let manifest = opened
         .manifest
         .clone()

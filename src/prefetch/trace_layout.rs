@@ -7,9 +7,9 @@
 use super::lookup::find_trace;
 use super::trace::{Access, FileReads, Trace, TRACE_VERSION};
 use crate::digest::Digest;
-use crate::fetch::{fetch_toc, LayerError};
+use crate::fetch::{fetch_toc, LayerError, OpenedImage};
 use crate::format::Toc;
-use crate::image::{platform_image, ImageError, ImageStore};
+use crate::image::{layers_of, platform_image, ImageError, ImageStore};
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 
@@ -290,22 +290,28 @@ pub async fn read_orders_of(store: &ImageStore) -> Result<ReadOrders, TraceLayou
     Ok(read_orders(&trace, &layers))
 }
 
-/// The trace that replays `orders` (by the diff_ids of its layers) on the
-/// image at `store`: what `convert --trace-of` publishes with the image it
-/// wrote.
-pub async fn trace_for_image(
-    store: &ImageStore,
+/// The trace that replays `orders` (by the diff_ids of its layers) on
+/// `image` (as opened to mount it, TOCs and all): what `convert
+/// --trace-of` publishes with the image it wrote.
+pub fn trace_for_image(
+    image: &OpenedImage,
     orders: &ReadOrders,
 ) -> Result<Trace, TraceLayoutError> {
-    let image = platform_image(store).await?;
-    let mut tocs = Vec::new();
-    for layer in &image.layers {
-        tocs.push(fetch_toc(store, layer).await?.1);
-    }
-    let layers: Vec<(Digest, Digest, &Toc)> = image
-        .layers
+    let (Some(manifest), Some(config)) = (&image.manifest, &image.config) else {
+        return Err(ImageError::Invalid {
+            what: "image".into(),
+            reason: "opened without its manifest and config".into(),
+        }
+        .into());
+    };
+    let described =
+        layers_of(&manifest.bytes, &config.bytes).map_err(|reason| ImageError::Invalid {
+            what: format!("image {}", manifest.digest),
+            reason,
+        })?;
+    let layers: Vec<(Digest, Digest, &Toc)> = described
         .iter()
-        .zip(&tocs)
+        .zip(&image.tocs)
         .map(|(l, toc)| (l.digest, l.diff_id, toc))
         .collect();
     Ok(trace_for(orders, &layers))

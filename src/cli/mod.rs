@@ -4,6 +4,7 @@
 mod convert;
 mod inspect;
 mod key;
+mod logging;
 mod mount;
 mod node;
 mod pull;
@@ -70,7 +71,7 @@ enum Command {
 /// subcommand and turns its error into a message and exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log, cli.log_json);
+    logging::init(&cli.log, cli.log_json);
     if matches!(cli.command, Command::Inspect(_) | Command::Sim(_)) {
         end_quietly_when_the_reader_goes();
     }
@@ -106,32 +107,6 @@ fn end_quietly_when_the_reader_goes() {
     // thread is started.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
-/// fuser warns "Unmount failed" when a session ends on a mount someone
-/// already unmounted (`umount DIR`; its own comment calls that not
-/// necessarily an error). loci notices that and ends cleanly, so the
-/// warning only misleads; a filter that names fuser still gets it.
-const QUIET_FUSER_UNMOUNT: &str = "fuser::mnt=error";
-
-fn init_logging(filter: &str, json: bool) {
-    // (An empty filter shows errors only: nothing to add.)
-    let filter = if filter.contains("fuser") || filter.trim().is_empty() {
-        filter.to_string()
-    } else {
-        format!("{filter},{QUIET_FUSER_UNMOUNT}")
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("info,{QUIET_FUSER_UNMOUNT}"))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 

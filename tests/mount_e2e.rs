@@ -489,25 +489,11 @@ fn a_mount_reports_its_warm_cache_and_the_scheduler_places_there() {
         format!("[[functions]]\nname = \"f\"\nimage = \"{image}\"\ncpu_millis = 1\nmemory_mib = 1\nconcurrency = 1\ntimeout_s = 60\n\n[access]\ntoken_file = {tokens:?}\nopen_reads = true\n"),
     )
     .unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
     let mut cmd = loci();
-    cmd.args([
-        "scheduler",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--config",
-    ])
-    .arg(&config);
-    let _scheduler = Daemon::spawn(cmd, setup.path("scheduler.log"));
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "scheduler did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    cmd.args(["scheduler", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config);
+    let scheduler = Daemon::spawn(cmd, setup.path("scheduler.log"));
+    let base = format!("http://{}", scheduler.listening_address("the scheduler"));
 
     let node_config = setup.config("node", 30);
     let mut cmd = loci();

@@ -86,9 +86,9 @@ impl Cluster {
             .arg(signing_key(work.path()))
             .arg(format!("oci:{}:py3-nobody", layout.display()))
             .arg(&image));
-        let metrics_port = free_port();
-        write_snapshotter_config(work.path(), &registry.addr, metrics_port, "");
+        write_snapshotter_config(work.path(), &registry.addr, "");
         let snapshotter = spawn_snapshotter_at(work.path(), &[]);
+        let metrics = format!("http://{}/metrics", metrics_address(&snapshotter));
         let containerd = Containerd::start(&format!(
             "[proxy_plugins.loci]\n  type = \"snapshot\"\n  address = \"{}\"\n",
             work.path().join("loci.sock").display()
@@ -102,18 +102,7 @@ impl Cluster {
         cmd.args(["scheduler", "--listen", "127.0.0.1:0", "--config"])
             .arg(&sched_config);
         let scheduler = Daemon::spawn(cmd, work.path().join("scheduler.log"));
-        let start = Instant::now();
-        let addr = loop {
-            let log = scheduler.log_text();
-            if let Some(line) = log.lines().find_map(|l| l.strip_prefix("listening on ")) {
-                break line.trim().to_string();
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the scheduler did not start:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let addr = scheduler.listening_address("the scheduler");
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
@@ -134,7 +123,7 @@ impl Cluster {
                 .unwrap(),
             runtime: tokio::runtime::Runtime::new().unwrap(),
             ports: (first, first.saturating_add(50)),
-            metrics: format!("http://127.0.0.1:{metrics_port}/metrics"),
+            metrics,
         };
         cluster.start_agent();
         cluster

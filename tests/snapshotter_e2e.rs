@@ -28,18 +28,17 @@ struct Setup {
     registry: Registry,
     snapshotter: Daemon,
     containerd: Containerd,
-    metrics_port: u16,
 }
 
 fn socket(work: &Path) -> PathBuf {
     work.join("loci.sock")
 }
 
-/// Starts `loci snapshotter` with its metrics on 127.0.0.1:`metrics_port`,
+/// Starts `loci snapshotter` with its metrics on a free port of 127.0.0.1,
 /// reaching the registry at `registry` (host:port) over plain HTTP, as its
 /// node configuration says (never as an image's labels say).
-fn start_snapshotter(work: &Path, metrics_port: u16, registry: &str) -> Daemon {
-    start_snapshotter_with(work, metrics_port, registry, NO_COMPLETION)
+fn start_snapshotter(work: &Path, registry: &str) -> Daemon {
+    start_snapshotter_with(work, registry, NO_COMPLETION)
 }
 
 /// The tests of laziness count what reads fetch: background completion
@@ -47,20 +46,19 @@ fn start_snapshotter(work: &Path, metrics_port: u16, registry: &str) -> Daemon {
 const NO_COMPLETION: &str = "[completion]\nenabled = false\n";
 
 /// [`start_snapshotter`] with `extra` lines in its `[snapshotter]` table.
-fn start_snapshotter_with(work: &Path, metrics_port: u16, registry: &str, extra: &str) -> Daemon {
-    start_snapshotter_budgeted(work, metrics_port, registry, extra, None)
+fn start_snapshotter_with(work: &Path, registry: &str, extra: &str) -> Daemon {
+    start_snapshotter_budgeted(work, registry, extra, None)
 }
 
 /// [`start_snapshotter_with`], the disk budget (`[cache] disk_bytes`) set
 /// to `disk_bytes` if given.
 fn start_snapshotter_budgeted(
     work: &Path,
-    metrics_port: u16,
     registry: &str,
     extra: &str,
     disk_bytes: Option<u64>,
 ) -> Daemon {
-    write_snapshotter_config(work, registry, metrics_port, extra);
+    write_snapshotter_config(work, registry, extra);
     if let Some(bytes) = disk_bytes {
         let config = work.join("loci.toml");
         let text = std::fs::read_to_string(&config).unwrap();
@@ -92,8 +90,7 @@ impl Setup {
             &format!("{}/fixture:v1", registry.addr),
             &format!("{}/fixture:loci", registry.addr),
         ]));
-        let metrics_port = free_port();
-        let snapshotter = start_snapshotter_with(work.path(), metrics_port, &registry.addr, extra);
+        let snapshotter = start_snapshotter_with(work.path(), &registry.addr, extra);
         let containerd = Containerd::start(&format!(
             "[proxy_plugins.loci]\n  type = \"snapshot\"\n  address = \"{}\"\n",
             socket(work.path()).display()
@@ -103,7 +100,6 @@ impl Setup {
             registry,
             snapshotter,
             containerd,
-            metrics_port,
         }
     }
 
@@ -140,7 +136,8 @@ impl Setup {
     /// and value.
     fn metrics(&self) -> BTreeMap<String, f64> {
         use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        let address = metrics_address(&self.snapshotter);
+        let mut conn = std::net::TcpStream::connect(address).unwrap();
         conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
             .unwrap();
         let mut response = String::new();
@@ -307,8 +304,7 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
         "600",
     ]));
     setup.snapshotter.stop();
-    setup.snapshotter =
-        start_snapshotter(setup.work.path(), setup.metrics_port, &setup.registry.addr);
+    setup.snapshotter = start_snapshotter(setup.work.path(), &setup.registry.addr);
     let out = setup.exec("lazy-bg", "read-1", &["sha256sum", "/big/huge.bin"]);
     assert_eq!(
         out.split_whitespace().next(),
@@ -329,8 +325,7 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
     std::thread::sleep(Duration::from_millis(150));
     setup.snapshotter.child.kill().unwrap();
     setup.snapshotter.child.wait().unwrap();
-    setup.snapshotter =
-        start_snapshotter(setup.work.path(), setup.metrics_port, &setup.registry.addr);
+    setup.snapshotter = start_snapshotter(setup.work.path(), &setup.registry.addr);
     let out = reading.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let out = String::from_utf8(out.stdout).unwrap();
@@ -353,8 +348,7 @@ fn pull_and_run_lazily_then_remove_leaves_nothing() {
     // mounts serve the layers again, and what the cache holds is read.
     setup.registry.daemon.stop();
     setup.snapshotter.stop();
-    setup.snapshotter =
-        start_snapshotter(setup.work.path(), setup.metrics_port, &setup.registry.addr);
+    setup.snapshotter = start_snapshotter(setup.work.path(), &setup.registry.addr);
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
     let out = setup.exec("lazy-bg", "read-4", &["cat", "/big/small.txt"]);
     assert_eq!(out, "a small file in a big layer\n");
@@ -636,8 +630,7 @@ fn a_dead_holder_is_replaced_and_release_closes_everything() {
     // one serves the same connections, the container reads.
     setup.snapshotter.child.kill().unwrap();
     setup.snapshotter.child.wait().unwrap();
-    setup.snapshotter =
-        start_snapshotter(setup.work.path(), setup.metrics_port, &setup.registry.addr);
+    setup.snapshotter = start_snapshotter(setup.work.path(), &setup.registry.addr);
     let out = setup.exec("holder-bg", "read-1", &["sha256sum", "/big/huge.bin"]);
     assert_eq!(
         out.split_whitespace().next(),
@@ -754,24 +747,6 @@ fn connections_nobody_serves_are_closed_after_the_timeout() {
         .args(["task", "kill", "-s", "KILL", "orphan-bg"])
         .output();
     wait_for_task_exit(&setup, "orphan-bg");
-}
-
-/// A log without its colour codes.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::new();
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Adds, in the layout at `dir`, the image `new_tag`: the image `tag` with
@@ -1053,12 +1028,7 @@ fn a_running_container_reads_correctly_while_its_layers_complete_across_a_restar
         .count();
     // The big layer's at least (the small ones may still be under way too).
     assert!(partials >= 1, "no completion was cut off half way");
-    setup.snapshotter = start_snapshotter_with(
-        setup.work.path(),
-        setup.metrics_port,
-        &setup.registry.addr,
-        COMPLETING,
-    );
+    setup.snapshotter = start_snapshotter_with(setup.work.path(), &setup.registry.addr, COMPLETING);
     // Reads go on while the completions resume.
     let out = setup.exec("completing", "read-2", &["sha256sum", "/big/huge.bin"]);
     assert_eq!(
@@ -1228,7 +1198,6 @@ fn completed_layers_are_evicted_least_recently_used_first_within_the_disk_budget
     setup.snapshotter.stop();
     setup.snapshotter = start_snapshotter_budgeted(
         setup.work.path(),
-        setup.metrics_port,
         &setup.registry.addr,
         COMPLETING,
         Some(bound),

@@ -176,7 +176,9 @@ async def handle(reader, writer, target):
 async def main():
     port, target = int(sys.argv[1]), sys.argv[2]
     server = await asyncio.start_server(lambda r, w: handle(r, w, target), "127.0.0.1", port)
-    print(f"fault proxy on 127.0.0.1:{port} -> {target}", flush=True)
+    # Port 0 takes a free one: the line says which.
+    port = server.sockets[0].getsockname()[1]
+    print(f"listening on 127.0.0.1:{port} -> {target}", flush=True)
     async with server:
         await server.serve_forever()
 

@@ -163,6 +163,8 @@ pub async fn run(address: &Path, root: &Path, config: Option<Config>) -> Result<
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(io_err(format!("binding metrics address {addr}")))?;
+        // The address bound, so that port 0 (any free port) can be found.
+        let addr = listener.local_addr().unwrap_or(addr);
         let metrics = metrics.clone();
         let app = axum::Router::new().route(
             "/metrics",

@@ -154,6 +154,24 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// What follows "listening on " in the daemon's log, once it appears:
+    /// the address a daemon told to take port 0 bound (`what` names the
+    /// daemon in the failure).
+    pub fn listening_address(&self, what: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log_text();
+            if let Some(line) = log.lines().find_map(|l| l.strip_prefix("listening on ")) {
+                return line.trim().to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{what} did not start:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
@@ -797,17 +815,58 @@ pub fn spawn_snapshotter_at(work: &Path, env: &[(&str, &Path)]) -> Daemon {
     snapshotter
 }
 
+/// Where `snapshotter` serves its metrics: the address its log says it
+/// bound (the config asks for port 0, so that parallel tests never race
+/// for a port).
+pub fn metrics_address(snapshotter: &Daemon) -> String {
+    let start = Instant::now();
+    loop {
+        let log = strip_ansi(&snapshotter.log_text());
+        let bound = log
+            .lines()
+            .filter(|l| l.contains("serving metrics"))
+            .find_map(|l| l.split_once("addr=").map(|(_, a)| a.trim().to_string()));
+        if let Some(address) = bound {
+            return address;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the snapshotter serves no metrics:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A log without its colour codes.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Writes `work`/loci.toml for [`spawn_snapshotter_at`]: the cache in
 /// `work`/cache, `registry` (host:port) reached over plain HTTP as the
 /// node's configuration says, layers signed by `work`'s key trusted,
-/// metrics on 127.0.0.1:`metrics_port`, and `extra` lines after them in
-/// the `[snapshotter]` table (or tables of their own).
-pub fn write_snapshotter_config(work: &Path, registry: &str, metrics_port: u16, extra: &str) {
+/// metrics on a free port of 127.0.0.1 (see [`metrics_address`]), and
+/// `extra` lines after them in the `[snapshotter]` table (or tables of
+/// their own).
+pub fn write_snapshotter_config(work: &Path, registry: &str, extra: &str) {
     let config = work.join("loci.toml");
     write_config(&config, &work.join("cache"), 30);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
-        "\n[snapshotter]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\nplain_http_registries = [{registry:?}]\ntrusted_keys = [{:?}]\n{extra}\n",
+        "\n[snapshotter]\nmetrics_address = \"127.0.0.1:0\"\nplain_http_registries = [{registry:?}]\ntrusted_keys = [{:?}]\n{extra}\n",
         signing_key(work).with_extension("key.pub")
     ));
     std::fs::write(&config, text).unwrap();
@@ -834,21 +893,16 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(target: &str, log: PathBuf) -> FaultProxy {
-        let port = free_port();
         let mut cmd = Command::new("python3");
         cmd.arg(repo_root().join("tools/fault-proxy.py"))
-            .arg(port.to_string())
+            .arg("0")
             .arg(target);
         let daemon = Daemon::spawn(cmd, log);
-        let addr = format!("127.0.0.1:{port}");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "fault proxy did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let addr = daemon.listening_address("the fault proxy");
+        let addr = addr
+            .split_once(' ')
+            .map_or(addr.as_str(), |(a, _)| a)
+            .to_string();
         FaultProxy {
             addr,
             _daemon: daemon,

@@ -51,15 +51,20 @@ struct AbandonedRepliesUnlogged;
 /// log-to-tracing bridge (as a `log.target` field: the event's own target
 /// is "log").
 const FUSER_REPLY_TARGET: &str = "fuser::reply";
+/// The target of every line the log-to-tracing bridge passes on.
+const LOG_BRIDGE_TARGET: &str = "log";
 
 impl<S: Subscriber> Layer<S> for AbandonedRepliesUnlogged {
     fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        // Only lines from `log` (whose target is a field) or from fuser's
+        // reply module are read: every other line passes untouched.
+        let own_target = event.metadata().target();
+        if own_target != LOG_BRIDGE_TARGET && own_target != FUSER_REPLY_TARGET {
+            return true;
+        }
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let target = fields
-            .log_target
-            .as_deref()
-            .unwrap_or(event.metadata().target());
+        let target = fields.log_target.as_deref().unwrap_or(own_target);
         !(target == FUSER_REPLY_TARGET && is_abandoned_reply(&fields.message))
     }
 }

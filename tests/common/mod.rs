@@ -154,22 +154,31 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// What follows "listening on " in the daemon's log, once it appears:
-    /// the address a daemon told to take port 0 bound (`what` names the
-    /// daemon in the failure).
-    pub fn listening_address(&self, what: &str) -> String {
+    /// What `find` first finds in the daemon's log (colour codes taken
+    /// out), waiting for it up to 30 s (`what` names it in the failure).
+    pub fn wait_for_log<T>(&self, what: &str, find: impl Fn(&str) -> Option<T>) -> T {
         let start = Instant::now();
         loop {
-            let log = self.log_text();
-            if let Some(line) = log.lines().find_map(|l| l.strip_prefix("listening on ")) {
-                return line.trim().to_string();
+            let log = strip_ansi(&self.log_text());
+            if let Some(found) = find(&log) {
+                return found;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "{what} did not start:\n{log}"
+                "no {what} in the log:\n{log}"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// What follows "listening on " in the daemon's log: the address a
+    /// daemon told to take port 0 bound (`what` names the daemon).
+    pub fn listening_address(&self, what: &str) -> String {
+        self.wait_for_log(&format!("address {what} listens on"), |log| {
+            log.lines()
+                .find_map(|l| l.strip_prefix("listening on "))
+                .map(|a| a.trim().to_string())
+        })
     }
 
     pub fn stop(&mut self) {
@@ -819,22 +828,11 @@ pub fn spawn_snapshotter_at(work: &Path, env: &[(&str, &Path)]) -> Daemon {
 /// bound (the config asks for port 0, so that parallel tests never race
 /// for a port).
 pub fn metrics_address(snapshotter: &Daemon) -> String {
-    let start = Instant::now();
-    loop {
-        let log = strip_ansi(&snapshotter.log_text());
-        let bound = log
-            .lines()
+    snapshotter.wait_for_log("metrics address", |log| {
+        log.lines()
             .filter(|l| l.contains("serving metrics"))
-            .find_map(|l| l.split_once("addr=").map(|(_, a)| a.trim().to_string()));
-        if let Some(address) = bound {
-            return address;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the snapshotter serves no metrics:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .find_map(|l| l.split_once("addr=").map(|(_, a)| a.trim().to_string()))
+    })
 }
 
 /// A log without its colour codes.

@@ -162,7 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 publish_ordered_trace(&runtime, &config, &dst, &by_new, client, repo)
                     .with_context(|| format!("publishing the start trace of {}", args.dst))?;
             eprintln!(
-                "trace {digest} ({accesses} chunks) published with {}",
+                "trace {digest} ({accesses} chunk reads) published with {}",
                 args.dst
             );
         } else {
